@@ -1,0 +1,102 @@
+// Command kmpack turns out-of-tree kernel module sources into distro-native kernel module
+// packages. This file wires the CLI; each capability lives in a package (kmp, weakupdates, formats).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "0.1.0-dev"
+
+// Exit codes, documented in the README.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the machine or kmpack failed (I/O, a missing tool)
+	exitUsage   = 2 // the command line is wrong
+	exitInput   = 3 // an input is malformed or not what it claims to be
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	app := newApp()
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	var ec cli.ExitCoder
+	switch {
+	case errors.As(err, &ec):
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "kmpack:", msg)
+		}
+		return ec.ExitCode()
+	case kmp.IsInputError(err):
+		fmt.Fprintln(os.Stderr, "kmpack:", err)
+		return exitInput
+	case isUsageError(err):
+		fmt.Fprintln(os.Stderr, "kmpack:", err)
+		return exitUsage
+	}
+	fmt.Fprintln(os.Stderr, "kmpack:", err)
+	return exitFailure
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+func isUsageError(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "kmpack",
+		Usage:   "build out-of-tree kernel modules into distro-native kernel module packages",
+		Version: version,
+		Description: `kmpack builds kernel module sources (a Kbuild tree, a dkms.conf, or a kmpack.yaml) against
+many kernel devel trees and turns the results into SUSE KMP, Red Hat kmod and Debian packages.
+
+Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command line,
+3 an input is malformed (the message names the file and the problem).`,
+		HideHelpCommand:      true,
+		EnableBashCompletion: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "cache-dir",
+				Usage:   "where unpacked kernel packages and build results are kept",
+				EnvVars: []string{"KMPACK_CACHE_DIR"},
+				Value:   defaultCacheDir(),
+			},
+		},
+		Commands: []*cli.Command{
+			kernelsCommand(),
+			inspectCommand(),
+		},
+		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
+			return usageError{err.Error()}
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code
+	}
+}
+
+func defaultCacheDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return d + "/kmpack"
+	}
+	return ".kmpack-cache"
+}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print the report as JSON"}

@@ -1,0 +1,129 @@
+// Package testenv gives tests the real artefacts that scripts/setup.sh installs and
+// scripts/testdata.sh downloads: kernel header trees, Debian package files, unpacked kernel
+// images. A test that needs one and does not find it fails and says which script to run: these
+// tests never skip their way to green.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+)
+
+// Kernel releases whose headers scripts/setup.sh installs.
+const (
+	Release53      = "6.1.0-53-amd64"
+	Release53Cloud = "6.1.0-53-cloud-amd64"
+	Release54      = "6.1.0-54-amd64"
+	Release612     = "6.12.117+deb12-amd64"
+	// ReleaseImage is the kernel whose image package scripts/testdata.sh downloads.
+	ReleaseImage = Release53
+	// ReleaseDebOnly has headers downloaded as .deb files but never installed.
+	ReleaseDebOnly = "6.1.0-55-amd64"
+)
+
+// CacheDir is where scripts/testdata.sh keeps downloads.
+func CacheDir() string {
+	if d := os.Getenv("KMPACK_TESTDATA"); d != "" {
+		return d
+	}
+	return "/var/cache/kmpack-testdata"
+}
+
+// HeadersDir returns the installed Debian headers tree of krel.
+func HeadersDir(t testing.TB, krel string) string {
+	t.Helper()
+	dir := "/usr/src/linux-headers-" + krel
+	if _, err := os.Stat(filepath.Join(dir, "Module.symvers")); err != nil {
+		t.Fatalf("kernel headers %s are not installed: run scripts/setup.sh (%v)", krel, err)
+	}
+	return dir
+}
+
+// Debs returns the downloaded .deb files whose names start with each prefix + "_", in order.
+func Debs(t testing.TB, prefixes ...string) []string {
+	t.Helper()
+	var out []string
+	for _, p := range prefixes {
+		m, _ := filepath.Glob(filepath.Join(CacheDir(), "debs", p+"_*.deb"))
+		if len(m) == 0 {
+			t.Fatalf("%s_*.deb not in %s/debs: run scripts/testdata.sh", p, CacheDir())
+		}
+		sort.Strings(m)
+		out = append(out, m[len(m)-1])
+	}
+	return out
+}
+
+var unpackMu sync.Mutex
+
+// UnpackedDeb unpacks a downloaded package once (with dpkg-deb, the reference tool) and returns
+// the directory it was unpacked into.
+func UnpackedDeb(t testing.TB, pkg string) string {
+	t.Helper()
+	unpackMu.Lock()
+	defer unpackMu.Unlock()
+	deb := Debs(t, pkg)[0]
+	dir := filepath.Join(CacheDir(), "unpacked", filepath.Base(deb))
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+		return dir
+	}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("dpkg-deb", "-x", deb, tmp).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Modules lists every kernel module file under dir, sorted.
+func Modules(t testing.TB, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && isModule(d.Name()) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func isModule(name string) bool {
+	for _, s := range []string{".ko", ".ko.xz", ".ko.gz", ".ko.zst"} {
+		if len(name) > len(s) && name[len(name)-len(s):] == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Need fails the test when a command the test compares against is missing.
+func Need(t testing.TB, cmds ...string) {
+	t.Helper()
+	for _, c := range cmds {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Fatalf("%s not found: run scripts/setup.sh", c)
+		}
+	}
+}

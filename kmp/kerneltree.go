@@ -1,0 +1,272 @@
+package kmp
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// KernelTree is a kernel devel tree: what `make -C DIR M=... modules` builds external modules
+// against (Debian's linux-headers-*, RHEL's /usr/src/kernels/*, SUSE's linux-obj/<arch>/<flavor>).
+type KernelTree struct {
+	Dir string `json:"dir"`
+	// Layout is the distro convention the tree follows: "debian", "rhel", "suse" or "kbuild".
+	Layout string `json:"layout"`
+	// Packages are the package files the tree was unpacked from, when it came from packages.
+	Packages []string `json:"packages,omitempty"`
+	// Release is the kernel release modules must match (vermagic, /lib/modules/<release>).
+	Release string `json:"release"`
+	// Flavor is the distro's name for the kernel configuration: amd64, cloud-amd64, default, rt ...
+	Flavor            string        `json:"flavor"`
+	Arch              string        `json:"arch"`
+	Symvers           *SymversInfo  `json:"symvers"`
+	Modversions       bool          `json:"modversions"`
+	ModuleCompression Compression   `json:"module_compression"`
+	Signing           SigningConfig `json:"signing"`
+	Compiler          CompilerInfo  `json:"compiler"`
+	Warnings          []string      `json:"warnings,omitempty"`
+	Config            KernelConfig  `json:"-"`
+}
+
+// SymversInfo locates a tree's Module.symvers.
+type SymversInfo struct {
+	Path    string `json:"path"`
+	Symbols int    `json:"symbols"`
+	// Vmlinux counts the symbols the kernel image itself exports.
+	Vmlinux int `json:"vmlinux"`
+}
+
+// SigningConfig is the kernel's module signing setup (CONFIG_MODULE_SIG*).
+type SigningConfig struct {
+	Enabled bool   `json:"enabled"`
+	Force   bool   `json:"force"`
+	All     bool   `json:"all"`
+	Hash    string `json:"hash,omitempty"`
+	Key     string `json:"key,omitempty"`
+}
+
+// CompilerInfo is the compiler the kernel was built with and what this host has of it.
+type CompilerInfo struct {
+	// VersionText is CONFIG_CC_VERSION_TEXT.
+	VersionText string `json:"version_text"`
+	Kind        string `json:"kind"`
+	Version     string `json:"version"`
+	// Command is the compiler to build modules with, Path where it is on this host.
+	Command     string `json:"command,omitempty"`
+	Path        string `json:"path,omitempty"`
+	HostVersion string `json:"host_version,omitempty"`
+	// Available is true when a compiler of the kernel's kind and major version is on this host;
+	// Exact when its full version equals the kernel's too.
+	Available bool `json:"available"`
+	Exact     bool `json:"exact"`
+}
+
+// OpenKernelTree describes the kernel devel tree at dir. It fails with an *InputError when dir
+// is not one.
+func OpenKernelTree(dir string) (*KernelTree, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, inputErrorf(dir, "not a kernel devel tree: %v", err)
+	}
+	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
+		return nil, inputErrorf(dir, "not a kernel devel tree: not a directory")
+	}
+	if _, err := os.Stat(filepath.Join(real, "Makefile")); err != nil {
+		return nil, inputErrorf(dir, "not a kernel devel tree: no Makefile")
+	}
+	t := &KernelTree{Dir: real}
+	cfgPath := filepath.Join(real, ".config")
+	if _, err := os.Stat(cfgPath); err != nil {
+		cfgPath = filepath.Join(real, "include/config/auto.conf")
+	}
+	if _, err := os.Stat(cfgPath); err != nil {
+		return nil, inputErrorf(dir, "not a kernel devel tree: no .config or include/config/auto.conf")
+	}
+	if t.Config, err = ReadKernelConfig(cfgPath); err != nil {
+		return nil, err
+	}
+	if t.Release, err = readRelease(real); err != nil {
+		return nil, err
+	}
+	t.Layout, t.Flavor = layoutAndFlavor(real, t.Release)
+	t.Arch = t.Config.Arch()
+	t.Modversions = t.Config.Enabled("CONFIG_MODVERSIONS")
+	t.ModuleCompression = t.Config.ModuleCompression()
+	t.Signing = SigningConfig{
+		Enabled: t.Config.Enabled("CONFIG_MODULE_SIG"),
+		Force:   t.Config.Enabled("CONFIG_MODULE_SIG_FORCE"),
+		All:     t.Config.Enabled("CONFIG_MODULE_SIG_ALL"),
+		Hash:    t.Config["CONFIG_MODULE_SIG_HASH"],
+		Key:     t.Config["CONFIG_MODULE_SIG_KEY"],
+	}
+	t.Compiler = describeCompiler(t.Config)
+	if !t.Compiler.Available && t.Compiler.VersionText != "" {
+		t.Warnings = append(t.Warnings, fmt.Sprintf("the kernel was built with %q, which is not on this host", t.Compiler.VersionText))
+	}
+	sv := filepath.Join(real, "Module.symvers")
+	if _, err := os.Stat(sv); err == nil {
+		s, err := ReadSymvers(sv)
+		if err != nil {
+			return nil, err
+		}
+		info := &SymversInfo{Path: sv, Symbols: s.Len()}
+		for _, sym := range s.Symbols {
+			if sym.Module == "vmlinux" {
+				info.Vmlinux++
+			}
+		}
+		t.Symvers = info
+	} else if t.Modversions {
+		t.Warnings = append(t.Warnings, "no Module.symvers: modules built here get no imported CRCs checked, and symbol dependencies cannot be computed")
+	}
+	return t, nil
+}
+
+var utsReleaseRE = regexp.MustCompile(`(?m)^#define UTS_RELEASE "([^"]+)"`)
+
+// readRelease takes the release from include/generated/utsrelease.h, which is what vermagic
+// uses. Debian's include/config/kernel.release holds the upstream version instead (6.1.187 for
+// 6.1.0-53-amd64), so it is only a fallback for trees without utsrelease.h.
+func readRelease(dir string) (string, error) {
+	if b, err := os.ReadFile(filepath.Join(dir, "include/generated/utsrelease.h")); err == nil {
+		if m := utsReleaseRE.FindSubmatch(b); m != nil {
+			return string(m[1]), nil
+		}
+		return "", inputErrorf(filepath.Join(dir, "include/generated/utsrelease.h"), "no UTS_RELEASE definition")
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "include/config/kernel.release")); err == nil {
+		if r := strings.TrimSpace(string(b)); r != "" && !strings.ContainsAny(r, " /\n") {
+			return r, nil
+		}
+	}
+	return "", inputErrorf(dir, "not a kernel devel tree: no include/generated/utsrelease.h (run `make modules_prepare` in it?)")
+}
+
+var suseObjRE = regexp.MustCompile(`/linux-[^/]*-obj/[^/]+/([^/]+)$`)
+
+func layoutAndFlavor(dir, release string) (layout, flavor string) {
+	switch {
+	case suseObjRE.MatchString(dir):
+		return "suse", suseObjRE.FindStringSubmatch(dir)[1]
+	case strings.Contains(dir, "/usr/src/kernels/"):
+		// RHEL variants are "+debug", "+rt", "+64k" after the release (".debug" on RHEL 7).
+		if _, v, ok := strings.Cut(release, "+"); ok {
+			return "rhel", v
+		}
+		for _, v := range []string{"debug", "kdump", "PAE"} {
+			if strings.HasSuffix(release, "."+v) {
+				return "rhel", v
+			}
+		}
+		return "rhel", "default"
+	}
+	layout = "kbuild"
+	if _, err := os.Stat(filepath.Join(dir, ".kernelvariables")); err == nil || strings.Contains(dir, "/linux-headers-") {
+		layout = "debian"
+	}
+	return layout, flavorFromRelease(release)
+}
+
+// flavorFromRelease finds the localversion part of a release: everything from the first
+// '-'-separated component that starts with a letter ("6.1.0-53-cloud-amd64" gives
+// "cloud-amd64", "5.14.21-150500.55.39-default" gives "default").
+func flavorFromRelease(release string) string {
+	parts := strings.Split(release, "-")
+	for i := 1; i < len(parts); i++ {
+		if p := parts[i]; p != "" && (p[0] >= 'a' && p[0] <= 'z' || p[0] >= 'A' && p[0] <= 'Z') {
+			return strings.Join(parts[i:], "-")
+		}
+	}
+	return "default"
+}
+
+var (
+	hostCompilerMu    sync.Mutex
+	hostCompilerCache = map[string]string{}
+)
+
+// hostCompilerVersion runs `cmd -dumpfullversion` (gcc) or parses `cmd --version` (clang), once per command.
+func hostCompilerVersion(path, kind string) string {
+	hostCompilerMu.Lock()
+	defer hostCompilerMu.Unlock()
+	if v, ok := hostCompilerCache[path]; ok {
+		return v
+	}
+	var v string
+	if kind == "gcc" {
+		if out, err := exec.Command(path, "-dumpfullversion", "-dumpversion").Output(); err == nil {
+			v = strings.TrimSpace(string(out))
+		}
+	} else if out, err := exec.Command(path, "--version").Output(); err == nil {
+		if m := regexp.MustCompile(`version (\d+\.\d+\.\d+)`).FindSubmatch(out); m != nil {
+			v = string(m[1])
+		}
+	}
+	hostCompilerCache[path] = v
+	return v
+}
+
+func describeCompiler(cfg KernelConfig) CompilerInfo {
+	ci := CompilerInfo{VersionText: cfg["CONFIG_CC_VERSION_TEXT"]}
+	var num int
+	switch {
+	case cfg.Enabled("CONFIG_CC_IS_CLANG"):
+		ci.Kind = "clang"
+		num, _ = strconv.Atoi(cfg["CONFIG_CLANG_VERSION"])
+	case cfg.Enabled("CONFIG_CC_IS_GCC") || strings.Contains(ci.VersionText, "gcc"):
+		ci.Kind = "gcc"
+		num, _ = strconv.Atoi(cfg["CONFIG_GCC_VERSION"])
+	default:
+		return ci
+	}
+	if num > 0 {
+		ci.Version = fmt.Sprintf("%d.%d.%d", num/10000, num/100%100, num%100)
+	}
+	major := strings.Split(ci.Version, ".")[0]
+	var candidates []string
+	if f := strings.Fields(ci.VersionText); len(f) > 0 && strings.Contains(f[0], ci.Kind) {
+		candidates = append(candidates, f[0]) // e.g. gcc-12, x86_64-linux-gnu-gcc-12
+	}
+	if major != "" {
+		candidates = append(candidates, ci.Kind+"-"+major)
+	}
+	candidates = append(candidates, ci.Kind)
+	for _, c := range candidates {
+		p, err := exec.LookPath(c)
+		if err != nil {
+			continue
+		}
+		hv := hostCompilerVersion(p, ci.Kind)
+		if major != "" && strings.Split(hv, ".")[0] != major {
+			continue
+		}
+		ci.Command, ci.Path, ci.HostVersion, ci.Available = c, p, hv, true
+		ci.Exact = hv == ci.Version
+		break
+	}
+	return ci
+}
+
+// readFirstLine is for small marker files.
+func readFirstLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if sc.Scan() {
+		return strings.TrimSpace(sc.Text())
+	}
+	return ""
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything kmpack's build, example and tests need on Debian 12, idempotently.
+# Usage: scripts/setup.sh            (run as root; safe to run again)
+set -euo pipefail
+
+# Kernel header trees the tests and the example build against: two ABIs (53, 54),
+# two flavors (amd64, cloud-amd64) and one 6.12 series (xz-compressed modules).
+KERNEL_HEADERS=(
+  linux-headers-6.1.0-53-amd64
+  linux-headers-6.1.0-53-cloud-amd64
+  linux-headers-6.1.0-54-amd64
+  linux-headers-6.12.117+deb12-amd64
+)
+PACKAGES=(
+  build-essential gcc-12 make bc kmod rpm dpkg-dev fakeroot xz-utils zstd gzip cpio
+  ca-certificates git "${KERNEL_HEADERS[@]}"
+)
+
+need=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
+done
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The 6.12 headers depend on their kernel image; its initramfs is not needed here.
+  INITRD=No apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "setup: system packages already installed"
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    export PATH=/usr/local/go/bin:$PATH
+  else
+    echo "setup: Go toolchain not found (expected /usr/local/go or go on PATH)" >&2
+    exit 1
+  fi
+fi
+echo "setup: $(go version)"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (idempotently) and runs every test against real kernel
+# trees, real modules and kmod's own tools. This is what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH=/usr/local/go/bin:$PATH
+export KMPACK_TESTDATA=$(bash scripts/testdata.sh | tail -n1)
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt needed:" $unformatted >&2
+  exit 1
+fi
+go test -count=1 -timeout 40m ./... 2>&1 | tee /tmp/kmpack-test.log

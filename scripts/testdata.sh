@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Downloads (never installs) the Debian packages the tests read as files, into a cache that
+# survives fresh clones on the same machine. Idempotent: a package already there is not fetched again.
+# Usage: scripts/testdata.sh   (prints the cache directory on its last line)
+set -euo pipefail
+cache=${KMPACK_TESTDATA:-/var/cache/kmpack-testdata}
+mkdir -p "$cache/debs"
+cd "$cache/debs"
+
+# A complete kernel image (several thousand signed, uncompressed .ko) for comparisons with kmod's tools,
+# and a headers set that is deliberately not installed: kmpack must make a tree from the .deb files alone.
+WANT=(
+  linux-image-6.1.0-53-amd64
+  linux-headers-6.1.0-55-amd64
+  linux-headers-6.1.0-55-common
+  linux-kbuild-6.1
+)
+missing=()
+for p in "${WANT[@]}"; do
+  compgen -G "${p}_*.deb" >/dev/null || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "testdata: downloading ${missing[*]}" >&2
+  apt-get download "${missing[@]}" >&2 || { apt-get update -qq >&2 && apt-get download "${missing[@]}" >&2; }
+fi
+# An interrupted download leaves a *.deb only after it completed (apt renames at the end), so what is here is whole.
+echo "$cache"
