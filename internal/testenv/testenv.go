@@ -127,3 +127,46 @@ func Need(t testing.TB, cmds ...string) {
 		}
 	}
 }
+
+// RPMSpec describes a binary RPM for BuildRPM: the files under Stage become the payload.
+type RPMSpec struct {
+	Name, Version, Arch string
+	Stage               string
+	// Files are %files lines; the default claims every top-level directory staged.
+	Files []string
+}
+
+// BuildRPM builds an RPM with the real rpmbuild (no dependency generation, no stripping) and
+// returns its path under outDir.
+func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
+	t.Helper()
+	Need(t, "rpmbuild")
+	top := t.TempDir()
+	files := spec.Files
+	if files == nil {
+		top, err := os.ReadDir(spec.Stage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range top {
+			files = append(files, "/"+e.Name())
+		}
+	}
+	text := "Name: " + spec.Name + "\nVersion: " + spec.Version + "\nRelease: 1\nSummary: kmpack test package\n" +
+		"License: GPL-2.0-only\nBuildArch: " + spec.Arch + "\nAutoReqProv: no\n" +
+		"%define debug_package %{nil}\n%define __os_install_post %{nil}\n%define _build_id_links none\n" +
+		"%define _binary_payload w3.zstdio\n%define _binaries_in_noarch_packages_terminate_build 0\n%description\nkmpack test package\n" +
+		"%install\ncp -a " + spec.Stage + "/. %{buildroot}/\n%files\n"
+	for _, f := range files {
+		text += f + "\n"
+	}
+	specPath := filepath.Join(top, spec.Name+".spec")
+	if err := os.WriteFile(specPath, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("rpmbuild", "-bb", "--quiet", "--define", "_topdir "+top, "--define", "_rpmdir "+outDir, "--define", "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm", specPath)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("rpmbuild %s: %v\n%s", spec.Name, err, out)
+	}
+	return filepath.Join(outDir, spec.Name+"-"+spec.Version+"-1."+spec.Arch+".rpm")
+}
