@@ -6,6 +6,10 @@ package kmp
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"unicode"
 )
 
 // InputError reports input that kmpack cannot use: a malformed module, symvers file, package or
@@ -16,10 +20,29 @@ type InputError struct {
 }
 
 func (e *InputError) Error() string {
-	if e.Path == "" {
-		return e.Err.Error()
+	msg := e.Err.Error()
+	if e.Path != "" {
+		msg = e.Path + ": " + msg
 	}
-	return e.Path + ": " + e.Err.Error()
+	return oneLine(msg)
+}
+
+// oneLine escapes control characters, which hostile inputs put into names we quote, so the
+// message stays one line on a terminal and in logs.
+func oneLine(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func (e *InputError) Unwrap() error { return e.Err }
@@ -39,6 +62,9 @@ func IsInputError(err error) bool {
 // InputError: a crash on a hostile file would lose the user's other results.
 func guard(path string, err *error) {
 	if r := recover(); r != nil {
+		if os.Getenv("KMPACK_PANIC") != "" {
+			panic(r)
+		}
 		*err = inputErrorf(path, "malformed input (parser failed: %v)", r)
 	}
 }

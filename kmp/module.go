@@ -452,10 +452,10 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 			case s.Section != elf.SHN_UNDEF && s.Section < elf.SHN_LORESERVE:
 				b, err := secData(s.Section)
 				if err != nil {
-					return inputErrorf(path, "CRC of %s: %v", name, err)
+					return inputErrorf(path, "CRC of %q: %v", name, err)
 				}
 				if s.Value+4 > uint64(len(b)) {
-					return inputErrorf(path, "CRC of %s: offset %#x outside section %s", name, s.Value, f.Sections[s.Section].Name)
+					return inputErrorf(path, "CRC of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 				}
 				e.CRC, e.HasCRC = uint64(f.ByteOrder.Uint32(b[s.Value:])), true
 			}
@@ -463,10 +463,10 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 		if s, ok := nss[name]; ok && s.Section != elf.SHN_UNDEF && s.Section < elf.SHN_LORESERVE {
 			b, err := secData(s.Section)
 			if err != nil {
-				return inputErrorf(path, "namespace of %s: %v", name, err)
+				return inputErrorf(path, "namespace of %q: %v", name, err)
 			}
 			if s.Value >= uint64(len(b)) {
-				return inputErrorf(path, "namespace of %s: offset %#x outside section %s", name, s.Value, f.Sections[s.Section].Name)
+				return inputErrorf(path, "namespace of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 			}
 			str := b[s.Value:]
 			if i := bytes.IndexByte(str, 0); i >= 0 {

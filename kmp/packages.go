@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/blakesmith/ar"
 	rpmutils "github.com/sassoftware/go-rpmutils"
 )
 
@@ -195,7 +194,10 @@ func unpackDeb(path string, x *extractor) error {
 		return err
 	}
 	defer f.Close()
-	r := ar.NewReader(bufio.NewReader(f))
+	r, err := newArReader(bufio.NewReader(f))
+	if err != nil {
+		return inputErrorf(path, "not a Debian package: %v", err)
+	}
 	sawBinary := false
 	for {
 		h, err := r.Next()
@@ -205,7 +207,7 @@ func unpackDeb(path string, x *extractor) error {
 		if err != nil {
 			return inputErrorf(path, "corrupt ar archive: %v", err)
 		}
-		name := strings.TrimSuffix(strings.TrimSpace(h.Name), "/")
+		name := h.Name
 		switch {
 		case name == "debian-binary":
 			b, _ := io.ReadAll(io.LimitReader(r, 64))
@@ -230,11 +232,11 @@ func unpackDeb(path string, x *extractor) error {
 			case ".bz2":
 				return untar(path, bzip2.NewReader(io.LimitReader(r, h.Size)), x)
 			default:
-				return inputErrorf(path, "unsupported member %s", name)
+				return inputErrorf(path, "unsupported member %q", name)
 			}
 			dr, done, err := decompressReader(io.LimitReader(r, h.Size), c)
 			if err != nil {
-				return inputErrorf(path, "member %s: %v", name, err)
+				return inputErrorf(path, "member %q: %v", name, err)
 			}
 			defer done()
 			return untar(path, dr, x)
