@@ -52,7 +52,7 @@ func inspectCommand() *cli.Command {
 				}
 			case c.Bool("modinfo"):
 				for _, m := range mods {
-					fmt.Print(m.ModinfoText(m.Path))
+					fmt.Print(m.ModinfoText(kmodPath(m.Path)))
 				}
 			case c.Bool("dump-modversions"):
 				for _, m := range mods {
@@ -142,4 +142,17 @@ func printModule(w io.Writer, m *kmp.ModuleInfo, imports, exports bool) {
 			fmt.Fprintf(w, "    %s  %-18s %s%s\n", crc, e.ExportType(), e.Name, extra)
 		}
 	}
+}
+
+// kmodPath is the filename modinfo shows: relative paths get the working directory prefixed,
+// uncleaned, as libkmod's path_make_absolute_cwd does.
+func kmodPath(p string) string {
+	if strings.HasPrefix(p, "/") {
+		return p
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	return wd + "/" + p
 }

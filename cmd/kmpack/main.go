@@ -62,7 +62,10 @@ func isUsageError(err error) bool {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	onUsageError := func(c *cli.Context, err error, isSub bool) error {
+		return usageError{err.Error()}
+	}
+	app := &cli.App{
 		Name:    "kmpack",
 		Usage:   "build out-of-tree kernel modules into distro-native kernel module packages",
 		Version: version,
@@ -85,11 +88,13 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			kernelsCommand(),
 			inspectCommand(),
 		},
-		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
-			return usageError{err.Error()}
-		},
+		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code
 	}
+	for _, c := range app.Commands {
+		c.OnUsageError = onUsageError
+	}
+	return app
 }
 
 func defaultCacheDir() string {
