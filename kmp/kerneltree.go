@@ -1,7 +1,6 @@
 package kmp
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -191,6 +190,7 @@ func flavorFromRelease(release string) string {
 }
 
 var (
+	clangVersionRE    = regexp.MustCompile(`version (\d+\.\d+\.\d+)`)
 	hostCompilerMu    sync.Mutex
 	hostCompilerCache = map[string]string{}
 )
@@ -208,7 +208,7 @@ func hostCompilerVersion(path, kind string) string {
 			v = strings.TrimSpace(string(out))
 		}
 	} else if out, err := exec.Command(path, "--version").Output(); err == nil {
-		if m := regexp.MustCompile(`version (\d+\.\d+\.\d+)`).FindSubmatch(out); m != nil {
+		if m := clangVersionRE.FindSubmatch(out); m != nil {
 			v = string(m[1])
 		}
 	}
@@ -255,18 +255,4 @@ func describeCompiler(cfg KernelConfig) CompilerInfo {
 		break
 	}
 	return ci
-}
-
-// readFirstLine is for small marker files.
-func readFirstLine(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	if sc.Scan() {
-		return strings.TrimSpace(sc.Text())
-	}
-	return ""
 }

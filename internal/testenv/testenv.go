@@ -11,6 +11,8 @@ import (
 	"sort"
 	"sync"
 	"testing"
+
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // Kernel releases whose headers scripts/setup.sh installs.
@@ -97,7 +99,7 @@ func Modules(t testing.TB, dir string) []string {
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() && isModule(d.Name()) {
+		if d.Type().IsRegular() && kmp.IsModuleFileName(d.Name()) {
 			out = append(out, p)
 		}
 		return nil
@@ -107,15 +109,6 @@ func Modules(t testing.TB, dir string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func isModule(name string) bool {
-	for _, s := range []string{".ko", ".ko.xz", ".ko.gz", ".ko.zst"} {
-		if len(name) > len(s) && name[len(name)-len(s):] == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Need fails the test when a command the test compares against is missing.
