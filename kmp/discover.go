@@ -40,6 +40,28 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 		return nil, err
 	}
 	d := &Discovery{Trees: []*KernelTree{}}
+	dirs, dangling := candidateDirs(root)
+	d.Skipped = dangling
+	for _, dir := range dirs {
+		if !looksLikeTree(dir) {
+			// -common and kbuild halves of Debian's headers, source-only trees: not an error.
+			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: "no Makefile with .config: not a configured kernel tree"})
+			continue
+		}
+		t, err := OpenKernelTree(dir)
+		if err != nil {
+			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: err.Error()})
+			continue
+		}
+		d.Trees = append(d.Trees, t)
+	}
+	SortKernelTrees(d.Trees)
+	return d, nil
+}
+
+// candidateDirs resolves the treePatterns matches under root (symlinks followed inside root),
+// each directory once, and lists the matches that are dangling or not directories.
+func candidateDirs(root string) (dirs []string, dangling []SkippedDir) {
 	seen := map[string]bool{}
 	for _, pat := range treePatterns {
 		matches, _ := filepath.Glob(filepath.Join(root, pat))
@@ -51,26 +73,14 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 				continue
 			}
 			seen[dir] = true
-			fi, err := os.Stat(dir)
-			if err != nil || !fi.IsDir() {
-				d.Skipped = append(d.Skipped, SkippedDir{Dir: m, Reason: "dangling or not a directory"})
+			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+				dangling = append(dangling, SkippedDir{Dir: m, Reason: "dangling or not a directory"})
 				continue
 			}
-			if !looksLikeTree(dir) {
-				// -common and kbuild halves of Debian's headers, source-only trees: not an error.
-				d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: "no Makefile with .config: not a configured kernel tree"})
-				continue
-			}
-			t, err := OpenKernelTree(dir)
-			if err != nil {
-				d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: err.Error()})
-				continue
-			}
-			d.Trees = append(d.Trees, t)
+			dirs = append(dirs, dir)
 		}
 	}
-	SortKernelTrees(d.Trees)
-	return d, nil
+	return dirs, dangling
 }
 
 func looksLikeTree(dir string) bool {

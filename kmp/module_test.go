@@ -64,10 +64,7 @@ func TestCompressedModulesMatchPlain(t *testing.T) {
 	dir := t.TempDir()
 	for tool, c := range map[string]kmp.Compression{"gzip": kmp.CompressGzip, "xz": kmp.CompressXZ, "zstd": kmp.CompressZstd} {
 		out := filepath.Join(dir, "idxd_bus.ko"+c.Extension())
-		cmd := exec.Command("sh", "-c", tool+" -c < ../testdata/ko/idxd_bus.ko > "+out)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v %s", tool, err, b)
-		}
+		compressFile(t, tool, "../testdata/ko/idxd_bus.ko", out)
 		m, err := kmp.ReadModule(out)
 		if err != nil {
 			t.Fatal(err)

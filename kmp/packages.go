@@ -46,16 +46,6 @@ func DetectPackage(path string) (PackageKind, error) {
 	return "", inputErrorf(path, "not a .deb or .rpm package")
 }
 
-// IsPackageFile is a quick check for command lines that mix directories and package files.
-func IsPackageFile(path string) bool {
-	fi, err := os.Stat(path)
-	if err != nil || !fi.Mode().IsRegular() {
-		return false
-	}
-	_, err = DetectPackage(path)
-	return err == nil
-}
-
 // PackageSet is package files unpacked together into one root in the cache.
 type PackageSet struct {
 	Root     string   `json:"root"`
@@ -346,17 +336,7 @@ var absIncludeRE = regexp.MustCompile(`(?m)^(\s*-?include\s+)(/\S+)`)
 // "include /usr/src/linux-headers-<abi>-common/Makefile", the same shape in SUSE's -obj trees)
 // into finalRoot, where the tree will live, when the included file is part of the set.
 func relocateMakefiles(root, finalRoot string) error {
-	d, err := DiscoverKernelTrees(root)
-	if err != nil {
-		return err
-	}
-	dirs := []string{}
-	for _, t := range d.Trees {
-		dirs = append(dirs, t.Dir)
-	}
-	for _, s := range d.Skipped {
-		dirs = append(dirs, s.Dir)
-	}
+	dirs, _ := candidateDirs(root)
 	for _, dir := range dirs {
 		mk := filepath.Join(dir, "Makefile")
 		fi, err := os.Lstat(mk)

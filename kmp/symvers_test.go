@@ -84,10 +84,7 @@ func TestReadSymversCompressed(t *testing.T) {
 	dir := t.TempDir()
 	for tool, ext := range map[string]string{"gzip": ".gz", "xz": ".xz", "zstd": ".zst"} {
 		out := filepath.Join(dir, "symvers-"+testenv.Release53+ext)
-		cmd := exec.Command("sh", "-c", tool+" -c < \"$1\" > \"$2\"", "sh", src, out)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v %s", tool, err, b)
-		}
+		compressFile(t, tool, src, out)
 		sv, err := kmp.ReadSymvers(out)
 		if err != nil {
 			t.Fatalf("%s: %v", ext, err)
@@ -130,5 +127,14 @@ func TestSymversWriteRoundTrip(t *testing.T) {
 	raw, _ := os.ReadFile(sv.Path)
 	if b.String() != string(raw) {
 		t.Fatalf("rewritten Module.symvers differs from kbuild's")
+	}
+}
+
+// compressFile compresses src into dst with the real tool (gzip, xz or zstd).
+func compressFile(t *testing.T, tool, src, dst string) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", tool+` -c < "$1" > "$2"`, "sh", src, dst)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v %s", tool, err, b)
 	}
 }
