@@ -3,6 +3,7 @@ package kmp
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"os"
 
@@ -110,4 +111,61 @@ func ReadMaybeCompressed(path string) ([]byte, Compression, error) {
 		return nil, CompressNone, err
 	}
 	return Decompress(path, data)
+}
+
+// CompressBytes compresses a module the way the kernel's own build does (scripts/Makefile.modinst):
+// xz with a CRC32 check and a 1 MiB dictionary (what the in-kernel decompressor accepts), gzip -9,
+// zstd at its best level. The output depends only on the input, for reproducible packages.
+func CompressBytes(data []byte, c Compression) ([]byte, error) {
+	var buf bytes.Buffer
+	switch c {
+	case CompressNone, "":
+		return data, nil
+	case CompressGzip:
+		w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(data); err != nil {
+			return nil, err
+		}
+		if err := w.Close(); err != nil {
+			return nil, err
+		}
+	case CompressXZ:
+		cfg := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}
+		w, err := cfg.NewWriter(&buf)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(data); err != nil {
+			return nil, err
+		}
+		if err := w.Close(); err != nil {
+			return nil, err
+		}
+	case CompressZstd:
+		w, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(data); err != nil {
+			return nil, err
+		}
+		if err := w.Close(); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown compression %q", c)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseCompression reads a --compress value.
+func ParseCompression(s string) (Compression, error) {
+	switch Compression(s) {
+	case CompressNone, CompressGzip, CompressXZ, CompressZstd:
+		return Compression(s), nil
+	}
+	return "", fmt.Errorf("unknown compression %q (none, gzip, xz or zstd)", s)
 }

@@ -129,10 +129,29 @@ func FuzzUnpackPackage(f *testing.F) {
 	})
 }
 
-func mustRead(f *testing.F, p string) []byte {
+func mustRead(tb testing.TB, p string) []byte {
+	tb.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
-		f.Fatal(err)
+		tb.Fatal(err)
 	}
 	return b
+}
+
+func FuzzParseSpec(f *testing.F) {
+	f.Add([]byte(readmeSpec))
+	f.Add([]byte("name: a\nversion: '1'\n"))
+	f.Add([]byte("name: a\nversion: 1\nmodules: [{name: m, build-exclusive: {config: [CONFIG_X]}}]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := kmp.ParseSpec("kmpack.yaml", data)
+		if err != nil {
+			if !kmp.IsInputError(err) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "parser failed") {
+				t.Fatalf("bad error: %q", err)
+			}
+			return
+		}
+		if s.Name == "" || s.Version == "" {
+			t.Fatalf("accepted a spec without name or version: %+v", s)
+		}
+	})
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (idempotently), builds kmpack and runs it on the bundled
-# example module (testdata/modules/hello): describe every installed kernel devel tree, build the
-# module against each, and inspect what was built.
+# Sets up a fresh Debian 12 machine (idempotently), builds kmpack and runs the main job on the
+# bundled example module (testdata/modules/hello, described by its kmpack.yaml): describe every
+# installed kernel devel tree, build the module against all of them in parallel, build again
+# (nothing changed: served from the cache), and inspect one result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,12 +10,12 @@ export PATH=/usr/local/go/bin:$PATH
 mkdir -p out
 go build -o out/kmpack ./cmd/kmpack
 ./out/kmpack kernels
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-for tree in $(./out/kmpack kernels --dirs); do
-  rel=$(basename "$tree")
-  cp -r testdata/modules/hello "$work/$rel"
-  make -s -C "$tree" M="$work/$rel" modules >/dev/null
-  echo
-  ./out/kmpack inspect "$work/$rel/kmpack_hello.ko"
-done
+echo
+./out/kmpack build -o out/example testdata/modules/hello
+echo
+./out/kmpack build -o out/example testdata/modules/hello
+echo
+first=$(sed -n 's/.*"file": "\(.*\)",/\1/p' out/example/manifest.json | head -1)
+./out/kmpack inspect "out/example/$first"
+echo
+echo "modules, logs and manifest.json are in out/example"

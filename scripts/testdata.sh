@@ -14,6 +14,11 @@ WANT=(
   linux-headers-6.1.0-55-amd64
   linux-headers-6.1.0-55-common
   linux-kbuild-6.1
+  # Real out-of-tree module sources with their dkms.conf (shared/reference/corpus.md).
+  v4l2loopback-dkms
+  acpi-call-dkms
+  gost-crypto-dkms
+  jool-dkms
 )
 missing=()
 for p in "${WANT[@]}"; do

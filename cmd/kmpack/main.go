@@ -73,7 +73,8 @@ func newApp() *cli.App {
 many kernel devel trees and turns the results into SUSE KMP, Red Hat kmod and Debian packages.
 
 Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command line,
-3 an input is malformed (the message names the file and the problem).`,
+3 an input is malformed (the message names the file and the problem; nothing is written),
+4 build: at least one kernel failed, 5 build: every kernel was skipped (BUILD_EXCLUSIVE).`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{
@@ -87,6 +88,8 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 		Commands: []*cli.Command{
 			kernelsCommand(),
 			inspectCommand(),
+			buildCommand(),
+			initCommand(),
 		},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code

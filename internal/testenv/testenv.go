@@ -163,3 +163,38 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 	}
 	return filepath.Join(outDir, spec.Name+"-"+spec.Version+"-1."+spec.Arch+".rpm")
 }
+
+// InstalledReleases are the kernels whose headers scripts/setup.sh installs.
+var InstalledReleases = []string{Release53, Release53Cloud, Release54, Release612}
+
+// Corpus names the Debian *-dkms packages scripts/testdata.sh downloads (shared/reference/corpus.md).
+var Corpus = []string{"acpi-call-dkms", "gost-crypto-dkms", "jool-dkms", "v4l2loopback-dkms"}
+
+// CorpusSource returns a private copy (under dir) of the module source that a Debian *-dkms
+// package ships in /usr/src/<name>-<version>, with its dkms.conf.
+func CorpusSource(t testing.TB, pkg, dir string) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(UnpackedDeb(t, pkg), "usr/src/*"))
+	if len(m) != 1 {
+		t.Fatalf("%s: expected one directory under /usr/src, found %v", pkg, m)
+	}
+	dst := filepath.Join(dir, filepath.Base(m[0]))
+	if out, err := exec.Command("cp", "-a", m[0], dst).CombinedOutput(); err != nil {
+		t.Fatalf("copying %s: %v: %s", m[0], err, out)
+	}
+	return dst
+}
+
+// KernelTrees opens the installed header trees of releases.
+func KernelTrees(t testing.TB, releases ...string) []*kmp.KernelTree {
+	t.Helper()
+	var trees []*kmp.KernelTree
+	for _, r := range releases {
+		tr, err := kmp.OpenKernelTree(HeadersDir(t, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		trees = append(trees, tr)
+	}
+	return trees
+}

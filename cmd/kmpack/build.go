@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// Exit codes of kmpack build beyond the common ones, documented in the README.
+const (
+	exitBuildFailed = 4 // at least one kernel failed to build; the others' results are in the output
+	exitAllSkipped  = 5 // no kernel was built: BUILD_EXCLUSIVE rules skipped every one (dkms's 77)
+)
+
+func buildCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "build",
+		Usage:     "build a module source against kernel trees, in parallel, into an output directory with a manifest",
+		ArgsUsage: "[SOURCE]",
+		Description: `SOURCE is a directory holding a kmpack.yaml, a dkms.conf or a bare Kbuild tree (looked for in
+that order), or the path of a kmpack.yaml or dkms.conf. It defaults to the current directory.
+
+Kernels come from --kernel (a tree directory, a glob, or .deb/.rpm files unpacked into the
+cache), else from the spec's kernels list, else from the trees installed on this machine.
+
+Each kernel builds in its own copy of the source; all builds share one job budget (--jobs)
+through a make jobserver. Results go to OUTPUT/modules/<release>/, logs to OUTPUT/logs/,
+and OUTPUT/manifest.json describes every kernel's outcome and module. A build whose inputs
+did not change is taken from the cache and not rebuilt.
+
+Exit status: 0 every kernel built or skipped (at least one built), 4 at least one kernel
+failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written),
+2 wrong command line, 1 kmpack or the machine failed.`,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Usage: "kernel tree directory, glob, or package file (repeatable)"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: runtime.NumCPU(), Usage: "job budget shared by all kernels' builds"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "kmpack-out", Usage: "output directory (replaced if it holds a previous kmpack output)"},
+			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "module compression: auto (the kernel's CONFIG_MODULE_COMPRESS_*), none, gzip, xz, zstd"},
+			&cli.BoolFlag{Name: "no-strip", Usage: "keep debug info in all modules (default: strip -g as dkms does, unless STRIP says no)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything and do not store results in the cache"},
+			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
+			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
+			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
+		},
+		Action: runBuild,
+	}
+}
+
+func runBuild(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return usagef("build takes one SOURCE, got %d arguments (options go before SOURCE)", c.NArg())
+	}
+	srcPath := c.Args().First()
+	if srcPath == "" {
+		srcPath = "."
+	}
+	if c.Int("jobs") < 1 {
+		return usagef("--jobs must be at least 1")
+	}
+	var comp kmp.Compression
+	if v := c.String("compress"); v != "auto" {
+		var err error
+		if comp, err = kmp.ParseCompression(v); err != nil {
+			return usagef("--compress: %v", err)
+		}
+	}
+	src, err := kmp.OpenSource(srcPath)
+	if err != nil {
+		return err
+	}
+	kernelArgs := c.StringSlice("kernel")
+	root := "/"
+	if len(kernelArgs) == 0 && src.Spec != nil {
+		for _, k := range src.Spec.Kernels {
+			if !filepath.IsAbs(k) {
+				k = filepath.Join(src.Dir, k)
+			}
+			kernelArgs = append(kernelArgs, k)
+		}
+	}
+	expanded, err := expandKernelArgs(kernelArgs)
+	if err != nil {
+		return err
+	}
+	found, err := findKernels(c.String("cache-dir"), root, expanded)
+	if err != nil {
+		return err
+	}
+	if len(found.Errors) > 0 {
+		return cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
+	}
+	if len(found.Trees) == 0 {
+		return cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts := kmp.BuildOptions{
+		Jobs:               c.Int("jobs"),
+		OutputDir:          c.String("output"),
+		Compression:        comp,
+		NoStrip:            c.Bool("no-strip"),
+		KeepWork:           c.Bool("keep-work"),
+		IgnoreBuildDepends: c.Bool("ignore-build-depends"),
+		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
+	}
+	if !c.Bool("no-cache") {
+		opts.CacheDir = c.String("cache-dir")
+	} else {
+		opts.WorkDir = filepath.Join(c.String("cache-dir"), "work")
+	}
+	var prog *progress
+	if !c.Bool("quiet") {
+		prog = newProgress(os.Stderr, found.Trees)
+		opts.Progress = prog.update
+		defer prog.stop()
+	}
+	m, err := kmp.Build(ctx, src, found.Trees, opts)
+	if prog != nil {
+		prog.stop()
+	}
+	if err != nil && !errors.Is(err, kmp.ErrBuildFailed) {
+		return err
+	}
+	if c.Bool("json") {
+		if err := writeJSON(os.Stdout, m); err != nil {
+			return err
+		}
+	} else {
+		printBuildSummary(os.Stdout, m, opts.OutputDir)
+	}
+	switch {
+	case m.Summary.Failed > 0:
+		for _, k := range m.Kernels {
+			if k.Status == kmp.StatusFailed && len(k.LogTail) > 0 {
+				fmt.Fprintf(os.Stderr, "\n--- %s: last lines of %s\n%s\n", k.Release, filepath.Join(opts.OutputDir, k.Log), strings.Join(k.LogTail, "\n"))
+			}
+		}
+		return cli.Exit(fmt.Sprintf("build failed for %d of %d kernels", m.Summary.Failed, len(m.Kernels)), exitBuildFailed)
+	case m.Summary.Built == 0:
+		return cli.Exit("nothing built: every kernel was skipped by BUILD_EXCLUSIVE rules", exitAllSkipped)
+	}
+	return nil
+}
+
+// expandKernelArgs expands globs (a pattern matching nothing is an error: a typo must not
+// silently build for fewer kernels).
+func expandKernelArgs(args []string) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		if !strings.ContainsAny(a, "*?[") {
+			out = append(out, a)
+			continue
+		}
+		m, err := filepath.Glob(a)
+		if err != nil {
+			return nil, usagef("--kernel %q: %v", a, err)
+		}
+		if len(m) == 0 {
+			return nil, cli.Exit(fmt.Sprintf("%s: no kernel tree or package matches", a), exitInput)
+		}
+		out = append(out, m...)
+	}
+	return out, nil
+}
+
+func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
+	fmt.Fprintf(w, "%s %s (%s) -> %s\n", m.Source.Name, m.Source.Version, m.Source.Kind, outDir)
+	width := 0
+	for _, k := range m.Kernels {
+		width = max(width, len(k.Release))
+	}
+	for _, k := range m.Kernels {
+		status := string(k.Status)
+		if k.Cached {
+			status = "cached"
+		}
+		var detail string
+		switch k.Status {
+		case kmp.StatusBuilt:
+			var names []string
+			for _, mod := range k.Modules {
+				names = append(names, filepath.Base(mod.File))
+			}
+			detail = fmt.Sprintf("%5.1fs  %s", k.Duration, strings.Join(names, " "))
+		default:
+			detail = k.Reason
+			if k.Status == kmp.StatusFailed && k.Log != "" {
+				detail += "  (log: " + filepath.Join(outDir, k.Log) + ")"
+			}
+		}
+		fmt.Fprintf(w, "  %-*s  %-7s  %s\n", width, k.Release, status, detail)
+		for _, e := range k.Excluded {
+			if k.Status != kmp.StatusSkipped {
+				fmt.Fprintf(w, "  %-*s  %-7s  %s: %s\n", width, "", "", e.Name, e.Reason)
+			}
+		}
+	}
+	s := m.Summary
+	fmt.Fprintf(w, "%d built (%d from cache), %d skipped, %d failed\n", s.Built, s.Cached, s.Skipped, s.Failed)
+	if s.Built > 0 && s.Cached == s.Built && s.Failed == 0 {
+		fmt.Fprintln(w, "nothing rebuilt: every build was up to date in the cache")
+	}
+}
+
+// progress shows each kernel's state: redrawn in place on a terminal, one line per change otherwise.
+type progress struct {
+	w       io.Writer
+	tty     bool
+	mu      sync.Mutex
+	order   []string
+	state   map[string]kmp.ProgressEvent
+	started map[string]time.Time
+	drawn   int
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newProgress(f *os.File, trees []*kmp.KernelTree) *progress {
+	p := &progress{w: f, tty: term.IsTerminal(int(f.Fd())), state: map[string]kmp.ProgressEvent{},
+		started: map[string]time.Time{}, done: make(chan struct{})}
+	for _, t := range trees {
+		p.order = append(p.order, t.Release)
+	}
+	sort.SliceStable(p.order, func(i, j int) bool { return kmp.CompareReleases(p.order[i], p.order[j]) < 0 })
+	if p.tty {
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-p.done:
+					return
+				case <-t.C:
+					p.mu.Lock()
+					p.redraw()
+					p.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return p
+}
+
+func (p *progress) update(ev kmp.ProgressEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.state[ev.Release] = ev
+	if ev.Status == kmp.StatusBuilding {
+		p.started[ev.Release] = time.Now()
+	}
+	if p.tty {
+		p.redraw()
+		return
+	}
+	if ev.Status == kmp.StatusQueued {
+		return
+	}
+	fmt.Fprintf(p.w, "kmpack: %s: %s\n", ev.Release, describeEvent(ev))
+}
+
+func describeEvent(ev kmp.ProgressEvent) string {
+	switch {
+	case ev.Status == kmp.StatusBuilt && ev.Cached:
+		return "up to date (from cache)"
+	case ev.Status == kmp.StatusBuilt:
+		return fmt.Sprintf("built in %.1fs", ev.Elapsed.Seconds())
+	case ev.Detail != "":
+		return string(ev.Status) + ": " + ev.Detail
+	}
+	return string(ev.Status)
+}
+
+func (p *progress) redraw() {
+	if p.drawn > 0 {
+		fmt.Fprintf(p.w, "\x1b[%dA", p.drawn)
+	}
+	for _, rel := range p.order {
+		ev := p.state[rel]
+		line := describeEvent(ev)
+		if ev.Status == kmp.StatusBuilding {
+			line = fmt.Sprintf("building %ds", int(time.Since(p.started[rel]).Seconds()))
+		}
+		if ev.Status == "" {
+			line = "queued"
+		}
+		fmt.Fprintf(p.w, "\x1b[2K  %-28s %s\n", rel, truncate(line, 100))
+	}
+	p.drawn = len(p.order)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
+}
+
+func (p *progress) stop() {
+	p.once.Do(func() {
+		close(p.done)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.tty {
+			p.redraw()
+		}
+	})
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
+)
+
+func helloCopy(t *testing.T, withSpec bool) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "hello")
+	if out, err := exec.Command("cp", "-a", "../../testdata/modules/hello", dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !withSpec {
+		os.Remove(filepath.Join(dir, "kmpack.yaml"))
+	}
+	return dir
+}
+
+func kmpackIn(t *testing.T, cache string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+cache)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestBuildCommand(t *testing.T) {
+	h53, h612 := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release612)
+	src := helloCopy(t, true)
+	cache := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	stdout, stderr, code := kmpackIn(t, cache, "build", "-k", h53, "-k", h612, "-o", out, src)
+	if code != 0 || !strings.Contains(stdout, "2 built (0 from cache), 0 skipped, 0 failed") {
+		t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stderr, testenv.Release53+": built in") {
+		t.Errorf("no progress lines on a non-terminal: %s", stderr)
+	}
+	stdout, _, code = kmpackIn(t, cache, "build", "--json", "-k", h53, "-k", h612, "-o", out, src)
+	var m kmp.Manifest
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil || code != 0 {
+		t.Fatalf("--json: %v %d %s", err, code, stdout)
+	}
+	if m.Summary.Cached != 2 || len(m.Kernels[1].Modules) != 1 || !strings.HasSuffix(m.Kernels[1].Modules[0].File, ".ko.xz") {
+		t.Errorf("manifest %+v", m)
+	}
+	if _, err := os.Stat(filepath.Join(out, "manifest.json")); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBuildExitCodes(t *testing.T) {
+	h53, h612 := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release612)
+	write := func(conf string) string {
+		dir := helloCopy(t, false)
+		os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte(conf), 0o644)
+		return dir
+	}
+	base := "PACKAGE_NAME=hello\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=kmpack_hello\nDEST_MODULE_LOCATION=/updates\n"
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"one kernel fails", []string{"-k", h53, "-k", h612, write(base + "MAKE[1]=false\nMAKE_MATCH[1]=^6.12\n")}, exitBuildFailed, "build failed for 1 of 2 kernels"},
+		{"all skipped", []string{"-k", h53, write(base + "BUILD_EXCLUSIVE_ARCH=s390x\n")}, exitAllSkipped, "every kernel was skipped"},
+		{"invalid bash", []string{"-k", h53, write(base + "if then\n")}, exitInput, "dkms.conf: not valid bash"},
+		{"not a tree", []string{"-k", t.TempDir(), helloCopy(t, true)}, exitInput, "not a kernel devel tree"},
+		{"no glob match", []string{"-k", "/nonexistent/linux-*", helloCopy(t, true)}, exitInput, "no kernel tree or package matches"},
+		{"bad spec", []string{"-k", h53, func() string {
+			d := helloCopy(t, false)
+			os.WriteFile(filepath.Join(d, "kmpack.yaml"), []byte("name: x\nversion: '1'\nmodulez: []\n"), 0o644)
+			return d
+		}()}, exitInput, "kmpack.yaml: line 3: field modulez not found"},
+		{"bad compress", []string{"--compress", "lz4", helloCopy(t, true)}, exitUsage, "unknown compression"},
+		{"options after source", []string{helloCopy(t, true), "-o", "x"}, exitUsage, "options go before SOURCE"},
+	}
+	for _, c := range cases {
+		parent := t.TempDir()
+		out := filepath.Join(parent, "out")
+		args := append([]string{"build", "-o", out}, c.args...)
+		_, stderr, code := kmpackIn(t, t.TempDir(), args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: exit %d, want %d with %q:\n%s", c.name, code, c.code, c.want, stderr)
+		}
+		if code == exitInput || code == exitUsage {
+			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+				t.Errorf("%s: left %v behind", c.name, entries)
+			}
+		}
+	}
+}
+
+func TestInitFromDKMSConf(t *testing.T) {
+	h53, hCloud := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release53Cloud)
+	dir := helloCopy(t, false)
+	conf := `PACKAGE_NAME=hello
+PACKAGE_VERSION=1.0
+BUILT_MODULE_NAME[0]=kmpack_hello
+DEST_MODULE_LOCATION[0]=/extra
+MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build EXTRA=$kernelver"
+if grep -q CONFIG_XEN_BALLOON=y $kernel_source_dir/.config; then BUILD_EXCLUSIVE_CONFIG="CONFIG_XEN_BALLOON"; fi
+`
+	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte(conf), 0o644)
+	cache := t.TempDir()
+	stdout, stderr, code := kmpackIn(t, cache, "init", "-k", h53, "-k", hCloud, dir)
+	if code != 0 || !strings.Contains(stdout, "wrote ") {
+		t.Fatalf("init: %d %s %s", code, stdout, stderr)
+	}
+	spec, err := kmp.ReadSpec(filepath.Join(dir, "kmpack.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Name != "hello" || spec.Modules[0].InstallDir != "extra" ||
+		spec.Build.Commands[0].Run != "make -C ${kernel_source_dir} M=${build_dir} EXTRA=${kernelver}" {
+		t.Errorf("spec %+v", spec)
+	}
+	if !strings.Contains(stderr, "shell logic") {
+		t.Errorf("no warning about shell logic: %s", stderr)
+	}
+	if _, _, code := kmpackIn(t, cache, "init", "-k", h53, dir); code != exitInput {
+		t.Errorf("init over an existing kmpack.yaml: exit %d", code)
+	}
+	// The written spec builds (kmpack.yaml wins over dkms.conf).
+	out := filepath.Join(t.TempDir(), "out")
+	stdout, stderr, code = kmpackIn(t, cache, "build", "-k", h53, "-o", out, dir)
+	if code != 0 || !strings.Contains(stdout, "(kmpack.yaml)") {
+		t.Errorf("building the converted spec: %d %s %s", code, stdout, stderr)
+	}
+}

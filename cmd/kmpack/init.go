@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/urfave/cli/v2"
+)
+
+func initCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "init",
+		Usage:     "write a kmpack.yaml from an existing dkms.conf",
+		ArgsUsage: "[SOURCE]",
+		Description: `Evaluates SOURCE's dkms.conf (default: the current directory) for every kernel given with
+--kernel (default: the installed trees), writes the first kernel's result as SOURCE/kmpack.yaml,
+and warns about everything that differs between kernels or that a spec cannot express.`,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Usage: "kernel tree or package file to evaluate dkms.conf for (repeatable)"},
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing kmpack.yaml"},
+			&cli.BoolFlag{Name: "stdout", Usage: "print the spec instead of writing it"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return usagef("init takes one SOURCE (options go before it)")
+			}
+			dir := c.Args().First()
+			if dir == "" {
+				dir = "."
+			}
+			if fi, err := os.Stat(filepath.Join(dir, "dkms.conf")); err != nil || fi.IsDir() {
+				return cli.Exit(fmt.Sprintf("%s: no dkms.conf to convert", dir), exitInput)
+			}
+			src := &kmp.Source{}
+			var err error
+			if src, err = kmp.OpenSource(filepath.Join(dir, "dkms.conf")); err != nil {
+				return err
+			}
+			args, err := expandKernelArgs(c.StringSlice("kernel"))
+			if err != nil {
+				return err
+			}
+			found, err := findKernels(c.String("cache-dir"), "/", args)
+			if err != nil {
+				return err
+			}
+			if len(found.Errors) > 0 {
+				return cli.Exit(found.Errors[0], exitInput)
+			}
+			if len(found.Trees) == 0 {
+				return cli.Exit("no kernel tree to evaluate dkms.conf for (pass --kernel)", exitInput)
+			}
+			spec, warnings, err := kmp.SpecFromDKMS(context.Background(), src, found.Trees)
+			if err != nil {
+				return err
+			}
+			var buf bytes.Buffer
+			fmt.Fprintf(&buf, "# kmpack.yaml written by kmpack init from %s (evaluated for %s)\n", "dkms.conf", found.Trees[0].Release)
+			if err := kmp.WriteSpec(&buf, spec); err != nil {
+				return err
+			}
+			target := filepath.Join(src.Dir, kmp.SpecFileName)
+			if _, err := kmp.ParseSpec(target, buf.Bytes()); err != nil {
+				return fmt.Errorf("the converted spec is not valid (%v): fix dkms.conf or write kmpack.yaml by hand", err)
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(os.Stderr, "kmpack: warning:", w)
+			}
+			if c.Bool("stdout") {
+				_, err := os.Stdout.Write(buf.Bytes())
+				return err
+			}
+			if _, err := os.Stat(target); err == nil && !c.Bool("force") {
+				return cli.Exit(fmt.Sprintf("%s exists; use --force to replace it", target), exitInput)
+			}
+			tmp := target + ".tmp"
+			if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp, target); err != nil {
+				os.Remove(tmp)
+				return err
+			}
+			fmt.Println("wrote", target)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,12 @@
+// Package templates holds the scripts and file templates kmpack embeds in its binary, so that
+// an installed kmpack needs nothing beside it.
+package templates
+
+import _ "embed"
+
+// DKMSEval is the bash harness that evaluates a dkms.conf the way dkms's read_conf does: sourced
+// in a subshell with dkms's variables and its VER function, stdout discarded, and every index of
+// every dkms.conf directive written out NUL-separated on file descriptor 3.
+//
+//go:embed dkms-eval.bash
+var DKMSEval string
