@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -43,8 +44,6 @@ type BuildOptions struct {
 	Jobs int
 	// CacheDir holds finished builds (CacheDir/builds/<key>); "" disables the cache.
 	CacheDir string
-	// WorkDir is where per-kernel workspaces are made; "" means CacheDir/work or the system temp dir.
-	WorkDir string
 	// OutputDir receives modules, logs and manifest.json. It must not exist, be empty, or be a
 	// previous kmpack build output (which is replaced as a whole).
 	OutputDir string
@@ -186,17 +185,10 @@ func Build(ctx context.Context, src *Source, trees []*KernelTree, opts BuildOpti
 		seen[t.Release] = true
 	}
 
-	workRoot := opts.WorkDir
-	if workRoot == "" && opts.CacheDir != "" {
-		workRoot = filepath.Join(opts.CacheDir, "work")
-	}
-	if workRoot == "" {
-		workRoot = os.TempDir()
-	}
-	if err := os.MkdirAll(workRoot, 0o755); err != nil {
-		return nil, err
-	}
-	work, err := os.MkdirTemp(workRoot, "build-")
+	// Workspaces live at a path of fixed length: kbuild's BTF step embeds something that depends
+	// on the build path's length (seen on 6.12), so a path that varies with the cache directory
+	// would make modules differ between machines.
+	work, err := makeWorkspaceRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -421,7 +413,7 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	r.CacheKey = key
 	if b.fromCache(j) {
-		finish(StatusBuilt, "")
+		finish(r.Status, r.Reason)
 		return
 	}
 
@@ -447,9 +439,14 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 			b.setFatal(err)
 		}
 		r.LogTail = tailLines(filepath.Join(b.stage, r.Log), 25)
+		r.Status, r.Reason = StatusFailed, reason
+		// Failures are cached too: the same inputs fail the same way, and a no-change
+		// re-run must rebuild nothing (--no-cache retries).
+		b.storeCache(j)
 		finish(StatusFailed, reason)
 		return
 	}
+	r.Status = StatusBuilt
 	b.storeCache(j)
 	finish(StatusBuilt, "")
 }
@@ -542,6 +539,7 @@ func (b *builder) fromCache(j *kernelJob) bool {
 	}
 	r := j.result
 	r.Modules, r.Symvers, r.Log, r.Compiler, r.Warnings = c.Result.Modules, c.Result.Symvers, c.Result.Log, c.Result.Compiler, c.Result.Warnings
+	r.Status, r.Reason, r.LogTail = c.Result.Status, c.Result.Reason, c.Result.LogTail
 	r.Cached = true
 	return true
 }
@@ -879,4 +877,23 @@ func tailLines(path string, n int) []string {
 		}
 	}
 	return lines
+}
+
+// makeWorkspaceRoot makes /tmp/kmpack-build-<16 hex digits>.
+func makeWorkspaceRoot() (string, error) {
+	for i := 0; i < 100; i++ {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		dir := "/tmp/kmpack-build-" + hex.EncodeToString(b[:])
+		err := os.Mkdir(dir, 0o700)
+		if err == nil {
+			return dir, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	return "", errors.New("cannot make a build workspace under /tmp")
 }

@@ -86,7 +86,7 @@ func TestBuildMatchesDKMS(t *testing.T) {
 				t.Fatal(err)
 			}
 			m, err := kmp.Build(context.Background(), src, trees, kmp.BuildOptions{
-				Jobs: 2, OutputDir: filepath.Join(work, "out"), WorkDir: work})
+				Jobs: 2, OutputDir: filepath.Join(work, "out")})
 			if err != nil && !errors.Is(err, kmp.ErrBuildFailed) {
 				t.Fatal(err)
 			}

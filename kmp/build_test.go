@@ -130,7 +130,7 @@ func TestBuildSpecCacheReproducible(t *testing.T) {
 
 	// Another workspace, no cache: the same bytes (the workspace path is mapped away).
 	out3 := filepath.Join(t.TempDir(), "out")
-	m3, err := build(t, srcDir, trees, kmp.BuildOptions{OutputDir: out3, WorkDir: t.TempDir()})
+	m3, err := build(t, srcDir, trees, kmp.BuildOptions{OutputDir: out3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,9 +170,20 @@ if [[ $kernelver == *cloud* ]]; then BUILD_EXCLUSIVE_KERNEL="^never$"; fi
 `
 	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte(conf), 0o644)
 	out := filepath.Join(t.TempDir(), "out")
-	m, err := build(t, dir, trees, kmp.BuildOptions{OutputDir: out})
+	cache := t.TempDir()
+	m, err := build(t, dir, trees, kmp.BuildOptions{OutputDir: out, CacheDir: cache})
 	if !errors.Is(err, kmp.ErrBuildFailed) {
 		t.Fatalf("error %v, want ErrBuildFailed", err)
+	}
+	// The same inputs again: nothing is rebuilt, the failure included.
+	again, err := build(t, dir, trees, kmp.BuildOptions{OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache})
+	if !errors.Is(err, kmp.ErrBuildFailed) {
+		t.Fatalf("second run: %v", err)
+	}
+	for i, k := range again.Kernels {
+		if k.Status != m.Kernels[i].Status || k.Reason != m.Kernels[i].Reason || (k.Status != kmp.StatusSkipped && !k.Cached) {
+			t.Errorf("second run %s: %s cached=%v %q", k.Release, k.Status, k.Cached, k.Reason)
+		}
 	}
 	got := map[string]*kmp.KernelBuild{}
 	for _, k := range m.Kernels {

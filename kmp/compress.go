@@ -118,45 +118,28 @@ func ReadMaybeCompressed(path string) ([]byte, Compression, error) {
 // zstd at its best level. The output depends only on the input, for reproducible packages.
 func CompressBytes(data []byte, c Compression) ([]byte, error) {
 	var buf bytes.Buffer
+	var w io.WriteCloser
+	var err error
 	switch c {
 	case CompressNone, "":
 		return data, nil
 	case CompressGzip:
-		w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(data); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = gzip.NewWriterLevel(&buf, gzip.BestCompression)
 	case CompressXZ:
-		cfg := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}
-		w, err := cfg.NewWriter(&buf)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(data); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}.NewWriter(&buf)
 	case CompressZstd:
-		w, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(data); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
 	default:
 		return nil, fmt.Errorf("unknown compression %q", c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(data); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
 	}
 	return buf.Bytes(), nil
 }

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 )
@@ -42,18 +43,31 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 	d := &Discovery{Trees: []*KernelTree{}}
 	dirs, dangling := candidateDirs(root)
 	d.Skipped = dangling
-	for _, dir := range dirs {
+	// Opening a tree parses its Module.symvers and probes its compiler: do them side by side.
+	trees := make([]*KernelTree, len(dirs))
+	errs := make([]error, len(dirs))
+	var wg sync.WaitGroup
+	for i, dir := range dirs {
 		if !looksLikeTree(dir) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			trees[i], errs[i] = OpenKernelTree(dir)
+		}()
+	}
+	wg.Wait()
+	for i, dir := range dirs {
+		switch {
+		case !looksLikeTree(dir):
 			// -common and kbuild halves of Debian's headers, source-only trees: not an error.
 			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: "no Makefile with .config: not a configured kernel tree"})
-			continue
+		case errs[i] != nil:
+			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: errs[i].Error()})
+		default:
+			d.Trees = append(d.Trees, trees[i])
 		}
-		t, err := OpenKernelTree(dir)
-		if err != nil {
-			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: err.Error()})
-			continue
-		}
-		d.Trees = append(d.Trees, t)
 	}
 	SortKernelTrees(d.Trees)
 	return d, nil

@@ -121,8 +121,6 @@ func runBuild(c *cli.Context) error {
 	}
 	if !c.Bool("no-cache") {
 		opts.CacheDir = c.String("cache-dir")
-	} else {
-		opts.WorkDir = filepath.Join(c.String("cache-dir"), "work")
 	}
 	var prog *progress
 	if !c.Bool("quiet") {
@@ -187,7 +185,7 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 	}
 	for _, k := range m.Kernels {
 		status := string(k.Status)
-		if k.Cached {
+		if k.Cached && k.Status == kmp.StatusBuilt {
 			status = "cached"
 		}
 		var detail string
@@ -203,6 +201,9 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 			if k.Status == kmp.StatusFailed && k.Log != "" {
 				detail += "  (log: " + filepath.Join(outDir, k.Log) + ")"
 			}
+			if k.Status == kmp.StatusFailed && k.Cached {
+				detail += "  [same inputs as a failed build in the cache; --no-cache retries]"
+			}
 		}
 		fmt.Fprintf(w, "  %-*s  %-7s  %s\n", width, k.Release, status, detail)
 		for _, e := range k.Excluded {
@@ -213,7 +214,11 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 	}
 	s := m.Summary
 	fmt.Fprintf(w, "%d built (%d from cache), %d skipped, %d failed\n", s.Built, s.Cached, s.Skipped, s.Failed)
-	if s.Built > 0 && s.Cached == s.Built && s.Failed == 0 {
+	allCached := s.Built+s.Failed > 0
+	for _, k := range m.Kernels {
+		allCached = allCached && (k.Cached || k.Status == kmp.StatusSkipped)
+	}
+	if allCached {
 		fmt.Fprintln(w, "nothing rebuilt: every build was up to date in the cache")
 	}
 }
@@ -278,6 +283,8 @@ func describeEvent(ev kmp.ProgressEvent) string {
 	switch {
 	case ev.Status == kmp.StatusBuilt && ev.Cached:
 		return "up to date (from cache)"
+	case ev.Status == kmp.StatusFailed && ev.Cached:
+		return "failed (cached result of the same inputs): " + ev.Detail
 	case ev.Status == kmp.StatusBuilt:
 		return fmt.Sprintf("built in %.1fs", ev.Elapsed.Seconds())
 	case ev.Detail != "":

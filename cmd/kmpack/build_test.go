@@ -24,21 +24,6 @@ func helloCopy(t *testing.T, withSpec bool) string {
 	return dir
 }
 
-func kmpackIn(t *testing.T, cache string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+cache)
-	var o, e strings.Builder
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return o.String(), e.String(), code
-}
-
 func TestBuildCommand(t *testing.T) {
 	h53, h612 := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release612)
 	src := helloCopy(t, true)

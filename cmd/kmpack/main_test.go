@@ -31,8 +31,14 @@ func TestMain(m *testing.M) {
 
 func kmpack(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return kmpackIn(t, t.TempDir(), args...)
+}
+
+// kmpackIn runs kmpack with cache as its cache directory.
+func kmpackIn(t *testing.T, cache string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+t.TempDir())
+	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+cache)
 	var o, e strings.Builder
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
