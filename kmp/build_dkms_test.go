@@ -29,9 +29,7 @@ func runDKMS(t *testing.T, work, srcDir, name, version, release string) dkmsOutc
 	sourceTree := filepath.Join(work, "dkms-source")
 	if _, err := os.Stat(filepath.Join(sourceTree, name+"-"+version)); err != nil {
 		os.MkdirAll(sourceTree, 0o755)
-		if out, err := exec.Command("cp", "-a", srcDir, filepath.Join(sourceTree, name+"-"+version)).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
+		testenv.CopyTree(t, srcDir, filepath.Join(sourceTree, name+"-"+version))
 	}
 	dkmsTree := filepath.Join(work, "dkms-tree-"+release)
 	os.MkdirAll(dkmsTree, 0o755)

@@ -16,25 +16,6 @@ import (
 	"github.com/kmpack/kmpack/kmp"
 )
 
-// helloSource copies the bundled example (with its kmpack.yaml) into a fresh directory,
-// optionally replacing the spec (spec "" removes it: a bare Kbuild tree).
-func helloSource(t *testing.T, spec *string) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "hello")
-	if out, err := exec.Command("cp", "-a", "../testdata/modules/hello", dir).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	if spec != nil {
-		os.Remove(filepath.Join(dir, "kmpack.yaml"))
-		if *spec != "" {
-			if err := os.WriteFile(filepath.Join(dir, "kmpack.yaml"), []byte(*spec), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir
-}
-
 func build(t *testing.T, srcDir string, trees []*kmp.KernelTree, opts kmp.BuildOptions) (*kmp.Manifest, error) {
 	t.Helper()
 	src, err := kmp.OpenSource(srcDir)
@@ -70,7 +51,7 @@ func modinfoField(t *testing.T, path, field string) string {
 // cache, a rebuild after a source change, and byte-identical results from another workspace.
 func TestBuildSpecCacheReproducible(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release54, testenv.Release612)
-	srcDir := helloSource(t, nil)
+	srcDir := testenv.ExampleSource(t, true)
 	before, _ := (&kmp.Source{Dir: srcDir}).Hash()
 	cache := t.TempDir()
 	out := filepath.Join(t.TempDir(), "out")
@@ -157,7 +138,7 @@ func TestBuildSpecCacheReproducible(t *testing.T) {
 // no module files.
 func TestBuildIsolatesFailures(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release53Cloud, testenv.Release612)
-	dir := helloSource(t, new(string))
+	dir := testenv.ExampleSource(t, false)
 	conf := `PACKAGE_NAME=hello
 PACKAGE_VERSION=1.0
 BUILT_MODULE_NAME[0]=kmpack_hello
@@ -214,7 +195,7 @@ if [[ $kernelver == *cloud* ]]; then BUILD_EXCLUSIVE_KERNEL="^never$"; fi
 // POST_BUILD scripts run in the build directory; a module that is never built fails the kernel.
 func TestBuildPatchesHooksMissingModules(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release612)
-	dir := helloSource(t, new(string))
+	dir := testenv.ExampleSource(t, false)
 	os.MkdirAll(filepath.Join(dir, "patches"), 0o755)
 	patch := `--- a/hello.c
 +++ b/hello.c
@@ -279,7 +260,7 @@ POST_BUILD=post.sh
 // never replaced.
 func TestBuildBadInputWritesNothing(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release53)
-	dir := helloSource(t, new(string))
+	dir := testenv.ExampleSource(t, false)
 	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte("PACKAGE_NAME=x\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=x\nDEST_MODULE_LOCATION=/updates\nPATCH=../../x\n"), 0o644)
 	parent := t.TempDir()
 	out := filepath.Join(parent, "out")
@@ -292,7 +273,7 @@ func TestBuildBadInputWritesNothing(t *testing.T) {
 	mine := filepath.Join(parent, "mine")
 	os.MkdirAll(mine, 0o755)
 	os.WriteFile(filepath.Join(mine, "precious"), []byte("x"), 0o644)
-	good := helloSource(t, nil)
+	good := testenv.ExampleSource(t, true)
 	if _, err := build(t, good, trees, kmp.BuildOptions{OutputDir: mine}); !kmp.IsInputError(err) || !strings.Contains(err.Error(), "refusing") {
 		t.Errorf("foreign output dir: %v", err)
 	}
@@ -306,7 +287,7 @@ func TestBuildCompressionOverride(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release53)
 	for _, c := range []kmp.Compression{kmp.CompressZstd, kmp.CompressXZ} {
 		out := filepath.Join(t.TempDir(), "out")
-		m, err := build(t, helloSource(t, nil), trees, kmp.BuildOptions{OutputDir: out, Compression: c})
+		m, err := build(t, testenv.ExampleSource(t, true), trees, kmp.BuildOptions{OutputDir: out, Compression: c})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,7 +304,7 @@ func TestBuildCompressionOverride(t *testing.T) {
 // A bare Kbuild directory: every .ko the build made, installed under updates/.
 func TestBuildBareKbuild(t *testing.T) {
 	trees := testenv.KernelTrees(t, testenv.Release54)
-	dir := helloSource(t, new(string))
+	dir := testenv.ExampleSource(t, false)
 	out := filepath.Join(t.TempDir(), "out")
 	m, err := build(t, dir, trees, kmp.BuildOptions{OutputDir: out})
 	if err != nil {

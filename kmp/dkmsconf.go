@@ -280,14 +280,7 @@ func dkmsPlan(conf *DKMSConf, tree *KernelTree, ws *Workspace) (*BuildPlan, erro
 			bad("unsupported %s value %q (yes or no)", v, conf.Scalar(v))
 		}
 	}
-	for _, v := range []string{"BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH"} {
-		for _, i := range conf.Indexes(v) {
-			if _, err := regexp.Compile(conf.Get(v, i)); err != nil && conf.Get(v, i) != "" {
-				bad("%s[%d] is not a regular expression: %v", v, i, err)
-			}
-		}
-	}
-	for _, v := range []string{"MAKE_MATCH", "PATCH_MATCH"} {
+	for _, v := range []string{"BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH", "MAKE_MATCH", "PATCH_MATCH"} {
 		for _, i := range conf.Indexes(v) {
 			if _, err := regexp.Compile(conf.Get(v, i)); err != nil && conf.Get(v, i) != "" {
 				bad("%s[%d] is not a regular expression: %v", v, i, err)
@@ -414,7 +407,7 @@ func matches(re, s string) bool {
 }
 
 // escapes reports whether a relative path climbs out of the directory it is relative to.
+// A leading / counts as the directory itself (DEST_MODULE_LOCATION's /updates).
 func escapes(p string) bool {
-	c := filepath.Clean(strings.TrimLeft(p, "/"))
-	return c == ".." || strings.HasPrefix(c, "../")
+	return !lexicallyInside(strings.TrimLeft(p, "/"))
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 )
@@ -186,54 +185,56 @@ func (s *Source) excluded(path string) bool {
 	return false
 }
 
-// Hash is the sha256 over every file of the source (names, modes, contents, link targets),
-// except .git and excluded paths: the source part of a build's cache key.
-func (s *Source) Hash() (string, error) {
-	h := sha256.New()
-	var paths []string
-	err := filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
+// walk visits the source root and everything under it in lexical order (filepath.WalkDir's),
+// without following symlinks, leaving out excluded paths and, when skipGit, .git directories.
+func (s *Source) walk(skipGit bool, visit func(path, rel string, fi fs.FileInfo) error) error {
+	return filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p != s.Dir && (s.excluded(p) || (d.IsDir() && d.Name() == ".git")) {
+		if p != s.Dir && (s.excluded(p) || (skipGit && d.IsDir() && d.Name() == ".git")) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		paths = append(paths, p)
-		return nil
-	})
-	if err != nil {
-		return "", err
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
-		fi, err := os.Lstat(p)
+		fi, err := d.Info()
 		if err != nil {
-			return "", err
+			return err
 		}
 		rel, _ := filepath.Rel(s.Dir, p)
+		return visit(p, rel, fi)
+	})
+}
+
+// Hash is the sha256 over every file of the source (names, modes, contents, link targets),
+// except .git and excluded paths: the source part of a build's cache key.
+func (s *Source) Hash() (string, error) {
+	h := sha256.New()
+	err := s.walk(true, func(p, rel string, fi fs.FileInfo) error {
 		fmt.Fprintf(h, "%s\x00%o\x00", rel, fi.Mode())
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := os.Readlink(p)
 			if err != nil {
-				return "", err
+				return err
 			}
 			fmt.Fprintf(h, "%s\x00", t)
 		case fi.Mode().IsRegular():
 			f, err := os.Open(p)
 			if err != nil {
-				return "", err
+				return err
 			}
+			defer f.Close()
 			fmt.Fprintf(h, "%d\x00", fi.Size())
-			_, err = io.Copy(h, f)
-			f.Close()
-			if err != nil {
-				return "", err
+			if _, err := io.Copy(h, f); err != nil {
+				return err
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
@@ -241,22 +242,8 @@ func (s *Source) Hash() (string, error) {
 // copyTo copies the source into dst like cp -a: modes and symlinks kept, the user's tree never
 // touched again.
 func (s *Source) copyTo(dst string) error {
-	return filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != s.Dir && s.excluded(p) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		rel, _ := filepath.Rel(s.Dir, p)
+	return s.walk(false, func(p, rel string, fi fs.FileInfo) error {
 		target := filepath.Join(dst, rel)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
 		switch {
 		case fi.IsDir():
 			return os.MkdirAll(target, fi.Mode().Perm()|0o700)

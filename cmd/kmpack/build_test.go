@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,21 +11,9 @@ import (
 	"github.com/kmpack/kmpack/kmp"
 )
 
-func helloCopy(t *testing.T, withSpec bool) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "hello")
-	if out, err := exec.Command("cp", "-a", "../../testdata/modules/hello", dir).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	if !withSpec {
-		os.Remove(filepath.Join(dir, "kmpack.yaml"))
-	}
-	return dir
-}
-
 func TestBuildCommand(t *testing.T) {
 	h53, h612 := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release612)
-	src := helloCopy(t, true)
+	src := testenv.ExampleSource(t, true)
 	cache := t.TempDir()
 	out := filepath.Join(t.TempDir(), "out")
 	stdout, stderr, code := kmpackIn(t, cache, "build", "-k", h53, "-k", h612, "-o", out, src)
@@ -52,7 +39,7 @@ func TestBuildCommand(t *testing.T) {
 func TestBuildExitCodes(t *testing.T) {
 	h53, h612 := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release612)
 	write := func(conf string) string {
-		dir := helloCopy(t, false)
+		dir := testenv.ExampleSource(t, false)
 		os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte(conf), 0o644)
 		return dir
 	}
@@ -66,15 +53,15 @@ func TestBuildExitCodes(t *testing.T) {
 		{"one kernel fails", []string{"-k", h53, "-k", h612, write(base + "MAKE[1]=false\nMAKE_MATCH[1]=^6.12\n")}, exitBuildFailed, "build failed for 1 of 2 kernels"},
 		{"all skipped", []string{"-k", h53, write(base + "BUILD_EXCLUSIVE_ARCH=s390x\n")}, exitAllSkipped, "every kernel was skipped"},
 		{"invalid bash", []string{"-k", h53, write(base + "if then\n")}, exitInput, "dkms.conf: not valid bash"},
-		{"not a tree", []string{"-k", t.TempDir(), helloCopy(t, true)}, exitInput, "not a kernel devel tree"},
-		{"no glob match", []string{"-k", "/nonexistent/linux-*", helloCopy(t, true)}, exitInput, "no kernel tree or package matches"},
+		{"not a tree", []string{"-k", t.TempDir(), testenv.ExampleSource(t, true)}, exitInput, "not a kernel devel tree"},
+		{"no glob match", []string{"-k", "/nonexistent/linux-*", testenv.ExampleSource(t, true)}, exitInput, "no kernel tree or package matches"},
 		{"bad spec", []string{"-k", h53, func() string {
-			d := helloCopy(t, false)
+			d := testenv.ExampleSource(t, false)
 			os.WriteFile(filepath.Join(d, "kmpack.yaml"), []byte("name: x\nversion: '1'\nmodulez: []\n"), 0o644)
 			return d
 		}()}, exitInput, "kmpack.yaml: line 3: field modulez not found"},
-		{"bad compress", []string{"--compress", "lz4", helloCopy(t, true)}, exitUsage, "unknown compression"},
-		{"options after source", []string{helloCopy(t, true), "-o", "x"}, exitUsage, "options go before SOURCE"},
+		{"bad compress", []string{"--compress", "lz4", testenv.ExampleSource(t, true)}, exitUsage, "unknown compression"},
+		{"options after source", []string{testenv.ExampleSource(t, true), "-o", "x"}, exitUsage, "options go before SOURCE"},
 	}
 	for _, c := range cases {
 		parent := t.TempDir()
@@ -94,7 +81,7 @@ func TestBuildExitCodes(t *testing.T) {
 
 func TestInitFromDKMSConf(t *testing.T) {
 	h53, hCloud := testenv.HeadersDir(t, testenv.Release53), testenv.HeadersDir(t, testenv.Release53Cloud)
-	dir := helloCopy(t, false)
+	dir := testenv.ExampleSource(t, false)
 	conf := `PACKAGE_NAME=hello
 PACKAGE_VERSION=1.0
 BUILT_MODULE_NAME[0]=kmpack_hello

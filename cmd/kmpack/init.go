@@ -35,9 +35,8 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if fi, err := os.Stat(filepath.Join(dir, "dkms.conf")); err != nil || fi.IsDir() {
 				return cli.Exit(fmt.Sprintf("%s: no dkms.conf to convert", dir), exitInput)
 			}
-			src := &kmp.Source{}
-			var err error
-			if src, err = kmp.OpenSource(filepath.Join(dir, "dkms.conf")); err != nil {
+			src, err := kmp.OpenSource(filepath.Join(dir, "dkms.conf"))
+			if err != nil {
 				return err
 			}
 			args, err := expandKernelArgs(c.StringSlice("kernel"))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -179,10 +180,31 @@ func CorpusSource(t testing.TB, pkg, dir string) string {
 		t.Fatalf("%s: expected one directory under /usr/src, found %v", pkg, m)
 	}
 	dst := filepath.Join(dir, filepath.Base(m[0]))
-	if out, err := exec.Command("cp", "-a", m[0], dst).CombinedOutput(); err != nil {
-		t.Fatalf("copying %s: %v: %s", m[0], err, out)
+	CopyTree(t, m[0], dst)
+	return dst
+}
+
+// ExampleSource returns a private copy of the bundled example module (testdata/modules/hello),
+// with its kmpack.yaml or, without withSpec, as a bare Kbuild tree.
+func ExampleSource(t testing.TB, withSpec bool) string {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	dst := filepath.Join(t.TempDir(), "hello")
+	CopyTree(t, filepath.Join(filepath.Dir(here), "../../testdata/modules/hello"), dst)
+	if !withSpec {
+		if err := os.Remove(filepath.Join(dst, "kmpack.yaml")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return dst
+}
+
+// CopyTree copies src to dst (which must not exist) with cp -a.
+func CopyTree(t testing.TB, src, dst string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("copying %s: %v: %s", src, err, out)
+	}
 }
 
 // KernelTrees opens the installed header trees of releases.
