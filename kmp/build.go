@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -185,10 +184,7 @@ func Build(ctx context.Context, src *Source, trees []*KernelTree, opts BuildOpti
 		seen[t.Release] = true
 	}
 
-	// Workspaces live at a path of fixed length: kbuild's BTF step embeds something that depends
-	// on the build path's length (seen on 6.12), so a path that varies with the cache directory
-	// would make modules differ between machines.
-	work, err := makeWorkspaceRoot()
+	work, err := os.MkdirTemp("", "kmpack-build-")
 	if err != nil {
 		return nil, err
 	}
@@ -727,7 +723,11 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string) (
 	env := cleanBuildEnv(os.Environ())
 	env = append(env, "MAKEFLAGS="+b.js.makeflags(), "LC_ALL=C",
 		// Builds happen in a temporary workspace; its path must not end up in the modules.
-		"KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version)
+		"KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version,
+		// Kbuild's reproducible-build switch. Besides dating vmlinux, it stops 6.x kernels from
+		// running pahole with -j for module BTF, which (pahole < 1.27) orders types differently
+		// from run to run: without it a module's .BTF, and so its bytes, vary between builds.
+		"KBUILD_BUILD_TIMESTAMP="+buildTimestamp())
 	if cc := j.tree.Compiler; cc.Available {
 		env = append(env, "CC="+cc.Command)
 	}
@@ -879,21 +879,10 @@ func tailLines(path string, n int) []string {
 	return lines
 }
 
-// makeWorkspaceRoot makes /tmp/kmpack-build-<16 hex digits>.
-func makeWorkspaceRoot() (string, error) {
-	for i := 0; i < 100; i++ {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return "", err
-		}
-		dir := "/tmp/kmpack-build-" + hex.EncodeToString(b[:])
-		err := os.Mkdir(dir, 0o700)
-		if err == nil {
-			return dir, nil
-		}
-		if !errors.Is(err, fs.ErrExist) {
-			return "", err
-		}
+// buildTimestamp is KBUILD_BUILD_TIMESTAMP: SOURCE_DATE_EPOCH when set, else the epoch.
+func buildTimestamp() string {
+	if e := os.Getenv("SOURCE_DATE_EPOCH"); e != "" {
+		return "@" + e
 	}
-	return "", errors.New("cannot make a build workspace under /tmp")
+	return "@0"
 }
