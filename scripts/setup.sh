@@ -11,10 +11,11 @@ KERNEL_HEADERS=(
   linux-headers-6.1.0-54-amd64
   linux-headers-6.12.117+deb12-amd64
 )
-# dkms is what kmpack's build is compared against (tests, scripts/bench-build.sh).
+# dkms is what kmpack's build is compared against (tests, scripts/bench-build.sh); rpm, dpkg,
+# rpmlint and lintian judge the packages kmpack writes.
 PACKAGES=(
   build-essential gcc-12 make bc kmod rpm dpkg-dev fakeroot xz-utils zstd gzip cpio
-  ca-certificates git patch binutils dkms openssl "${KERNEL_HEADERS[@]}"
+  ca-certificates git patch binutils dkms openssl rpmlint lintian "${KERNEL_HEADERS[@]}"
 )
 
 need=()

@@ -2,7 +2,7 @@
 // an installed kmpack needs nothing beside it.
 package templates
 
-import _ "embed"
+import "embed"
 
 // DKMSEval is the bash harness that evaluates a dkms.conf the way dkms's read_conf does: sourced
 // in a subshell with dkms's variables and its VER function, stdout discarded, and every index of
@@ -10,3 +10,9 @@ import _ "embed"
 //
 //go:embed dkms-eval.bash
 var DKMSEval string
+
+// Scriptlets are the package scriptlet templates of the packaging profiles (text/template,
+// one {{define}} per scriptlet).
+//
+//go:embed scriptlets/*.tmpl
+var Scriptlets embed.FS

@@ -42,10 +42,13 @@ through a make jobserver. Results go to OUTPUT/modules/<release>/, logs to OUTPU
 and OUTPUT/manifest.json describes every kernel's outcome and module. A build whose inputs
 did not change is taken from the cache and not rebuilt.
 
+With --format/--profile (or formats/profile in kmpack.yaml), every kernel's modules are then
+packaged into OUTPUT/packages/ (see kmpack package), when no kernel failed.
+
 Exit status: 0 every kernel built or skipped (at least one built), 4 at least one kernel
 failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written),
 2 wrong command line, 1 kmpack or the machine failed.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Usage: "kernel tree directory, glob, or package file (repeatable)"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: runtime.NumCPU(), Usage: "job budget shared by all kernels' builds"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "kmpack-out", Usage: "output directory (replaced if it holds a previous kmpack output)"},
@@ -56,7 +59,7 @@ failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothin
 			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
-		},
+		}, packagingFlags()...),
 		Action: runBuild,
 	}
 }
@@ -80,6 +83,10 @@ func runBuild(c *cli.Context) error {
 		}
 	}
 	src, err := kmp.OpenSource(srcPath)
+	if err != nil {
+		return err
+	}
+	profiles, err := packagingProfiles(c, src.Spec)
 	if err != nil {
 		return err
 	}
@@ -152,6 +159,13 @@ func runBuild(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("build failed for %d of %d kernels", m.Summary.Failed, len(m.Kernels)), exitBuildFailed)
 	case m.Summary.Built == 0:
 		return cli.Exit("nothing built: every kernel was skipped by BUILD_EXCLUSIVE rules", exitAllSkipped)
+	}
+	if len(profiles) > 0 {
+		var w io.Writer = os.Stdout
+		if c.Bool("json") {
+			w = os.Stderr
+		}
+		return writePackages(c, src, m, opts.OutputDir, found.Trees, profiles, w)
 	}
 	return nil
 }

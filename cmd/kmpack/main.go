@@ -90,6 +90,8 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			inspectCommand(),
 			buildCommand(),
 			initCommand(),
+			packageCommand(),
+			ksymsCommand(),
 		},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code

@@ -188,14 +188,21 @@ func CorpusSource(t testing.TB, pkg, dir string) string {
 // with its kmpack.yaml or, without withSpec, as a bare Kbuild tree.
 func ExampleSource(t testing.TB, withSpec bool) string {
 	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	dst := filepath.Join(t.TempDir(), "hello")
-	CopyTree(t, filepath.Join(filepath.Dir(here), "../../testdata/modules/hello"), dst)
+	dst := TestModuleSource(t, "hello")
 	if !withSpec {
 		if err := os.Remove(filepath.Join(dst, "kmpack.yaml")); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dst
+}
+
+// TestModuleSource copies testdata/modules/<name> into a temporary directory and returns it.
+func TestModuleSource(t testing.TB, name string) string {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	dst := filepath.Join(t.TempDir(), name)
+	CopyTree(t, filepath.Join(filepath.Dir(here), "../../testdata/modules", name), dst)
 	return dst
 }
 

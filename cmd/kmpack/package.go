@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/urfave/cli/v2"
+)
+
+// packagingFlags are shared by build (package after building) and package (package an
+// existing build output).
+func packagingFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "format", Aliases: []string{"f"}, Usage: "package formats: rpm, deb, apk, archlinux (comma-separated or repeated)"},
+		&cli.StringSliceFlag{Name: "profile", Aliases: []string{"p"}, Usage: "distro conventions: suse, rhel (rpm), debian (deb), alpine (apk), arch (archlinux)"},
+		&cli.BoolFlag{Name: "usrmerge", Usage: "suse: install modules under /usr/lib/modules (Tumbleweed, SLE 16)"},
+		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
+	}
+}
+
+// packagingProfiles reads --format/--profile, falling back to the spec's formats and profile.
+func packagingProfiles(c *cli.Context, spec *kmp.Spec) ([]string, error) {
+	fs, ps := splitList(c.StringSlice("format")), splitList(c.StringSlice("profile"))
+	if len(fs) == 0 && len(ps) == 0 && spec != nil {
+		fs = spec.Formats
+		if spec.Profile != "" {
+			ps = []string{spec.Profile}
+		}
+	}
+	profiles, err := formats.ResolveProfiles(fs, ps)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	return profiles, nil
+}
+
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, s := range bytes.Split([]byte(v), []byte(",")) {
+			if s := string(bytes.TrimSpace(s)); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// writePackages packages a build and prints what was written. Metadata a format forbids is bad
+// input (exit 3); the packages directory is only replaced when every package was written.
+func writePackages(c *cli.Context, src *kmp.Source, m *kmp.Manifest, outDir string, trees []*kmp.KernelTree, profiles []string, w io.Writer) error {
+	written, err := formats.PackageBuild(formats.Request{
+		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles,
+		Options: formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")},
+	})
+	if err != nil {
+		if formats.IsInvalid(err) {
+			return cli.Exit("packaging: "+err.Error(), exitInput)
+		}
+		return err
+	}
+	if w != nil {
+		fmt.Fprintf(w, "\npackages in %s:\n", filepath.Join(outDir, formats.PackagesDir))
+		for _, p := range written {
+			fmt.Fprintf(w, "  %-8s %-7s %s\n", p.Profile, p.Format, p.File)
+		}
+	}
+	return nil
+}
+
+func packageCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "package",
+		Usage:     "turn an existing build output into packages",
+		ArgsUsage: "[OUTPUT]",
+		Description: `OUTPUT is a directory kmpack build wrote (default kmpack-out). Its manifest names the source
+and the kernel trees; packages go to OUTPUT/packages/, replaced as a whole, with
+packages.json listing them. Same inputs and SOURCE_DATE_EPOCH give byte-identical packages.`,
+		Flags:  append(packagingFlags(), jsonFlag),
+		Action: runPackage,
+	}
+}
+
+func runPackage(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return usagef("package takes one OUTPUT directory, got %d arguments", c.NArg())
+	}
+	outDir := c.Args().First()
+	if outDir == "" {
+		outDir = "kmpack-out"
+	}
+	mpath := filepath.Join(outDir, "manifest.json")
+	b, err := os.ReadFile(mpath)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("%s: not a kmpack build output (%v)", outDir, err), exitInput)
+	}
+	var m kmp.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return cli.Exit(fmt.Sprintf("%s: %v", mpath, err), exitInput)
+	}
+	src, err := kmp.OpenSource(m.Source.Dir)
+	if err != nil {
+		return err
+	}
+	if abs, err := filepath.Abs(outDir); err == nil {
+		src.Exclude = append(src.Exclude, abs)
+	}
+	profiles, err := packagingProfiles(c, src.Spec)
+	if err != nil {
+		return err
+	}
+	if len(profiles) == 0 {
+		return usagef("no packages asked for: give --format or --profile (or formats/profile in kmpack.yaml)")
+	}
+	var trees []*kmp.KernelTree
+	for _, k := range m.Kernels {
+		if k.Status != kmp.StatusBuilt {
+			continue
+		}
+		t, err := kmp.OpenKernelTree(k.Tree)
+		if err != nil {
+			return fmt.Errorf("kernel tree of %s: %w", k.Release, err)
+		}
+		trees = append(trees, t)
+	}
+	var w io.Writer = os.Stdout
+	if c.Bool("json") {
+		w = nil
+	}
+	if err := writePackages(c, src, &m, outDir, trees, profiles, w); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		idx, err := os.ReadFile(filepath.Join(outDir, formats.PackagesDir, "packages.json"))
+		if err != nil {
+			return err
+		}
+		_, err = os.Stdout.Write(idx)
+		return err
+	}
+	return nil
+}
+
+func ksymsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ksyms",
+		Usage: "print (or package) the symbol Provides a kernel's packages carry, for checking module package dependencies",
+		Description: `Prints one Provides per line, as rpm -q --provides shows them: for --profile suse
+ksym(<flavor>:<symbol>) = <crc> for vmlinux and every in-tree module, for rhel
+kernel(<symbol>) = 0x<crc>; both with kernel-uname-r. --package DIR writes them as an RPM
+without files (kernel-<flavor>-ksyms or kernel-ksyms) that a test root or a vendor's own
+kernel build can install.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "kernel", Aliases: []string{"k"}, Required: true, Usage: "kernel tree directory, or a symvers file (Module.symvers, symvers-<release>.gz) with --release"},
+			&cli.StringFlag{Name: "release", Usage: "kernel release, when --kernel is a symvers file"},
+			&cli.StringFlag{Name: "profile", Aliases: []string{"p"}, Required: true, Usage: "suse or rhel"},
+			&cli.StringFlag{Name: "package", Usage: "write an RPM carrying the Provides into this directory"},
+		},
+		Action: runKsyms,
+	}
+}
+
+func runKsyms(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("ksyms takes no arguments")
+	}
+	profile := c.String("profile")
+	if profile != "suse" && profile != "rhel" {
+		return usagef("--profile must be suse or rhel, not %q", profile)
+	}
+	tree, sv, err := kernelSymbols(c.String("kernel"), c.String("release"))
+	if err != nil {
+		return err
+	}
+	if dir := c.String("package"); dir != "" {
+		mtime, err := formats.SourceDateEpoch()
+		if err != nil {
+			return usagef("%v", err)
+		}
+		p, err := formats.KernelSymbolsPackage(tree, sv, profile, mtime)
+		if err != nil {
+			return cli.Exit(err.Error(), exitInput)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		e, _ := formats.EmitterFor("rpm")
+		if err := e.Write(p, &buf); err != nil {
+			return err
+		}
+		out := filepath.Join(dir, p.FileName)
+		if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "kmpack: wrote", out)
+		return nil
+	}
+	provides, err := formats.KernelProvides(tree.Release, sv, profile)
+	if err != nil {
+		return cli.Exit(err.Error(), exitInput)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for _, p := range provides {
+		fmt.Fprintln(w, p)
+	}
+	return w.Flush()
+}
+
+// kernelSymbols opens a kernel tree, or a bare symvers file named with its release.
+func kernelSymbols(path, release string) (*kmp.KernelTree, *kmp.Symvers, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, cli.Exit(fmt.Sprintf("%s: %v", path, err), exitInput)
+	}
+	if !fi.IsDir() {
+		if release == "" {
+			return nil, nil, usagef("--kernel %s is a file: give the kernel's --release too", path)
+		}
+		sv, err := kmp.ReadSymvers(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &kmp.KernelTree{Release: release, Arch: unameMachine()}, sv, nil
+	}
+	t, err := kmp.OpenKernelTree(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if t.Symvers == nil || t.Symvers.Path == "" {
+		return nil, nil, cli.Exit(fmt.Sprintf("%s: no Module.symvers in the kernel tree", path), exitInput)
+	}
+	sv, err := kmp.ReadSymvers(t.Symvers.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if release != "" && release != t.Release {
+		return nil, nil, usagef("--release %s does not match the tree's release %s", release, t.Release)
+	}
+	return t, sv, nil
+}
+
+// unameMachine is this machine's architecture in uname -m spelling, for symvers files that come
+// without a tree to read it from.
+func unameMachine() string {
+	switch runtime.GOARCH {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	case "386":
+		return "i386"
+	}
+	return runtime.GOARCH
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/internal/testenv"
+)
+
+func TestKsymsPrintsKernelProvides(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	out, stderr, code := kmpack(t, "ksyms", "-k", h53, "-p", "suse")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"kernel-uname-r = 6.1.0-53-amd64\n", "ksym(amd64:_dev_info) = 591d140a\n", "ksym(amd64:module_layout) = bce1a965\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("suse provides lack %q", want)
+		}
+	}
+	out, _, _ = kmpack(t, "ksyms", "-k", filepath.Join(h53, "Module.symvers"), "--release", testenv.Release53, "-p", "rhel")
+	if !strings.Contains(out, "kernel(_dev_info) = 0x591d140a\n") {
+		t.Errorf("rhel provides from a symvers file lack kernel(_dev_info):\n%.300s", out)
+	}
+	dir := t.TempDir()
+	if _, stderr, code := kmpack(t, "ksyms", "-k", h53, "-p", "suse", "--package", dir); code != 0 {
+		t.Fatalf("--package: exit %d: %s", code, stderr)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "kernel-amd64-ksyms-6.1.0-53.x86_64.rpm")); len(m) != 1 {
+		t.Errorf("no kernel-amd64-ksyms rpm in %s", dir)
+	}
+	if _, _, code := kmpack(t, "ksyms", "-k", h53, "-p", "debian"); code != exitUsage {
+		t.Errorf("--profile debian: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// build --profile packages after building; kmpack package repackages an existing output; a
+// profile or format that does not exist is a usage error before anything is built, and
+// metadata the format forbids is bad input with no packages written.
+func TestBuildAndPackageCommands(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	cache := t.TempDir()
+	src := testenv.ExampleSource(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	stdout, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, "--profile", "debian,suse", src)
+	if code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "kmpack-hello-modules-6.1.0-53-amd64_1.0-1_amd64.deb") ||
+		!strings.Contains(stdout, "kmpack-hello-kmp-amd64-1.0_k6.1.0_53-1.x86_64.rpm") {
+		t.Errorf("build output does not list the packages:\n%s", stdout)
+	}
+	stdout, stderr, code = kmpackIn(t, cache, "package", "--format", "rpm", "--profile", "rhel", "--no-source-package", "--json", out)
+	if code != 0 {
+		t.Fatalf("package: exit %d: %s", code, stderr)
+	}
+	var written []formats.Written
+	if err := json.Unmarshal([]byte(stdout), &written); err != nil || len(written) != 1 || written[0].Name != "kmod-kmpack-hello" {
+		t.Fatalf("package --json: %v %+v", err, written)
+	}
+	entries, _ := os.ReadDir(filepath.Join(out, formats.PackagesDir))
+	if len(entries) != 2 { // the rpm and packages.json: the packages directory was replaced
+		t.Errorf("packages dir holds %d entries", len(entries))
+	}
+
+	for _, args := range [][]string{{"--profile", "gentoo"}, {"--format", "rpm"}, {"--format", "deb", "--profile", "suse"}} {
+		_, stderr, code := kmpackIn(t, cache, append(append([]string{"build", "-q", "-k", h53, "-o", filepath.Join(t.TempDir(), "o")}, args...), src)...)
+		if code != exitUsage {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, exitUsage, stderr)
+		}
+	}
+
+	spec := filepath.Join(src, "kmpack.yaml")
+	b, _ := os.ReadFile(spec)
+	os.WriteFile(spec, []byte(strings.Replace(string(b), `version: "1.0"`, `version: "1.0x_y"`, 1)), 0o644)
+	out2 := filepath.Join(t.TempDir(), "out")
+	_, stderr, code = kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out2, "--profile", "alpine", src)
+	if code != exitInput || !strings.Contains(stderr, `version "1.0x_y" is not valid`) {
+		t.Errorf("apk-invalid version: exit %d, stderr %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out2, formats.PackagesDir)); err == nil {
+		t.Errorf("packages written despite invalid metadata")
+	}
+}

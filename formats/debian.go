@@ -1,0 +1,133 @@
+package formats
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// debianProfile writes one deb per kernel release, the way Debian's own prebuilt module
+// packages (and Ubuntu's linux-modules-*) are split: the package name carries the release.
+type debianProfile struct{}
+
+func (debianProfile) Name() string   { return "debian" }
+func (debianProfile) Format() string { return "deb" }
+
+// debArch maps uname -m to Debian's architecture names.
+func debArch(arch string) string {
+	switch arch {
+	case "x86_64":
+		return "amd64"
+	case "aarch64":
+		return "arm64"
+	case "arm":
+		return "armhf"
+	case "ppc64le":
+		return "ppc64el"
+	case "loongarch64":
+		return "loong64"
+	}
+	return arch
+}
+
+func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
+	md := in.Meta
+	moddir := "/lib/modules/" + k.Release + "/updates/" + md.Name
+	files, err := moduleFiles(k, moddir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Package{
+		Profile: "debian", Kernel: k.Release,
+		Name: strings.ToLower(md.Name) + "-modules-" + k.Release, Version: md.Version, Release: md.Release,
+		Arch: debArch(k.Arch), Section: "kernel",
+		Summary: md.Summary, License: md.License,
+		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL,
+		Files: files,
+	}
+	p.Description = debDescription(fmt.Sprintf("%s (kernel %s)", md.Summary, k.Release),
+		md.Description+"\n\nThis package holds the modules built for Linux "+k.Release+".")
+	p.Files = append(p.Files, debDocs(p, in.MTime)...)
+	p.addDirs(moddir)
+	// Debian's signed image, its -unsigned twin, and Ubuntu's linux-image-unsigned-<release>.
+	p.Requires = []Relation{Rel(fmt.Sprintf("linux-image-%[1]s | linux-image-%[1]s-unsigned | linux-image-unsigned-%[1]s", k.Release))}
+	p.Provides = []Relation{Rel(strings.ToLower(md.Name) + "-modules")}
+
+	var s scriptlets
+	data := map[string]any{"Kernel": k.Release}
+	p.Scripts = Scripts{
+		PostInstall: s.render("debian-postinst", data),
+		PostRemove:  s.render("debian-postrm", data),
+	}
+	return p, s.err
+}
+
+func (debianProfile) SourcePackage(in *Input, opts Options) (*Package, error) {
+	md := in.Meta
+	p, err := sourcePackage("debian", in)
+	if err != nil {
+		return nil, err
+	}
+	p.Arch, p.Section = "all", "kernel"
+	p.Description = debDescription(md.Summary+" (DKMS source)",
+		md.Description+"\n\nThis package provides the source for DKMS, which builds the modules for kernels that have no prebuilt package.")
+	p.Files = append(p.Files, debDocs(p, in.MTime)...)
+	p.Requires = []Relation{Rel("dkms")}
+	var s scriptlets
+	data := map[string]any{"Name": md.Name, "Version": md.Version}
+	p.Scripts = Scripts{
+		PostInstall: s.render("dkms-deb-postinst", data),
+		PreRemove:   s.render("dkms-deb-prerm", data),
+	}
+	return p, s.err
+}
+
+// debDescription is a synopsis line and an extended description, which Debian wants as two
+// parts (nfpm writes the first line as the synopsis).
+func debDescription(synopsis, long string) string {
+	return synopsis + "\n" + strings.TrimSpace(long)
+}
+
+// debDocs are the copyright file and changelog every Debian binary package carries
+// (policy 12.5, 12.7), generated from the metadata and compressed reproducibly.
+func debDocs(p *Package, mtime time.Time) []File {
+	doc := "/usr/share/doc/" + p.Name
+	copyright := fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: %s
+Source: %s
+
+Files: *
+Copyright: %d %s
+License: %s
+ The modules in this package are distributed under the license their
+ source declares (MODULE_LICENSE): %s.
+ On Debian systems, the GPL 2 is in /usr/share/common-licenses/GPL-2.
+`, p.Name, orDefault(p.URL, "not given"), mtime.Year(), orDefault(p.Vendor, p.Name), p.License, p.License)
+	changelog := fmt.Sprintf("%s (%s-%s) unstable; urgency=medium\n\n  * Built by kmpack.\n\n -- %s  %s\n",
+		p.Name, p.Version, p.Release, p.Maintainer, mtime.UTC().Format(time.RFC1123Z))
+	p.addDirs(doc)
+	return []File{
+		{Path: doc + "/copyright", Body: []byte(copyright), Mode: 0o644},
+		{Path: doc + "/changelog.Debian.gz", Body: gzipNoName([]byte(changelog)), Mode: 0o644},
+	}
+}
+
+// gzipNoName compresses like gzip -9n: no file name and a fixed time, so the bytes depend on
+// the content alone.
+func gzipNoName(b []byte) []byte {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zw.ModTime = time.Unix(0, 0)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,462 @@
+package formats_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
+)
+
+const epoch = "1700000000"
+
+var mtime = time.Unix(1700000000, 0).UTC()
+
+// built is one real build of a test module, shared by the tests that only read it.
+type built struct {
+	src      *kmp.Source
+	manifest *kmp.Manifest
+	out      string
+	trees    []*kmp.KernelTree
+}
+
+var (
+	buildsMu sync.Mutex
+	builds   = map[string]*built{}
+	workDir  string
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	if workDir, err = os.MkdirTemp("", "kmpack-formats-test-"); err != nil {
+		panic(err)
+	}
+	os.Setenv("SOURCE_DATE_EPOCH", epoch)
+	code := m.Run()
+	os.RemoveAll(workDir)
+	os.Exit(code)
+}
+
+// buildModule builds testdata/modules/<name> for releases once per test run.
+func buildModule(t *testing.T, name string, releases ...string) *built {
+	t.Helper()
+	buildsMu.Lock()
+	defer buildsMu.Unlock()
+	key := name + " " + strings.Join(releases, " ")
+	if b := builds[key]; b != nil {
+		return b
+	}
+	dir := filepath.Join(workDir, fmt.Sprintf("build-%d", len(builds)))
+	srcDir := filepath.Join(dir, "src")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CopyTree(t, testenv.TestModuleSource(t, name), srcDir)
+	src, err := kmp.OpenSource(srcDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trees := testenv.KernelTrees(t, releases...)
+	out := filepath.Join(dir, "out")
+	m, err := kmp.Build(context.Background(), src, trees, kmp.BuildOptions{Jobs: 2, OutputDir: out})
+	if err != nil {
+		t.Fatalf("building %s: %v", name, err)
+	}
+	b := &built{src: src, manifest: m, out: out, trees: trees}
+	builds[key] = b
+	return b
+}
+
+// packageBuild packages b with profiles into a copy of its output directory.
+func packageBuild(t *testing.T, b *built, profiles ...string) (string, []formats.Written) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	testenv.CopyTree(t, b.out, out)
+	written, err := formats.PackageBuild(formats.Request{Source: b.src, Manifest: b.manifest, OutputDir: out,
+		Trees: b.trees, Profiles: profiles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(out, formats.PackagesDir), written
+}
+
+func find(t *testing.T, written []formats.Written, profile, kernel string) string {
+	t.Helper()
+	for _, w := range written {
+		if w.Profile == profile && w.Kernel == kernel {
+			return w.File
+		}
+	}
+	t.Fatalf("no %s package for kernel %q in %+v", profile, kernel, written)
+	return ""
+}
+
+func run(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func mustRun(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := run(t, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// writeRPM writes a package described in Go with kmpack's own rpm emitter.
+func writeRPM(t *testing.T, p *formats.Package, dir string) string {
+	t.Helper()
+	e, err := formats.EmitterFor("rpm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := e.Write(p, &buf); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, e.FileName(p))
+	if err := os.WriteFile(f, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// rpmRoot makes an rpm database in a fresh root holding a stand-in for the distro's base
+// system (what a KMP needs besides the kernel: coreutils, the scriptlet packages) and the
+// kernel symbol provides of release, written by kmpack ksyms' code from the real symvers.
+func rpmRoot(t *testing.T, profile, release string) string {
+	t.Helper()
+	root := t.TempDir()
+	mustRun(t, "rpm", "--root", root, "--initdb")
+	base := &formats.Package{Name: "distro-base", Version: "1", Release: "1", Arch: "noarch", Summary: "base",
+		Description: "base", License: "MIT", MTime: mtime}
+	for _, p := range []string{"coreutils", "grep", "suse-kernel-rpm-scriptlets", "/usr/sbin/depmod", "/usr/sbin/weak-modules", "dkms"} {
+		base.Provides = append(base.Provides, formats.Rel(p))
+	}
+	tree := testenv.KernelTrees(t, release)[0]
+	sv, err := kmp.ReadSymvers(tree.Symvers.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ksyms, err := formats.KernelSymbolsPackage(tree, sv, profile, mtime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mustRun(t, "rpm", "--root", root, "-i", "--noscripts", writeRPM(t, base, dir), writeRPM(t, ksyms, dir))
+	return root
+}
+
+// A KMP and a kmod built for 6.1.0-53 install with the real rpm against the symbol provides
+// of that kernel, and rpm refuses them, naming the symbol, against 6.1.0-54's, where
+// _dev_info has another CRC.
+func TestRPMSymbolDependenciesResolveWithRPM(t *testing.T) {
+	testenv.Need(t, "rpm")
+	b := buildModule(t, "abi", testenv.Release53)
+	dir, written := packageBuild(t, b, "suse", "rhel")
+	for _, c := range []struct {
+		profile, missing string
+	}{
+		{"suse", "ksym(amd64:_dev_info) = 591d140a"},
+		{"rhel", "kernel(_dev_info) = 0x591d140a"},
+	} {
+		t.Run(c.profile, func(t *testing.T) {
+			pkg := filepath.Join(dir, find(t, written, c.profile, testenv.Release53))
+			good := rpmRoot(t, c.profile, testenv.Release53)
+			mustRun(t, "rpm", "--root", good, "-i", "--noscripts", pkg)
+			files := mustRun(t, "rpm", "--root", good, "-qlp", pkg)
+			for _, f := range strings.Fields(files) {
+				if _, err := os.Lstat(filepath.Join(good, f)); err != nil {
+					t.Errorf("%s not installed: %v", f, err)
+				}
+			}
+			mustRun(t, "rpm", "--root", good, "-e", "--noscripts", strings.TrimSuffix(filepath.Base(pkg), ".rpm"))
+			for _, f := range strings.Fields(files) {
+				if _, err := os.Lstat(filepath.Join(good, f)); err == nil {
+					t.Errorf("%s left behind after rpm -e (the package must own its directories)", f)
+				}
+			}
+
+			bad := rpmRoot(t, c.profile, testenv.Release54)
+			out, err := run(t, "rpm", "--root", bad, "-i", "--noscripts", pkg)
+			if err == nil {
+				t.Fatalf("rpm installed %s against %s's symbols", filepath.Base(pkg), testenv.Release54)
+			}
+			if !strings.Contains(out, c.missing+" is needed by") {
+				t.Errorf("rpm's refusal does not name %q:\n%s", c.missing, out)
+			}
+		})
+	}
+}
+
+// debRoot is a dpkg root that holds Debian's real linux-image-6.1.0-53-amd64: its modules
+// (hard links into the unpacked package) and its dpkg database record. The image's own
+// maintainer scripts are not run: they would update this machine's bootloader and initramfs.
+func debRoot(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	img := testenv.Debs(t, "linux-image-"+testenv.ReleaseImage)[0]
+	unpacked := testenv.UnpackedDeb(t, "linux-image-"+testenv.ReleaseImage)
+	mods := filepath.Join(root, "lib/modules", testenv.ReleaseImage)
+	for _, d := range []string{mods, filepath.Join(root, "var/lib/dpkg/info"), filepath.Join(root, "var/lib/dpkg/updates")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := filepath.Join(unpacked, "lib/modules", testenv.ReleaseImage)
+	mustRun(t, "cp", "-al", filepath.Join(src, "kernel"), mods)
+	m, _ := filepath.Glob(filepath.Join(src, "modules.*"))
+	mustRun(t, "cp", append(m, mods)...)
+	control := mustRun(t, "dpkg-deb", "-f", img)
+	control = strings.Replace(control, "\n", "\nStatus: install ok installed\n", 1)
+	if err := os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), []byte(control+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var list strings.Builder
+	for _, l := range strings.Split(mustRun(t, "sh", "-c", "dpkg-deb --fsys-tarfile "+img+" | tar t"), "\n") {
+		if l = strings.TrimSuffix(strings.TrimPrefix(l, "."), "/"); l != "" {
+			list.WriteString(l + "\n")
+		}
+	}
+	pkg := "linux-image-" + testenv.ReleaseImage
+	if err := os.WriteFile(filepath.Join(root, "var/lib/dpkg/info", pkg+".list"), []byte(list.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// The debian profile's package installs and is removed with the real dpkg, whose maintainer
+// scripts run depmod for that kernel in the root; the package for a kernel whose image is not
+// installed is refused on its Depends.
+func TestDebInstallsAndRemovesWithDpkg(t *testing.T) {
+	testenv.Need(t, "dpkg", "depmod")
+	b := buildModule(t, "abi", testenv.Release53, testenv.Release54)
+	dir, written := packageBuild(t, b, "debian")
+	root := debRoot(t)
+	deb53 := filepath.Join(dir, find(t, written, "debian", testenv.Release53))
+	dpkg := func(args ...string) (string, error) {
+		return run(t, "dpkg", append([]string{"--root", root, "--force-script-chrootless"}, args...)...)
+	}
+	modulesDep := filepath.Join(root, "lib/modules", testenv.Release53, "modules.dep")
+	const entry = "updates/kmpack-abichange/kmpack_abi.ko:"
+	if out, err := dpkg("-i", deb53); err != nil {
+		t.Fatalf("dpkg -i: %v\n%s", err, out)
+	}
+	if dep, _ := os.ReadFile(modulesDep); !bytes.Contains(dep, []byte(entry)) {
+		t.Errorf("postinst did not run depmod for %s: modules.dep has no %s", testenv.Release53, entry)
+	}
+	out := mustRun(t, "modinfo", "-b", root, "-k", testenv.Release53, "-F", "filename", "kmpack_abi")
+	if !strings.Contains(out, "/updates/kmpack-abichange/kmpack_abi.ko") {
+		t.Errorf("modinfo finds %q, want the packaged module", out)
+	}
+	if out, err := dpkg("-r", strings.Split(filepath.Base(deb53), "_")[0]); err != nil {
+		t.Fatalf("dpkg -r: %v\n%s", err, out)
+	}
+	if dep, _ := os.ReadFile(modulesDep); bytes.Contains(dep, []byte(entry)) {
+		t.Errorf("postrm did not run depmod: modules.dep still lists %s", entry)
+	}
+	if _, err := os.Stat(filepath.Join(root, "lib/modules", testenv.Release53, "updates/kmpack-abichange")); err == nil {
+		t.Errorf("the module directory was left behind")
+	}
+
+	deb54 := filepath.Join(dir, find(t, written, "debian", testenv.Release54))
+	out, err := dpkg("-i", deb54)
+	if err == nil || !strings.Contains(out, "linux-image-"+testenv.Release54) {
+		t.Errorf("dpkg configured the %s package without its kernel image (err %v):\n%s", testenv.Release54, err, out)
+	}
+}
+
+// Same inputs and SOURCE_DATE_EPOCH give byte-identical packages of every format.
+func TestPackagesAreReproducible(t *testing.T) {
+	b := buildModule(t, "abi", testenv.Release53, testenv.Release54)
+	profiles := formats.Profiles()
+	dir1, w1 := packageBuild(t, b, profiles...)
+	dir2, w2 := packageBuild(t, b, profiles...)
+	if len(w1) != len(w2) || len(w1) < 10 {
+		t.Fatalf("got %d and %d packages", len(w1), len(w2))
+	}
+	for i := range w1 {
+		a, _ := os.ReadFile(filepath.Join(dir1, w1[i].File))
+		c, _ := os.ReadFile(filepath.Join(dir2, w2[i].File))
+		if w1[i].File != w2[i].File || sha256.Sum256(a) != sha256.Sum256(c) || len(a) == 0 {
+			t.Errorf("%s differs between two runs", w1[i].File)
+		}
+	}
+	os.Setenv("SOURCE_DATE_EPOCH", "1700000001")
+	defer os.Setenv("SOURCE_DATE_EPOCH", epoch)
+	dir3, w3 := packageBuild(t, b, "debian")
+	a, _ := os.ReadFile(filepath.Join(dir1, find(t, w1, "debian", testenv.Release53)))
+	c, _ := os.ReadFile(filepath.Join(dir3, find(t, w3, "debian", testenv.Release53)))
+	if bytes.Equal(a, c) {
+		t.Errorf("SOURCE_DATE_EPOCH does not reach the package")
+	}
+}
+
+// rpmlint and lintian, the distributions' own package checkers, find no errors; the warnings
+// kmpack keeps on purpose are filtered by scripts/rpmlint.toml and listed in the README.
+func TestPackagesPassLinters(t *testing.T) {
+	testenv.Need(t, "rpmlint", "lintian")
+	b := buildModule(t, "abi", testenv.Release53, testenv.Release54)
+	dir, written := packageBuild(t, b, "suse", "rhel", "debian")
+	var rpms, debs []string
+	for _, w := range written {
+		switch w.Format {
+		case "rpm":
+			rpms = append(rpms, filepath.Join(dir, w.File))
+		case "deb":
+			debs = append(debs, filepath.Join(dir, w.File))
+		}
+		if w.Format == "rpm" || w.Format == "deb" {
+			if out, err := run(t, map[string]string{"rpm": "rpm", "deb": "dpkg-deb"}[w.Format],
+				map[string][]string{"rpm": {"-K", filepath.Join(dir, w.File)}, "deb": {"--info", filepath.Join(dir, w.File)}}[w.Format]...); err != nil {
+				t.Errorf("%s: %v\n%s", w.File, err, out)
+			}
+		}
+	}
+	config, _ := filepath.Abs("../scripts/rpmlint.toml")
+	out, err := run(t, "rpmlint", append([]string{"--config", config}, rpms...)...)
+	if err != nil || strings.Contains(out, ": E: ") {
+		t.Errorf("rpmlint: %v\n%s", err, out)
+	}
+	out, err = run(t, "lintian", append([]string{"--fail-on", "error"}, debs...)...)
+	if err != nil || strings.Contains(out, "E: ") {
+		t.Errorf("lintian: %v\n%s", err, out)
+	}
+}
+
+// The tags nfpm cannot write are in the RPM as rpm reads them: Supplements with SUSE's
+// modalias encoding, Enhances, Requires(pre/post/preun/postun), the self-Conflicts, and the
+// scriptlets that hand over to suse-module-tools.
+func TestSUSEKMPHeader(t *testing.T) {
+	testenv.Need(t, "rpm")
+	b := buildModule(t, "abi", testenv.Release53)
+	dir, written := packageBuild(t, b, "suse")
+	pkg := filepath.Join(dir, find(t, written, "suse", testenv.Release53))
+	q := func(args ...string) string {
+		return mustRun(t, "rpm", append([]string{"-qp"}, append(args, pkg)...)...)
+	}
+	if got := q("--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}"); got != "kmpack-abichange-kmp-amd64 1.0_k6.1.0_53 1 x86_64" {
+		t.Errorf("NVRA = %q", got)
+	}
+	for _, c := range []struct{ query, want string }{
+		{"--supplements", "(kernel-amd64 and kmpack-abichange)\nmodalias(kernel-amd64:pci:v00001234d0000567[89]sv*sd*bc*sc*i*)\n"},
+		{"--enhances", "kernel-amd64\n"},
+		{"--conflicts", "kmpack-abichange-kmp-amd64-k6.1.0_53\n"},
+	} {
+		if got := q(c.query); got != c.want {
+			t.Errorf("%s = %q, want %q", c.query, got, c.want)
+		}
+	}
+	reqs := q("--qf", "[%{REQUIREFLAGS:deptype} %{REQUIRENAME} %{REQUIREFLAGS:depflags} %{REQUIREVERSION}\n]")
+	for _, want := range []string{"pre suse-kernel-rpm-scriptlets", "post suse-kernel-rpm-scriptlets",
+		"preun suse-kernel-rpm-scriptlets", "postun suse-kernel-rpm-scriptlets",
+		"manual ksym(amd64:module_layout) = ", "manual ksym(amd64:_dev_info) = 591d140a"} {
+		if !strings.Contains(reqs, want) {
+			t.Errorf("requires lack %q:\n%s", want, reqs)
+		}
+	}
+	provides := q("--provides")
+	for _, want := range []string{"kmod(kmpack_abi.ko)", "multiversion(kernel)", "kmpack-abichange-kmp = 1.0\n", "kmpack-abichange-kmp = 1.0_k6.1.0_53\n"} {
+		if !strings.Contains(provides, want) {
+			t.Errorf("provides lack %q:\n%s", want, provides)
+		}
+	}
+	scripts := q("--scripts")
+	for _, op := range []string{"pre", "post", "preun", "postun", "posttrans"} {
+		want := `/usr/lib/module-init-tools/kernel-scriptlets/kmp-` + op + ` --name "kmpack-abichange-kmp-amd64"`
+		if !strings.Contains(scripts, want) {
+			t.Errorf("scriptlets lack %q:\n%s", want, scripts)
+		}
+	}
+}
+
+// Metadata a format forbids, or two modules on one path, are refused before anything is
+// written: the packages directory does not appear.
+func TestInvalidPackagesWriteNothing(t *testing.T) {
+	b := buildModule(t, "abi", testenv.Release53)
+	for _, c := range []struct {
+		name    string
+		edit    func(*kmp.Source, *kmp.Manifest)
+		profile string
+		want    string
+	}{
+		{"rpm version with a dash", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
+		{"deb name in upper case", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
+		{"apk version", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"two modules on one path", func(_ *kmp.Source, m *kmp.Manifest) {
+			k := m.Kernels[0]
+			k.Modules = append(k.Modules, k.Modules[0])
+		}, "rhel", "both install to"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out")
+			testenv.CopyTree(t, b.out, out)
+			src, err := kmp.OpenSource(b.src.Dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := *src.Spec
+			src.Spec = &spec
+			m := *b.manifest
+			k := *m.Kernels[0]
+			k.Modules = append([]*kmp.BuiltModule{}, k.Modules...)
+			m.Kernels = []*kmp.KernelBuild{&k}
+			c.edit(src, &m)
+			_, err = formats.PackageBuild(formats.Request{Source: src, Manifest: &m, OutputDir: out, Trees: b.trees, Profiles: []string{c.profile}})
+			if err == nil || !formats.IsInvalid(err) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want an invalid-package error containing %q", err, c.want)
+			}
+			if _, err := os.Stat(filepath.Join(out, formats.PackagesDir)); err == nil {
+				t.Errorf("a packages directory was written")
+			}
+		})
+	}
+}
+
+// The source fallback deb carries a dkms.conf (generated from kmpack.yaml) that the real dkms
+// builds into the same module.
+func TestSourcePackageBuildsWithDKMS(t *testing.T) {
+	testenv.Need(t, "dkms", "dpkg-deb")
+	b := buildModule(t, "abi", testenv.Release53)
+	dir, written := packageBuild(t, b, "debian")
+	tree := t.TempDir()
+	mustRun(t, "dpkg-deb", "-x", filepath.Join(dir, find(t, written, "debian", "")), tree)
+	srcRoot := filepath.Join(tree, "usr/src")
+	conf, err := os.ReadFile(filepath.Join(srcRoot, "kmpack-abichange-1.0", "dkms.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(conf), "BUILT_MODULE_NAME[0]=kmpack_abi") {
+		t.Errorf("dkms.conf:\n%s", conf)
+	}
+	dkmsTree := t.TempDir()
+	out := mustRun(t, "dkms", "build", "--dkmstree", dkmsTree, "--sourcetree", srcRoot,
+		"-m", "kmpack-abichange", "-v", "1.0", "-k", testenv.Release53)
+	ko, _ := filepath.Glob(filepath.Join(dkmsTree, "kmpack-abichange/1.0", testenv.Release53, "*/module/kmpack_abi.ko*"))
+	if len(ko) != 1 {
+		t.Fatalf("dkms built no kmpack_abi.ko:\n%s", out)
+	}
+	m, err := kmp.ReadModule(ko[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := b.manifest.Kernels[0].Modules[0].SrcVersion; m.SrcVersion != want {
+		t.Errorf("dkms built srcversion %s, kmpack %s", m.SrcVersion, want)
+	}
+}

@@ -1,0 +1,184 @@
+package formats
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"text/template"
+
+	"github.com/kmpack/kmpack/templates"
+)
+
+// Profile is one distribution family's conventions: package names, where modules install,
+// dependencies and scriptlets.
+type Profile interface {
+	Name() string
+	// Format is the package format the profile emits.
+	Format() string
+	// KernelPackage describes the package of one kernel's modules.
+	KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error)
+	// SourcePackage describes the <name>-dkms source fallback, or returns nil when the
+	// distribution has no dkms.
+	SourcePackage(in *Input, opts Options) (*Package, error)
+}
+
+var profiles = map[string]Profile{}
+
+// RegisterProfile makes a profile available by name.
+func RegisterProfile(p Profile) { profiles[p.Name()] = p }
+
+// ProfileFor returns a registered profile.
+func ProfileFor(name string) (Profile, error) {
+	p, ok := profiles[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown packaging profile %q (known: %s)", name, strings.Join(Profiles(), ", "))
+	}
+	return p, nil
+}
+
+// Profiles lists the registered profiles.
+func Profiles() []string {
+	var out []string
+	for n := range profiles {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// DefaultProfile is the profile a format implies when none is named: rpm has two families
+// and no default.
+func DefaultProfile(format string) (string, error) {
+	for _, n := range Profiles() {
+		if profiles[n].Format() == format && format != "rpm" {
+			return n, nil
+		}
+	}
+	if format == "rpm" {
+		return "", fmt.Errorf("format rpm needs a profile: suse or rhel")
+	}
+	return "", fmt.Errorf("unknown package format %q (known: %s)", format, strings.Join(Formats(), ", "))
+}
+
+func init() {
+	for _, p := range []Profile{suseProfile{}, rhelProfile{}, debianProfile{}, alpineProfile{}, archProfile{}} {
+		RegisterProfile(p)
+	}
+}
+
+// InvalidError is a package the metadata or the modules make impossible: a name or version the
+// format forbids, two modules on one path, a file outside the package's directories.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+// IsInvalid reports whether err is an *InvalidError.
+func IsInvalid(err error) bool {
+	var ie *InvalidError
+	return errors.As(err, &ie)
+}
+
+// Describe describes every package the profiles make from in: one per kernel, plus the
+// source fallback of each profile that has one. Every package is validated; nothing is written.
+func Describe(in *Input, profileNames []string, opts Options) ([]*Package, error) {
+	pkgs, err := describe(in, profileNames, opts)
+	if err != nil {
+		return nil, &InvalidError{err}
+	}
+	return pkgs, nil
+}
+
+func describe(in *Input, profileNames []string, opts Options) ([]*Package, error) {
+	var out []*Package
+	for _, name := range profileNames {
+		prof, err := ProfileFor(name)
+		if err != nil {
+			return nil, err
+		}
+		for i := range in.Kernels {
+			p, err := prof.KernelPackage(in, &in.Kernels[i], opts)
+			if err != nil {
+				return nil, fmt.Errorf("%s package for %s: %w", name, in.Kernels[i].Release, err)
+			}
+			out = append(out, p)
+		}
+		if !opts.NoSource && in.Source != nil {
+			p, err := prof.SourcePackage(in, opts)
+			if err != nil {
+				return nil, fmt.Errorf("%s source package: %w", name, err)
+			}
+			if p != nil {
+				out = append(out, p)
+			}
+		}
+	}
+	names := map[string]string{}
+	kept := out[:0]
+	for _, p := range out {
+		p.Format = profiles[p.Profile].Format()
+		p.MTime = in.MTime
+		if synopsis, long, ok := strings.Cut(p.Description, "\n"); ok && p.Format == "deb" {
+			p.Description = synopsis + "\n" + fill(long, 79)
+		} else {
+			p.Description = fill(p.Description, 79)
+		}
+		p.sortFiles()
+		if err := Validate(p); err != nil {
+			return nil, err
+		}
+		e, err := EmitterFor(p.Format)
+		if err != nil {
+			return nil, err
+		}
+		p.FileName = e.FileName(p)
+		if other, dup := names[p.FileName]; dup {
+			if p.Kernel == "" {
+				continue // suse and rhel share one rpm <name>-dkms
+			}
+			return nil, fmt.Errorf("%s: two packages would be written as %s (%s)", p.Name, p.FileName, other)
+		}
+		names[p.FileName] = p.String()
+		kept = append(kept, p)
+	}
+	return kept, nil
+}
+
+// moduleFiles places a kernel's modules under dir, refusing two that would land on one path.
+func moduleFiles(k *Kernel, dir string) ([]File, error) {
+	var out []File
+	seen := map[string]string{}
+	for _, m := range k.Modules {
+		p := path.Join(dir, m.FileName)
+		// depmod knows modules by name, so foo.ko and foo.ko.xz clash as much as two foo.ko.
+		key := p
+		for _, ext := range []string{".gz", ".xz", ".zst"} {
+			if strings.HasSuffix(p, ".ko"+ext) {
+				key = strings.TrimSuffix(p, ext)
+			}
+		}
+		if prev, dup := seen[key]; dup {
+			return nil, fmt.Errorf("modules %s and %s both install to %s", prev, m.FileName, key)
+		}
+		seen[key] = m.FileName
+		out = append(out, File{Path: p, Body: m.Body, Mode: 0o644})
+	}
+	return out, nil
+}
+
+var scriptTemplates = template.Must(template.New("scriptlets").ParseFS(templates.Scriptlets, "scriptlets/*.tmpl"))
+
+// scriptlets renders scriptlet templates, keeping the first error so that a profile can
+// render all of a package's scripts and check once.
+type scriptlets struct{ err error }
+
+func (s *scriptlets) render(name string, data any) string {
+	var b bytes.Buffer
+	if err := scriptTemplates.ExecuteTemplate(&b, name, data); err != nil && s.err == nil {
+		s.err = fmt.Errorf("scriptlet template %s: %w", name, err)
+	}
+	return b.String()
+}
