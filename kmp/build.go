@@ -58,6 +58,18 @@ type BuildOptions struct {
 	Progress func(ProgressEvent)
 	// Warn, when set, receives warnings once each (compiler mismatch, deprecated directives).
 	Warn func(string)
+	// Siblings, when set, judges each built kernel's modules against other kernels (kmpack
+	// build --siblings); its verdicts are recorded in the manifest.
+	Siblings func(release string, modules []*ModuleInfo) []SiblingVerdict
+}
+
+// SiblingVerdict says whether one module built for a kernel can load in a sibling kernel, and
+// if not, why.
+type SiblingVerdict struct {
+	Module     string   `json:"module"`
+	Kernel     string   `json:"kernel"`
+	Compatible bool     `json:"compatible"`
+	Reasons    []string `json:"reasons,omitempty"`
 }
 
 // ProgressEvent is a kernel's build changing state.
@@ -117,6 +129,8 @@ type KernelBuild struct {
 	Modules  []*BuiltModule   `json:"modules"`
 	Excluded []ExcludedModule `json:"excluded,omitempty"`
 	Warnings []string         `json:"warnings,omitempty"`
+	// Siblings are the modules' verdicts against the kernels of build --siblings.
+	Siblings []SiblingVerdict `json:"siblings,omitempty"`
 }
 
 // ExcludedModule is a module BUILD_EXCLUSIVE kept out of one kernel's build.
@@ -268,6 +282,22 @@ func Build(ctx context.Context, src *Source, trees []*KernelTree, opts BuildOpti
 			if opts.KeepWork {
 				keepWork = true
 			}
+		}
+	}
+	if opts.Siblings != nil {
+		for _, k := range m.Kernels {
+			if k.Status != StatusBuilt {
+				continue
+			}
+			var mods []*ModuleInfo
+			for _, bm := range k.Modules {
+				mi, err := ReadModule(filepath.Join(stage, bm.File))
+				if err != nil {
+					return nil, err
+				}
+				mods = append(mods, mi)
+			}
+			k.Siblings = opts.Siblings(k.Release, mods)
 		}
 	}
 	data, err := json.MarshalIndent(m, "", "  ")

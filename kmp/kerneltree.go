@@ -256,3 +256,31 @@ func describeCompiler(cfg KernelConfig) CompilerInfo {
 	}
 	return ci
 }
+
+// FlavorFromRelease is the flavor part of a kernel release ("cloud-amd64" of
+// "6.1.0-53-cloud-amd64"), for kernels known only by their release.
+func FlavorFromRelease(release string) string { return flavorFromRelease(release) }
+
+// VermagicFlags are the words after the release in the vermagic of modules built for this
+// tree, computed from its configuration as include/linux/vermagic.h does (the architecture's
+// MODULE_ARCH_VERMAGIC is not included: it is empty on x86_64).
+func (t *KernelTree) VermagicFlags() []string {
+	var out []string
+	c := t.Config
+	if c.Enabled("CONFIG_SMP") {
+		out = append(out, "SMP")
+	}
+	switch {
+	case c.Enabled("CONFIG_PREEMPT_BUILD"):
+		out = append(out, "preempt")
+	case c.Enabled("CONFIG_PREEMPT_RT"):
+		out = append(out, "preempt_rt")
+	}
+	if c.Enabled("CONFIG_MODULE_UNLOAD") {
+		out = append(out, "mod_unload")
+	}
+	if c.Enabled("CONFIG_MODVERSIONS") {
+		out = append(out, "modversions")
+	}
+	return out
+}

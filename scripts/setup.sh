@@ -4,10 +4,11 @@
 set -euo pipefail
 
 # Kernel header trees the tests and the example build against: two ABIs (53, 54),
-# two flavors (amd64, cloud-amd64) and one 6.12 series (xz-compressed modules).
+# three flavors (amd64, cloud-amd64, rt-amd64) and one 6.12 series (xz-compressed modules).
 KERNEL_HEADERS=(
   linux-headers-6.1.0-53-amd64
   linux-headers-6.1.0-53-cloud-amd64
+  linux-headers-6.1.0-53-rt-amd64
   linux-headers-6.1.0-54-amd64
   linux-headers-6.12.117+deb12-amd64
 )

@@ -16,3 +16,9 @@ var DKMSEval string
 //
 //go:embed scriptlets/*.tmpl
 var Scriptlets embed.FS
+
+// Probe is a minimal module source (Kbuild, kmpack_probe.c) that kmpack builds against a devel
+// tree to measure the kernel's struct module, which devel trees do not record anywhere.
+//
+//go:embed probe/Kbuild probe/kmpack_probe.c
+var Probe embed.FS

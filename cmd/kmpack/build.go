@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -59,6 +60,7 @@ failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothin
 			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
+			&cli.StringSliceFlag{Name: "siblings", Usage: "also judge whether each kernel's modules load in these kernels (trees, symvers files, /lib/modules/<release>; see kmpack compat) and record it in the manifest"},
 		}, packagingFlags()...),
 		Action: runBuild,
 	}
@@ -117,6 +119,17 @@ func runBuild(c *cli.Context) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var siblings []*weakupdates.Target
+	for _, s := range c.StringSlice("siblings") {
+		t, err := weakupdates.OpenTarget(ctx, s, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
+		if err != nil {
+			if kmp.IsInputError(err) {
+				return err
+			}
+			return cli.Exit(fmt.Sprintf("--siblings %s: %v", s, err), exitInput)
+		}
+		siblings = append(siblings, t)
+	}
 	opts := kmp.BuildOptions{
 		Jobs:               c.Int("jobs"),
 		OutputDir:          c.String("output"),
@@ -128,6 +141,11 @@ func runBuild(c *cli.Context) error {
 	}
 	if !c.Bool("no-cache") {
 		opts.CacheDir = c.String("cache-dir")
+	}
+	if len(siblings) > 0 {
+		opts.Siblings = func(release string, mods []*kmp.ModuleInfo) []kmp.SiblingVerdict {
+			return weakupdates.Siblings(release, mods, siblings)
+		}
 	}
 	var prog *progress
 	if !c.Bool("quiet") {
@@ -224,6 +242,13 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 			if k.Status != kmp.StatusSkipped {
 				fmt.Fprintf(w, "  %-*s  %-7s  %s: %s\n", width, "", "", e.Name, e.Reason)
 			}
+		}
+		for _, sv := range k.Siblings {
+			verdict := "loads in " + sv.Kernel
+			if !sv.Compatible {
+				verdict = fmt.Sprintf("cannot load in %s (%d reasons, see the manifest)", sv.Kernel, len(sv.Reasons))
+			}
+			fmt.Fprintf(w, "  %-*s  %-7s  %s %s\n", width, "", "", sv.Module, verdict)
 		}
 	}
 	s := m.Summary

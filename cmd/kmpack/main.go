@@ -92,6 +92,7 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			initCommand(),
 			packageCommand(),
 			ksymsCommand(),
+			compatCommand(),
 		},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code

@@ -20,6 +20,7 @@ import (
 const (
 	Release53      = "6.1.0-53-amd64"
 	Release53Cloud = "6.1.0-53-cloud-amd64"
+	Release53RT    = "6.1.0-53-rt-amd64"
 	Release54      = "6.1.0-54-amd64"
 	Release612     = "6.12.117+deb12-amd64"
 	// ReleaseImage is the kernel whose image package scripts/testdata.sh downloads.

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/weakupdates"
+	"github.com/urfave/cli/v2"
+)
+
+func compatCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "compat",
+		Usage:     "decide which kernels can load modules: symbol CRCs, namespaces, vermagic, struct module size",
+		ArgsUsage: "MODULE.ko... ",
+		Description: `The modules are one package's worth: imports one of them exports are resolved to it.
+Each --kernel is a devel tree, a symvers file (Module.symvers, symvers-<release>.gz; --release
+names the kernel when the file name does not), or an installed /lib/modules/<release>. For a
+devel tree kmpack builds a tiny probe module (cached) to learn the size of its struct module.
+
+Prints the module x kernel matrix and every reason a module cannot load; --json prints it as
+JSON, --html as one self-contained page. Exit status 0 whatever the verdicts, 3 for bad input.`,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Required: true, Usage: "kernel tree, symvers file or /lib/modules/<release> (repeatable)"},
+			&cli.StringFlag{Name: "release", Usage: "kernel release of a symvers file whose name does not say it"},
+			&cli.BoolFlag{Name: "no-probe", Usage: "do not build the probe module (struct module size is then not checked)"},
+			jsonFlag,
+			&cli.BoolFlag{Name: "html", Usage: "print a self-contained HTML page"},
+		},
+		Action: runCompat,
+	}
+}
+
+func runCompat(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return usagef("compat needs at least one MODULE.ko")
+	}
+	var mods []*kmp.ModuleInfo
+	for _, p := range c.Args().Slice() {
+		m, err := kmp.ReadModule(p)
+		if err != nil {
+			return err
+		}
+		mods = append(mods, m)
+	}
+	var targets []*weakupdates.Target
+	for _, k := range c.StringSlice("kernel") {
+		t, err := weakupdates.OpenTarget(context.Background(), k, weakupdates.TargetOptions{
+			Release: c.String("release"), CacheDir: c.String("cache-dir"), NoProbe: c.Bool("no-probe")})
+		if err != nil {
+			if kmp.IsInputError(err) {
+				return err
+			}
+			return cli.Exit(fmt.Sprintf("%s: %v", k, err), exitInput)
+		}
+		targets = append(targets, t)
+	}
+	mx := weakupdates.CheckMatrix(mods, targets)
+	switch {
+	case c.Bool("json"):
+		return writeJSON(os.Stdout, mx)
+	case c.Bool("html"):
+		return weakupdates.WriteHTML(os.Stdout, mx)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	printMatrix(w, mx)
+	return w.Flush()
+}
+
+// printMatrix writes the table, then each incompatible cell's reasons.
+func printMatrix(w io.Writer, mx *weakupdates.Matrix) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "MODULE")
+	for _, k := range mx.Kernels {
+		fmt.Fprint(tw, "\t", k.Release)
+	}
+	fmt.Fprintln(tw)
+	for i, m := range mx.Modules {
+		fmt.Fprint(tw, m)
+		for _, v := range mx.Cells[i] {
+			if v.Compatible {
+				fmt.Fprint(tw, "\tyes")
+			} else {
+				fmt.Fprintf(tw, "\tno (%d)", len(v.Reasons))
+			}
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+	for i := range mx.Modules {
+		for _, v := range mx.Cells[i] {
+			if len(v.Reasons) > 0 {
+				fmt.Fprintf(w, "\n%s in %s:\n", v.Module, v.Kernel)
+				for _, r := range v.Reasons {
+					fmt.Fprintf(w, "  %-16s %s\n", r.Kind, r.Detail)
+				}
+			}
+		}
+	}
+	for _, k := range mx.Kernels {
+		if len(k.Notes) > 0 {
+			fmt.Fprintf(w, "\nnote: %s: %s\n", k.Release, strings.Join(k.Notes, "; "))
+		}
+	}
+}

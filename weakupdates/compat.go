@@ -1,0 +1,179 @@
+package weakupdates
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
+)
+
+// Reason kinds: why a module cannot load in a kernel.
+const (
+	ReasonMissing    = "missing-symbol"   // no provider of an imported symbol
+	ReasonCRC        = "crc"              // the provider's CRC differs from the one built against
+	ReasonNamespace  = "namespace"        // the symbol is in a namespace the module does not import
+	ReasonVermagic   = "vermagic"         // SMP, preempt model, mod_unload or modversions differ
+	ReasonThisModule = "this-module-size" // struct module differs: the kernel refuses the module
+	ReasonFlavor     = "flavor"           // another flavor of kernel (weak-updates never cross flavors)
+	ReasonNoVersions = "no-modversions"   // built without CRCs: only its own release can load it
+	ReasonDependency = "dependency"       // needs a module of the same package that cannot load
+)
+
+// Reason is one thing that stops a module from loading in a kernel.
+type Reason struct {
+	Kind   string `json:"kind"`
+	Symbol string `json:"symbol,omitempty"`
+	Want   string `json:"want,omitempty"` // what the module was built against
+	Have   string `json:"have,omitempty"` // what the kernel has
+	Detail string `json:"detail"`
+}
+
+// Verdict is one module against one kernel.
+type Verdict struct {
+	Module     string   `json:"module"`
+	Kernel     string   `json:"kernel"`
+	Compatible bool     `json:"compatible"`
+	Reasons    []Reason `json:"reasons,omitempty"`
+}
+
+// Check decides, for each of one package's modules, whether kernel t can load it. Imports are
+// resolved the way depmod resolves them: another module of the package first, then the kernel
+// (vmlinux and its own modules, as its symvers lists them). A module that needs a package
+// module which cannot load cannot load either; that is resolved to a fixpoint.
+func Check(mods []*kmp.ModuleInfo, t *Target) []Verdict {
+	type provider struct {
+		module int
+		sym    kmp.ExportedSymbol
+	}
+	pkgExports := map[string]provider{}
+	for i, m := range mods {
+		for _, e := range m.Exports {
+			if _, dup := pkgExports[e.Name]; !dup {
+				pkgExports[e.Name] = provider{i, e}
+			}
+		}
+	}
+	verdicts := make([]Verdict, len(mods))
+	needs := make([][]int, len(mods)) // package modules each module imports from
+	for i, m := range mods {
+		v := Verdict{Module: m.Name, Kernel: t.Release}
+		add := func(r Reason) { v.Reasons = append(v.Reasons, r) }
+		words := strings.Fields(m.Vermagic)
+		if len(words) == 0 {
+			add(Reason{Kind: ReasonVermagic, Detail: "the module has no vermagic"})
+		} else {
+			modRelease, modFlags := words[0], words[1:]
+			if f := kmp.FlavorFromRelease(modRelease); f != t.Flavor {
+				add(Reason{Kind: ReasonFlavor, Want: f, Have: t.Flavor,
+					Detail: fmt.Sprintf("built for flavor %s (%s), the kernel is %s", f, modRelease, t.Flavor)})
+			}
+			if t.VermagicFlags != nil && !slices.Equal(modFlags, t.VermagicFlags) {
+				add(Reason{Kind: ReasonVermagic, Want: strings.Join(modFlags, " "), Have: strings.Join(t.VermagicFlags, " "),
+					Detail: fmt.Sprintf("vermagic %q, the kernel's modules have %q", strings.Join(modFlags, " "), strings.Join(t.VermagicFlags, " "))})
+			}
+			if m.ImportsSource == "" && len(m.Imports) == 0 && modRelease != t.Release {
+				add(Reason{Kind: ReasonNoVersions, Want: modRelease, Have: t.Release,
+					Detail: "built without symbol versions, so only kernel " + modRelease + " accepts its vermagic"})
+			}
+		}
+		if t.ThisModuleSize != 0 && m.ThisModuleSize != 0 && m.ThisModuleSize != t.ThisModuleSize {
+			add(Reason{Kind: ReasonThisModule, Want: fmt.Sprint(m.ThisModuleSize), Have: fmt.Sprint(t.ThisModuleSize),
+				Detail: fmt.Sprintf("struct module is %d bytes in the module and %d in the kernel", m.ThisModuleSize, t.ThisModuleSize)})
+		}
+		for _, imp := range m.Imports {
+			if p, ok := pkgExports[imp.Name]; ok && p.module != i {
+				if p.sym.HasCRC && p.sym.CRC != imp.CRC {
+					add(crcReason(imp, p.sym.CRC, "module "+mods[p.module].Name))
+				}
+				if !slices.Contains(needs[i], p.module) {
+					needs[i] = append(needs[i], p.module)
+				}
+				checkNamespace(m, imp.Name, p.sym.Namespace, add)
+				continue
+			}
+			s, ok := t.Symvers.Lookup(imp.Name)
+			if !ok {
+				add(Reason{Kind: ReasonMissing, Symbol: imp.Name, Want: fmt.Sprintf("0x%08x", imp.CRC),
+					Detail: "the kernel does not export " + imp.Name})
+				continue
+			}
+			if s.CRC != imp.CRC {
+				add(crcReason(imp, s.CRC, s.Module))
+			}
+			checkNamespace(m, imp.Name, s.Namespace, add)
+		}
+		v.Compatible = len(v.Reasons) == 0
+		verdicts[i] = v
+	}
+	for changed := true; changed; {
+		changed = false
+		for i := range verdicts {
+			if !verdicts[i].Compatible {
+				continue
+			}
+			for _, j := range needs[i] {
+				if !verdicts[j].Compatible {
+					verdicts[i].Compatible = false
+					verdicts[i].Reasons = append(verdicts[i].Reasons, Reason{Kind: ReasonDependency, Want: mods[j].Name,
+						Detail: "needs " + mods[j].Name + " of the same package, which cannot load"})
+					changed = true
+					break
+				}
+			}
+		}
+	}
+	return verdicts
+}
+
+func crcReason(imp kmp.SymbolCRC, have uint64, provider string) Reason {
+	return Reason{Kind: ReasonCRC, Symbol: imp.Name, Want: fmt.Sprintf("0x%08x", imp.CRC), Have: fmt.Sprintf("0x%08x", have),
+		Detail: fmt.Sprintf("%s: built against CRC 0x%08x, %s has 0x%08x", imp.Name, imp.CRC, provider, have)}
+}
+
+func checkNamespace(m *kmp.ModuleInfo, sym, ns string, add func(Reason)) {
+	if ns != "" && !slices.Contains(m.ImportNS, ns) {
+		add(Reason{Kind: ReasonNamespace, Symbol: sym, Want: ns,
+			Detail: fmt.Sprintf("%s is in namespace %s, which the module does not import", sym, ns)})
+	}
+}
+
+// Matrix is the module x kernel table of verdicts.
+type Matrix struct {
+	Modules []string    `json:"modules"`
+	Kernels []*Target   `json:"kernels"`
+	Cells   [][]Verdict `json:"cells"` // [module][kernel]
+}
+
+// CheckMatrix checks one package's modules against every target.
+func CheckMatrix(mods []*kmp.ModuleInfo, targets []*Target) *Matrix {
+	mx := &Matrix{Kernels: targets, Cells: make([][]Verdict, len(mods))}
+	for _, m := range mods {
+		mx.Modules = append(mx.Modules, m.Name)
+	}
+	for _, t := range targets {
+		for i, v := range Check(mods, t) {
+			mx.Cells[i] = append(mx.Cells[i], v)
+		}
+	}
+	return mx
+}
+
+// Siblings judges modules built for release against every target that is another kernel, in
+// the form kmpack build records in its manifest.
+func Siblings(release string, mods []*kmp.ModuleInfo, targets []*Target) []kmp.SiblingVerdict {
+	var out []kmp.SiblingVerdict
+	for _, t := range targets {
+		if t.Release == release {
+			continue
+		}
+		for _, v := range Check(mods, t) {
+			sv := kmp.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
+			for _, r := range v.Reasons {
+				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
+			}
+			out = append(out, sv)
+		}
+	}
+	return out
+}

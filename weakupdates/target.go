@@ -1,0 +1,227 @@
+// Package weakupdates decides which kernels can load a module built for another one (the
+// modversions CRCs of every import, symbol namespaces, vermagic and the size of struct module
+// must all agree) and keeps a system's weak-updates symlinks in line with that decision.
+package weakupdates
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/templates"
+)
+
+// Target is a kernel modules are checked against.
+type Target struct {
+	Release string `json:"release"`
+	Flavor  string `json:"flavor"`
+	// Source says where the kernel's facts came from (a devel tree, a symvers file, an
+	// installed modules directory).
+	Source string `json:"source"`
+	// VermagicFlags are the words after the release in the vermagic of the kernel's modules;
+	// nil when unknown (a bare symvers file).
+	VermagicFlags []string     `json:"vermagic_flags"`
+	Symvers       *kmp.Symvers `json:"-"`
+	// ThisModuleSize is the size of the kernel's struct module (.gnu.linkonce.this_module of
+	// its modules); 0 when unknown.
+	ThisModuleSize uint64 `json:"this_module_size"`
+	// Notes say which checks could not be made and why.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// TargetOptions say how to learn what a kernel tree does not record.
+type TargetOptions struct {
+	// Release names the kernel of a bare symvers file whose name does not say it.
+	Release string
+	// CacheDir keeps the probe builds that measure a devel tree's struct module ("" builds
+	// each time).
+	CacheDir string
+	// NoProbe skips building the probe module: the struct module size is then not checked.
+	NoProbe bool
+}
+
+// OpenTarget reads a kernel from a devel tree, a symvers file (Module.symvers,
+// symvers-<release>.gz ...), or an installed /lib/modules/<release> directory.
+func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return targetFromSymvers(path, opts.Release)
+	}
+	if isInstalledModulesDir(path) {
+		return targetFromInstalled(path)
+	}
+	tree, err := kmp.OpenKernelTree(path)
+	if err != nil {
+		return nil, err
+	}
+	return TargetFromTree(ctx, tree, opts)
+}
+
+// TargetFromTree describes a devel tree's kernel. The tree records its symvers and config but
+// no module, so the size of struct module comes from building a probe module against it.
+func TargetFromTree(ctx context.Context, tree *kmp.KernelTree, opts TargetOptions) (*Target, error) {
+	if tree.Symvers == nil || tree.Symvers.Path == "" {
+		return nil, fmt.Errorf("%s: the kernel tree has no Module.symvers", tree.Dir)
+	}
+	sv, err := kmp.ReadSymvers(tree.Symvers.Path)
+	if err != nil {
+		return nil, err
+	}
+	t := &Target{Release: tree.Release, Flavor: kmp.FlavorFromRelease(tree.Release), Source: tree.Dir,
+		VermagicFlags: tree.VermagicFlags(), Symvers: sv}
+	if opts.NoProbe {
+		t.Notes = append(t.Notes, "struct module size not checked (probe build disabled)")
+		return t, nil
+	}
+	size, err := probeThisModuleSize(ctx, tree, opts.CacheDir)
+	if err != nil {
+		t.Notes = append(t.Notes, "struct module size not checked: "+err.Error())
+	} else {
+		t.ThisModuleSize = size
+	}
+	return t, nil
+}
+
+func probeThisModuleSize(ctx context.Context, tree *kmp.KernelTree, cacheDir string) (uint64, error) {
+	tmp, err := os.MkdirTemp("", "kmpack-probe-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+	src := filepath.Join(tmp, "kmpack-probe")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return 0, err
+	}
+	for _, name := range []string{"Kbuild", "kmpack_probe.c"} {
+		b, err := templates.Probe.ReadFile("probe/" + name)
+		if err != nil {
+			return 0, err
+		}
+		if err := os.WriteFile(filepath.Join(src, name), b, 0o644); err != nil {
+			return 0, err
+		}
+	}
+	s, err := kmp.OpenSource(src)
+	if err != nil {
+		return 0, err
+	}
+	out := filepath.Join(tmp, "out")
+	m, err := kmp.Build(ctx, s, []*kmp.KernelTree{tree}, kmp.BuildOptions{Jobs: 1, OutputDir: out, CacheDir: cacheDir,
+		Compression: kmp.CompressNone})
+	if err != nil {
+		return 0, fmt.Errorf("probe module build failed (%v)", err)
+	}
+	if len(m.Kernels) != 1 || len(m.Kernels[0].Modules) != 1 {
+		return 0, fmt.Errorf("probe module build made no module")
+	}
+	info, err := kmp.ReadModule(filepath.Join(out, m.Kernels[0].Modules[0].File))
+	if err != nil {
+		return 0, err
+	}
+	return info.ThisModuleSize, nil
+}
+
+// targetFromSymvers reads a bare symvers file; its release comes from opts or the file name.
+func targetFromSymvers(path, release string) (*Target, error) {
+	if release == "" {
+		base := filepath.Base(path)
+		for _, ext := range []string{".gz", ".xz", ".zst"} {
+			base = strings.TrimSuffix(base, ext)
+		}
+		release = strings.TrimPrefix(base, "symvers-")
+		if release == base {
+			return nil, fmt.Errorf("%s: cannot tell the kernel release of a symvers file from its name: give it", path)
+		}
+	}
+	sv, err := kmp.ReadSymvers(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: path, Symvers: sv,
+		Notes: []string{"vermagic and struct module size not checked: a symvers file does not record them"}}, nil
+}
+
+func isInstalledModulesDir(dir string) bool {
+	for _, f := range []string{"modules.order", "modules.builtin", "kernel"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return filepath.Base(filepath.Dir(dir)) == "modules"
+		}
+	}
+	return false
+}
+
+// SymversLocations are where distributions keep an installed kernel's symvers, relative to
+// the root: SUSE and Red Hat's /boot/symvers-<release>.gz, Red Hat's and others'
+// /lib/modules/<release>/symvers.*, and the devel tree behind the build link.
+func SymversLocations(root, release string) []string {
+	mod := filepath.Join(root, "lib/modules", release)
+	var out []string
+	for _, ext := range []string{".gz", ".xz", ".zst", ""} {
+		out = append(out, filepath.Join(root, "boot", "symvers-"+release+ext))
+	}
+	for _, ext := range []string{".gz", ".xz", ".zst"} {
+		out = append(out, filepath.Join(mod, "symvers"+ext))
+	}
+	return append(out, filepath.Join(mod, "build", "Module.symvers"))
+}
+
+// targetFromInstalled reads an installed kernel: symvers from wherever the distro keeps them,
+// vermagic and struct module size from one of its own modules.
+func targetFromInstalled(dir string) (*Target, error) {
+	dir, _ = filepath.Abs(dir)
+	release := filepath.Base(dir)
+	root := filepath.Dir(filepath.Dir(filepath.Dir(dir))) // <root>/lib/modules/<release>
+	if strings.HasSuffix(filepath.Dir(filepath.Dir(dir)), "/usr/lib") {
+		root = filepath.Dir(root)
+	}
+	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
+	var tried []string
+	for _, p := range SymversLocations(root, release) {
+		if _, err := os.Stat(p); err != nil {
+			tried = append(tried, p)
+			continue
+		}
+		sv, err := kmp.ReadSymvers(p)
+		if err != nil {
+			return nil, err
+		}
+		t.Symvers = sv
+		break
+	}
+	if t.Symvers == nil {
+		return nil, fmt.Errorf("%s: no symvers for kernel %s (Debian's images ship none: install linux-headers-%s); looked at %s",
+			dir, release, release, strings.Join(tried, ", "))
+	}
+	kernelDir, err := filepath.EvalSymlinks(filepath.Join(dir, "kernel"))
+	if err != nil {
+		kernelDir = filepath.Join(dir, "kernel")
+	}
+	err = filepath.WalkDir(kernelDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !kmp.IsModuleFileName(d.Name()) {
+			return nil // unreadable parts of the tree only narrow the search
+		}
+		m, err := kmp.ReadModule(p)
+		if err != nil {
+			return nil // one unreadable module does not stop the search
+		}
+		if words := strings.Fields(m.Vermagic); len(words) > 0 && words[0] == release {
+			t.VermagicFlags, t.ThisModuleSize = words[1:], m.ThisModuleSize
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if t.VermagicFlags == nil {
+		t.Notes = append(t.Notes, "vermagic and struct module size not checked: no module of the kernel itself found under "+filepath.Join(dir, "kernel"))
+	}
+	return t, nil
+}
