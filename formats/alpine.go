@@ -2,7 +2,6 @@ package formats
 
 import (
 	"regexp"
-	"strings"
 )
 
 // alpineProfile writes apk packages as Alpine's own out-of-tree module packages are laid
@@ -26,19 +25,10 @@ func apkArch(arch string) string {
 var alpineRelease = regexp.MustCompile(`^([0-9][0-9.]*)-([0-9]+)-([a-z0-9]+)$`)
 
 func (alpineProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
-	md := in.Meta
-	moddir := "/lib/modules/" + k.Release + "/extra/" + md.Name
-	files, err := moduleFiles(k, moddir)
+	p, err := perKernelPackage("alpine", in, k, "/lib/modules/"+k.Release+"/extra/"+in.Meta.Name, apkArch(k.Arch))
 	if err != nil {
 		return nil, err
 	}
-	p := &Package{
-		Profile: "alpine", Kernel: k.Release,
-		Name: strings.ToLower(md.Name) + "-modules-" + strings.ToLower(k.Release), Version: md.Version, Release: md.Release,
-		Arch: apkArch(k.Arch), Summary: md.Summary, Description: md.Summary, License: md.License,
-		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
-	}
-	p.addDirs(moddir)
 	// The kernel package of the flavor at exactly the version the modules were built for.
 	if m := alpineRelease.FindStringSubmatch(k.Release); m != nil {
 		p.Requires = []Relation{RelEq("linux-"+m[3], m[1]+"-r"+m[2])}

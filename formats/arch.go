@@ -24,19 +24,10 @@ func archKernelPackage(krel string) string {
 }
 
 func (archProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
-	md := in.Meta
-	moddir := "/usr/lib/modules/" + k.Release + "/updates/" + md.Name
-	files, err := moduleFiles(k, moddir)
+	p, err := perKernelPackage("arch", in, k, "/usr/lib/modules/"+k.Release+"/updates/"+in.Meta.Name, k.Arch)
 	if err != nil {
 		return nil, err
 	}
-	p := &Package{
-		Profile: "arch", Kernel: k.Release,
-		Name: strings.ToLower(md.Name) + "-modules-" + strings.ToLower(k.Release), Version: md.Version, Release: md.Release,
-		Arch: k.Arch, Summary: md.Summary, Description: md.Summary, License: md.License,
-		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
-	}
-	p.addDirs(moddir)
 	p.Requires = []Relation{Rel(archKernelPackage(k.Release))}
 	return p, nil
 }

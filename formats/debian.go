@@ -34,23 +34,14 @@ func debArch(arch string) string {
 
 func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
 	md := in.Meta
-	moddir := "/lib/modules/" + k.Release + "/updates/" + md.Name
-	files, err := moduleFiles(k, moddir)
+	p, err := perKernelPackage("debian", in, k, "/lib/modules/"+k.Release+"/updates/"+md.Name, debArch(k.Arch))
 	if err != nil {
 		return nil, err
 	}
-	p := &Package{
-		Profile: "debian", Kernel: k.Release,
-		Name: strings.ToLower(md.Name) + "-modules-" + k.Release, Version: md.Version, Release: md.Release,
-		Arch: debArch(k.Arch), Section: "kernel",
-		Summary: md.Summary, License: md.License,
-		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL,
-		Files: files,
-	}
+	p.Section = "kernel"
 	p.Description = debDescription(fmt.Sprintf("%s (kernel %s)", md.Summary, k.Release),
 		md.Description+"\n\nThis package holds the modules built for Linux "+k.Release+".")
 	p.Files = append(p.Files, debDocs(p, in.MTime)...)
-	p.addDirs(moddir)
 	// Debian's signed image, its -unsigned twin, and Ubuntu's linux-image-unsigned-<release>.
 	p.Requires = []Relation{Rel(fmt.Sprintf("linux-image-%[1]s | linux-image-%[1]s-unsigned | linux-image-unsigned-%[1]s", k.Release))}
 	p.Provides = []Relation{Rel(strings.ToLower(md.Name) + "-modules")}

@@ -147,6 +147,24 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 	return kept, nil
 }
 
+// perKernelPackage is the <name>-modules-<release> package the debian, alpine and arch
+// profiles make: the kernel's modules in moddir (owned), the metadata, the format's arch.
+func perKernelPackage(profile string, in *Input, k *Kernel, moddir, arch string) (*Package, error) {
+	md := in.Meta
+	files, err := moduleFiles(k, moddir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Package{
+		Profile: profile, Kernel: k.Release,
+		Name: strings.ToLower(md.Name) + "-modules-" + strings.ToLower(k.Release), Version: md.Version, Release: md.Release,
+		Arch: arch, Summary: md.Summary, Description: md.Summary, License: md.License,
+		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
+	}
+	p.addDirs(moddir)
+	return p, nil
+}
+
 // moduleFiles places a kernel's modules under dir, refusing two that would land on one path.
 func moduleFiles(k *Kernel, dir string) ([]File, error) {
 	var out []File

@@ -11,6 +11,8 @@ cd "$cache/debs"
 # and a headers set that is deliberately not installed: kmpack must make a tree from the .deb files alone.
 WANT=(
   linux-image-6.1.0-53-amd64
+  # A second image of the same flavor with another ABI: weak-updates tests install both.
+  linux-image-6.1.0-54-amd64
   linux-headers-6.1.0-55-amd64
   linux-headers-6.1.0-55-common
   linux-kbuild-6.1

@@ -92,7 +92,7 @@ func Check(mods []*kmp.ModuleInfo, t *Target) []Verdict {
 				checkNamespace(m, imp.Name, p.sym.Namespace, add)
 				continue
 			}
-			s, ok := t.Symvers.Lookup(imp.Name)
+			s, ok := t.lookup(imp.Name)
 			if !ok {
 				add(Reason{Kind: ReasonMissing, Symbol: imp.Name, Want: fmt.Sprintf("0x%08x", imp.CRC),
 					Detail: "the kernel does not export " + imp.Name})
@@ -176,4 +176,14 @@ func Siblings(release string, mods []*kmp.ModuleInfo, targets []*Target) []kmp.S
 		}
 	}
 	return out
+}
+
+// lookup finds a symbol in the kernel's symvers, then among the exports of other module
+// packages installed for it (Target.Extra).
+func (t *Target) lookup(name string) (kmp.Symbol, bool) {
+	if s, ok := t.Symvers.Lookup(name); ok {
+		return s, true
+	}
+	s, ok := t.Extra[name]
+	return s, ok
 }

@@ -29,6 +29,9 @@ type Target struct {
 	// ThisModuleSize is the size of the kernel's struct module (.gnu.linkonce.this_module of
 	// its modules); 0 when unknown.
 	ThisModuleSize uint64 `json:"this_module_size"`
+	// Extra are symbols other module packages provide in this kernel (weak-updates resolves
+	// packages that need each other); looked up after Symvers.
+	Extra map[string]kmp.Symbol `json:"-"`
 	// Notes say which checks could not be made and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -159,7 +162,7 @@ func isInstalledModulesDir(dir string) bool {
 
 // SymversLocations are where distributions keep an installed kernel's symvers, relative to
 // the root: SUSE and Red Hat's /boot/symvers-<release>.gz, Red Hat's and others'
-// /lib/modules/<release>/symvers.*, and the devel tree behind the build link.
+// /lib/modules/<release>/symvers.*, and the devel tree (Debian's linux-headers-<release>).
 func SymversLocations(root, release string) []string {
 	mod := filepath.Join(root, "lib/modules", release)
 	var out []string
@@ -169,7 +172,10 @@ func SymversLocations(root, release string) []string {
 	for _, ext := range []string{".gz", ".xz", ".zst"} {
 		out = append(out, filepath.Join(mod, "symvers"+ext))
 	}
-	return append(out, filepath.Join(mod, "build", "Module.symvers"))
+	// The devel tree, where the build link points (Debian's images ship no symvers), looked
+	// up inside the root: the link itself is absolute.
+	return append(out, filepath.Join(root, "usr/src/linux-headers-"+release, "Module.symvers"),
+		filepath.Join(root, "usr/src/kernels", release, "Module.symvers"))
 }
 
 // targetFromInstalled reads an installed kernel: symvers from wherever the distro keeps them,

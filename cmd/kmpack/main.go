@@ -93,12 +93,16 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			packageCommand(),
 			ksymsCommand(),
 			compatCommand(),
+			weakUpdatesCommand(),
 		},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = onUsageError
+		for _, s := range c.Subcommands {
+			s.OnUsageError = onUsageError
+		}
 	}
 	return app
 }

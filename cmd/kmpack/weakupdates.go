@@ -1,0 +1,141 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/weakupdates"
+	"github.com/urfave/cli/v2"
+)
+
+func weakUpdatesCommand() *cli.Command {
+	engine := func(c *cli.Context) *weakupdates.Engine {
+		return &weakupdates.Engine{Root: c.String("root"), DryRun: c.Bool("dry-run"), Log: os.Stdout}
+	}
+	release := func(c *cli.Context) (string, error) {
+		if c.NArg() != 1 {
+			return "", usagef("%s takes one kernel release", c.Command.Name)
+		}
+		return c.Args().First(), nil
+	}
+	return &cli.Command{
+		Name:  "weak-updates",
+		Usage: "keep /lib/modules/<release>/weak-updates in line with the installed module packages and kernels",
+		Description: `Module packages register with add-kmp (from their maintainer scripts) and leave with
+remove-kmp; kernel hooks call add-kernel and remove-kernel. Each run recomputes every kernel
+of the flavor: a kernel without its own build of a package gets links to the newest build whose
+modules all load there (kmpack compat's check), packages that need each other resolved to a
+fixpoint; stale links go, real files are never replaced, links are made atomically, runs are
+serialized by a lock, and depmod runs once per kernel that changed. A run killed at any point
+is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
+/lib/modules/<release>/symvers.* or the headers tree (/usr/src/linux-headers-<release>).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system installed under this directory"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes without making them"},
+		},
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add-kmp",
+				Usage:     "register a module package and link its modules where they load",
+				ArgsUsage: "[MODULE...]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "name", Required: true, Usage: "the software's name (shared by its packages for every kernel)"},
+					&cli.StringFlag{Name: "package", Required: true, Usage: "the package that installed the modules"},
+					&cli.StringFlag{Name: "version", Required: true, Usage: "the package's version"},
+					&cli.StringFlag{Name: "kernel", Required: true, Usage: "the release the modules were built for"},
+				},
+				Action: func(c *cli.Context) error {
+					e := engine(c)
+					k := weakupdates.KMP{Name: c.String("name"), Package: c.String("package"), Version: c.String("version"), Kernel: c.String("kernel")}
+					mods := c.Args().Slice()
+					if len(mods) == 0 {
+						// The debian profile's layout: /lib/modules/<release>/updates/<name>/.
+						dir := filepath.Join(e.Root, "lib/modules", k.Kernel, "updates", k.Name)
+						entries, _ := os.ReadDir(dir)
+						for _, d := range entries {
+							if kmp.IsModuleFileName(d.Name()) {
+								mods = append(mods, filepath.Join("/lib/modules", k.Kernel, "updates", k.Name, d.Name()))
+							}
+						}
+					}
+					if len(mods) == 0 {
+						return cli.Exit(fmt.Sprintf("add-kmp %s: no modules given and none in /lib/modules/%s/updates/%s", k.Package, k.Kernel, k.Name), exitInput)
+					}
+					sort.Strings(mods)
+					k.Modules = mods
+					return e.AddKMP(k)
+				},
+			},
+			{
+				Name:      "remove-kmp",
+				Usage:     "forget a module package and relink what it provided",
+				ArgsUsage: "PACKAGE",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usagef("remove-kmp takes one package name")
+					}
+					return engine(c).RemoveKMP(c.Args().First())
+				},
+			},
+			{
+				Name: "add-kernel", Usage: "link compatible module packages into a new kernel", ArgsUsage: "RELEASE",
+				Action: func(c *cli.Context) error {
+					r, err := release(c)
+					if err != nil {
+						return err
+					}
+					return engine(c).AddKernel(r)
+				},
+			},
+			{
+				Name: "remove-kernel", Usage: "drop a removed kernel's links", ArgsUsage: "RELEASE",
+				Action: func(c *cli.Context) error {
+					r, err := release(c)
+					if err != nil {
+						return err
+					}
+					return engine(c).RemoveKernel(r)
+				},
+			},
+			{
+				Name: "status", Usage: "show what is linked into each kernel, and why the rest is not",
+				Flags: []cli.Flag{jsonFlag},
+				Action: func(c *cli.Context) error {
+					plans, err := engine(c).Status()
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return writeJSON(os.Stdout, plans)
+					}
+					for _, p := range plans {
+						fmt.Printf("%s:\n", p.Kernel)
+						for _, n := range sortedKeys(p.Chosen) {
+							fmt.Printf("  %-24s linked: %s\n", n, p.Chosen[n])
+						}
+						for _, n := range sortedKeys(p.Rejected) {
+							fmt.Printf("  %-24s not linked: %s\n", n, strings.Join(p.Rejected[n], "; "))
+						}
+						for _, note := range p.Notes {
+							fmt.Printf("  note: %s\n", note)
+						}
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,246 @@
+package weakupdates_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/weakupdates"
+)
+
+// systemRoot is a root holding Debian's real 6.1.0-53 and -54 kernels: their modules (hard
+// links into the unpacked image packages), their modules.* indexes, and the symvers of their
+// headers packages under /usr/src, where a Debian system with headers installed has them.
+func systemRoot(t *testing.T, releases ...string) string {
+	t.Helper()
+	root := t.TempDir()
+	for _, rel := range releases {
+		img := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+rel), "lib/modules", rel)
+		dst := filepath.Join(root, "lib/modules", rel)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("cp", "-al", filepath.Join(img, "kernel"), dst).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		idx, _ := filepath.Glob(filepath.Join(img, "modules.*"))
+		if out, err := exec.Command("cp", append(idx, dst)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		hdr := filepath.Join(root, "usr/src/linux-headers-"+rel)
+		os.MkdirAll(hdr, 0o755)
+		sv, err := os.ReadFile(filepath.Join(testenv.HeadersDir(t, rel), "Module.symvers"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(hdr, "Module.symvers"), sv, 0o644)
+	}
+	return root
+}
+
+// install puts a build's modules where the debian profile's package puts them and returns the
+// registration add-kmp would make.
+func install(t *testing.T, root, name, version, release string, mods []string) weakupdates.KMP {
+	t.Helper()
+	k := weakupdates.KMP{Name: name, Package: name + "-modules-" + release, Version: version, Kernel: release}
+	dir := filepath.Join("/lib/modules", release, "updates", name)
+	os.MkdirAll(filepath.Join(root, dir), 0o755)
+	for _, m := range mods {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(m))
+		os.WriteFile(filepath.Join(root, p), b, 0o644)
+		k.Modules = append(k.Modules, p)
+	}
+	return k
+}
+
+func links(t *testing.T, root, release string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	dir := filepath.Join(root, "lib/modules", release, "weak-updates")
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type()&os.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			if !filepath.IsAbs(target) {
+				target = "/" + strings.TrimPrefix(filepath.Join(filepath.Dir(p), target), root+"/")
+			}
+			out[strings.TrimPrefix(p, dir+"/")] = target
+		}
+		return nil
+	})
+	return out
+}
+
+func modulesDep(t *testing.T, root, release string) string {
+	b, _ := os.ReadFile(filepath.Join(root, "lib/modules", release, "modules.dep"))
+	return string(b)
+}
+
+func builtModules(t *testing.T, name, release string) []string {
+	t.Helper()
+	src := testenv.TestModuleSource(t, name)
+	s, err := kmp.OpenSource(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	m, err := kmp.Build(t.Context(), s, testenv.KernelTrees(t, release), kmp.BuildOptions{Jobs: 2, OutputDir: out, CacheDir: probeDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, bm := range m.Kernels[0].Modules {
+		files = append(files, filepath.Join(out, bm.File))
+	}
+	return files
+}
+
+// The engine's life cycle on a root with two real kernels: a module importing only stable
+// symbols, built for 53, is linked into 54 (and depmod indexes it there); one whose imports
+// changed is not, and status says why; a build for 54 itself needs no link; removal unlinks;
+// runs are idempotent; real files are never replaced; a killed run's debris is repaired.
+func TestEngineLifeCycle(t *testing.T) {
+	testenv.Need(t, "depmod")
+	r53, r54 := testenv.Release53, testenv.Release54
+	root := systemRoot(t, r53, r54)
+	var log bytes.Buffer
+	e := &weakupdates.Engine{Root: root, Log: &log}
+
+	hello := install(t, root, "kmpack-hello", "1.0-1", r53, builtModules(t, "hello", r53))
+	if err := e.AddKMP(hello); err != nil {
+		t.Fatal(err)
+	}
+	want := "/lib/modules/" + r53 + "/updates/kmpack-hello/kmpack_hello.ko"
+	if got := links(t, root, r54); got["kmpack-hello/kmpack_hello.ko"] != want || len(got) != 1 {
+		t.Fatalf("54's weak-updates: %v", got)
+	}
+	if len(links(t, root, r53)) != 0 {
+		t.Errorf("53 got weak links to its own build")
+	}
+	if !strings.Contains(modulesDep(t, root, r54), "weak-updates/kmpack-hello/kmpack_hello.ko:") {
+		t.Errorf("depmod did not index the link in %s", r54)
+	}
+
+	abi := install(t, root, "kmpack-abichange", "1.0-1", r53, builtModules(t, "abi", r53))
+	if err := e.AddKMP(abi); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := links(t, root, r54)["kmpack-abichange/kmpack_abi.ko"]; ok {
+		t.Errorf("the module whose imports changed was linked into %s", r54)
+	}
+	plans, err := e.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range plans {
+		if p.Kernel == r54 && !strings.Contains(strings.Join(p.Rejected["kmpack-abichange"], " "), "_dev_info") {
+			t.Errorf("status does not say why kmpack-abichange is not linked: %+v", p)
+		}
+	}
+
+	// Idempotent: nothing to do the second time.
+	log.Reset()
+	if err := e.AddKernel(r54); err != nil {
+		t.Fatal(err)
+	}
+	if log.Len() != 0 {
+		t.Errorf("second run changed things: %s", log.String())
+	}
+
+	// A killed run: debris of an unfinished link and a link that should not be there.
+	wu := filepath.Join(root, "lib/modules", r54, "weak-updates")
+	os.Symlink("/lib/modules/"+r53+"/updates/kmpack-hello/kmpack_hello.ko", filepath.Join(wu, "kmpack-hello/kmpack_hello.ko.kmpack-tmp"))
+	os.MkdirAll(filepath.Join(wu, "kmpack-abichange"), 0o755)
+	os.Symlink("/lib/modules/"+r53+"/updates/kmpack-abichange/kmpack_abi.ko", filepath.Join(wu, "kmpack-abichange/kmpack_abi.ko"))
+	if err := e.AddKernel(r54); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, root, r54); len(got) != 1 || got["kmpack-hello/kmpack_hello.ko"] != want {
+		t.Errorf("after repair: %v", got)
+	}
+
+	// A real file in weak-updates is the administrator's: never replaced or removed.
+	if err := e.RemoveKMP(hello.Package); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, root, r54); len(got) != 0 {
+		t.Errorf("links left after remove-kmp: %v", got)
+	}
+	if strings.Contains(modulesDep(t, root, r54), "kmpack_hello") {
+		t.Errorf("depmod not rerun after remove-kmp")
+	}
+	real := filepath.Join(wu, "kmpack-hello/kmpack_hello.ko")
+	os.MkdirAll(filepath.Dir(real), 0o755)
+	os.WriteFile(real, []byte("admin's"), 0o644)
+	if err := e.AddKMP(hello); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(real); string(b) != "admin's" {
+		t.Errorf("a real file was replaced")
+	}
+	os.Remove(real)
+
+	// The same package for 54 itself: 54 uses its own build, so no link for it.
+	hello54 := install(t, root, "kmpack-hello", "1.0-1", r54, builtModules(t, "hello", r54))
+	if err := e.AddKMP(hello54); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, root, r54); len(got) != 0 {
+		t.Errorf("54 has its own build, yet: %v", got)
+	}
+	if got := links(t, root, r53); len(got) != 0 {
+		t.Errorf("53 has its own build, yet: %v", got)
+	}
+
+	// Kernel removal drops its weak-updates.
+	if err := e.RemoveKMP(hello54.Package); err != nil {
+		t.Fatal(err)
+	}
+	if len(links(t, root, r54)) != 1 {
+		t.Fatalf("53's build not relinked into 54 after 54's own build left")
+	}
+	os.RemoveAll(filepath.Join(root, "lib/modules", r54, "kernel"))
+	if err := e.RemoveKernel(r54); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(wu); err == nil {
+		t.Errorf("removed kernel's weak-updates left behind")
+	}
+}
+
+// Concurrent runs (two packages' maintainer scripts, a kernel hook) serialize on the lock and
+// leave the state one run alone would.
+func TestEngineConcurrentRuns(t *testing.T) {
+	testenv.Need(t, "depmod")
+	r53, r54 := testenv.Release53, testenv.Release54
+	root := systemRoot(t, r53, r54)
+	hello := install(t, root, "kmpack-hello", "1.0-1", r53, builtModules(t, "hello", r53))
+	abi := install(t, root, "kmpack-abichange", "1.0-1", r53, builtModules(t, "abi", r53))
+	errs := make(chan error, 3)
+	for _, run := range []func(*weakupdates.Engine) error{
+		func(e *weakupdates.Engine) error { return e.AddKMP(hello) },
+		func(e *weakupdates.Engine) error { return e.AddKMP(abi) },
+		func(e *weakupdates.Engine) error { return e.AddKernel(r54) },
+	} {
+		go func() { errs <- run(&weakupdates.Engine{Root: root}) }()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := links(t, root, r54); len(got) != 1 || got["kmpack-hello/kmpack_hello.ko"] == "" {
+		t.Errorf("after concurrent runs: %v", got)
+	}
+	if !strings.Contains(modulesDep(t, root, r54), "weak-updates/kmpack-hello/kmpack_hello.ko:") {
+		t.Errorf("modules.dep does not have the link")
+	}
+}
