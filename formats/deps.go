@@ -52,12 +52,7 @@ func rhelCRC(crc uint64) string { return fmt.Sprintf("0x%08x", crc) }
 // kmodName is the kmod() capability of a module file: its base name without a compression
 // suffix, with - as _ ("kmod(foo_bar.ko)"), as both SUSE's and Red Hat's generators write it.
 func kmodName(fileName string) string {
-	for _, ext := range []string{".gz", ".xz", ".zst"} {
-		if strings.HasSuffix(fileName, ".ko"+ext) {
-			fileName = strings.TrimSuffix(fileName, ext)
-		}
-	}
-	return "kmod(" + strings.ReplaceAll(fileName, "-", "_") + ")"
+	return "kmod(" + kmp.ModuleNameFromPath(fileName) + ".ko)"
 }
 
 // suseModaliases is find-supplements.ksyms: every alias with a bus prefix, hex-encoded and

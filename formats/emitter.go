@@ -3,7 +3,8 @@ package formats
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 )
 
 // Emitter writes packages of one format.
@@ -29,14 +30,7 @@ func EmitterFor(format string) (Emitter, error) {
 }
 
 // Formats lists the registered formats.
-func Formats() []string {
-	var out []string
-	for f := range emitters {
-		out = append(out, f)
-	}
-	sort.Strings(out)
-	return out
-}
+func Formats() []string { return slices.Sorted(maps.Keys(emitters)) }
 
 func init() {
 	RegisterEmitter(rpmEmitter{})

@@ -123,9 +123,8 @@ func (e nfpmEmitter) relations(rs []Relation) []string {
 }
 
 func (e nfpmEmitter) relation(r Relation) string {
-	alts := strings.Split(r.Name, " | ")
 	if r.Sense == Any {
-		return strings.Join(alts, " | ")
+		return r.Name
 	}
 	op := string(r.Sense)
 	switch e.format {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
-	"sort"
+	"slices"
 	"strings"
 	"text/template"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/templates"
 )
 
@@ -40,14 +42,7 @@ func ProfileFor(name string) (Profile, error) {
 }
 
 // Profiles lists the registered profiles.
-func Profiles() []string {
-	var out []string
-	for n := range profiles {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
+func Profiles() []string { return slices.Sorted(maps.Keys(profiles)) }
 
 // DefaultProfile is the profile a format implies when none is named: rpm has two families
 // and no default.
@@ -172,12 +167,7 @@ func moduleFiles(k *Kernel, dir string) ([]File, error) {
 	for _, m := range k.Modules {
 		p := path.Join(dir, m.FileName)
 		// depmod knows modules by name, so foo.ko and foo.ko.xz clash as much as two foo.ko.
-		key := p
-		for _, ext := range []string{".gz", ".xz", ".zst"} {
-			if strings.HasSuffix(p, ".ko"+ext) {
-				key = strings.TrimSuffix(p, ext)
-			}
-		}
+		key := path.Join(dir, kmp.ModuleNameFromPath(m.FileName)+".ko")
 		if prev, dup := seen[key]; dup {
 			return nil, fmt.Errorf("modules %s and %s both install to %s", prev, m.FileName, key)
 		}

@@ -218,12 +218,21 @@ type Plan struct {
 // plan decides kernel K's links: per KMP name without a build for K, the newest build whose
 // modules all load in K, with symbols of other KMPs present in K (own builds and links chosen
 // so far) available, repeated until nothing changes.
-func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) (*Plan, error) {
+func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
 	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{}}
 	t, err := OpenTarget(context.Background(), filepath.Join(e.modulesDir(), release), TargetOptions{})
 	if err != nil {
 		p.Notes = append(p.Notes, err.Error())
-		return p, nil
+		return p
+	}
+	// Exports available in K beyond its symvers: own builds, then chosen links.
+	t.Extra = map[string]kmp.Symbol{}
+	addExports := func(k KMP) {
+		for _, m := range k.Modules {
+			for _, ex := range infos[m].Exports {
+				t.Extra[ex.Name] = kmp.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
+			}
+		}
 	}
 	flavor := kmp.FlavorFromRelease(release)
 	byName := map[string][]KMP{}
@@ -234,25 +243,9 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 		}
 		if k.Kernel == release {
 			own[k.Name] = true
+			addExports(k)
 		}
 		byName[k.Name] = append(byName[k.Name], k)
-	}
-	// Exports available in K beyond its symvers: own builds, then chosen links.
-	extraSyms := map[string]kmp.Symbol{}
-	t.Extra = extraSyms
-	addExports := func(k KMP) {
-		for _, m := range k.Modules {
-			for _, ex := range infos[m].Exports {
-				extraSyms[ex.Name] = kmp.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
-			}
-		}
-	}
-	for name := range own {
-		for _, k := range byName[name] {
-			if k.Kernel == release {
-				addExports(k)
-			}
-		}
 	}
 	var names []string
 	for n := range byName {
@@ -303,7 +296,7 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 			}
 		}
 	}
-	return p, nil
+	return p
 }
 
 // newer orders a KMP's builds: higher version first, then the newer kernel it was built for.
@@ -351,10 +344,7 @@ func (e *Engine) sync(flavor string) error {
 		if flavor != "" && kmp.FlavorFromRelease(rel) != flavor {
 			continue
 		}
-		p, err := e.plan(rel, live, infos)
-		if err != nil {
-			return err
-		}
+		p := e.plan(rel, live, infos)
 		changed, err := e.apply(p)
 		if err != nil {
 			return err
@@ -402,11 +392,8 @@ func (e *Engine) apply(p *Plan) (bool, error) {
 		return nil
 	})
 	for link, target := range existing {
-		if p.Links[link] == target {
-			continue
-		}
 		if _, keep := p.Links[link]; keep {
-			continue // replaced below
+			continue // kept, or replaced below
 		}
 		e.logf("unlink %s -> %s", link, target)
 		changed = true
@@ -478,11 +465,7 @@ func (e *Engine) Status() ([]*Plan, error) {
 	}
 	var out []*Plan
 	for _, rel := range e.installedKernels() {
-		p, err := e.plan(rel, all, infos)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
+		out = append(out, e.plan(rel, all, infos))
 	}
 	return out, nil
 }

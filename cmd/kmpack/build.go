@@ -121,12 +121,9 @@ func runBuild(c *cli.Context) error {
 	defer stop()
 	var siblings []*weakupdates.Target
 	for _, s := range c.StringSlice("siblings") {
-		t, err := weakupdates.OpenTarget(ctx, s, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
+		t, err := openTarget(ctx, s, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
 		if err != nil {
-			if kmp.IsInputError(err) {
-				return err
-			}
-			return cli.Exit(fmt.Sprintf("--siblings %s: %v", s, err), exitInput)
+			return err
 		}
 		siblings = append(siblings, t)
 	}

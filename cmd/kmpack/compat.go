@@ -51,13 +51,10 @@ func runCompat(c *cli.Context) error {
 	}
 	var targets []*weakupdates.Target
 	for _, k := range c.StringSlice("kernel") {
-		t, err := weakupdates.OpenTarget(context.Background(), k, weakupdates.TargetOptions{
+		t, err := openTarget(context.Background(), k, weakupdates.TargetOptions{
 			Release: c.String("release"), CacheDir: c.String("cache-dir"), NoProbe: c.Bool("no-probe")})
 		if err != nil {
-			if kmp.IsInputError(err) {
-				return err
-			}
-			return cli.Exit(fmt.Sprintf("%s: %v", k, err), exitInput)
+			return err
 		}
 		targets = append(targets, t)
 	}
@@ -71,6 +68,16 @@ func runCompat(c *cli.Context) error {
 	w := bufio.NewWriter(os.Stdout)
 	printMatrix(w, mx)
 	return w.Flush()
+}
+
+// openTarget opens a kernel for compat and build --siblings: a kernel that cannot be read is
+// bad input (exit 3), named in the message.
+func openTarget(ctx context.Context, path string, opts weakupdates.TargetOptions) (*weakupdates.Target, error) {
+	t, err := weakupdates.OpenTarget(ctx, path, opts)
+	if err != nil && !kmp.IsInputError(err) {
+		return nil, cli.Exit(fmt.Sprintf("%s: %v", path, err), exitInput)
+	}
+	return t, err
 }
 
 // printMatrix writes the table, then each incompatible cell's reasons.

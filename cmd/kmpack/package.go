@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/kmp"
@@ -45,8 +46,8 @@ func packagingProfiles(c *cli.Context, spec *kmp.Spec) ([]string, error) {
 func splitList(vals []string) []string {
 	var out []string
 	for _, v := range vals {
-		for _, s := range bytes.Split([]byte(v), []byte(",")) {
-			if s := string(bytes.TrimSpace(s)); s != "" {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
 				out = append(out, s)
 			}
 		}
