@@ -44,10 +44,13 @@ func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package
 	p.Files = append(p.Files, debDocs(p, in.MTime)...)
 	// Debian's signed image, its -unsigned twin, and Ubuntu's linux-image-unsigned-<release>.
 	p.Requires = []Relation{Rel(fmt.Sprintf("linux-image-%[1]s | linux-image-%[1]s-unsigned | linux-image-unsigned-%[1]s", k.Release))}
+	// The runtime carries the weak-updates engine the maintainer scripts call.
+	p.Requires = append(p.Requires, Relation{Name: RuntimePackageName, Sense: GreatEq, Version: RuntimeMinVersion})
 	p.Provides = []Relation{Rel(strings.ToLower(md.Name) + "-modules")}
 
 	var s scriptlets
-	data := map[string]any{"Kernel": k.Release}
+	data := map[string]any{"Kernel": k.Release, "Name": md.Name, "Package": p.Name,
+		"Version": p.Version + "-" + p.Release, "Runtime": RuntimeBinary}
 	p.Scripts = Scripts{
 		PostInstall: s.render("debian-postinst", data),
 		PostRemove:  s.render("debian-postrm", data),

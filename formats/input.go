@@ -60,6 +60,8 @@ type Options struct {
 	UsrMerge bool
 	// NoSource leaves out the <name>-dkms source fallback packages.
 	NoSource bool
+	// Runtime, when set, adds the kmpack runtime package the debian profile's packages depend on.
+	Runtime *Runtime
 }
 
 // SourceDateEpoch returns SOURCE_DATE_EPOCH as a time, or the current time when it is unset.

@@ -57,6 +57,10 @@ func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
 	info.Deb.Arch, info.APK.Arch, info.ArchLinux.Arch = p.Arch, p.Arch, p.Arch
 	info.ArchLinux.Packager = p.Maintainer
 	info.Deb.Compression = "xz"
+	if p.runtime {
+		// xz (pure Go in nfpm) takes ~15 s over a 25 MB binary; gzip is fast and every dpkg reads it.
+		info.Deb.Compression = "gzip"
+	}
 	info.Umask = 0o022
 	info.Provides = e.relations(p.Provides)
 	info.Depends = e.relations(p.Requires)
@@ -79,6 +83,9 @@ func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
 		default:
 			if c.Source, err = stage(fmt.Sprintf("file-%d", i), f.Body, os.FileMode(f.Mode)); err != nil {
 				return err
+			}
+			if f.Config {
+				c.Type = files.TypeConfig
 			}
 		}
 		info.Contents = append(info.Contents, c)

@@ -35,6 +35,9 @@ type File struct {
 	Body   []byte
 	Mode   uint32 // permission bits only
 	Target string // for Symlink
+	// Config marks a file the administrator may edit (deb conffiles, rpm %config): an upgrade
+	// keeps local changes.
+	Config bool
 }
 
 // Sense is a relation's comparison, RPM style.
@@ -107,6 +110,8 @@ type Package struct {
 	MTime time.Time
 	// FileName is the package file's name, set by Describe from the emitter's convention.
 	FileName string
+	// runtime marks the kmpack runtime package, which installs outside module directories.
+	runtime bool
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

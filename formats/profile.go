@@ -111,6 +111,13 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 			}
 		}
 	}
+	if opts.Runtime != nil && slices.Contains(profileNames, "debian") {
+		p, err := RuntimePackage(opts.Runtime, in)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
 	names := map[string]string{}
 	kept := out[:0]
 	for _, p := range out {

@@ -137,6 +137,9 @@ func (e rpmEmitter) Write(p *Package, w io.Writer) error {
 		default:
 			rf.Mode |= 0o100000
 			rf.Body = f.Body
+			if f.Config {
+				rf.Type = rpmpack.ConfigFile
+			}
 		}
 		r.AddFile(rf)
 	}

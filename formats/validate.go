@@ -90,6 +90,9 @@ func Validate(p *Package) error {
 
 func allowedRoots(p *Package) []string {
 	doc := "/usr/share/doc/" + p.Name
+	if p.runtime {
+		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc}
+	}
 	if p.Kernel == "" {
 		return []string{"/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version, doc}
 	}

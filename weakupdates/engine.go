@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -160,6 +161,17 @@ func (e *Engine) RemoveKMP(pkg string) error {
 	return e.sync(kmp.FlavorFromRelease(k.Kernel))
 }
 
+// Sync recomputes every installed kernel's links: what an upgraded engine, or a repair by
+// hand, runs.
+func (e *Engine) Sync() error {
+	unlock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return e.sync("")
+}
+
 // AddKernel links every compatible KMP into a newly installed kernel.
 func (e *Engine) AddKernel(release string) error {
 	unlock, err := e.lock()
@@ -186,6 +198,7 @@ func (e *Engine) RemoveKernel(release string) error {
 				return err
 			}
 			os.Remove(dir) // only if nothing else is left
+			os.Remove(e.depmodPending(release))
 		}
 	}
 	return e.sync(kmp.FlavorFromRelease(release))
@@ -345,17 +358,29 @@ func (e *Engine) sync(flavor string) error {
 			continue
 		}
 		p := e.plan(rel, live, infos)
+		_, err := os.Stat(e.depmodPending(rel))
+		pending := err == nil
 		changed, err := e.apply(p)
 		if err != nil {
 			return err
 		}
-		if changed && !e.DryRun {
+		if (changed || pending) && !e.DryRun {
 			if err := e.depmod(rel); err != nil {
+				return err
+			}
+			if err := os.Remove(e.depmodPending(rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// depmodPending marks a kernel whose links changed and whose depmod has not yet finished: a
+// run killed in between leaves the links right and the indexes stale, and the next run, finding
+// nothing to link, still has to re-index.
+func (e *Engine) depmodPending(release string) string {
+	return filepath.Join(e.stateDir(), "depmod-pending", release)
 }
 
 // apply makes the kernel's weak-updates match the plan: stale links (kmpack's: pointing into
@@ -364,6 +389,16 @@ func (e *Engine) sync(flavor string) error {
 func (e *Engine) apply(p *Plan) (bool, error) {
 	dir := filepath.Join(e.modulesDir(), p.Kernel, "weak-updates")
 	changed := false
+	// change records, before the first change, that this kernel needs depmod.
+	change := func() error {
+		if !changed && !e.DryRun {
+			if err := writeAtomic(e.depmodPending(p.Kernel), nil); err != nil {
+				return err
+			}
+		}
+		changed = true
+		return nil
+	}
 	// Links are relative, so they resolve the same in the system and in an image or test root
 	// (depmod -b, dpkg --root); existing maps each kmpack link to its absolute target.
 	existing := map[string]string{}
@@ -396,7 +431,9 @@ func (e *Engine) apply(p *Plan) (bool, error) {
 			continue // kept, or replaced below
 		}
 		e.logf("unlink %s -> %s", link, target)
-		changed = true
+		if err := change(); err != nil {
+			return changed, err
+		}
 		if !e.DryRun {
 			if err := os.Remove(filepath.Join(e.root(), link)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return changed, err
@@ -420,7 +457,9 @@ func (e *Engine) apply(p *Plan) (bool, error) {
 			continue
 		}
 		e.logf("link %s -> %s", link, target)
-		changed = true
+		if err := change(); err != nil {
+			return changed, err
+		}
 		if e.DryRun {
 			continue
 		}
@@ -449,12 +488,30 @@ func (e *Engine) depmod(release string) error {
 	}
 	args := []string{"-a", release}
 	if e.root() != "/" {
-		args = append([]string{"-b", e.root()}, args...)
+		args = append(append([]string{"-b", e.root()}, e.depmodConfigs()...), args...)
 	}
 	if out, err := exec.Command("depmod", args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("depmod %s: %v: %s", release, err, out)
 	}
 	return nil
+}
+
+// depmodConfigs are -C options for the root's own depmod.d directories: depmod -b reads the
+// running system's configuration otherwise, and the search order there (updates before
+// weak-updates before built-in) is what decides which copy of a module wins.
+func (e *Engine) depmodConfigs() []string {
+	var out []string
+	var seen []os.FileInfo
+	for _, d := range []string{"etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "lib/depmod.d", "usr/lib/depmod.d"} {
+		p := filepath.Join(e.root(), d)
+		fi, err := os.Stat(p)
+		if err != nil || !fi.IsDir() || slices.ContainsFunc(seen, func(o os.FileInfo) bool { return os.SameFile(o, fi) }) {
+			continue
+		}
+		seen = append(seen, fi)
+		out = append(out, "-C", p)
+	}
+	return out
 }
 
 // Status describes every installed kernel's plan (what is linked, and why the rest is not).

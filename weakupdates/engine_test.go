@@ -3,7 +3,6 @@ package weakupdates_test
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,32 +12,12 @@ import (
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
-// systemRoot is a root holding Debian's real 6.1.0-53 and -54 kernels: their modules (hard
-// links into the unpacked image packages), their modules.* indexes, and the symvers of their
-// headers packages under /usr/src, where a Debian system with headers installed has them.
+// systemRoot is a root holding Debian's real kernels (testenv.InstallKernel).
 func systemRoot(t *testing.T, releases ...string) string {
 	t.Helper()
 	root := t.TempDir()
 	for _, rel := range releases {
-		img := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+rel), "lib/modules", rel)
-		dst := filepath.Join(root, "lib/modules", rel)
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command("cp", "-al", filepath.Join(img, "kernel"), dst).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		idx, _ := filepath.Glob(filepath.Join(img, "modules.*"))
-		if out, err := exec.Command("cp", append(idx, dst)...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		hdr := filepath.Join(root, "usr/src/linux-headers-"+rel)
-		os.MkdirAll(hdr, 0o755)
-		sv, err := os.ReadFile(filepath.Join(testenv.HeadersDir(t, rel), "Module.symvers"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(hdr, "Module.symvers"), sv, 0o644)
+		testenv.InstallKernel(t, root, rel)
 	}
 	return root
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/kmpack/kmpack/formats"
@@ -24,7 +26,40 @@ func packagingFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "profile", Aliases: []string{"p"}, Usage: "distro conventions: suse, rhel (rpm), debian (deb), alpine (apk), arch (archlinux)"},
 		&cli.BoolFlag{Name: "usrmerge", Usage: "suse: install modules under /usr/lib/modules (Tumbleweed, SLE 16)"},
 		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
+		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
 	}
+}
+
+// selfRuntime is this kmpack as the runtime package carries it.
+func selfRuntime() (*formats.Runtime, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("runtime package: locating kmpack's own binary: %v", err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		return nil, fmt.Errorf("runtime package: %v", err)
+	}
+	if stripped, err := strippedCopy(exe); err == nil {
+		b = stripped
+	}
+	return &formats.Runtime{Binary: b, Version: version, Arch: unameMachine()}, nil
+}
+
+// strippedCopy strips symbols and debug information the way Debian's dh_strip does for
+// executables (Debian policy 10.1); a kmpack built with -ldflags=-s -w is unchanged. Where
+// binutils' strip is missing the binary is packaged as it is.
+func strippedCopy(exe string) ([]byte, error) {
+	tmp, err := os.MkdirTemp("", "kmpack-strip-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "kmpack")
+	if err := exec.Command("strip", "--remove-section=.comment", "--remove-section=.note", "-o", out, exe).Run(); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
 }
 
 // packagingProfiles reads --format/--profile, falling back to the spec's formats and profile.
@@ -58,9 +93,16 @@ func splitList(vals []string) []string {
 // writePackages packages a build and prints what was written. Metadata a format forbids is bad
 // input (exit 3); the packages directory is only replaced when every package was written.
 func writePackages(c *cli.Context, src *kmp.Source, m *kmp.Manifest, outDir string, trees []*kmp.KernelTree, profiles []string, w io.Writer) error {
+	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")}
+	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
+		rt, err := selfRuntime()
+		if err != nil {
+			return err
+		}
+		opts.Runtime = rt
+	}
 	written, err := formats.PackageBuild(formats.Request{
-		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles,
-		Options: formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")},
+		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles, Options: opts,
 	})
 	if err != nil {
 		if formats.IsInvalid(err) {

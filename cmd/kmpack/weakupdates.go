@@ -104,6 +104,15 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 				},
 			},
 			{
+				Name: "sync", Usage: "recompute every installed kernel's links (after an upgrade of kmpack, or to repair)",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 0 {
+						return usagef("sync takes no arguments")
+					}
+					return engine(c).Sync()
+				},
+			},
+			{
 				Name: "status", Usage: "show what is linked into each kernel, and why the rest is not",
 				Flags: []cli.Flag{jsonFlag},
 				Action: func(c *cli.Context) error {

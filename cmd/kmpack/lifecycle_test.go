@@ -1,0 +1,270 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/internal/testenv"
+)
+
+// debSystem is a dpkg root holding real Debian kernels, into which the tests install kmpack's
+// packages with the real dpkg (--force-script-chrootless: maintainer scripts run here with
+// $DPKG_ROOT set, the way Debian's image builders install into a chroot-less root).
+type debSystem struct {
+	t    *testing.T
+	root string
+}
+
+func (s *debSystem) dpkg(args ...string) {
+	s.t.Helper()
+	cmd := exec.Command("dpkg", append([]string{"--root", s.root, "--force-script-chrootless"}, args...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("dpkg %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// kernelHook runs the runtime package's /etc/kernel/<kind>.d hooks as a kernel package's
+// maintainer script does (run-parts, release and image path as arguments).
+func (s *debSystem) kernelHook(kind, release string) {
+	s.t.Helper()
+	cmd := exec.Command("run-parts", "--report", "--exit-on-error", "--arg="+release, "--arg=/boot/vmlinuz-"+release,
+		filepath.Join(s.root, "etc/kernel", kind+".d"))
+	cmd.Env = append(os.Environ(), "DPKG_ROOT="+s.root)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "failed") {
+		s.t.Fatalf("%s hook for %s: %v\n%s", kind, release, err, out)
+	}
+}
+
+// links maps each weak-updates link of release (relative to its weak-updates directory) to
+// the path it resolves to, from the root.
+func (s *debSystem) links(release string) map[string]string {
+	out := map[string]string{}
+	dir := filepath.Join(s.root, "lib/modules", release, "weak-updates")
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type()&os.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			out[strings.TrimPrefix(p, dir+"/")] = "/" + strings.TrimPrefix(filepath.Join(filepath.Dir(p), target), s.root+"/")
+		}
+		return nil
+	})
+	return out
+}
+
+// modprobeFinds is the file modinfo (the kernel's module lookup through modules.dep) picks for
+// module in release.
+func (s *debSystem) modprobeFinds(release, module string) string {
+	out, _ := exec.Command("modinfo", "-b", s.root, "-k", release, "-F", "filename", module).Output()
+	return strings.TrimSpace(string(out))
+}
+
+func (s *debSystem) registrations() map[string]string {
+	out := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(s.root, "var/lib/kmpack/weak-updates/kmps/*.json"))
+	for _, f := range files {
+		var k struct{ Package, Version string }
+		b, _ := os.ReadFile(f)
+		json.Unmarshal(b, &k)
+		out[k.Package] = k.Version
+	}
+	return out
+}
+
+// buildDebs runs kmpack build with the debian profile and returns the written packages by name.
+func buildDebs(t *testing.T, cache, src string, releases ...string) map[string]string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	args := []string{"build", "-q", "-o", out, "--profile", "debian", "--no-source-package"}
+	for _, r := range releases {
+		args = append(args, "-k", testenv.HeadersDir(t, r))
+	}
+	if _, stderr, code := kmpackIn(t, cache, append(args, src)...); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(out, formats.PackagesDir, "packages.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written []formats.Written
+	if err := json.Unmarshal(b, &written); err != nil {
+		t.Fatal(err)
+	}
+	debs := map[string]string{}
+	for _, w := range written {
+		debs[w.Name] = filepath.Join(out, formats.PackagesDir, w.File)
+	}
+	return debs
+}
+
+func withVersion(t *testing.T, src, version string) string {
+	t.Helper()
+	spec := filepath.Join(src, "kmpack.yaml")
+	b, _ := os.ReadFile(spec)
+	if err := os.WriteFile(spec, []byte(strings.Replace(string(b), `version: "1.0"`, `version: "`+version+`"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+// The whole life of the debian profile's packages and the kmpack runtime package on a root
+// with Debian's real 6.1.0-53 and -54 kernels, driven by the real dpkg and the runtime's own
+// kernel hooks, checking the weak-updates links and what the kernel's module lookup finds
+// after every step.
+func TestDebianWeakUpdatesLifeCycle(t *testing.T) {
+	testenv.Need(t, "dpkg", "depmod", "run-parts", "modinfo", "lintian")
+	r53, r54 := testenv.Release53, testenv.Release54
+	cache := t.TempDir()
+	hello10 := buildDebs(t, cache, testenv.TestModuleSource(t, "hello"), r53)
+	abi := buildDebs(t, cache, testenv.TestModuleSource(t, "abi"), r53)
+	hello11 := buildDebs(t, cache, withVersion(t, testenv.TestModuleSource(t, "hello"), "1.1"), r53, r54)
+	pkg53, pkg54, abi53 := "kmpack-hello-modules-"+r53, "kmpack-hello-modules-"+r54, "kmpack-abichange-modules-"+r53
+
+	s := &debSystem{t: t, root: testenv.DpkgRoot(t)}
+	testenv.InstallKernel(t, s.root, r53)
+	const helloLink = "kmpack-hello/kmpack_hello.ko"
+	own53 := "/lib/modules/" + r53 + "/updates/kmpack-hello/kmpack_hello.ko"
+	own54 := "/lib/modules/" + r54 + "/updates/kmpack-hello/kmpack_hello.ko"
+	weak54 := "/lib/modules/" + r54 + "/weak-updates/" + helloLink
+	check := func(step string, want map[string]string, finds string) {
+		t.Helper()
+		got := s.links(r54)
+		if len(got) != len(want) || got[helloLink] != want[helloLink] {
+			t.Errorf("%s: %s weak-updates holds %v, want %v", step, r54, got, want)
+		}
+		if finds != "" {
+			if f := s.modprobeFinds(r54, "kmpack_hello"); f != s.root+finds {
+				t.Errorf("%s: module lookup in %s finds %q, want %s", step, r54, f, finds)
+			}
+		}
+	}
+
+	// Install: the runtime, then both packages for 53. 53 uses its own builds: no links.
+	if out, err := exec.Command("lintian", "--fail-on", "error", hello10["kmpack"]).CombinedOutput(); err != nil {
+		t.Errorf("lintian finds errors in the runtime package: %v\n%s", err, out)
+	}
+	s.dpkg("-i", hello10["kmpack"])
+	if b, err := os.ReadFile(filepath.Join(s.root, formats.RuntimeDepmodConf)); err != nil || !strings.Contains(string(b), "search updates weak-updates built-in") {
+		t.Fatalf("runtime package did not install the depmod.d file: %v", err)
+	}
+	s.dpkg("-i", hello10[pkg53], abi[abi53])
+	if len(s.links(r53)) != 0 {
+		t.Errorf("53 got links to its own builds: %v", s.links(r53))
+	}
+	if f := s.modprobeFinds(r53, "kmpack_hello"); f != s.root+own53 {
+		t.Errorf("53's lookup finds %q", f)
+	}
+	if r := s.registrations(); r[pkg53] != "1.0-1" || r[abi53] != "1.0-1" {
+		t.Errorf("registrations after install: %v", r)
+	}
+
+	// A second kernel arrives: its hook links the stable module, not the one whose imports changed.
+	testenv.InstallKernel(t, s.root, r54)
+	s.kernelHook("postinst", r54)
+	check("54 installed", map[string]string{helloLink: own53}, weak54)
+	if f := s.modprobeFinds(r54, "kmpack_abi"); f != "" {
+		t.Errorf("54's lookup finds the incompatible module at %s", f)
+	}
+	status, _, code := kmpackIn(t, cache, "weak-updates", "--root", s.root, "status")
+	if code != 0 || !strings.Contains(status, "kmpack-abichange         not linked:") || !strings.Contains(status, "_dev_info") {
+		t.Errorf("status does not say why kmpack-abichange is not linked (exit %d):\n%s", code, status)
+	}
+
+	// Upgrade of the module package, then a reinstall of the same version: the link stays
+	// (bsc#1257055: a reinstall's old-package scripts must not undo the new one's work).
+	s.dpkg("-i", hello11[pkg53])
+	check("upgrade to 1.1", map[string]string{helloLink: own53}, weak54)
+	if r := s.registrations(); r[pkg53] != "1.1-1" {
+		t.Errorf("registration after upgrade: %v", r)
+	}
+	s.dpkg("-i", hello11[pkg53])
+	check("reinstall", map[string]string{helloLink: own53}, weak54)
+
+	// The package's own build for 54 wins over the link, which goes; its removal brings it back.
+	s.dpkg("-i", hello11[pkg54])
+	check("54's own build installed", map[string]string{}, own54)
+	s.dpkg("-r", pkg54)
+	check("54's own build removed", map[string]string{helloLink: own53}, weak54)
+
+	// Concurrent runs (a kernel hook while the runtime resyncs) and runs killed midway end in the
+	// state one run alone makes, with the indexes in line with the links.
+	os.RemoveAll(filepath.Join(s.root, "lib/modules", r54, "weak-updates"))
+	runtimeBin := filepath.Join(s.root, formats.RuntimeBinary)
+	done := make(chan error, 2)
+	for _, sub := range []string{"add-kernel", "sync"} {
+		go func() {
+			args := []string{"weak-updates", "--root", s.root, sub}
+			if sub == "add-kernel" {
+				args = append(args, r54)
+			}
+			out, err := exec.Command(runtimeBin, args...).CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("%s: %v: %s", sub, err, out)
+			}
+			done <- err
+		}()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("concurrent run: %v", err)
+		}
+	}
+	check("concurrent runs", map[string]string{helloLink: own53}, weak54)
+	// Each killed run starts from a state without the link, indexed as such, so a run killed
+	// after linking but before depmod leaves the indexes stale: the next run must re-index.
+	for _, after := range []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond, 40 * time.Millisecond, 120 * time.Millisecond, 400 * time.Millisecond} {
+		os.RemoveAll(filepath.Join(s.root, "lib/modules", r54, "weak-updates"))
+		if out, err := exec.Command("depmod", "-b", s.root, "-a", r54).CombinedOutput(); err != nil {
+			t.Fatalf("depmod: %v: %s", err, out)
+		}
+		cmd := exec.Command(runtimeBin, "weak-updates", "--root", s.root, "add-kernel", r54)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		s.kernelHook("postinst", r54)
+		check("run killed after "+after.String(), map[string]string{helloLink: own53}, weak54)
+	}
+
+	// The kernel goes: dpkg removes its files, its postrm hook drops what kmpack made there
+	// (the image's postrm itself removes the generated indexes only on purge).
+	s.dpkg("-r", "linux-image-"+r54)
+	s.kernelHook("postrm", r54)
+	if _, err := os.Lstat(filepath.Join(s.root, "lib/modules", r54, "weak-updates")); err == nil {
+		t.Errorf("removed kernel's weak-updates left behind")
+	}
+
+	// A package for a kernel whose image is not installed is refused on its Depends.
+	cmd := exec.Command("dpkg", "--root", s.root, "--force-script-chrootless", "-i", hello11[pkg54])
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "linux-image-"+r54) {
+		t.Errorf("dpkg configured the %s package without its kernel image (err %v):\n%s", r54, err, out)
+	}
+	s.dpkg("-P", pkg54)
+
+	// Removal of the module packages unregisters them and re-indexes their kernel; purging the
+	// runtime leaves nothing.
+	s.dpkg("-r", pkg53, abi53)
+	if r := s.registrations(); len(r) != 0 {
+		t.Errorf("registrations after removal: %v", r)
+	}
+	if f := s.modprobeFinds(r53, "kmpack_hello"); f != "" {
+		t.Errorf("53's lookup still finds %s after removal", f)
+	}
+	if _, err := os.Stat(filepath.Join(s.root, "lib/modules", r53, "updates/kmpack-hello")); err == nil {
+		t.Errorf("the module directory was left behind")
+	}
+	s.dpkg("-P", "kmpack")
+	for _, p := range []string{"var/lib/kmpack", "usr/bin/kmpack", strings.TrimPrefix(formats.RuntimeDepmodConf, "/"), strings.TrimPrefix(formats.RuntimePostinstHook, "/")} {
+		if _, err := os.Stat(filepath.Join(s.root, p)); err == nil {
+			t.Errorf("%s left after purge", p)
+		}
+	}
+}

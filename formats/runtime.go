@@ -1,0 +1,143 @@
+package formats
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
+
+	"github.com/kmpack/kmpack/weakupdates"
+)
+
+// Runtime is the kmpack binary the runtime package carries, so that module packages can run
+// the weak-updates engine on target systems.
+type Runtime struct {
+	// Binary is the kmpack executable, built for Arch (uname -m).
+	Binary []byte
+	// Version is kmpack's version ("0.1.0-dev", "1.2.0").
+	Version string
+	Arch    string
+}
+
+// RuntimePackageName is the package module packages of the debian profile depend on.
+const RuntimePackageName = "kmpack"
+
+// RuntimeMinVersion is the oldest runtime whose weak-updates command line the debian
+// profile's maintainer scripts use.
+const RuntimeMinVersion = "0.1.0~"
+
+// Paths the runtime package installs.
+const (
+	RuntimeBinary     = "/usr/bin/kmpack"
+	RuntimeDepmodConf = "/lib/depmod.d/kmpack-weak-updates.conf"
+	// The kernel hooks are named to run before dkms and initramfs-tools (run-parts order), so
+	// a new kernel's initramfs is made with its weak-updates links in place.
+	RuntimePostinstHook = "/etc/kernel/postinst.d/50-kmpack-weak-updates"
+	RuntimePostrmHook   = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
+)
+
+// debVersion turns kmpack's version into a Debian upstream version: a pre-release suffix
+// ("0.1.0-dev") sorts before the release with "~".
+func debVersion(v string) string {
+	v = strings.TrimPrefix(v, "v")
+	return strings.ReplaceAll(v, "-", "~")
+}
+
+// RuntimePackage describes the kmpack runtime deb: the binary, the depmod.d file that ranks
+// weak-updates between a package's own modules and the kernel's, and the kernel hooks that
+// give a kernel installed later its links (and drop them when it goes).
+func RuntimePackage(rt *Runtime, in *Input) (*Package, error) {
+	if len(rt.Binary) == 0 {
+		return nil, fmt.Errorf("runtime package: no kmpack binary")
+	}
+	p := &Package{
+		Profile: "debian", Format: "deb",
+		Name: RuntimePackageName, Version: debVersion(rt.Version), Release: "1", Arch: debArch(rt.Arch),
+		Summary: "kernel module packages' weak-updates engine (kmpack runtime)",
+		License: "NOASSERTION", Maintainer: "kmpack <kmpack@users.noreply.github.com>",
+		URL: "https://github.com/kmpack/kmpack", Section: "kernel", MTime: in.MTime, runtime: true,
+	}
+	p.Description = debDescription(p.Summary, `This package lets kernel module packages built by kmpack serve every
+installed kernel of their flavor whose symbol versions their modules match:
+the modules are linked into /lib/modules/<release>/weak-updates, a depmod.d
+file ranks those links after a kernel's own package builds and before its
+built-in modules, and kernel hooks link (and unlink) kernels installed (and
+removed) later. See kmpack weak-updates --help.`)
+	hook := func(cmd, why string) []byte {
+		return []byte(fmt.Sprintf(`#!/bin/sh
+# Installed by kmpack: %s.
+# Debian's kernel packages run this through run-parts with the release as $1. A failure is
+# reported, not fatal: it must not leave the kernel package half-configured.
+kmpack="$DPKG_ROOT%s"
+[ -x "$kmpack" ] || exit 0
+"$kmpack" weak-updates --root "${DPKG_ROOT:-/}" %s "$1" ||
+	echo "kmpack: weak-updates %s $1 failed; run it again by hand" >&2
+exit 0
+`, why, RuntimeBinary, cmd, cmd))
+	}
+	p.Files = []File{
+		{Path: RuntimeBinary, Body: rt.Binary, Mode: 0o755},
+		{Path: RuntimeDepmodConf, Body: []byte(weakupdates.DepmodConf), Mode: 0o644},
+		{Path: RuntimePostinstHook, Body: hook("add-kernel", "link compatible module packages into a newly installed kernel"), Mode: 0o755, Config: true},
+		{Path: RuntimePostrmHook, Body: hook("remove-kernel", "drop a removed kernel's weak-updates links and relink the rest"), Mode: 0o755, Config: true},
+	}
+	p.Requires = []Relation{Rel("kmod")}
+	libc, err := libcRequirement(rt.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if libc != nil {
+		p.Requires = append(p.Requires, *libc)
+	}
+	var s scriptlets
+	data := map[string]any{"Binary": RuntimeBinary}
+	p.Scripts = Scripts{
+		PostInstall: s.render("runtime-deb-postinst", data),
+		PostRemove:  s.render("runtime-deb-postrm", data),
+	}
+	if s.err != nil {
+		return nil, s.err
+	}
+	docs := debDocs(p, in.MTime)
+	docs[0].Body = []byte(fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: kmpack
+Source: %s
+
+Files: *
+Copyright: %d the kmpack authors
+License: NOASSERTION
+ kmpack has not chosen its license yet. The binary also holds Go modules
+ under their own licenses (BSD-3-Clause, MIT, Apache-2.0); see their sources
+ on the Go module proxy.
+`, p.URL, in.MTime.Year()))
+	p.Files = append(p.Files, docs...)
+	return p, nil
+}
+
+// libcRequirement is the libc6 dependency of a dynamically linked binary (a kmpack built with
+// cgo): the newest GLIBC_x.y symbol version it imports, as dpkg-shlibdeps would compute it.
+// A static binary needs none.
+func libcRequirement(binary []byte) (*Relation, error) {
+	f, err := elf.NewFile(bytes.NewReader(binary))
+	if err != nil {
+		return nil, fmt.Errorf("runtime package: the kmpack binary is not an ELF executable: %v", err)
+	}
+	libs, _ := f.ImportedLibraries()
+	if !slices.Contains(libs, "libc.so.6") {
+		return nil, nil
+	}
+	syms, _ := f.ImportedSymbols()
+	newest := ""
+	for _, s := range syms {
+		if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && kmp.CompareReleases(v, newest) > 0 {
+			newest = v
+		}
+	}
+	if newest == "" {
+		return &Relation{Name: "libc6"}, nil
+	}
+	return &Relation{Name: "libc6", Sense: GreatEq, Version: newest}, nil
+}
