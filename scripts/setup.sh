@@ -17,6 +17,8 @@ KERNEL_HEADERS=(
 PACKAGES=(
   build-essential gcc-12 make bc kmod rpm dpkg-dev fakeroot xz-utils zstd gzip cpio
   ca-certificates git patch binutils dkms openssl rpmlint lintian "${KERNEL_HEADERS[@]}"
+  # The end-to-end suite boots Debian's kernels with a busybox initramfs.
+  qemu-system-x86 busybox-static
 )
 
 need=()

@@ -12,4 +12,6 @@ if [ -n "$unformatted" ]; then
   echo "gofmt needed:" $unformatted >&2
   exit 1
 fi
-go test -count=1 -timeout 40m ./... 2>&1 | tee /tmp/kmpack-test.log
+go test -count=1 -timeout 40m $(go list ./... | grep -v '/e2e$') 2>&1 | tee /tmp/kmpack-test.log
+# The end-to-end suite last, alone (it boots two kernels under qemu), printing its table.
+bash scripts/e2e.sh 2>&1 | tee -a /tmp/kmpack-test.log

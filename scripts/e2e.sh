@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The end-to-end suite: kmpack build (debian, suse, rhel profiles) of the test modules and
+# Debian's v4l2loopback-dkms source for the 6.1.0-53 and -54 amd64 kernels, the debs and the
+# runtime package installed with the real dpkg into a root holding both kernels, each kernel
+# booted under qemu with an initramfs made from that root, and the RPMs installed with the real
+# rpm and resolved with depmod and modprobe. Prints the kernel x module table (expected,
+# observed) and fails on any disagreement. Part of scripts/test.sh (and so of CI).
+# Usage: scripts/e2e.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+export PATH=/usr/local/go/bin:$PATH
+export KMPACK_TESTDATA=$(bash scripts/testdata.sh | tail -n1)
+go test -count=1 -timeout 15m -v -run . ./e2e
