@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,13 +86,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		"v4l2loopback": {source: func(t *testing.T) string { return testenv.CorpusSource(t, "v4l2loopback-dkms", t.TempDir()) },
 			installed: []string{r53, r54}, probe: "v4l2loopback"},
 	}
-	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range pkgs {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	names := slices.Sorted(maps.Keys(pkgs))
 
 	// The main job: kmpack build for both kernels, three profiles.
 	for _, name := range names {

@@ -41,7 +41,7 @@ func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package
 	p.Section = "kernel"
 	p.Description = debDescription(fmt.Sprintf("%s (kernel %s)", md.Summary, k.Release),
 		md.Description+"\n\nThis package holds the modules built for Linux "+k.Release+".")
-	p.Files = append(p.Files, debDocs(p, in.MTime)...)
+	p.Files = append(p.Files, debDocs(p, in.MTime, moduleCopyright(p, in.MTime))...)
 	// Debian's signed image, its -unsigned twin, and Ubuntu's linux-image-unsigned-<release>.
 	p.Requires = []Relation{Rel(fmt.Sprintf("linux-image-%[1]s | linux-image-%[1]s-unsigned | linux-image-unsigned-%[1]s", k.Release))}
 	// The runtime carries the weak-updates engine the maintainer scripts call.
@@ -67,7 +67,7 @@ func (debianProfile) SourcePackage(in *Input, opts Options) (*Package, error) {
 	p.Arch, p.Section = "all", "kernel"
 	p.Description = debDescription(md.Summary+" (DKMS source)",
 		md.Description+"\n\nThis package provides the source for DKMS, which builds the modules for kernels that have no prebuilt package.")
-	p.Files = append(p.Files, debDocs(p, in.MTime)...)
+	p.Files = append(p.Files, debDocs(p, in.MTime, moduleCopyright(p, in.MTime))...)
 	p.Requires = []Relation{Rel("dkms")}
 	var s scriptlets
 	data := map[string]any{"Name": md.Name, "Version": md.Version}
@@ -84,11 +84,10 @@ func debDescription(synopsis, long string) string {
 	return synopsis + "\n" + strings.TrimSpace(long)
 }
 
-// debDocs are the copyright file and changelog every Debian binary package carries
-// (policy 12.5, 12.7), generated from the metadata and compressed reproducibly.
-func debDocs(p *Package, mtime time.Time) []File {
-	doc := "/usr/share/doc/" + p.Name
-	copyright := fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+// moduleCopyright is the machine-readable copyright file of a package of modules (or their
+// source): the license the source declares.
+func moduleCopyright(p *Package, mtime time.Time) string {
+	return fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: %s
 Source: %s
 
@@ -99,6 +98,12 @@ License: %s
  source declares (MODULE_LICENSE): %s.
  On Debian systems, the GPL 2 is in /usr/share/common-licenses/GPL-2.
 `, p.Name, orDefault(p.URL, "not given"), mtime.Year(), orDefault(p.Vendor, p.Name), p.License, p.License)
+}
+
+// debDocs are the copyright file and changelog every Debian binary package carries
+// (policy 12.5, 12.7), the changelog generated from the metadata and compressed reproducibly.
+func debDocs(p *Package, mtime time.Time, copyright string) []File {
+	doc := "/usr/share/doc/" + p.Name
 	changelog := fmt.Sprintf("%s (%s-%s) unstable; urgency=medium\n\n  * Built by kmpack.\n\n -- %s  %s\n",
 		p.Name, p.Version, p.Release, p.Maintainer, mtime.UTC().Format(time.RFC1123Z))
 	p.addDirs(doc)

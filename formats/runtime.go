@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
-
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -66,17 +65,9 @@ the modules are linked into /lib/modules/<release>/weak-updates, a depmod.d
 file ranks those links after a kernel's own package builds and before its
 built-in modules, and kernel hooks link (and unlink) kernels installed (and
 removed) later. See kmpack weak-updates --help.`)
+	var s scriptlets
 	hook := func(cmd, why string) []byte {
-		return []byte(fmt.Sprintf(`#!/bin/sh
-# Installed by kmpack: %s.
-# Debian's kernel packages run this through run-parts with the release as $1. A failure is
-# reported, not fatal: it must not leave the kernel package half-configured.
-kmpack="$DPKG_ROOT%s"
-[ -x "$kmpack" ] || exit 0
-"$kmpack" weak-updates --root "${DPKG_ROOT:-/}" %s "$1" ||
-	echo "kmpack: weak-updates %s $1 failed; run it again by hand" >&2
-exit 0
-`, why, RuntimeBinary, cmd, cmd))
+		return []byte(s.render("runtime-kernel-hook", map[string]any{"Binary": RuntimeBinary, "Command": cmd, "Why": why}))
 	}
 	p.Files = []File{
 		{Path: RuntimeBinary, Body: rt.Binary, Mode: 0o755},
@@ -92,7 +83,6 @@ exit 0
 	if libc != nil {
 		p.Requires = append(p.Requires, *libc)
 	}
-	var s scriptlets
 	data := map[string]any{"Binary": RuntimeBinary}
 	p.Scripts = Scripts{
 		PostInstall: s.render("runtime-deb-postinst", data),
@@ -101,8 +91,7 @@ exit 0
 	if s.err != nil {
 		return nil, s.err
 	}
-	docs := debDocs(p, in.MTime)
-	docs[0].Body = []byte(fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+	copyright := fmt.Sprintf(`Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: kmpack
 Source: %s
 
@@ -112,8 +101,8 @@ License: NOASSERTION
  kmpack has not chosen its license yet. The binary also holds Go modules
  under their own licenses (BSD-3-Clause, MIT, Apache-2.0); see their sources
  on the Go module proxy.
-`, p.URL, in.MTime.Year()))
-	p.Files = append(p.Files, docs...)
+`, p.URL, in.MTime.Year())
+	p.Files = append(p.Files, debDocs(p, in.MTime, copyright)...)
 	return p, nil
 }
 

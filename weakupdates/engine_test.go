@@ -42,20 +42,7 @@ func install(t *testing.T, root, name, version, release string, mods []string) w
 }
 
 func links(t *testing.T, root, release string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	dir := filepath.Join(root, "lib/modules", release, "weak-updates")
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.Type()&os.ModeSymlink != 0 {
-			target, _ := os.Readlink(p)
-			if !filepath.IsAbs(target) {
-				target = "/" + strings.TrimPrefix(filepath.Join(filepath.Dir(p), target), root+"/")
-			}
-			out[strings.TrimPrefix(p, dir+"/")] = target
-		}
-		return nil
-	})
-	return out
+	return testenv.WeakUpdatesLinks(root, release)
 }
 
 func modulesDep(t *testing.T, root, release string) string {

@@ -43,19 +43,8 @@ func (s *debSystem) kernelHook(kind, release string) {
 	}
 }
 
-// links maps each weak-updates link of release (relative to its weak-updates directory) to
-// the path it resolves to, from the root.
 func (s *debSystem) links(release string) map[string]string {
-	out := map[string]string{}
-	dir := filepath.Join(s.root, "lib/modules", release, "weak-updates")
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.Type()&os.ModeSymlink != 0 {
-			target, _ := os.Readlink(p)
-			out[strings.TrimPrefix(p, dir+"/")] = "/" + strings.TrimPrefix(filepath.Join(filepath.Dir(p), target), s.root+"/")
-		}
-		return nil
-	})
-	return out
+	return testenv.WeakUpdatesLinks(s.root, release)
 }
 
 // modprobeFinds is the file modinfo (the kernel's module lookup through modules.dep) picks for

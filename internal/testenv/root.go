@@ -89,3 +89,21 @@ func mustRun(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// WeakUpdatesLinks maps each link under root's /lib/modules/<release>/weak-updates (by its path
+// inside that directory) to its target, resolved to a path from the root when relative.
+func WeakUpdatesLinks(root, release string) map[string]string {
+	out := map[string]string{}
+	dir := filepath.Join(root, "lib/modules", release, "weak-updates")
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type()&os.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			if !filepath.IsAbs(target) {
+				target = "/" + strings.TrimPrefix(filepath.Join(filepath.Dir(p), target), root+"/")
+			}
+			out[strings.TrimPrefix(p, dir+"/")] = target
+		}
+		return nil
+	})
+	return out
+}
