@@ -196,6 +196,8 @@ func Build(ctx context.Context, src *Source, trees []*KernelTree, opts BuildOpti
 			return nil, inputErrorf(t.Dir, "kernel release %s is given twice (one build per release)", t.Release)
 		}
 		seen[t.Release] = true
+		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
+		t.Compiler.Probe()
 	}
 
 	work, err := os.MkdirTemp("", "kmpack-build-")

@@ -7,24 +7,50 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
+	"syscall"
 )
 
-// extractor writes the entries of an untrusted archive under root and nowhere else:
-// entry names with ".." components are refused (never silently clamped), nothing is written
-// through a symlink, symlinks whose target would resolve outside root are refused, and device
-// nodes, FIFOs and sockets are refused. Absolute symlink targets (Debian's
-// /lib/modules/<krel>/build -> /usr/src/linux-headers-<krel>) are taken as relative to root,
-// the way dpkg --root and rpm --root see them, and written as relative links.
+// Limits on what one unpack may write. Real kernel devel packages stay far below them
+// (linux-headers-6.1 common: ~18,000 entries, ~60 MB; a whole linux-image: ~4,100 modules,
+// ~400 MB); they bound what a hostile or corrupt package can cost.
+const (
+	// MaxUnpackBytes is the most file data one set of packages may unpack to.
+	MaxUnpackBytes = 8 << 30
+	// MaxUnpackRatio bounds unpacked bytes by the size of the package files (plus 64 MiB):
+	// kernel packages compress 4-10x; a 153 KB package that unpacks to 1.1 GB is a bomb.
+	MaxUnpackRatio = 100
+	// MaxUnpackEntries is the most archive entries one set of packages may hold.
+	MaxUnpackEntries = 1_000_000
+	// MaxEntryName bounds an entry's name (PATH_MAX) and MaxEntryDepth its components.
+	MaxEntryName  = 4096
+	MaxEntryDepth = 64
+)
+
+// extractor writes the entries of an untrusted archive under root and nowhere else. Every
+// filesystem operation goes through an os.Root, so the kernel (openat2 RESOLVE_BENEATH or Go's
+// component-wise walk with O_NOFOLLOW) refuses any path that would leave root, whatever chain
+// of symlinks earlier entries planted. On top of that, entry names with ".." components are
+// refused (never silently clamped), nothing is written through a symlink, symlinks whose target
+// would resolve outside root are refused, and device nodes, FIFOs and sockets are refused.
+// Absolute symlink targets (Debian's /lib/modules/<krel>/build -> /usr/src/linux-headers-<krel>)
+// are taken as relative to root, the way dpkg --root and rpm --root see them, and written as
+// relative links.
 type extractor struct {
-	root    string // absolute, symlink-free
+	root    *os.Root
 	archive string // names the archive in errors
 	// allowAbsolute accepts entry names starting with "/": RPM payloads name every file that way,
 	// while a tar member named so is a hostile archive.
 	allowAbsolute bool
 	links         []string // symlinks created, checked once all entries are in place
 	files         int
+	budget        *unpackBudget
+}
+
+// unpackBudget is shared by the extractors of one package set.
+type unpackBudget struct {
+	bytes, maxBytes int64
+	entries         int
 }
 
 func (x *extractor) fail(name, format string, args ...any) error {
@@ -33,8 +59,16 @@ func (x *extractor) fail(name, format string, args ...any) error {
 
 // clean validates an entry name and returns it relative to root ("" for the root itself).
 func (x *extractor) clean(name string) (string, error) {
+	if x.budget != nil {
+		if x.budget.entries++; x.budget.entries > MaxUnpackEntries {
+			return "", x.fail(name, "more than %d entries", MaxUnpackEntries)
+		}
+	}
 	if name == "" {
 		return "", x.fail(name, "empty name")
+	}
+	if len(name) > MaxEntryName {
+		return "", x.fail(name[:64]+"...", "name longer than %d bytes", MaxEntryName)
 	}
 	if strings.ContainsRune(name, 0) {
 		return "", x.fail(name, "NUL in name")
@@ -52,47 +86,49 @@ func (x *extractor) clean(name string) (string, error) {
 		}
 		parts = append(parts, p)
 	}
+	if len(parts) > MaxEntryDepth {
+		return "", x.fail(name, "deeper than %d components", MaxEntryDepth)
+	}
 	return strings.Join(parts, "/"), nil
 }
 
 // parent makes the directories leading to rel, refusing to pass through anything that is not
 // a real directory (a symlink planted by an earlier entry, for one).
 func (x *extractor) parent(name, rel string) error {
-	dir := x.root
 	parts := strings.Split(rel, "/")
-	for i, p := range parts[:len(parts)-1] {
-		dir = filepath.Join(dir, p)
-		fi, err := os.Lstat(dir)
+	for i := range parts[:len(parts)-1] {
+		dir := strings.Join(parts[:i+1], "/")
+		fi, err := x.root.Lstat(dir)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				return err
+			if err := x.root.Mkdir(dir, 0o755); err != nil {
+				return x.fail(name, "%v", err)
 			}
 		case err != nil:
-			return err
+			return x.fail(name, "%v", err)
 		case fi.Mode()&fs.ModeSymlink != 0:
-			return x.fail(name, "passes through symlink %s", strings.Join(parts[:i+1], "/"))
+			return x.fail(name, "passes through symlink %s", dir)
 		case !fi.IsDir():
-			return x.fail(name, "passes through non-directory %s", strings.Join(parts[:i+1], "/"))
+			return x.fail(name, "passes through non-directory %s", dir)
 		}
 	}
 	return nil
 }
 
-// replaceable removes what stands at p so a new entry can take its place (later archive members
-// win, as with tar), but never replaces a directory with something else.
-func (x *extractor) replaceable(name, p string) error {
-	fi, err := os.Lstat(p)
+// replaceable removes what stands at rel so a new entry can take its place (later archive
+// members win, as with tar), but never replaces a directory with something else.
+func (x *extractor) replaceable(name, rel string) error {
+	fi, err := x.root.Lstat(rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return err
+		return x.fail(name, "%v", err)
 	}
 	if fi.IsDir() {
 		return x.fail(name, "would replace a directory")
 	}
-	return os.Remove(p)
+	return x.root.Remove(rel)
 }
 
 func (x *extractor) Dir(name string, mode fs.FileMode) error {
@@ -103,15 +139,17 @@ func (x *extractor) Dir(name string, mode fs.FileMode) error {
 	if err := x.parent(name, rel); err != nil {
 		return err
 	}
-	p := filepath.Join(x.root, rel)
-	fi, err := os.Lstat(p)
+	fi, err := x.root.Lstat(rel)
 	if err == nil {
 		if fi.IsDir() {
 			return nil
 		}
 		return x.fail(name, "directory would replace a file or symlink")
 	}
-	return os.Mkdir(p, dirMode(mode))
+	if err := x.root.Mkdir(rel, dirMode(mode)); err != nil {
+		return x.fail(name, "%v", err)
+	}
+	return nil
 }
 
 func (x *extractor) File(name string, mode fs.FileMode, r io.Reader) error {
@@ -125,17 +163,27 @@ func (x *extractor) File(name string, mode fs.FileMode, r io.Reader) error {
 	if err := x.parent(name, rel); err != nil {
 		return err
 	}
-	p := filepath.Join(x.root, rel)
-	if err := x.replaceable(name, p); err != nil {
+	if err := x.replaceable(name, rel); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode(mode))
+	f, err := x.root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, fileMode(mode))
 	if err != nil {
-		return err
+		return x.fail(name, "%v", err)
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	if x.budget != nil {
+		left := x.budget.maxBytes - x.budget.bytes
+		n, err := io.Copy(f, io.LimitReader(r, left+1))
+		x.budget.bytes += n
+		if err == nil && n > left {
+			err = fmt.Errorf("the packages unpack to more than %d bytes", x.budget.maxBytes)
+		}
+		if err != nil {
+			f.Close()
+			return x.fail(name, "%v", err)
+		}
+	} else if _, err := io.Copy(f, r); err != nil {
 		f.Close()
-		return inputErrorf(x.archive, "entry %q: %v", name, err)
+		return x.fail(name, "%v", err)
 	}
 	x.files++
 	return f.Close()
@@ -146,7 +194,7 @@ func (x *extractor) Symlink(name, target string) error {
 	if err != nil {
 		return err
 	}
-	if rel == "" || target == "" || strings.ContainsRune(target, 0) {
+	if rel == "" || target == "" || len(target) > MaxEntryName || strings.ContainsRune(target, 0) {
 		return x.fail(name, "bad symlink")
 	}
 	if err := x.parent(name, rel); err != nil {
@@ -167,15 +215,19 @@ func (x *extractor) Symlink(name, target string) error {
 	} else if !lexicallyInside(path.Join(path.Dir(rel), target)) {
 		return x.fail(name, "symlink target %q escapes the archive root", target)
 	}
-	p := filepath.Join(x.root, rel)
-	if err := x.replaceable(name, p); err != nil {
+	if err := x.replaceable(name, rel); err != nil {
 		return err
 	}
 	x.links = append(x.links, rel)
-	return os.Symlink(target, p)
+	if err := x.root.Symlink(target, rel); err != nil {
+		return x.fail(name, "%v", err)
+	}
+	return nil
 }
 
-// Hardlink links name to an entry already extracted.
+// Hardlink links name to a regular file already extracted. The target is looked up without
+// passing through any symlink, and the link itself is made through the os.Root, so no chain of
+// links can make it reach a file outside root.
 func (x *extractor) Hardlink(name, target string) error {
 	rel, err := x.clean(name)
 	if err != nil {
@@ -188,19 +240,36 @@ func (x *extractor) Hardlink(name, target string) error {
 	if rel == "" || trel == "" {
 		return x.fail(name, "bad hard link")
 	}
-	tp := filepath.Join(x.root, trel)
-	fi, err := os.Lstat(tp)
-	if err != nil || !fi.Mode().IsRegular() {
+	fi, err := x.root.Lstat(trel)
+	if err != nil || !fi.Mode().IsRegular() || x.noSymlinkOnPath(trel) != nil {
 		return x.fail(name, "hard link to %q, which is not a regular file extracted earlier", target)
 	}
 	if err := x.parent(name, rel); err != nil {
 		return err
 	}
-	p := filepath.Join(x.root, rel)
-	if err := x.replaceable(name, p); err != nil {
+	if err := x.replaceable(name, rel); err != nil {
 		return err
 	}
-	return os.Link(tp, p)
+	if err := x.root.Link(trel, rel); err != nil {
+		return x.fail(name, "%v", err)
+	}
+	return nil
+}
+
+// noSymlinkOnPath fails when a directory leading to rel is a symlink (or not a directory).
+func (x *extractor) noSymlinkOnPath(rel string) error {
+	parts := strings.Split(rel, "/")
+	for i := range parts[:len(parts)-1] {
+		dir := strings.Join(parts[:i+1], "/")
+		fi, err := x.root.Lstat(dir)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("passes through %s, which is not a directory", dir)
+		}
+	}
+	return nil
 }
 
 // Special refuses device nodes, FIFOs and sockets.
@@ -209,7 +278,9 @@ func (x *extractor) Special(name, kind string) error {
 }
 
 // checkLinks resolves every symlink for real, through the links it meets, and refuses any that
-// ends up outside root. The lexical check in Symlink alone can be fooled by a chain of links.
+// ends up outside root. The lexical check in Symlink alone can be fooled by a chain of links;
+// the os.Root has already kept every write inside, and this keeps the finished tree from
+// holding a link that leads out (make and the compiler follow links without an os.Root).
 func (x *extractor) checkLinks() error {
 	for _, rel := range x.links {
 		if _, err := resolveInside(x.root, rel); err != nil {
@@ -226,7 +297,7 @@ func lexicallyInside(p string) bool {
 
 // resolveInside follows rel under root component by component, symlinks included, and fails if
 // the path ever leaves root. A missing component ends the walk: the rest is checked lexically.
-func resolveInside(root, rel string) (string, error) {
+func resolveInside(root *os.Root, rel string) (string, error) {
 	var cur []string // resolved components below root
 	todo := strings.Split(rel, "/")
 	for hops := 0; len(todo) > 0; {
@@ -242,8 +313,8 @@ func resolveInside(root, rel string) (string, error) {
 			cur = cur[:len(cur)-1]
 			continue
 		}
-		p := filepath.Join(append([]string{root}, append(cur, c)...)...)
-		fi, err := os.Lstat(p)
+		p := strings.Join(append(cur[:len(cur):len(cur)], c), "/")
+		fi, err := root.Lstat(p)
 		if err != nil {
 			rest := path.Join(append(append([]string{}, cur...), append([]string{c}, todo...)...)...)
 			if !lexicallyInside(rest) {
@@ -258,7 +329,7 @@ func resolveInside(root, rel string) (string, error) {
 		if hops++; hops > 40 {
 			return "", fmt.Errorf("too many levels of symlinks")
 		}
-		t, err := os.Readlink(p)
+		t, err := root.Readlink(p)
 		if err != nil {
 			return "", err
 		}

@@ -6,7 +6,9 @@ import (
 	"compress/gzip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,5 +179,138 @@ func TestHostileRPMsAreRefused(t *testing.T) {
 		if len(left) != 0 {
 			t.Errorf("%s: partial output left: %v", filepath.Base(rpm), left)
 		}
+	}
+}
+
+// TestSymlinkChainEscapeIsContained is the attack a review found: each link alone stays inside
+// (a/l0 -> .., a/lN -> l(N-1)/..), together they climb to "/"; hard links whose target runs
+// through the chain reach host files; plain files then replace the links so a check of the
+// final tree sees nothing. The hard-linked host Makefile was then rewritten by the Makefile
+// relocation and a 0600 host file hard-linked into the cache.
+func TestSymlinkChainEscapeIsContained(t *testing.T) {
+	host := t.TempDir()
+	victimMk := filepath.Join(host, "victim", "Makefile")
+	os.MkdirAll(filepath.Dir(victimMk), 0o755)
+	const mk = "include /usr/src/linux-headers-x-common/Makefile\n"
+	os.WriteFile(victimMk, []byte(mk), 0o644)
+	secret := filepath.Join(host, "secret")
+	os.WriteFile(secret, []byte("secret\n"), 0o600)
+
+	const depth = 40 // more than any temp directory's depth: the chain reaches "/"
+	entries := []tarEntry{{name: "./a/", typ: tar.TypeDir}, {name: "./a/l0", link: "..", typ: tar.TypeSymlink}}
+	for i := 1; i < depth; i++ {
+		entries = append(entries, tarEntry{name: "./a/l" + itoa(i), link: "l" + itoa(i-1) + "/..", typ: tar.TypeSymlink})
+	}
+	top := "./a/l" + itoa(depth-1)
+	entries = append(entries,
+		tarEntry{name: "./usr/src/linux-headers-x-common/Makefile", typ: tar.TypeReg, body: "# common\n"},
+		tarEntry{name: "./usr/src/linux-headers-x/", typ: tar.TypeDir},
+		tarEntry{name: "./usr/src/linux-headers-x/.config", typ: tar.TypeReg, body: "CONFIG_MODULES=y\n"},
+		tarEntry{name: "./usr/src/linux-headers-x/Makefile", link: top + victimMk, typ: tar.TypeLink},
+		tarEntry{name: "./stolen", link: top + secret, typ: tar.TypeLink},
+	)
+	for i := 0; i < depth; i++ {
+		entries = append(entries, tarEntry{name: "./a/l" + itoa(i), typ: tar.TypeReg, body: "x"})
+	}
+	deb := makeDeb(t, t.TempDir(), entries)
+	cache := filepath.Join(t.TempDir(), "cache")
+	_, err := kmp.UnpackPackages(cache, []string{deb})
+	if err == nil || !kmp.IsInputError(err) || !strings.HasPrefix(err.Error(), deb+": ") {
+		t.Fatalf("hostile deb accepted or wrong error: %v", err)
+	}
+	if b, _ := os.ReadFile(victimMk); string(b) != mk {
+		t.Fatalf("host Makefile rewritten: %q", b)
+	}
+	if fi, err := os.Stat(secret); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+		t.Fatalf("host file hard-linked into the cache (or gone): %v", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(cache, "trees")); len(left) != 0 {
+		t.Fatalf("partial output left in the cache: %v", left)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestUnpackBudget: a small package that unpacks to far more than kernel packages do (a
+// zero-filled file compresses about 1000x) is refused and leaves nothing.
+func TestUnpackBudget(t *testing.T) {
+	deb := makeDeb(t, t.TempDir(), []tarEntry{{name: "./usr/zeros", typ: tar.TypeReg, body: strings.Repeat("\x00", 200<<20)}})
+	if fi, _ := os.Stat(deb); fi.Size() > 1<<20 {
+		t.Fatalf("test package is %d bytes, expected a bomb under 1 MiB", fi.Size())
+	}
+	cache := t.TempDir()
+	_, err := kmp.UnpackPackages(cache, []string{deb})
+	if err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "unpack to more than") {
+		t.Fatalf("bomb: %v", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(cache, "trees")); len(left) != 0 {
+		t.Fatalf("partial output left: %v", left)
+	}
+}
+
+// TestRPMHeaderClaimsAreBounded: a header claiming 4 GB of tables is refused before the
+// parser allocates it.
+func TestRPMHeaderClaimsAreBounded(t *testing.T) {
+	b := make([]byte, 96+16)
+	copy(b, []byte{0xed, 0xab, 0xee, 0xdb, 3, 0})
+	copy(b[96:], []byte{0x8e, 0xad, 0xe8, 0x01, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xf0})
+	p := filepath.Join(t.TempDir(), "huge.rpm")
+	os.WriteFile(p, b, 0o644)
+	_, err := kmp.UnpackPackages(t.TempDir(), []string{p})
+	if err == nil || !strings.Contains(err.Error(), "rpm allows") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestStaleUnpacksAreRemoved: a run killed mid-unpack leaves .unpack-*; the next run removes
+// it, but never one that a live run holds locked.
+func TestStaleUnpacksAreRemoved(t *testing.T) {
+	cache := t.TempDir()
+	trees := filepath.Join(cache, "trees")
+	stale, live := filepath.Join(trees, ".unpack-dead"), filepath.Join(trees, ".unpack-live")
+	os.MkdirAll(filepath.Join(stale, "root/usr"), 0o755)
+	os.MkdirAll(live, 0o755)
+	f, err := os.Open(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	// What a killed run leaves: the directory, its flock released by the kernel with the process.
+	deb := makeDeb(t, t.TempDir(), []tarEntry{{name: "./usr/f", typ: tar.TypeReg, body: "x"}})
+	if _, err := kmp.UnpackPackages(cache, []string{deb}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Error("stale unpack directory left")
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Error("a locked (live) unpack directory was removed")
+	}
+}
+
+// TestNonHeadersPackageLeavesNothing: a valid package with no kernel tree is an input error
+// (exit 3), and exit 3 promises nothing written.
+func TestNonHeadersPackageLeavesNothing(t *testing.T) {
+	deb := makeDeb(t, t.TempDir(), []tarEntry{{name: "./usr/share/doc/x/README", typ: tar.TypeReg, body: "x"}})
+	cache := t.TempDir()
+	if _, _, err := kmp.OpenPackageTrees(cache, []string{deb}); err == nil || !kmp.IsInputError(err) {
+		t.Fatalf("got %v", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(cache, "trees")); len(left) != 0 {
+		t.Fatalf("cache entry left: %v", left)
+	}
+}
+
+// TestFIFOIsNotAPackage: naming a FIFO must not hang.
+func TestFIFOIsNotAPackage(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.deb")
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kmp.UnpackPackages(t.TempDir(), []string{p}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("got %v", err)
 	}
 }

@@ -1,6 +1,8 @@
 package kmp
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/kmpack/kmpack/kmp/ident"
 )
 
 // KernelTree is a kernel devel tree: what `make -C DIR M=... modules` builds external modules
@@ -66,8 +71,17 @@ type CompilerInfo struct {
 	Exact     bool `json:"exact"`
 }
 
+// Bounds on what describing a tree reads (real values: .config ~260 KB, Module.symvers ~2 MB).
+const (
+	maxKernelConfig = 16 << 20
+	maxSymvers      = 256 << 20
+	maxSmallFile    = 64 << 10
+)
+
 // OpenKernelTree describes the kernel devel tree at dir. It fails with an *InputError when dir
-// is not one.
+// is not one. It runs nothing, and reads the tree's files through an os.Root at the tree's
+// directory: regular files only (a FIFO cannot hang it), bounded in size, never through a
+// symlink that leaves the tree.
 func OpenKernelTree(dir string) (*KernelTree, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -80,24 +94,38 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
 		return nil, inputErrorf(dir, "not a kernel devel tree: not a directory")
 	}
-	if _, err := os.Stat(filepath.Join(real, "Makefile")); err != nil {
+	root, err := os.OpenRoot(real)
+	if err != nil {
+		return nil, inputErrorf(dir, "not a kernel devel tree: %v", err)
+	}
+	defer root.Close()
+	if _, err := root.Stat("Makefile"); err != nil {
 		return nil, inputErrorf(dir, "not a kernel devel tree: no Makefile")
 	}
 	t := &KernelTree{Dir: real}
-	cfgPath := filepath.Join(real, ".config")
-	if _, err := os.Stat(cfgPath); err != nil {
-		cfgPath = filepath.Join(real, "include/config/auto.conf")
+	cfgRel := ".config"
+	if _, err := root.Lstat(cfgRel); err != nil {
+		cfgRel = "include/config/auto.conf"
 	}
-	if _, err := os.Stat(cfgPath); err != nil {
+	if _, err := root.Lstat(cfgRel); err != nil {
 		return nil, inputErrorf(dir, "not a kernel devel tree: no .config or include/config/auto.conf")
 	}
-	if t.Config, err = ReadKernelConfig(cfgPath); err != nil {
+	cfgPath := filepath.Join(real, cfgRel)
+	data, _, err := readRootFile(root, cfgRel, maxKernelConfig)
+	if err != nil {
+		return nil, inputErrorf(cfgPath, "%v", trimRel(err, cfgRel))
+	}
+	if t.Config, err = ParseKernelConfig(cfgPath, data); err != nil {
 		return nil, err
 	}
-	if t.Release, err = readRelease(real); err != nil {
+	if t.Release, err = readRelease(root, real); err != nil {
 		return nil, err
 	}
-	t.Layout, t.Flavor = layoutAndFlavor(real, t.Release)
+	_, kvErr := root.Lstat(".kernelvariables")
+	t.Layout, t.Flavor = layoutAndFlavor(real, t.Release, kvErr == nil)
+	if err := ident.Flavor(t.Flavor); err != nil {
+		return nil, inputErrorf(dir, "%v", err)
+	}
 	t.Arch = t.Config.Arch()
 	t.Modversions = t.Config.Enabled("CONFIG_MODVERSIONS")
 	t.ModuleCompression = t.Config.ModuleCompression()
@@ -113,8 +141,12 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 		t.Warnings = append(t.Warnings, fmt.Sprintf("the kernel was built with %q, which is not on this host", t.Compiler.VersionText))
 	}
 	sv := filepath.Join(real, "Module.symvers")
-	if _, err := os.Stat(sv); err == nil {
-		s, err := ReadSymvers(sv)
+	if _, err := root.Lstat("Module.symvers"); err == nil {
+		data, _, err := readRootFile(root, "Module.symvers", maxSymvers)
+		if err != nil {
+			return nil, inputErrorf(sv, "%v", trimRel(err, "Module.symvers"))
+		}
+		s, err := ParseSymvers(sv, bytes.NewReader(data))
 		if err != nil {
 			return nil, err
 		}
@@ -131,29 +163,46 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 	return t, nil
 }
 
+// trimRel drops the "rel: " readRootFile puts before its own errors: the caller names the file.
+func trimRel(err error, rel string) string {
+	return strings.TrimPrefix(err.Error(), rel+": ")
+}
+
 var utsReleaseRE = regexp.MustCompile(`(?m)^#define UTS_RELEASE "([^"]+)"`)
 
 // readRelease takes the release from include/generated/utsrelease.h, which is what vermagic
 // uses. Debian's include/config/kernel.release holds the upstream version instead (6.1.187 for
-// 6.1.0-53-amd64), so it is only a fallback for trees without utsrelease.h.
-func readRelease(dir string) (string, error) {
-	if b, err := os.ReadFile(filepath.Join(dir, "include/generated/utsrelease.h")); err == nil {
-		if m := utsReleaseRE.FindSubmatch(b); m != nil {
-			return string(m[1]), nil
+// 6.1.0-53-amd64), so it is only a fallback for trees without utsrelease.h. The release names
+// directories and packages, so it is validated here, where it enters.
+func readRelease(root *os.Root, dir string) (string, error) {
+	const uts, kr = "include/generated/utsrelease.h", "include/config/kernel.release"
+	if _, err := root.Lstat(uts); err == nil {
+		b, _, err := readRootFile(root, uts, maxSmallFile)
+		if err != nil {
+			return "", inputErrorf(filepath.Join(dir, uts), "%v", trimRel(err, uts))
 		}
-		return "", inputErrorf(filepath.Join(dir, "include/generated/utsrelease.h"), "no UTS_RELEASE definition")
+		m := utsReleaseRE.FindSubmatch(b)
+		if m == nil {
+			return "", inputErrorf(filepath.Join(dir, uts), "no UTS_RELEASE definition")
+		}
+		if err := ident.KernelRelease(string(m[1])); err != nil {
+			return "", inputErrorf(filepath.Join(dir, uts), "%v", err)
+		}
+		return string(m[1]), nil
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "include/config/kernel.release")); err == nil {
-		if r := strings.TrimSpace(string(b)); r != "" && !strings.ContainsAny(r, " /\n") {
-			return r, nil
+	if b, _, err := readRootFile(root, kr, maxSmallFile); err == nil {
+		r := strings.TrimSpace(string(b))
+		if err := ident.KernelRelease(r); err != nil {
+			return "", inputErrorf(filepath.Join(dir, kr), "%v", err)
 		}
+		return r, nil
 	}
 	return "", inputErrorf(dir, "not a kernel devel tree: no include/generated/utsrelease.h (run `make modules_prepare` in it?)")
 }
 
 var suseObjRE = regexp.MustCompile(`/linux-[^/]*-obj/[^/]+/([^/]+)$`)
 
-func layoutAndFlavor(dir, release string) (layout, flavor string) {
+func layoutAndFlavor(dir, release string, kernelVariables bool) (layout, flavor string) {
 	switch {
 	case suseObjRE.MatchString(dir):
 		return "suse", suseObjRE.FindStringSubmatch(dir)[1]
@@ -170,7 +219,7 @@ func layoutAndFlavor(dir, release string) (layout, flavor string) {
 		return "rhel", "default"
 	}
 	layout = "kbuild"
-	if _, err := os.Stat(filepath.Join(dir, ".kernelvariables")); err == nil || strings.Contains(dir, "/linux-headers-") {
+	if kernelVariables || strings.Contains(dir, "/linux-headers-") {
 		layout = "debian"
 	}
 	return layout, flavorFromRelease(release)
@@ -193,29 +242,17 @@ var (
 	clangVersionRE    = regexp.MustCompile(`version (\d+\.\d+\.\d+)`)
 	hostCompilerMu    sync.Mutex
 	hostCompilerCache = map[string]string{}
+	// compilerNameRE is what a compiler named by a tree's CONFIG_CC_VERSION_TEXT may look like
+	// to be looked up on PATH: a bare command name (gcc-12, x86_64-linux-gnu-gcc-12), never a path.
+	compilerNameRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]*(gcc|clang)(-[0-9]+)?$`)
+	trailingMajor  = regexp.MustCompile(`-([0-9]+)$`)
 )
 
-// hostCompilerVersion runs `cmd -dumpfullversion` (gcc) or parses `cmd --version` (clang), once per command.
-func hostCompilerVersion(path, kind string) string {
-	hostCompilerMu.Lock()
-	defer hostCompilerMu.Unlock()
-	if v, ok := hostCompilerCache[path]; ok {
-		return v
-	}
-	var v string
-	if kind == "gcc" {
-		if out, err := exec.Command(path, "-dumpfullversion", "-dumpversion").Output(); err == nil {
-			v = strings.TrimSpace(string(out))
-		}
-	} else if out, err := exec.Command(path, "--version").Output(); err == nil {
-		if m := clangVersionRE.FindSubmatch(out); m != nil {
-			v = string(m[1])
-		}
-	}
-	hostCompilerCache[path] = v
-	return v
-}
-
+// describeCompiler finds, without running anything, the host compiler to build a tree's
+// modules with: a command name kmpack derives from the tree's configuration and checks (the
+// first word of CONFIG_CC_VERSION_TEXT when it is a bare compiler name, else <kind>-<major>,
+// else <kind>), found on PATH. Its major version is read from its name or, for a bare gcc,
+// from the name it links to (/usr/bin/gcc -> gcc-12); Probe runs it to learn the exact version.
 func describeCompiler(cfg KernelConfig) CompilerInfo {
 	ci := CompilerInfo{VersionText: cfg["CONFIG_CC_VERSION_TEXT"]}
 	var num int
@@ -234,27 +271,75 @@ func describeCompiler(cfg KernelConfig) CompilerInfo {
 	}
 	major := strings.Split(ci.Version, ".")[0]
 	var candidates []string
-	if f := strings.Fields(ci.VersionText); len(f) > 0 && strings.Contains(f[0], ci.Kind) {
-		candidates = append(candidates, f[0]) // e.g. gcc-12, x86_64-linux-gnu-gcc-12
+	if f := strings.Fields(ci.VersionText); len(f) > 0 {
+		if m := compilerNameRE.FindStringSubmatch(f[0]); m != nil && m[1] == ci.Kind {
+			candidates = append(candidates, f[0]) // e.g. gcc-12, x86_64-linux-gnu-gcc-12
+		}
 	}
 	if major != "" {
 		candidates = append(candidates, ci.Kind+"-"+major)
 	}
 	candidates = append(candidates, ci.Kind)
 	for _, c := range candidates {
-		p, err := exec.LookPath(c)
-		if err != nil {
+		p, err := exec.LookPath(c) // a bare name: PATH only; relative PATH entries are refused
+		if err != nil || !filepath.IsAbs(p) {
 			continue
 		}
-		hv := hostCompilerVersion(p, ci.Kind)
-		if major != "" && strings.Split(hv, ".")[0] != major {
+		if major != "" && compilerMajor(c, p) != major {
 			continue
 		}
-		ci.Command, ci.Path, ci.HostVersion, ci.Available = c, p, hv, true
-		ci.Exact = hv == ci.Version
+		ci.Command, ci.Path, ci.Available = c, p, true
 		break
 	}
 	return ci
+}
+
+// compilerMajor reads a compiler's major version from its command name or, failing that, from
+// the name its path resolves to.
+func compilerMajor(name, path string) string {
+	if m := trailingMajor.FindStringSubmatch(name); m != nil {
+		return m[1]
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		if m := trailingMajor.FindStringSubmatch(filepath.Base(real)); m != nil {
+			return m[1]
+		}
+	}
+	return ""
+}
+
+// Probe runs the compiler Describe found (a checked name on PATH, never a path from the tree)
+// to learn its full version: HostVersion, and Exact when it equals the kernel's. The build
+// engine calls it before building; describing a tree does not. Results are kept per compiler.
+func (ci *CompilerInfo) Probe() {
+	if !ci.Available || ci.HostVersion != "" {
+		return
+	}
+	ci.HostVersion = hostCompilerVersion(ci.Path, ci.Kind)
+	ci.Exact = ci.HostVersion != "" && ci.HostVersion == ci.Version
+}
+
+// hostCompilerVersion runs `cmd -dumpfullversion` (gcc) or parses `cmd --version` (clang), once per command.
+func hostCompilerVersion(path, kind string) string {
+	hostCompilerMu.Lock()
+	defer hostCompilerMu.Unlock()
+	if v, ok := hostCompilerCache[path]; ok {
+		return v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var v string
+	if kind == "gcc" {
+		if out, err := exec.CommandContext(ctx, path, "-dumpfullversion", "-dumpversion").Output(); err == nil {
+			v = strings.TrimSpace(string(out))
+		}
+	} else if out, err := exec.CommandContext(ctx, path, "--version").Output(); err == nil {
+		if m := clangVersionRE.FindSubmatch(out); m != nil {
+			v = string(m[1])
+		}
+	}
+	hostCompilerCache[path] = v
+	return v
 }
 
 // FlavorFromRelease is the flavor part of a kernel release ("cloud-amd64" of

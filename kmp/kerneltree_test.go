@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
@@ -48,6 +49,10 @@ func TestOpenInstalledTrees(t *testing.T) {
 			}
 			// The compiler is the distro's gcc-12, which setup installs.
 			cc := tr.Compiler
+			if cc.HostVersion != "" {
+				t.Errorf("describing a tree ran its compiler: %+v", cc)
+			}
+			cc.Probe()
 			if cc.Kind != "gcc" || cc.Version != "12.2.0" || !cc.Available || !cc.Exact || !strings.HasPrefix(filepath.Base(cc.Path), "x86_64-linux-gnu-gcc-12") && filepath.Base(cc.Path) != "gcc-12" {
 				t.Errorf("compiler %+v", cc)
 			}
@@ -200,5 +205,45 @@ func copyTree(t *testing.T, src, dst string) {
 	os.MkdirAll(dst, 0o755)
 	if out, err := exec.Command("cp", "-rL", src+"/.", dst).CombinedOutput(); err != nil {
 		t.Fatalf("cp -rL %s %s: %v %s", src, dst, err, out)
+	}
+}
+
+// TestDescribingRunsNothing: a tree's .config naming a program (CONFIG_CC_VERSION_TEXT's first
+// word, here a path containing "gcc") must not get that program run, by describing or probing;
+// and a release that is not a safe identifier is refused where it is read.
+func TestDescribingRunsNothing(t *testing.T) {
+	dir := t.TempDir()
+	copyTree(t, testenv.HeadersDir(t, testenv.Release53), dir)
+	marker := filepath.Join(t.TempDir(), "ran")
+	evil := filepath.Join(t.TempDir(), "evilgcc")
+	os.WriteFile(evil, []byte("#!/bin/sh\ntouch "+marker+"\necho 12.2.0\n"), 0o755)
+	cfg, _ := os.ReadFile(filepath.Join(dir, ".config"))
+	cfg = []byte(strings.Replace(string(cfg), `CONFIG_CC_VERSION_TEXT="gcc-12 `, `CONFIG_CC_VERSION_TEXT="`+evil+` `, 1))
+	os.WriteFile(filepath.Join(dir, ".config"), cfg, 0o644)
+	tr, err := kmp.OpenKernelTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Compiler.Probe()
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("describing or probing a tree ran the program its .config names")
+	}
+	if tr.Compiler.Path == evil || filepath.Base(tr.Compiler.Path) != "gcc-12" && !strings.HasSuffix(tr.Compiler.Path, "gcc-12") {
+		t.Fatalf("compiler %+v", tr.Compiler)
+	}
+
+	uts := filepath.Join(dir, "include/generated/utsrelease.h")
+	for _, bad := range []string{"../../../../tmp/victim", "6.1.0 53", "x;rm -rf"} {
+		os.WriteFile(uts, []byte(`#define UTS_RELEASE "`+bad+`"`+"\n"), 0o644)
+		if _, err := kmp.OpenKernelTree(dir); err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "invalid kernel release") || !strings.HasPrefix(err.Error(), uts+": ") {
+			t.Errorf("release %q: %v", bad, err)
+		}
+	}
+	// A FIFO in place of a file the description reads must not hang it.
+	os.WriteFile(uts, []byte(`#define UTS_RELEASE "6.1.0-53-amd64"`+"\n"), 0o644)
+	os.Remove(filepath.Join(dir, "Module.symvers"))
+	syscall.Mkfifo(filepath.Join(dir, "Module.symvers"), 0o644)
+	if _, err := kmp.OpenKernelTree(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("FIFO Module.symvers: %v", err)
 	}
 }

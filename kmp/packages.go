@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"compress/bzip2"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 
 	rpmutils "github.com/sassoftware/go-rpmutils"
 )
@@ -30,11 +32,14 @@ const (
 
 // DetectPackage tells a .deb from an .rpm by their magic bytes, whatever the file is called.
 func DetectPackage(path string) (PackageKind, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return "", inputErrorf(path, "not a regular file")
+	}
 	head := make([]byte, 8)
 	n, _ := io.ReadFull(f, head)
 	switch {
@@ -68,6 +73,7 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	}
 	sums := make([]string, 0, len(files))
 	abs := make([]string, 0, len(files))
+	var total int64
 	for _, f := range files {
 		a, err := filepath.Abs(f)
 		if err != nil {
@@ -76,12 +82,13 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 		if _, err := DetectPackage(a); err != nil {
 			return nil, err
 		}
-		s, err := fileSHA256(a)
+		s, n, err := fileSHA256(a)
 		if err != nil {
 			return nil, err
 		}
 		sums = append(sums, s)
 		abs = append(abs, a)
+		total += n
 	}
 	sorted := append([]string(nil), sums...)
 	sort.Strings(sorted)
@@ -96,9 +103,10 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	if base, err = filepath.EvalSymlinks(base); err != nil {
 		return nil, err
 	}
+	removeStaleUnpacks(base)
 	final := filepath.Join(base, hex.EncodeToString(key[:16]))
 	set := &PackageSet{Root: filepath.Join(final, "root"), Packages: abs}
-	if _, err := os.Stat(filepath.Join(final, ".complete")); err == nil {
+	if fi, err := os.Lstat(filepath.Join(final, ".complete")); err == nil && fi.Mode().IsRegular() {
 		set.Cached = true
 		return set, nil
 	}
@@ -112,17 +120,29 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 			os.RemoveAll(tmp)
 		}
 	}()
-	root := filepath.Join(tmp, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
+	// The lock tells a later run that this directory is being filled: one whose lock is free
+	// was left by a killed run and is removed (removeStaleUnpacks).
+	lock, err := lockDir(tmp, false)
+	if err != nil {
 		return nil, err
 	}
+	defer lock.Close()
+	if err := os.Mkdir(filepath.Join(tmp, "root"), 0o755); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(filepath.Join(tmp, "root"))
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	budget := &unpackBudget{maxBytes: min(MaxUnpackBytes, MaxUnpackRatio*total+64<<20)}
 	for _, f := range abs {
-		if err := unpackPackage(f, root); err != nil {
+		if err := unpackPackage(f, root, budget); err != nil {
 			return nil, err
 		}
 	}
 	// The trees' Makefiles name each other by absolute path; point them into the final root.
-	if err := relocateMakefiles(root, filepath.Join(final, "root")); err != nil {
+	if err := relocateMakefiles(root, filepath.Join(tmp, "root"), filepath.Join(final, "root")); err != nil {
 		return nil, err
 	}
 	manifest := strings.Join(abs, "\n") + "\n"
@@ -144,27 +164,67 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	return set, nil
 }
 
-func fileSHA256(path string) (string, error) {
+// lockDir takes an exclusive flock on a directory; with try, it fails at once when another
+// process holds it. The lock dies with its process, however that ends.
+func lockDir(dir string, try bool) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	how := syscall.LOCK_EX
+	if try {
+		how |= syscall.LOCK_NB
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// removeStaleUnpacks removes the temporary directories of unpacks whose process died (kill -9,
+// power loss): their lock is free. A running unpack holds its lock and is left alone.
+func removeStaleUnpacks(base string) {
+	ents, _ := os.ReadDir(base)
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".unpack-") {
+			continue
+		}
+		p := filepath.Join(base, e.Name())
+		l, err := lockDir(p, true)
+		if err != nil {
+			continue
+		}
+		os.RemoveAll(p)
+		l.Close()
+	}
+}
+
+func fileSHA256(path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return "", 0, inputErrorf(path, "not a regular file")
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // unpackPackage extracts one package's files into root.
-func unpackPackage(path, root string) (err error) {
+func unpackPackage(path string, root *os.Root, budget *unpackBudget) (err error) {
 	defer guard(path, &err)
 	kind, err := DetectPackage(path)
 	if err != nil {
 		return err
 	}
-	x := &extractor{root: root, archive: path}
+	x := &extractor{root: root, archive: path, budget: budget}
 	switch kind {
 	case PackageDeb:
 		err = unpackDeb(path, x)
@@ -276,6 +336,12 @@ func unpackRPM(path string, x *extractor) error {
 		return err
 	}
 	defer f.Close()
+	if err := checkRPMHeaderSizes(f); err != nil {
+		return inputErrorf(path, "corrupt RPM header: %v", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	rpm, err := rpmutils.ReadRpm(bufio.NewReader(f))
 	if err != nil {
 		return inputErrorf(path, "corrupt RPM header: %v", err)
@@ -330,40 +396,111 @@ func unpackRPM(path string, x *extractor) error {
 	}
 }
 
+// rpm's own bounds on a header (lib/header.c: HEADER_TAGS_MAX, HEADER_DATA_MAX). The
+// library that parses the header allocates what the file claims, so they are checked first.
+const (
+	rpmHeaderTagsMax = 0xffff
+	rpmHeaderDataMax = 0x0fffffff
+)
+
+// checkRPMHeaderSizes walks the lead and the signature and main header intros and refuses
+// sizes rpm itself would refuse, before anything is allocated from them.
+func checkRPMHeaderSizes(r io.ReadSeeker) error {
+	if _, err := r.Seek(96, io.SeekStart); err != nil { // the lead
+		return err
+	}
+	for i, what := range []string{"signature", "main"} {
+		var intro [16]byte
+		if _, err := io.ReadFull(r, intro[:]); err != nil {
+			return fmt.Errorf("%s header truncated", what)
+		}
+		if !bytes.Equal(intro[:3], []byte{0x8e, 0xad, 0xe8}) {
+			return fmt.Errorf("%s header: bad magic", what)
+		}
+		nindex := binary.BigEndian.Uint32(intro[8:12])
+		hsize := binary.BigEndian.Uint32(intro[12:16])
+		if nindex > rpmHeaderTagsMax || hsize > rpmHeaderDataMax {
+			return fmt.Errorf("%s header claims %d tags and %d bytes of data (rpm allows %d and %d)", what, nindex, hsize, rpmHeaderTagsMax, rpmHeaderDataMax)
+		}
+		skip := int64(nindex)*16 + int64(hsize)
+		if i == 0 {
+			skip += (8 - skip%8) % 8 // the signature header is padded to 8 bytes
+		}
+		if _, err := r.Seek(skip, io.SeekCurrent); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 var absIncludeRE = regexp.MustCompile(`(?m)^(\s*-?include\s+)(/\S+)`)
 
 // relocateMakefiles points the absolute includes in the unpacked trees' top Makefiles (Debian's
 // "include /usr/src/linux-headers-<abi>-common/Makefile", the same shape in SUSE's -obj trees)
-// into finalRoot, where the tree will live, when the included file is part of the set.
-func relocateMakefiles(root, finalRoot string) error {
-	dirs, _ := candidateDirs(root)
+// into finalRoot, where the tree will live, when the included file is part of the set. Every
+// read and write goes through root; a Makefile is replaced by a new file, never written in
+// place, so a hard link can never carry the change to another file.
+func relocateMakefiles(root *os.Root, rootDir, finalRoot string) error {
+	dirs, _ := candidateDirs(rootDir)
 	for _, dir := range dirs {
-		mk := filepath.Join(dir, "Makefile")
-		fi, err := os.Lstat(mk)
-		if err != nil || !fi.Mode().IsRegular() {
+		rel, err := filepath.Rel(rootDir, dir)
+		if err != nil || !lexicallyInside(rel) {
 			continue
 		}
-		b, err := os.ReadFile(mk)
+		mk := filepath.Join(rel, "Makefile")
+		b, mode, err := readRootFile(root, mk, maxMakefile)
 		if err != nil {
-			return err
+			continue
 		}
 		changed := false
 		out := absIncludeRE.ReplaceAllFunc(b, func(m []byte) []byte {
 			sub := absIncludeRE.FindSubmatch(m)
 			target := string(sub[2])
-			if _, err := os.Stat(filepath.Join(root, target)); err != nil {
+			if _, err := root.Stat(strings.TrimLeft(target, "/")); err != nil {
 				return m
 			}
 			changed = true
 			return append(append([]byte{}, sub[1]...), filepath.Join(finalRoot, target)...)
 		})
-		if changed {
-			if err := os.WriteFile(mk, out, fi.Mode().Perm()); err != nil {
-				return err
-			}
+		if !changed {
+			continue
+		}
+		tmp := mk + ".kmpack-new"
+		if err := root.WriteFile(tmp, out, mode.Perm()); err != nil {
+			return err
+		}
+		if err := root.Rename(tmp, mk); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+const maxMakefile = 1 << 20
+
+// readRootFile reads a regular file below root, at most max bytes, without blocking on a FIFO
+// or following a symlink out of root.
+func readRootFile(root *os.Root, rel string, max int64) ([]byte, fs.FileMode, error) {
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, 0, fmt.Errorf("%s: not a regular file", rel)
+	}
+	if fi.Size() > max {
+		return nil, 0, fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(b)) > max {
+		err = fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	return b, fi.Mode(), err
 }
 
 // OpenPackageTrees unpacks package files (cached) and describes the kernel trees they hold.
@@ -380,6 +517,10 @@ func OpenPackageTrees(cacheDir string, files []string) (*PackageSet, *Discovery,
 		t.Packages = set.Packages
 	}
 	if len(d.Trees) == 0 {
+		// A set with no tree is of no use to any later run: leave nothing behind.
+		if !set.Cached {
+			os.RemoveAll(filepath.Dir(set.Root))
+		}
 		reason := "no configured kernel tree among their files"
 		if strings.Contains(strings.Join(files, " "), "common") && len(files) == 1 {
 			reason += " (a -common package needs its flavor's headers package too)"

@@ -160,8 +160,11 @@ func printKernels(w io.Writer, res *kernelsResult, verbose bool) {
 		case cc.VersionText == "":
 			fmt.Fprintf(w, "  compiler:     unknown (no CONFIG_CC_VERSION_TEXT)\n")
 		case cc.Available:
-			match := "same version"
-			if !cc.Exact {
+			// Describing runs nothing: the exact host version is learnt when a build runs it.
+			match := "same major version"
+			if cc.HostVersion != "" && cc.Exact {
+				match = "same version"
+			} else if cc.HostVersion != "" {
 				match = "host has " + cc.HostVersion
 			}
 			fmt.Fprintf(w, "  compiler:     %s\n                on this host: %s (%s)\n", cc.VersionText, cc.Path, match)

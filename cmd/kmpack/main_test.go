@@ -99,7 +99,7 @@ func TestKernelsDiscoversInstalledTrees(t *testing.T) {
 		}
 	}
 	text, _, _ := kmpack(t, "kernels", testenv.HeadersDir(t, testenv.Release612))
-	for _, want := range []string{"6.12.117+deb12-amd64  (debian layout, flavor amd64, x86_64)", "compression:  xz", "on this host: /usr/bin/x86_64-linux-gnu-gcc-12 (same version)"} {
+	for _, want := range []string{"6.12.117+deb12-amd64  (debian layout, flavor amd64, x86_64)", "compression:  xz", "on this host: /usr/bin/x86_64-linux-gnu-gcc-12 (same major version)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
