@@ -28,7 +28,7 @@ func main() {
 
 func run(args []string) int {
 	app := newApp()
-	err := app.Run(args)
+	err := app.Run(intersperse(app, args))
 	if err == nil {
 		return exitOK
 	}
