@@ -19,6 +19,8 @@ PACKAGES=(
   ca-certificates git patch binutils dkms openssl rpmlint lintian "${KERNEL_HEADERS[@]}"
   # The end-to-end suite boots Debian's kernels with a busybox initramfs.
   qemu-system-x86 busybox-static
+  # kmpack man is checked by rendering it with man-db (groff).
+  man-db groff-base
 )
 
 need=()

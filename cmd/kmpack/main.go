@@ -94,6 +94,8 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			ksymsCommand(),
 			compatCommand(),
 			weakUpdatesCommand(),
+			completionCommand(),
+			manCommand(),
 		},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run() reports errors and picks the code
