@@ -4,10 +4,12 @@
 package weakupdates
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -182,19 +184,43 @@ func SymversLocations(root, release string) []string {
 // vermagic and struct module size from one of its own modules.
 func targetFromInstalled(dir string) (*Target, error) {
 	dir, _ = filepath.Abs(dir)
-	release := filepath.Base(dir)
 	root := filepath.Dir(filepath.Dir(filepath.Dir(dir))) // <root>/lib/modules/<release>
 	if strings.HasSuffix(filepath.Dir(filepath.Dir(dir)), "/usr/lib") {
 		root = filepath.Dir(root)
 	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	modDir, err := filepath.Rel(root, dir)
+	if err != nil {
+		return nil, err
+	}
+	return installedTarget(r, root, filepath.ToSlash(modDir))
+}
+
+// installedTarget reads the installed kernel in modDir (lib/modules/<release>) under r, a
+// root opened at rootDir: every file it reads, symvers and modules, is reached through r, so
+// links in the tree cannot lead it outside the root, and only regular files of bounded size
+// are read.
+func installedTarget(r *os.Root, rootDir, modDir string) (*Target, error) {
+	release := path.Base(modDir)
+	dir := filepath.Join(rootDir, modDir)
 	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
 	var tried []string
-	for _, p := range SymversLocations(root, release) {
-		if _, err := os.Stat(p); err != nil {
-			tried = append(tried, p)
+	for _, p := range SymversLocations("/", release) {
+		b, err := readRegular(r, rel(p), MaxModuleSize)
+		if err != nil {
+			tried = append(tried, filepath.Join(rootDir, p))
 			continue
 		}
-		sv, err := kmp.ReadSymvers(p)
+		full := filepath.Join(rootDir, p)
+		data, _, err := kmp.Decompress(full, b)
+		if err != nil {
+			return nil, err
+		}
+		sv, err := kmp.ParseSymvers(full, bytes.NewReader(data))
 		if err != nil {
 			return nil, err
 		}
@@ -205,15 +231,20 @@ func targetFromInstalled(dir string) (*Target, error) {
 		return nil, fmt.Errorf("%s: no symvers for kernel %s (Debian's images ship none: install linux-headers-%s); looked at %s",
 			dir, release, release, strings.Join(tried, ", "))
 	}
-	kernelDir, err := filepath.EvalSymlinks(filepath.Join(dir, "kernel"))
-	if err != nil {
-		kernelDir = filepath.Join(dir, "kernel")
-	}
-	err = filepath.WalkDir(kernelDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !kmp.IsModuleFileName(d.Name()) {
+	kernelDir := modDir + "/kernel"
+	err := fs.WalkDir(r.FS(), kernelDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || !kmp.IsModuleFileName(d.Name()) {
 			return nil // unreadable parts of the tree only narrow the search
 		}
-		m, err := kmp.ReadModule(p)
+		b, err := readRegular(r, p, MaxModuleSize)
+		if err != nil {
+			return nil
+		}
+		data, _, err := kmp.Decompress(filepath.Join(rootDir, p), b)
+		if err != nil {
+			return nil
+		}
+		m, err := kmp.ParseModule(filepath.Join(rootDir, p), data)
 		if err != nil {
 			return nil // one unreadable module does not stop the search
 		}
