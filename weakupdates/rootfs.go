@@ -87,7 +87,9 @@ func writeAtomic(r *os.Root, name string, b []byte) error {
 
 // removeDurably removes a file and syncs its directory; a missing file is no error.
 func removeDurably(r *os.Root, name string) error {
-	if err := r.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := r.Remove(name); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	return syncDir(r, dirOf(name))
