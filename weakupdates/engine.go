@@ -311,7 +311,12 @@ type Plan struct {
 func (s *session) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
 	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{},
 		owner: map[string]string{}}
-	t, err := installedTarget(s.r, s.e.root(), "lib/modules/"+release)
+	modDir := "lib/modules/" + release
+	kernel, err := s.r.OpenRoot(modDir + "/kernel")
+	if err == nil {
+		defer kernel.Close()
+	}
+	t, err := installedTarget(s.r, s.e.root(), modDir, kernel)
 	if err != nil {
 		p.Notes = append(p.Notes, oneLine(err.Error()))
 		return p

@@ -197,14 +197,25 @@ func targetFromInstalled(dir string) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	return installedTarget(r, root, filepath.ToSlash(modDir))
+	// The directory was named by the user: its kernel/ may be a link anywhere (an unpacked
+	// image), which is followed here as the user asked; the engine opens it inside the root.
+	kernelDir, err := filepath.EvalSymlinks(filepath.Join(dir, "kernel"))
+	if err != nil {
+		kernelDir = filepath.Join(dir, "kernel")
+	}
+	kernel, err := os.OpenRoot(kernelDir)
+	if err == nil {
+		defer kernel.Close()
+	}
+	return installedTarget(r, root, filepath.ToSlash(modDir), kernel)
 }
 
 // installedTarget reads the installed kernel in modDir (lib/modules/<release>) under r, a
-// root opened at rootDir: every file it reads, symvers and modules, is reached through r, so
-// links in the tree cannot lead it outside the root, and only regular files of bounded size
-// are read.
-func installedTarget(r *os.Root, rootDir, modDir string) (*Target, error) {
+// root opened at rootDir, and its own modules under kernel (its kernel/ directory, nil when
+// missing): every file it reads, symvers and modules, is reached through r or kernel, so
+// links in the tree cannot lead it outside them, and only regular files of bounded size are
+// read.
+func installedTarget(r *os.Root, rootDir, modDir string, kernel *os.Root) (*Target, error) {
 	release := path.Base(modDir)
 	dir := filepath.Join(rootDir, modDir)
 	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
@@ -231,20 +242,24 @@ func installedTarget(r *os.Root, rootDir, modDir string) (*Target, error) {
 		return nil, fmt.Errorf("%s: no symvers for kernel %s (Debian's images ship none: install linux-headers-%s); looked at %s",
 			dir, release, release, strings.Join(tried, ", "))
 	}
-	kernelDir := modDir + "/kernel"
-	err := fs.WalkDir(r.FS(), kernelDir, func(p string, d fs.DirEntry, err error) error {
+	if kernel == nil {
+		t.Notes = append(t.Notes, "vermagic and struct module size not checked: no module of the kernel itself found under "+filepath.Join(dir, "kernel"))
+		return t, nil
+	}
+	err := fs.WalkDir(kernel.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() || !kmp.IsModuleFileName(d.Name()) {
 			return nil // unreadable parts of the tree only narrow the search
 		}
-		b, err := readRegular(r, p, MaxModuleSize)
+		full := filepath.Join(dir, "kernel", p)
+		b, err := readRegular(kernel, p, MaxModuleSize)
 		if err != nil {
 			return nil
 		}
-		data, _, err := kmp.Decompress(filepath.Join(rootDir, p), b)
+		data, _, err := kmp.Decompress(full, b)
 		if err != nil {
 			return nil
 		}
-		m, err := kmp.ParseModule(filepath.Join(rootDir, p), data)
+		m, err := kmp.ParseModule(full, data)
 		if err != nil {
 			return nil // one unreadable module does not stop the search
 		}
