@@ -171,6 +171,7 @@ func (e *Engine) AddKMP(k KMP) error {
 	if err := k.Validate(); err != nil {
 		return fmt.Errorf("add-kmp: %v", err)
 	}
+	k.Format = k.format() // recorded, so the version order never has to be guessed
 	b, err := json.MarshalIndent(k, "", "  ")
 	if err != nil {
 		return err

@@ -472,6 +472,9 @@ func TestEngineNewestFollowsPackageVersions(t *testing.T) {
 		}
 	}
 	reg("kmpack-hello-final", "1.0-1")
+	if b, _ := os.ReadFile(filepath.Join(s.root, "var/lib/kmpack/weak-updates/kmps/kmpack-hello-final.json")); !strings.Contains(string(b), `"format": "deb"`) {
+		t.Errorf("the registration does not record its package format:\n%s", b)
+	}
 	reg("kmpack-hello-rc", "1.0~rc1-1")
 	if c := chosen(); !strings.HasPrefix(c, "kmpack-hello-final 1.0-1 ") {
 		t.Errorf("chosen: %s, want 1.0-1 over 1.0~rc1-1", c)

@@ -154,8 +154,9 @@ func ParseRegistration(file string, data []byte) (KMP, error) {
 	if len(data) > MaxRegistrationSize {
 		return k, fmt.Errorf("%s: larger than %d bytes", file, MaxRegistrationSize)
 	}
+	// Unknown fields are ignored: a registration written by a newer kmpack still counts after
+	// a downgrade.
 	d := json.NewDecoder(bytes.NewReader(data))
-	d.DisallowUnknownFields()
 	if err := d.Decode(&k); err != nil {
 		return KMP{}, fmt.Errorf("%s: not a registration: %s", file, oneLine(err.Error()))
 	}
