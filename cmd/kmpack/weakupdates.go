@@ -42,7 +42,12 @@ modules all load there (kmpack compat's check), packages that need each other re
 fixpoint; stale links go, real files are never replaced, links are made atomically, runs are
 serialized by a lock, and depmod runs once per kernel that changed. A run killed at any point
 is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
-/lib/modules/<release>/symvers.* or the headers tree (/usr/src/linux-headers-<release>).`,
+/lib/modules/<release>/symvers.* or the headers tree (/usr/src/linux-headers-<release>).
+
+Everything under --root is reached through os.Root: nothing there (a name, a registration, a
+symbolic link) can lead the engine outside it. An invalid registration is skipped with a
+warning naming its file; a weak-updates directory that is a symbolic link is refused; modules
+must be regular files of at most 1 GiB. --dry-run writes nothing, not even the lock file.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system installed under this directory"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes without making them (writes nothing, not even the lock file)"},
