@@ -472,7 +472,7 @@ func (s *session) sync(flavor string, all []KMP) error {
 		}
 		if (changed || pending) && !s.e.DryRun {
 			killPoint("before-depmod")
-			if err := s.e.depmod(rel); err != nil {
+			if err := s.depmod(rel); err != nil {
 				return err
 			}
 			killPoint("after-depmod")
@@ -681,13 +681,14 @@ func (s *session) apply(p *Plan) (bool, error) {
 	return changed, nil
 }
 
-func (e *Engine) depmod(release string) error {
+func (s *session) depmod(release string) error {
+	e := s.e
 	if e.Depmod != nil {
 		return e.Depmod(release)
 	}
 	args := []string{"-a", release}
 	if e.root() != "/" {
-		args = append(append([]string{"-b", e.root()}, e.depmodConfigs()...), args...)
+		args = append(append([]string{"-b", e.root()}, s.depmodConfigs()...), args...)
 	}
 	timeout := e.DepmodTimeout
 	if timeout == 0 {
@@ -717,18 +718,19 @@ func runBounded(timeout time.Duration, name string, args ...string) error {
 
 // depmodConfigs are -C options for the root's own depmod.d directories: depmod -b reads the
 // running system's configuration otherwise, and the search order there (updates before
-// weak-updates before built-in) is what decides which copy of a module wins.
-func (e *Engine) depmodConfigs() []string {
+// weak-updates before built-in) is what decides which copy of a module wins. Only directories
+// inside the root count (one that links out of it, say to the host's /etc/depmod.d, is
+// skipped).
+func (s *session) depmodConfigs() []string {
 	var out []string
 	var seen []os.FileInfo
 	for _, d := range []string{"etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "lib/depmod.d", "usr/lib/depmod.d"} {
-		p := filepath.Join(e.root(), d)
-		fi, err := os.Stat(p)
+		fi, err := s.r.Stat(d)
 		if err != nil || !fi.IsDir() || slices.ContainsFunc(seen, func(o os.FileInfo) bool { return os.SameFile(o, fi) }) {
 			continue
 		}
 		seen = append(seen, fi)
-		out = append(out, "-C", p)
+		out = append(out, "-C", s.display(d))
 	}
 	return out
 }

@@ -162,3 +162,23 @@ func FuzzParseRegistration(f *testing.F) {
 		}
 	})
 }
+
+// depmod -b is given only the root's own depmod.d directories: one linking out of the root
+// (to the host's configuration) is left out.
+func TestDepmodConfigsStayInRoot(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(root, "lib/depmod.d"), 0o755)
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	if err := os.Symlink(outside, filepath.Join(root, "etc/depmod.d")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s := &session{e: &Engine{Root: root}, r: r}
+	if got := strings.Join(s.depmodConfigs(), " "); got != "-C "+filepath.Join(root, "lib/depmod.d") {
+		t.Errorf("depmod configuration directories: %s", got)
+	}
+}
