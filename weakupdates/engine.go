@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -14,42 +16,61 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 )
-
-// KMP is a module package as the engine knows it: registered by its maintainer scripts
-// (add-kmp) so the engine never parses a package manager's database.
-type KMP struct {
-	// Name is the software's name (kmpack.yaml name), shared by its packages for every kernel.
-	Name string `json:"name"`
-	// Package is the distro package that installed the modules; Version its version.
-	Package string `json:"package"`
-	Version string `json:"version"`
-	// Kernel is the release the modules were built for; Modules their paths from the root.
-	Kernel  string   `json:"kernel"`
-	Modules []string `json:"modules"`
-}
 
 // Engine keeps <root>/lib/modules/<release>/weak-updates/ in line with the registered KMPs:
 // every kernel of a KMP's flavor that has no build of it gets links to the newest build whose
 // modules all load there (weakupdates.Check), KMPs that need each other resolved to a fixpoint.
 // Every run recomputes the whole state from the registrations and the kernels, so a run
 // interrupted at any point is repaired by the next one.
+//
+// Everything under Root is reached through an os.Root: no registration, symbolic link or
+// directory planted under Root can make the engine read or write outside it. Directories the
+// engine writes into (weak-updates and the directories under it) are refused when they are
+// symbolic links.
 type Engine struct {
 	Root   string
 	DryRun bool
 	// Log receives one line per change (and, for Status, the state).
 	Log io.Writer
+	// Warn receives warnings (a registration skipped, a kernel or link refused); default
+	// os.Stderr.
+	Warn io.Writer
 	// Depmod re-indexes one kernel; default runs depmod -b <root> -a <release>.
 	Depmod func(release string) error
+	// LockTimeout bounds the wait for another run (DefaultLockTimeout when 0); DepmodTimeout
+	// bounds one depmod run (DefaultDepmodTimeout when 0).
+	LockTimeout   time.Duration
+	DepmodTimeout time.Duration
 }
+
+// DefaultDepmodTimeout is how long one depmod may run (seconds on real systems).
+const DefaultDepmodTimeout = 5 * time.Minute
 
 // DepmodConf is the depmod.d file the runtime package installs: a package's own modules
 // first, then weak-updates links, then the kernel's.
 const DepmodConf = "# Installed by kmpack: modules of a package built for this kernel (updates) win over\n" +
 	"# compatible builds for sibling kernels (weak-updates), which win over the kernel's own.\n" +
 	"search updates weak-updates built-in\n"
+
+// stateDir holds registrations, the lock and depmod-pending markers, relative to the root.
+const stateDir = "var/lib/kmpack/weak-updates"
+
+// KillPointEnv names the environment variable tests set to make the engine SIGKILL itself at
+// a named point of a run ("after-pending", "after-link", "before-depmod", "after-depmod"):
+// crash recovery is tested at exact points rather than after guessed delays.
+const KillPointEnv = "KMPACK_TEST_KILL_AT"
+
+func killPoint(name string) {
+	if os.Getenv(KillPointEnv) == name {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is on its way
+	}
+}
 
 func (e *Engine) root() string {
 	if e.Root == "" {
@@ -58,159 +79,210 @@ func (e *Engine) root() string {
 	return e.Root
 }
 
-func (e *Engine) stateDir() string   { return filepath.Join(e.root(), "var/lib/kmpack/weak-updates") }
-func (e *Engine) modulesDir() string { return filepath.Join(e.root(), "lib/modules") }
-
 func (e *Engine) logf(format string, args ...any) {
 	if e.Log != nil {
 		fmt.Fprintf(e.Log, format+"\n", args...)
 	}
 }
 
-// lock takes an exclusive lock against concurrent runs (maintainer scripts of several
-// packages, kernel hooks); it is released when the process exits, however it exits.
-func (e *Engine) lock() (func(), error) {
-	if err := os.MkdirAll(e.stateDir(), 0o755); err != nil {
-		return nil, err
+func (e *Engine) warnf(format string, args ...any) {
+	w := e.Warn
+	if w == nil {
+		w = os.Stderr
 	}
-	f, err := os.OpenFile(filepath.Join(e.stateDir(), "lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { f.Close() }, nil
+	fmt.Fprintf(w, "kmpack: weak-updates: warning: "+format+"\n", args...)
 }
 
-func (e *Engine) kmps() ([]KMP, error) {
-	files, _ := filepath.Glob(filepath.Join(e.stateDir(), "kmps", "*.json"))
-	var out []KMP
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
+// session is one run: the root opened once, the lock held.
+type session struct {
+	e *Engine
+	r *os.Root
+}
+
+// display is a path under the root as the user knows it.
+func (s *session) display(name string) string { return filepath.Join(s.e.root(), name) }
+
+// run opens the root, takes the lock (shared, and never created, for read-only runs) and
+// runs fn.
+func (e *Engine) run(write bool, fn func(s *session) error) error {
+	r, err := os.OpenRoot(e.root())
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	timeout := e.LockTimeout
+	if timeout == 0 {
+		timeout = DefaultLockTimeout
+	}
+	lockName := stateDir + "/lock"
+	unlock, err := lockFile(r, lockName, !write || e.DryRun, timeout)
+	if err != nil {
+		return fmt.Errorf("%s: %v", filepath.Join(e.root(), lockName), err)
+	}
+	defer unlock()
+	return fn(&session{e: e, r: r})
+}
+
+func registrationFile(pkg string) string { return stateDir + "/kmps/" + pkg + ".json" }
+
+// kmps reads the registrations. One that cannot be read or is not valid is skipped with a
+// warning naming its file: it must not stop the others (or a kernel's hooks).
+func (s *session) kmps() []KMP {
+	dir := stateDir + "/kmps"
+	d, err := s.r.Open(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.e.warnf("%s: %v", s.display(dir), err)
 		}
-		var k KMP
-		if err := json.Unmarshal(b, &k); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
+		return nil
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		s.e.warnf("%s: %v", s.display(dir), err)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	var out []KMP
+	for _, ent := range entries {
+		if !strings.HasSuffix(ent.Name(), ".json") {
+			continue
+		}
+		name := dir + "/" + ent.Name()
+		b, err := readRegular(s.r, name, MaxRegistrationSize)
+		if err != nil {
+			s.e.warnf("skipping registration %s: %s", s.display(name), oneLine(err.Error()))
+			continue
+		}
+		k, err := ParseRegistration(s.display(name), b)
+		if err != nil {
+			s.e.warnf("skipping registration %s", oneLine(err.Error()))
+			continue
 		}
 		out = append(out, k)
 	}
-	return out, nil
-}
-
-// writeAtomic writes a file whole or not at all.
-func writeAtomic(p string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return out
 }
 
 // AddKMP registers a package's modules and links them into every kernel they load in.
 // Registering a package again (upgrade, reinstall) replaces its registration: links are never
-// lost on reinstall (SUSE's bsc#1257055).
+// lost on reinstall (SUSE's bsc#1257055). A dry run prints the changes the registration would
+// make and writes nothing.
 func (e *Engine) AddKMP(k KMP) error {
-	if k.Name == "" || k.Package == "" || k.Kernel == "" || len(k.Modules) == 0 || strings.ContainsAny(k.Package, "/\x00") {
-		return fmt.Errorf("add-kmp needs a name, a package, its kernel and its modules")
+	if err := k.Validate(); err != nil {
+		return fmt.Errorf("add-kmp: %v", err)
 	}
-	unlock, err := e.lock()
+	k.Format = k.format() // recorded, so the version order never has to be guessed
+	b, err := json.MarshalIndent(k, "", "  ")
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	b, _ := json.MarshalIndent(k, "", "  ")
-	if !e.DryRun {
-		if err := writeAtomic(filepath.Join(e.stateDir(), "kmps", k.Package+".json"), b); err != nil {
-			return err
+	return e.run(true, func(s *session) error {
+		if !e.DryRun {
+			if err := writeAtomic(s.r, registrationFile(k.Package), append(b, '\n')); err != nil {
+				return err
+			}
 		}
-	}
-	return e.sync(kmp.FlavorFromRelease(k.Kernel))
+		all := slices.DeleteFunc(s.kmps(), func(o KMP) bool { return o.Package == k.Package })
+		return s.sync(kmp.FlavorFromRelease(k.Kernel), append(all, k))
+	})
 }
 
 // RemoveKMP forgets a package and relinks what it provided to the next best build.
 func (e *Engine) RemoveKMP(pkg string) error {
-	unlock, err := e.lock()
-	if err != nil {
-		return err
+	if err := ident.PackageName(pkg); err != nil {
+		return fmt.Errorf("remove-kmp: %v", err)
 	}
-	defer unlock()
-	f := filepath.Join(e.stateDir(), "kmps", pkg+".json")
-	b, err := os.ReadFile(f)
-	if errors.Is(err, os.ErrNotExist) {
-		return e.sync("")
-	}
-	if err != nil {
-		return err
-	}
-	var k KMP
-	if err := json.Unmarshal(b, &k); err != nil {
-		return fmt.Errorf("%s: %v", f, err)
-	}
-	if !e.DryRun {
-		if err := os.Remove(f); err != nil {
-			return err
+	return e.run(true, func(s *session) error {
+		name := registrationFile(pkg)
+		flavor := ""
+		b, err := readRegular(s.r, name, MaxRegistrationSize)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			s.e.warnf("%s: %s; removing it", s.display(name), oneLine(err.Error()))
+		default:
+			if k, err := ParseRegistration(s.display(name), b); err != nil {
+				s.e.warnf("%s; removing it", oneLine(err.Error()))
+			} else {
+				flavor = kmp.FlavorFromRelease(k.Kernel)
+			}
 		}
-	}
-	return e.sync(kmp.FlavorFromRelease(k.Kernel))
+		if err == nil || !errors.Is(err, fs.ErrNotExist) {
+			e.logf("unregister %s", pkg)
+			if !e.DryRun {
+				if err := removeDurably(s.r, name); err != nil {
+					return err
+				}
+			}
+		}
+		all := slices.DeleteFunc(s.kmps(), func(o KMP) bool { return o.Package == pkg })
+		return s.sync(flavor, all)
+	})
 }
 
 // Sync recomputes every installed kernel's links: what an upgraded engine, or a repair by
 // hand, runs.
 func (e *Engine) Sync() error {
-	unlock, err := e.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return e.sync("")
+	return e.run(true, func(s *session) error { return s.sync("", s.kmps()) })
 }
 
 // AddKernel links every compatible KMP into a newly installed kernel.
 func (e *Engine) AddKernel(release string) error {
-	unlock, err := e.lock()
-	if err != nil {
-		return err
+	if err := ident.KernelRelease(release); err != nil {
+		return fmt.Errorf("add-kernel: %v", err)
 	}
-	defer unlock()
-	return e.sync(kmp.FlavorFromRelease(release))
+	return e.run(true, func(s *session) error { return s.sync(kmp.FlavorFromRelease(release), s.kmps()) })
 }
 
 // RemoveKernel drops a removed kernel's weak-updates directory and relinks the others (a
 // kernel that goes away may have been some link's source).
 func (e *Engine) RemoveKernel(release string) error {
-	unlock, err := e.lock()
-	if err != nil {
-		return err
+	if err := ident.KernelRelease(release); err != nil {
+		return fmt.Errorf("remove-kernel: %v", err)
 	}
-	defer unlock()
-	dir := filepath.Join(e.modulesDir(), release)
-	if _, err := os.Stat(filepath.Join(dir, "kernel")); errors.Is(err, os.ErrNotExist) {
-		e.logf("remove %s", filepath.Join(dir, "weak-updates"))
-		if !e.DryRun {
-			if err := os.RemoveAll(filepath.Join(dir, "weak-updates")); err != nil {
-				return err
+	return e.run(true, func(s *session) error {
+		dir := "lib/modules/" + release
+		if _, err := s.r.Lstat(dir + "/kernel"); errors.Is(err, fs.ErrNotExist) {
+			wu := dir + "/weak-updates"
+			if fi, err := s.r.Lstat(wu); err == nil {
+				e.logf("remove %s", s.display(wu))
+				if !e.DryRun {
+					if fi.Mode()&fs.ModeSymlink != 0 {
+						err = s.r.Remove(wu) // the link, never what it points to
+					} else {
+						err = s.r.RemoveAll(wu)
+					}
+					if err != nil {
+						return err
+					}
+					s.r.Remove(dir) // only if nothing else is left
+				}
 			}
-			os.Remove(dir) // only if nothing else is left
-			os.Remove(e.depmodPending(release))
+			if !e.DryRun {
+				if err := removeDurably(s.r, depmodPending(release)); err != nil {
+					return err
+				}
+			}
 		}
-	}
-	return e.sync(kmp.FlavorFromRelease(release))
+		return s.sync(kmp.FlavorFromRelease(release), s.kmps())
+	})
 }
 
 // installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
-func (e *Engine) installedKernels() []string {
-	dirs, _ := os.ReadDir(e.modulesDir())
+func (s *session) installedKernels() []string {
+	d, err := s.r.Open("lib/modules")
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
 	var out []string
-	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(e.modulesDir(), d.Name(), "kernel")); err == nil {
-			out = append(out, d.Name())
+	for _, n := range names {
+		if ident.KernelRelease(n) != nil {
+			continue // not a kernel's directory
+		}
+		if _, err := s.r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+			out = append(out, n)
 		}
 	}
 	sort.Strings(out)
@@ -225,17 +297,29 @@ type Plan struct {
 	// Chosen and Rejected say, per KMP name, which build is linked and why others are not.
 	Chosen   map[string]string   `json:"chosen"`
 	Rejected map[string][]string `json:"rejected,omitempty"`
+	// Unlinked says, per chosen KMP name (filled by Status), why its links are not all in
+	// place on disk: a real file in the way, a directory that is a symbolic link, a link
+	// missing or pointing elsewhere until the next sync.
+	Unlinked map[string][]string `json:"unlinked,omitempty"`
 	Notes    []string            `json:"notes,omitempty"`
+
+	owner map[string]string // link -> KMP name
 }
 
 // plan decides kernel K's links: per KMP name without a build for K, the newest build whose
 // modules all load in K, with symbols of other KMPs present in K (own builds and links chosen
 // so far) available, repeated until nothing changes.
-func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
-	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{}}
-	t, err := OpenTarget(context.Background(), filepath.Join(e.modulesDir(), release), TargetOptions{})
+func (s *session) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
+	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{},
+		owner: map[string]string{}}
+	modDir := "lib/modules/" + release
+	kernel, err := s.r.OpenRoot(modDir + "/kernel")
+	if err == nil {
+		defer kernel.Close()
+	}
+	t, err := installedTarget(s.r, s.e.root(), modDir, kernel)
 	if err != nil {
-		p.Notes = append(p.Notes, err.Error())
+		p.Notes = append(p.Notes, oneLine(err.Error()))
 		return p
 	}
 	// Exports available in K beyond its symvers: own builds, then chosen links.
@@ -295,8 +379,9 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 				}
 				p.Chosen[name] = fmt.Sprintf("%s %s (built for %s)", k.Package, k.Version, k.Kernel)
 				for _, m := range k.Modules {
-					rel := strings.TrimPrefix(m, "/lib/modules/"+k.Kernel+"/")
-					p.Links[path.Join("/lib/modules", release, "weak-updates", strings.TrimPrefix(rel, "updates/"))] = m
+					link := path.Join("/lib/modules", release, "weak-updates", linkPath(&k, m))
+					p.Links[link] = m
+					p.owner[link] = name
 				}
 				addExports(k)
 				changed = true
@@ -312,29 +397,40 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 	return p
 }
 
-// newer orders a KMP's builds: higher version first, then the newer kernel it was built for.
-func newer(a, b KMP) bool {
-	if c := kmp.CompareReleases(a.Version, b.Version); c != 0 {
-		return c > 0
+// readModule reads a registered module through the root (a FIFO, device or oversized file
+// is an error, not a hang).
+func (s *session) readModule(m string) (*kmp.ModuleInfo, error) {
+	b, err := readRegular(s.r, rel(m), MaxModuleSize)
+	if err != nil {
+		return nil, err
 	}
-	return kmp.CompareReleases(a.Kernel, b.Kernel) > 0
+	data, c, err := kmp.Decompress(s.display(m), b)
+	if err != nil {
+		return nil, err
+	}
+	mi, err := kmp.ParseModule(s.display(m), data)
+	if err != nil {
+		return nil, err
+	}
+	mi.Compression = c
+	return mi, nil
 }
 
-// liveKMPs are the registered KMPs whose modules are all readable, with those modules read. A
+// liveKMPs are the KMPs whose modules are all readable, with those modules read. A
 // registration whose files are gone (a package removed without remove-kmp) just stops counting.
-func (e *Engine) liveKMPs() ([]KMP, map[string]*kmp.ModuleInfo, error) {
-	all, err := e.kmps()
-	if err != nil {
-		return nil, nil, err
-	}
+func (s *session) liveKMPs(all []KMP) ([]KMP, map[string]*kmp.ModuleInfo) {
 	infos := map[string]*kmp.ModuleInfo{}
 	var live []KMP
 	for _, k := range all {
 		ok := true
 		for _, m := range k.Modules {
-			mi, err := kmp.ReadModule(filepath.Join(e.root(), m))
+			mi, err := s.readModule(m)
 			if err != nil {
-				e.logf("skip %s: %v", k.Package, err)
+				if errors.Is(err, fs.ErrNotExist) {
+					s.e.logf("skip %s: %s is gone", k.Package, m)
+				} else {
+					s.e.warnf("skipping %s: %s: %s", k.Package, s.display(m), oneLine(err.Error()))
+				}
 				ok = false
 				break
 			}
@@ -344,34 +440,49 @@ func (e *Engine) liveKMPs() ([]KMP, map[string]*kmp.ModuleInfo, error) {
 			live = append(live, k)
 		}
 	}
-	return live, infos, nil
+	return live, infos
 }
 
+// refusedError is a kernel the engine will not touch (its weak-updates is not a real
+// directory); the run goes on with the other kernels and fails at the end.
+type refusedError struct{ msg string }
+
+func (e *refusedError) Error() string { return e.msg }
+
 // sync recomputes and applies the links of every installed kernel of flavor ("" for all).
-func (e *Engine) sync(flavor string) error {
-	live, infos, err := e.liveKMPs()
-	if err != nil {
-		return err
-	}
-	for _, rel := range e.installedKernels() {
+func (s *session) sync(flavor string, all []KMP) error {
+	live, infos := s.liveKMPs(all)
+	var refused []string
+	for _, rel := range s.installedKernels() {
 		if flavor != "" && kmp.FlavorFromRelease(rel) != flavor {
 			continue
 		}
-		p := e.plan(rel, live, infos)
-		_, err := os.Stat(e.depmodPending(rel))
+		p := s.plan(rel, live, infos)
+		_, err := s.r.Lstat(depmodPending(rel))
 		pending := err == nil
-		changed, err := e.apply(p)
+		changed, err := s.apply(p)
+		var r *refusedError
+		if errors.As(err, &r) {
+			s.e.warnf("%s", r.msg)
+			refused = append(refused, rel)
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		if (changed || pending) && !e.DryRun {
-			if err := e.depmod(rel); err != nil {
+		if (changed || pending) && !s.e.DryRun {
+			killPoint("before-depmod")
+			if err := s.depmod(rel); err != nil {
 				return err
 			}
-			if err := os.Remove(e.depmodPending(rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			killPoint("after-depmod")
+			if err := removeDurably(s.r, depmodPending(rel)); err != nil {
 				return err
 			}
 		}
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("left the weak-updates of %s alone (see the warnings above)", strings.Join(refused, ", "))
 	}
 	return nil
 }
@@ -379,82 +490,148 @@ func (e *Engine) sync(flavor string) error {
 // depmodPending marks a kernel whose links changed and whose depmod has not yet finished: a
 // run killed in between leaves the links right and the indexes stale, and the next run, finding
 // nothing to link, still has to re-index.
-func (e *Engine) depmodPending(release string) string {
-	return filepath.Join(e.stateDir(), "depmod-pending", release)
+func depmodPending(release string) string {
+	return stateDir + "/depmod-pending/" + release
 }
 
-// apply makes the kernel's weak-updates match the plan: stale links (kmpack's: pointing into
-// /lib/modules/*/updates/) removed, missing or wrong ones made atomically, real files never
-// touched.
-func (e *Engine) apply(p *Plan) (bool, error) {
-	dir := filepath.Join(e.modulesDir(), p.Kernel, "weak-updates")
+// managedTarget tells a link target kmpack makes: a module under another kernel's
+// /lib/modules/<release>/, outside its kernel/ and weak-updates/ (what Validate allows a
+// registration to list), wherever the package put it (updates/, extra/, ...).
+func managedTarget(t string) bool {
+	if !strings.HasPrefix(t, "/lib/modules/") || path.Clean(t) != t {
+		return false
+	}
+	parts := strings.Split(strings.TrimPrefix(t, "/lib/modules/"), "/")
+	return len(parts) >= 3 && ident.KernelRelease(parts[0]) == nil && parts[1] != "kernel" && parts[1] != "weak-updates" &&
+		kmp.IsModuleFileName(parts[len(parts)-1])
+}
+
+// weakUpdates opens a kernel's weak-updates directory as a root of its own, refusing it when
+// it is a symbolic link or not a directory. It returns nil, nil when it does not exist.
+func (s *session) weakUpdates(release string) (*os.Root, error) {
+	dir := "lib/modules/" + release + "/weak-updates"
+	fi, err := s.r.Lstat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return nil, &refusedError{fmt.Sprintf("%s is a symbolic link: refusing to make links through it (replace it with a directory)", s.display(dir))}
+	case !fi.IsDir():
+		return nil, &refusedError{fmt.Sprintf("%s is not a directory: refusing to touch it", s.display(dir))}
+	}
+	return s.r.OpenRoot(dir)
+}
+
+// blockedParent returns the first directory on the way to link (a path inside weak-updates)
+// that exists and is not a real directory: a stray file or a symbolic link the engine will
+// not write through.
+func blockedParent(wu *os.Root, link string) string {
+	parts := strings.Split(link, "/")
+	for i := 1; i < len(parts); i++ {
+		d := strings.Join(parts[:i], "/")
+		fi, err := wu.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			return ""
+		}
+		if err != nil || !fi.IsDir() {
+			return d
+		}
+	}
+	return ""
+}
+
+// apply makes the kernel's weak-updates match the plan: stale links (kmpack's: managedTarget)
+// removed, missing or wrong ones made atomically, real files never touched.
+func (s *session) apply(p *Plan) (bool, error) {
+	e := s.e
+	wuDir := "lib/modules/" + p.Kernel + "/weak-updates"
+	wu, err := s.weakUpdates(p.Kernel)
+	if err != nil {
+		return false, err
+	}
+	if wu != nil {
+		defer wu.Close()
+	}
 	changed := false
 	// change records, before the first change, that this kernel needs depmod.
 	change := func() error {
 		if !changed && !e.DryRun {
-			if err := writeAtomic(e.depmodPending(p.Kernel), nil); err != nil {
+			if err := writeAtomic(s.r, depmodPending(p.Kernel), nil); err != nil {
 				return err
 			}
+			killPoint("after-pending")
 		}
 		changed = true
 		return nil
 	}
+	abs := func(l string) string { return "/" + wuDir + "/" + l }
 	// Links are relative, so they resolve the same in the system and in an image or test root
-	// (depmod -b, dpkg --root); existing maps each kmpack link to its absolute target.
+	// (depmod -b, dpkg --root); existing maps each kmpack link (inside weak-updates) to its
+	// absolute target.
 	existing := map[string]string{}
-	filepath.WalkDir(dir, func(fp string, d os.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		if !d.IsDir() && strings.HasSuffix(fp, ".kmpack-tmp") {
-			e.logf("remove %s (left by an interrupted run)", fp)
-			if !e.DryRun {
-				os.Remove(fp)
+	if wu != nil {
+		fs.WalkDir(wu.FS(), ".", func(l string, d fs.DirEntry, err error) error {
+			if err != nil || d.Type()&fs.ModeSymlink == 0 {
+				return nil // directories are walked, never followed; real files are never touched
 			}
-			return nil
-		}
-		if d.Type()&os.ModeSymlink != 0 {
-			link := "/" + strings.TrimPrefix(filepath.ToSlash(fp), strings.TrimSuffix(filepath.ToSlash(e.root()), "/")+"/")
-			if t, err := os.Readlink(fp); err == nil {
+			if strings.HasSuffix(l, ".kmpack-tmp") {
+				e.logf("remove %s (left by an interrupted run)", abs(l))
+				if !e.DryRun {
+					wu.Remove(l)
+				}
+				return nil
+			}
+			if t, err := wu.Readlink(l); err == nil {
 				if !path.IsAbs(t) {
-					t = path.Join(path.Dir(link), t)
+					t = path.Join(path.Dir(abs(l)), t)
 				}
-				if strings.HasPrefix(t, "/lib/modules/") && strings.Contains(t, "/updates/") {
-					existing[link] = t
+				if managedTarget(t) {
+					existing[l] = t
 				}
 			}
-		}
-		return nil
-	})
-	for link, target := range existing {
-		if _, keep := p.Links[link]; keep {
+			return nil
+		})
+	}
+	for _, l := range slices.Sorted(maps.Keys(existing)) {
+		if _, keep := p.Links[abs(l)]; keep {
 			continue // kept, or replaced below
 		}
-		e.logf("unlink %s -> %s", link, target)
+		e.logf("unlink %s -> %s", abs(l), existing[l])
 		if err := change(); err != nil {
 			return changed, err
 		}
 		if !e.DryRun {
-			if err := os.Remove(filepath.Join(e.root(), link)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := wu.Remove(l); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return changed, err
 			}
-			os.Remove(filepath.Dir(filepath.Join(e.root(), link))) // empty package directory
+			for d := path.Dir(l); d != "."; d = path.Dir(d) {
+				if wu.Remove(d) != nil { // empty package directories only
+					break
+				}
+			}
 		}
 	}
-	var links []string
-	for l := range p.Links {
-		links = append(links, l)
-	}
-	sort.Strings(links)
-	for _, link := range links {
+	for _, link := range slices.Sorted(maps.Keys(p.Links)) {
 		target := p.Links[link]
-		if existing[link] == target {
+		l := strings.TrimPrefix(link, "/"+wuDir+"/")
+		if existing[l] == target {
 			continue
 		}
-		full := filepath.Join(e.root(), link)
-		if fi, err := os.Lstat(full); err == nil && fi.Mode()&os.ModeSymlink == 0 {
-			e.logf("keep %s: a real file, never replaced", link)
-			continue
+		replace := false
+		if wu != nil {
+			if d := blockedParent(wu, l); d != "" {
+				e.warnf("%s is not a directory (a stray file or a symbolic link): %s not linked", s.display(abs(d)), link)
+				continue
+			}
+			if fi, err := wu.Lstat(l); err == nil {
+				if fi.Mode()&fs.ModeSymlink == 0 {
+					e.warnf("%s is a real file, not kmpack's: kept, %s not linked there", s.display(link), target)
+					continue
+				}
+				replace = true // a link, kmpack's or stale: replaced atomically
+			}
 		}
 		e.logf("link %s -> %s", link, target)
 		if err := change(); err != nil {
@@ -463,66 +640,163 @@ func (e *Engine) apply(p *Plan) (bool, error) {
 		if e.DryRun {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			return changed, err
+		if wu == nil {
+			if err := s.r.Mkdir(wuDir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return changed, err
+			}
+			if wu, err = s.weakUpdates(p.Kernel); err != nil {
+				return changed, err
+			}
+			defer wu.Close()
 		}
-		rel, err := filepath.Rel(path.Dir(link), target)
+		for i, parts := 1, strings.Split(l, "/"); i < len(parts); i++ {
+			if err := wu.Mkdir(strings.Join(parts[:i], "/"), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return changed, err
+			}
+		}
+		if d := blockedParent(wu, l); d != "" {
+			e.warnf("%s is not a directory: %s not linked", s.display(abs(d)), link)
+			continue
+		}
+		relTarget, err := filepath.Rel(path.Dir(link), target)
 		if err != nil {
 			return changed, err
 		}
-		tmp := full + ".kmpack-tmp"
-		os.Remove(tmp)
-		if err := os.Symlink(rel, tmp); err != nil {
-			return changed, err
+		if replace {
+			tmp := l + ".kmpack-tmp"
+			wu.Remove(tmp)
+			if err := wu.Symlink(relTarget, tmp); err != nil {
+				return changed, err
+			}
+			if err := wu.Rename(tmp, l); err != nil {
+				return changed, err
+			}
+		} else if err := wu.Symlink(relTarget, l); err != nil {
+			// Something appeared there since the check: never replace it.
+			e.warnf("%s: %v: not linked", s.display(link), err)
+			continue
 		}
-		if err := os.Rename(tmp, full); err != nil {
-			return changed, err
-		}
+		killPoint("after-link")
 	}
 	return changed, nil
 }
 
-func (e *Engine) depmod(release string) error {
+func (s *session) depmod(release string) error {
+	e := s.e
 	if e.Depmod != nil {
 		return e.Depmod(release)
 	}
 	args := []string{"-a", release}
 	if e.root() != "/" {
-		args = append(append([]string{"-b", e.root()}, e.depmodConfigs()...), args...)
+		args = append(append([]string{"-b", e.root()}, s.depmodConfigs()...), args...)
 	}
-	if out, err := exec.Command("depmod", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("depmod %s: %v: %s", release, err, out)
+	timeout := e.DepmodTimeout
+	if timeout == 0 {
+		timeout = DefaultDepmodTimeout
+	}
+	return runBounded(timeout, "depmod", args...)
+}
+
+// runBounded runs a command in its own process group, killed (the whole group) after
+// timeout; WaitDelay bounds the wait for output pipes a leftover child may hold open.
+func runBounded(timeout time.Duration, name string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s %s: killed after %v", name, strings.Join(args, " "), timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, oneLine(string(out)))
 	}
 	return nil
 }
 
 // depmodConfigs are -C options for the root's own depmod.d directories: depmod -b reads the
 // running system's configuration otherwise, and the search order there (updates before
-// weak-updates before built-in) is what decides which copy of a module wins.
-func (e *Engine) depmodConfigs() []string {
+// weak-updates before built-in) is what decides which copy of a module wins. Only directories
+// inside the root count (one that links out of it, say to the host's /etc/depmod.d, is
+// skipped).
+func (s *session) depmodConfigs() []string {
 	var out []string
 	var seen []os.FileInfo
 	for _, d := range []string{"etc/depmod.d", "run/depmod.d", "usr/local/lib/depmod.d", "lib/depmod.d", "usr/lib/depmod.d"} {
-		p := filepath.Join(e.root(), d)
-		fi, err := os.Stat(p)
+		fi, err := s.r.Stat(d)
 		if err != nil || !fi.IsDir() || slices.ContainsFunc(seen, func(o os.FileInfo) bool { return os.SameFile(o, fi) }) {
 			continue
 		}
 		seen = append(seen, fi)
-		out = append(out, "-C", p)
+		out = append(out, "-C", s.display(d))
 	}
 	return out
 }
 
-// Status describes every installed kernel's plan (what is linked, and why the rest is not).
+// Status describes every installed kernel's plan (what is linked, and why the rest is not)
+// and, in Unlinked, where the disk does not match it.
 func (e *Engine) Status() ([]*Plan, error) {
-	all, infos, err := e.liveKMPs()
-	if err != nil {
-		return nil, err
-	}
 	var out []*Plan
-	for _, rel := range e.installedKernels() {
-		out = append(out, e.plan(rel, all, infos))
+	err := e.run(false, func(s *session) error {
+		live, infos := s.liveKMPs(s.kmps())
+		for _, rel := range s.installedKernels() {
+			p := s.plan(rel, live, infos)
+			s.checkLinks(p)
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// checkLinks fills p.Unlinked from what is on disk.
+func (s *session) checkLinks(p *Plan) {
+	p.Unlinked = map[string][]string{}
+	wuDir := "lib/modules/" + p.Kernel + "/weak-updates"
+	wu, err := s.weakUpdates(p.Kernel)
+	if err != nil {
+		for _, n := range sortedValues(p.owner) {
+			p.Unlinked[n] = append(p.Unlinked[n], oneLine(err.Error()))
+		}
+		return
 	}
-	return out, nil
+	if wu != nil {
+		defer wu.Close()
+	}
+	for _, link := range slices.Sorted(maps.Keys(p.Links)) {
+		n, target := p.owner[link], p.Links[link]
+		l := strings.TrimPrefix(link, "/"+wuDir+"/")
+		why := link + " is missing (run kmpack weak-updates sync)"
+		if wu != nil {
+			if d := blockedParent(wu, l); d != "" {
+				why = "/" + wuDir + "/" + d + " is not a directory (a stray file or a symbolic link)"
+			} else if fi, err := wu.Lstat(l); err == nil {
+				if fi.Mode()&fs.ModeSymlink == 0 {
+					why = link + " is a real file, not kmpack's: the kernel loads it instead"
+				} else if t, err := wu.Readlink(l); err == nil {
+					if !path.IsAbs(t) {
+						t = path.Join(path.Dir(link), t)
+					}
+					if t == target {
+						continue
+					}
+					why = link + " points to " + t + " (run kmpack weak-updates sync)"
+				}
+			}
+		}
+		p.Unlinked[n] = append(p.Unlinked[n], why)
+	}
+}
+
+func sortedValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -45,8 +45,14 @@ func links(t *testing.T, root, release string) map[string]string {
 	return testenv.WeakUpdatesLinks(root, release)
 }
 
+// modulesDep is the kernel's modules.dep; a missing or empty one fails the test, so checks
+// that a module is absent from it cannot pass on an index that is not there.
 func modulesDep(t *testing.T, root, release string) string {
-	b, _ := os.ReadFile(filepath.Join(root, "lib/modules", release, "modules.dep"))
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "lib/modules", release, "modules.dep"))
+	if err != nil || !strings.Contains(string(b), "kernel/") {
+		t.Fatalf("%s's modules.dep is missing or lists none of the kernel's modules: %v", release, err)
+	}
 	return string(b)
 }
 

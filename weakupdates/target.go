@@ -4,10 +4,12 @@
 package weakupdates
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -182,19 +184,54 @@ func SymversLocations(root, release string) []string {
 // vermagic and struct module size from one of its own modules.
 func targetFromInstalled(dir string) (*Target, error) {
 	dir, _ = filepath.Abs(dir)
-	release := filepath.Base(dir)
 	root := filepath.Dir(filepath.Dir(filepath.Dir(dir))) // <root>/lib/modules/<release>
 	if strings.HasSuffix(filepath.Dir(filepath.Dir(dir)), "/usr/lib") {
 		root = filepath.Dir(root)
 	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	modDir, err := filepath.Rel(root, dir)
+	if err != nil {
+		return nil, err
+	}
+	// The directory was named by the user: its kernel/ may be a link anywhere (an unpacked
+	// image), which is followed here as the user asked; the engine opens it inside the root.
+	kernelDir, err := filepath.EvalSymlinks(filepath.Join(dir, "kernel"))
+	if err != nil {
+		kernelDir = filepath.Join(dir, "kernel")
+	}
+	kernel, err := os.OpenRoot(kernelDir)
+	if err == nil {
+		defer kernel.Close()
+	}
+	return installedTarget(r, root, filepath.ToSlash(modDir), kernel)
+}
+
+// installedTarget reads the installed kernel in modDir (lib/modules/<release>) under r, a
+// root opened at rootDir, and its own modules under kernel (its kernel/ directory, nil when
+// missing): every file it reads, symvers and modules, is reached through r or kernel, so
+// links in the tree cannot lead it outside them, and only regular files of bounded size are
+// read.
+func installedTarget(r *os.Root, rootDir, modDir string, kernel *os.Root) (*Target, error) {
+	release := path.Base(modDir)
+	dir := filepath.Join(rootDir, modDir)
 	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
 	var tried []string
-	for _, p := range SymversLocations(root, release) {
-		if _, err := os.Stat(p); err != nil {
-			tried = append(tried, p)
+	for _, p := range SymversLocations("/", release) {
+		b, err := readRegular(r, rel(p), MaxModuleSize)
+		if err != nil {
+			tried = append(tried, filepath.Join(rootDir, p))
 			continue
 		}
-		sv, err := kmp.ReadSymvers(p)
+		full := filepath.Join(rootDir, p)
+		data, _, err := kmp.Decompress(full, b)
+		if err != nil {
+			return nil, err
+		}
+		sv, err := kmp.ParseSymvers(full, bytes.NewReader(data))
 		if err != nil {
 			return nil, err
 		}
@@ -205,15 +242,24 @@ func targetFromInstalled(dir string) (*Target, error) {
 		return nil, fmt.Errorf("%s: no symvers for kernel %s (Debian's images ship none: install linux-headers-%s); looked at %s",
 			dir, release, release, strings.Join(tried, ", "))
 	}
-	kernelDir, err := filepath.EvalSymlinks(filepath.Join(dir, "kernel"))
-	if err != nil {
-		kernelDir = filepath.Join(dir, "kernel")
+	if kernel == nil {
+		t.Notes = append(t.Notes, "vermagic and struct module size not checked: no module of the kernel itself found under "+filepath.Join(dir, "kernel"))
+		return t, nil
 	}
-	err = filepath.WalkDir(kernelDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !kmp.IsModuleFileName(d.Name()) {
+	err := fs.WalkDir(kernel.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || !kmp.IsModuleFileName(d.Name()) {
 			return nil // unreadable parts of the tree only narrow the search
 		}
-		m, err := kmp.ReadModule(p)
+		full := filepath.Join(dir, "kernel", p)
+		b, err := readRegular(kernel, p, MaxModuleSize)
+		if err != nil {
+			return nil
+		}
+		data, _, err := kmp.Decompress(full, b)
+		if err != nil {
+			return nil
+		}
+		m, err := kmp.ParseModule(full, data)
 		if err != nil {
 			return nil // one unreadable module does not stop the search
 		}

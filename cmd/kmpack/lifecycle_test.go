@@ -9,10 +9,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 // debSystem is a dpkg root holding real Debian kernels, into which the tests install kmpack's
@@ -48,10 +48,51 @@ func (s *debSystem) links(release string) map[string]string {
 }
 
 // modprobeFinds is the file modinfo (the kernel's module lookup through modules.dep) picks for
-// module in release.
+// module in release, "" when modinfo says the module is not found. Since modinfo says that
+// too when the lookup itself is broken (no indexes, a wrong root), an absence only counts
+// when the same lookup finds a module the kernel itself ships; any other failure fails the
+// test.
 func (s *debSystem) modprobeFinds(release, module string) string {
-	out, _ := exec.Command("modinfo", "-b", s.root, "-k", release, "-F", "filename", module).Output()
-	return strings.TrimSpace(string(out))
+	s.t.Helper()
+	f, notFound := s.modinfo(release, module)
+	if !notFound {
+		return f
+	}
+	dep, err := os.ReadFile(filepath.Join(s.root, "lib/modules", release, "modules.dep"))
+	if err != nil {
+		s.t.Fatalf("looking up %s in %s: no modules.dep: %v", module, release, err)
+	}
+	for _, l := range strings.Split(string(dep), "\n") {
+		if ko, _, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(ko, "kernel/") {
+			control := strings.TrimSuffix(filepath.Base(ko), ".ko")
+			if c, nf := s.modinfo(release, control); nf || c != filepath.Join(s.root, "lib/modules", release, ko) {
+				s.t.Fatalf("looking up %s in %s: the lookup is broken: the kernel's own %s is found at %q", module, release, control, c)
+			}
+			return ""
+		}
+	}
+	s.t.Fatalf("looking up %s in %s: modules.dep lists no module of the kernel", module, release)
+	return ""
+}
+
+// modinfo runs modinfo -F filename; notFound is its "Module ... not found" answer, any other
+// failure fails the test.
+func (s *debSystem) modinfo(release, module string) (file string, notFound bool) {
+	s.t.Helper()
+	var stderr strings.Builder
+	cmd := exec.Command("modinfo", "-b", s.root, "-k", release, "-F", "filename", module)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if strings.TrimSpace(stderr.String()) == "modinfo: ERROR: Module "+module+" not found." {
+			return "", true
+		}
+		s.t.Fatalf("modinfo %s in %s: %v: %s", module, release, err, stderr.String())
+	}
+	if file = strings.TrimSpace(string(out)); file == "" {
+		s.t.Fatalf("modinfo %s in %s: no file name printed", module, release)
+	}
+	return file, false
 }
 
 func (s *debSystem) registrations() map[string]string {
@@ -165,6 +206,20 @@ func TestDebianWeakUpdatesLifeCycle(t *testing.T) {
 		t.Errorf("status does not say why kmpack-abichange is not linked (exit %d):\n%s", code, status)
 	}
 
+	// A dry run prints what removing the package would do and changes nothing; names that
+	// would lead outside --root are refused as bad input.
+	dry, _, code := kmpackIn(t, cache, "weak-updates", "--root", s.root, "--dry-run", "remove-kmp", pkg53)
+	if code != 0 || !strings.Contains(dry, "unlink "+weak54+" -> "+own53) {
+		t.Errorf("dry-run remove-kmp (exit %d) does not print the unlink:\n%s", code, dry)
+	}
+	check("dry-run remove-kmp", map[string]string{helloLink: own53}, weak54)
+	for _, args := range [][]string{{"remove-kernel", "../../x"}, {"remove-kmp", "../../../../etc/x"}, {"add-kernel", "a/b"}} {
+		if _, stderr, code := kmpackIn(t, cache, append([]string{"weak-updates", "--root", s.root}, args...)...); code != exitInput ||
+			!strings.Contains(stderr, "invalid") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("weak-updates %s: exit %d, stderr %q; want exit %d and a one-line error", strings.Join(args, " "), code, stderr, exitInput)
+		}
+	}
+
 	// Upgrade of the module package, then a reinstall of the same version: the link stays
 	// (bsc#1257055: a reinstall's old-package scripts must not undo the new one's work).
 	s.dpkg("-i", hello11[pkg53])
@@ -205,22 +260,27 @@ func TestDebianWeakUpdatesLifeCycle(t *testing.T) {
 		}
 	}
 	check("concurrent runs", map[string]string{helloLink: own53}, weak54)
-	// Each killed run starts from a state without the link, indexed as such, so a run killed
-	// after linking but before depmod leaves the indexes stale: the next run must re-index.
-	for _, after := range []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond, 40 * time.Millisecond, 120 * time.Millisecond, 400 * time.Millisecond} {
+	// Each killed run starts from a state without the link, indexed as such, and is killed at
+	// a named point of its run (the engine SIGKILLs itself there, see
+	// weakupdates.KillPointEnv): after marking depmod pending, after the first link, before
+	// depmod and after it. Killed after linking but before depmod, it leaves the indexes
+	// stale: the next run must re-index.
+	for _, point := range []string{"after-pending", "after-link", "before-depmod", "after-depmod"} {
 		os.RemoveAll(filepath.Join(s.root, "lib/modules", r54, "weak-updates"))
 		if out, err := exec.Command("depmod", "-b", s.root, "-a", r54).CombinedOutput(); err != nil {
 			t.Fatalf("depmod: %v: %s", err, out)
 		}
-		cmd := exec.Command(runtimeBin, "weak-updates", "--root", s.root, "add-kernel", r54)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		if f := s.modprobeFinds(r54, "kmpack_hello"); f != "" {
+			t.Fatalf("before the run killed %s: the lookup finds %s", point, f)
 		}
-		time.Sleep(after)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		cmd := exec.Command(runtimeBin, "weak-updates", "--root", s.root, "add-kernel", r54)
+		cmd.Env = append(os.Environ(), weakupdates.KillPointEnv+"="+point)
+		out, err := cmd.CombinedOutput()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("the run was not killed %s (%v): %s", point, err, out)
+		}
 		s.kernelHook("postinst", r54)
-		check("run killed after "+after.String(), map[string]string{helloLink: own53}, weak54)
+		check("run killed "+point, map[string]string{helloLink: own53}, weak54)
 	}
 
 	// The kernel goes: dpkg removes its files, its postrm hook drops what kmpack made there

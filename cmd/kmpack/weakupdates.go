@@ -4,25 +4,33 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
 )
 
 func weakUpdatesCommand() *cli.Command {
 	engine := func(c *cli.Context) *weakupdates.Engine {
-		return &weakupdates.Engine{Root: c.String("root"), DryRun: c.Bool("dry-run"), Log: os.Stdout}
+		return &weakupdates.Engine{Root: c.String("root"), DryRun: c.Bool("dry-run"), Log: os.Stdout, Warn: os.Stderr,
+			LockTimeout: c.Duration("lock-timeout")}
 	}
+	// Identifiers are checked where they enter: a release or package name becomes a path
+	// under --root.
 	release := func(c *cli.Context) (string, error) {
 		if c.NArg() != 1 {
 			return "", usagef("%s takes one kernel release", c.Command.Name)
 		}
-		return c.Args().First(), nil
+		r := c.Args().First()
+		if err := ident.KernelRelease(r); err != nil {
+			return "", cli.Exit(fmt.Sprintf("%s: %v", c.Command.Name, err), exitInput)
+		}
+		return r, nil
 	}
 	return &cli.Command{
 		Name:  "weak-updates",
@@ -34,10 +42,16 @@ modules all load there (kmpack compat's check), packages that need each other re
 fixpoint; stale links go, real files are never replaced, links are made atomically, runs are
 serialized by a lock, and depmod runs once per kernel that changed. A run killed at any point
 is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
-/lib/modules/<release>/symvers.* or the headers tree (/usr/src/linux-headers-<release>).`,
+/lib/modules/<release>/symvers.* or the headers tree (/usr/src/linux-headers-<release>).
+
+Everything under --root is reached through os.Root: nothing there (a name, a registration, a
+symbolic link) can lead the engine outside it. An invalid registration is skipped with a
+warning naming its file; a weak-updates directory that is a symbolic link is refused; modules
+must be regular files of at most 1 GiB. --dry-run writes nothing, not even the lock file.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system installed under this directory"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes without making them"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes without making them (writes nothing, not even the lock file)"},
+			&cli.DurationFlag{Name: "lock-timeout", Value: weakupdates.DefaultLockTimeout, Usage: "give up when another run holds the lock this long"},
 		},
 		Subcommands: []*cli.Command{
 			{
@@ -49,19 +63,36 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 					&cli.StringFlag{Name: "package", Required: true, Usage: "the package that installed the modules"},
 					&cli.StringFlag{Name: "version", Required: true, Usage: "the package's version"},
 					&cli.StringFlag{Name: "kernel", Required: true, Usage: "the release the modules were built for"},
+					&cli.StringFlag{Name: "format", Value: weakupdates.FormatDeb, Usage: "the package's format, whose version order picks the newest build (deb or rpm)"},
 				},
 				Action: func(c *cli.Context) error {
 					e := engine(c)
-					k := weakupdates.KMP{Name: c.String("name"), Package: c.String("package"), Version: c.String("version"), Kernel: c.String("kernel")}
+					k := weakupdates.KMP{Name: c.String("name"), Package: c.String("package"), Version: c.String("version"),
+						Kernel: c.String("kernel"), Format: c.String("format")}
+					for _, check := range []struct {
+						flag string
+						err  error
+					}{{"name", ident.PackageName(k.Name)}, {"package", ident.PackageName(k.Package)}, {"kernel", ident.KernelRelease(k.Kernel)}} {
+						if check.err != nil {
+							return cli.Exit(fmt.Sprintf("add-kmp: --%s: %v", check.flag, check.err), exitInput)
+						}
+					}
 					mods := c.Args().Slice()
 					if len(mods) == 0 {
-						// The debian profile's layout: /lib/modules/<release>/updates/<name>/.
-						dir := filepath.Join(e.Root, "lib/modules", k.Kernel, "updates", k.Name)
-						entries, _ := os.ReadDir(dir)
-						for _, d := range entries {
-							if kmp.IsModuleFileName(d.Name()) {
-								mods = append(mods, filepath.Join("/lib/modules", k.Kernel, "updates", k.Name, d.Name()))
+						// The debian profile's layout: /lib/modules/<release>/updates/<name>/,
+						// listed through the root (a link there cannot lead outside it).
+						dir := path.Join("lib/modules", k.Kernel, "updates", k.Name)
+						if r, err := os.OpenRoot(e.Root); err == nil {
+							if d, err := r.Open(dir); err == nil {
+								names, _ := d.Readdirnames(-1)
+								d.Close()
+								for _, n := range names {
+									if kmp.IsModuleFileName(n) {
+										mods = append(mods, "/"+path.Join(dir, n))
+									}
+								}
 							}
+							r.Close()
 						}
 					}
 					if len(mods) == 0 {
@@ -69,6 +100,9 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 					}
 					sort.Strings(mods)
 					k.Modules = mods
+					if err := k.Validate(); err != nil {
+						return cli.Exit(fmt.Sprintf("add-kmp %s: %v", k.Package, err), exitInput)
+					}
 					return e.AddKMP(k)
 				},
 			},
@@ -80,7 +114,11 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 					if c.NArg() != 1 {
 						return usagef("remove-kmp takes one package name")
 					}
-					return engine(c).RemoveKMP(c.Args().First())
+					pkg := c.Args().First()
+					if err := ident.PackageName(pkg); err != nil {
+						return cli.Exit(fmt.Sprintf("remove-kmp: %v", err), exitInput)
+					}
+					return engine(c).RemoveKMP(pkg)
 				},
 			},
 			{
@@ -126,6 +164,10 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 					for _, p := range plans {
 						fmt.Printf("%s:\n", p.Kernel)
 						for _, n := range sortedKeys(p.Chosen) {
+							if why := p.Unlinked[n]; len(why) > 0 {
+								fmt.Printf("  %-24s not linked: chosen %s, but %s\n", n, p.Chosen[n], strings.Join(why, "; "))
+								continue
+							}
 							fmt.Printf("  %-24s linked: %s\n", n, p.Chosen[n])
 						}
 						for _, n := range sortedKeys(p.Rejected) {
