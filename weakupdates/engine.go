@@ -15,7 +15,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // KMP is a module package as the engine knows it: registered by its maintainer scripts
@@ -131,7 +132,7 @@ func (e *Engine) AddKMP(k KMP) error {
 			return err
 		}
 	}
-	return e.sync(kmp.FlavorFromRelease(k.Kernel))
+	return e.sync(kernel.FlavorFromRelease(k.Kernel))
 }
 
 // RemoveKMP forgets a package and relinks what it provided to the next best build.
@@ -158,7 +159,7 @@ func (e *Engine) RemoveKMP(pkg string) error {
 			return err
 		}
 	}
-	return e.sync(kmp.FlavorFromRelease(k.Kernel))
+	return e.sync(kernel.FlavorFromRelease(k.Kernel))
 }
 
 // Sync recomputes every installed kernel's links: what an upgraded engine, or a repair by
@@ -179,7 +180,7 @@ func (e *Engine) AddKernel(release string) error {
 		return err
 	}
 	defer unlock()
-	return e.sync(kmp.FlavorFromRelease(release))
+	return e.sync(kernel.FlavorFromRelease(release))
 }
 
 // RemoveKernel drops a removed kernel's weak-updates directory and relinks the others (a
@@ -201,7 +202,7 @@ func (e *Engine) RemoveKernel(release string) error {
 			os.Remove(e.depmodPending(release))
 		}
 	}
-	return e.sync(kmp.FlavorFromRelease(release))
+	return e.sync(kernel.FlavorFromRelease(release))
 }
 
 // installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
@@ -231,7 +232,7 @@ type Plan struct {
 // plan decides kernel K's links: per KMP name without a build for K, the newest build whose
 // modules all load in K, with symbols of other KMPs present in K (own builds and links chosen
 // so far) available, repeated until nothing changes.
-func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
+func (e *Engine) plan(release string, all []KMP, infos map[string]*module.ModuleInfo) *Plan {
 	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{}}
 	t, err := OpenTarget(context.Background(), filepath.Join(e.modulesDir(), release), TargetOptions{})
 	if err != nil {
@@ -239,19 +240,19 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 		return p
 	}
 	// Exports available in K beyond its symvers: own builds, then chosen links.
-	t.Extra = map[string]kmp.Symbol{}
+	t.Extra = map[string]module.Symbol{}
 	addExports := func(k KMP) {
 		for _, m := range k.Modules {
 			for _, ex := range infos[m].Exports {
-				t.Extra[ex.Name] = kmp.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
+				t.Extra[ex.Name] = module.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
 			}
 		}
 	}
-	flavor := kmp.FlavorFromRelease(release)
+	flavor := kernel.FlavorFromRelease(release)
 	byName := map[string][]KMP{}
 	own := map[string]bool{}
 	for _, k := range all {
-		if kmp.FlavorFromRelease(k.Kernel) != flavor {
+		if kernel.FlavorFromRelease(k.Kernel) != flavor {
 			continue
 		}
 		if k.Kernel == release {
@@ -278,7 +279,7 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 			}
 			var rejected []string
 			for _, k := range byName[name] {
-				var mods []*kmp.ModuleInfo
+				var mods []*module.ModuleInfo
 				for _, m := range k.Modules {
 					mods = append(mods, infos[m])
 				}
@@ -314,25 +315,25 @@ func (e *Engine) plan(release string, all []KMP, infos map[string]*kmp.ModuleInf
 
 // newer orders a KMP's builds: higher version first, then the newer kernel it was built for.
 func newer(a, b KMP) bool {
-	if c := kmp.CompareReleases(a.Version, b.Version); c != 0 {
+	if c := kernel.CompareReleases(a.Version, b.Version); c != 0 {
 		return c > 0
 	}
-	return kmp.CompareReleases(a.Kernel, b.Kernel) > 0
+	return kernel.CompareReleases(a.Kernel, b.Kernel) > 0
 }
 
 // liveKMPs are the registered KMPs whose modules are all readable, with those modules read. A
 // registration whose files are gone (a package removed without remove-kmp) just stops counting.
-func (e *Engine) liveKMPs() ([]KMP, map[string]*kmp.ModuleInfo, error) {
+func (e *Engine) liveKMPs() ([]KMP, map[string]*module.ModuleInfo, error) {
 	all, err := e.kmps()
 	if err != nil {
 		return nil, nil, err
 	}
-	infos := map[string]*kmp.ModuleInfo{}
+	infos := map[string]*module.ModuleInfo{}
 	var live []KMP
 	for _, k := range all {
 		ok := true
 		for _, m := range k.Modules {
-			mi, err := kmp.ReadModule(filepath.Join(e.root(), m))
+			mi, err := module.ReadModule(filepath.Join(e.root(), m))
 			if err != nil {
 				e.logf("skip %s: %v", k.Package, err)
 				ok = false
@@ -354,7 +355,7 @@ func (e *Engine) sync(flavor string) error {
 		return err
 	}
 	for _, rel := range e.installedKernels() {
-		if flavor != "" && kmp.FlavorFromRelease(rel) != flavor {
+		if flavor != "" && kernel.FlavorFromRelease(rel) != flavor {
 			continue
 		}
 		p := e.plan(rel, live, infos)

@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/templates"
 )
 
@@ -24,14 +27,14 @@ type Target struct {
 	Source string `json:"source"`
 	// VermagicFlags are the words after the release in the vermagic of the kernel's modules;
 	// nil when unknown (a bare symvers file).
-	VermagicFlags []string     `json:"vermagic_flags"`
-	Symvers       *kmp.Symvers `json:"-"`
+	VermagicFlags []string        `json:"vermagic_flags"`
+	Symvers       *module.Symvers `json:"-"`
 	// ThisModuleSize is the size of the kernel's struct module (.gnu.linkonce.this_module of
 	// its modules); 0 when unknown.
 	ThisModuleSize uint64 `json:"this_module_size"`
 	// Extra are symbols other module packages provide in this kernel (weak-updates resolves
 	// packages that need each other); looked up after Symvers.
-	Extra map[string]kmp.Symbol `json:"-"`
+	Extra map[string]module.Symbol `json:"-"`
 	// Notes say which checks could not be made and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -60,7 +63,7 @@ func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, 
 	if isInstalledModulesDir(path) {
 		return targetFromInstalled(path)
 	}
-	tree, err := kmp.OpenKernelTree(path)
+	tree, err := kernel.OpenKernelTree(path)
 	if err != nil {
 		return nil, err
 	}
@@ -69,15 +72,15 @@ func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, 
 
 // TargetFromTree describes a devel tree's kernel. The tree records its symvers and config but
 // no module, so the size of struct module comes from building a probe module against it.
-func TargetFromTree(ctx context.Context, tree *kmp.KernelTree, opts TargetOptions) (*Target, error) {
+func TargetFromTree(ctx context.Context, tree *kernel.KernelTree, opts TargetOptions) (*Target, error) {
 	if tree.Symvers == nil || tree.Symvers.Path == "" {
 		return nil, fmt.Errorf("%s: the kernel tree has no Module.symvers", tree.Dir)
 	}
-	sv, err := kmp.ReadSymvers(tree.Symvers.Path)
+	sv, err := module.ReadSymvers(tree.Symvers.Path)
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Release: tree.Release, Flavor: kmp.FlavorFromRelease(tree.Release), Source: tree.Dir,
+	t := &Target{Release: tree.Release, Flavor: kernel.FlavorFromRelease(tree.Release), Source: tree.Dir,
 		VermagicFlags: tree.VermagicFlags(), Symvers: sv}
 	if opts.NoProbe {
 		t.Notes = append(t.Notes, "struct module size not checked (probe build disabled)")
@@ -92,7 +95,7 @@ func TargetFromTree(ctx context.Context, tree *kmp.KernelTree, opts TargetOption
 	return t, nil
 }
 
-func probeThisModuleSize(ctx context.Context, tree *kmp.KernelTree, cacheDir string) (uint64, error) {
+func probeThisModuleSize(ctx context.Context, tree *kernel.KernelTree, cacheDir string) (uint64, error) {
 	tmp, err := os.MkdirTemp("", "kmpack-probe-")
 	if err != nil {
 		return 0, err
@@ -111,20 +114,20 @@ func probeThisModuleSize(ctx context.Context, tree *kmp.KernelTree, cacheDir str
 			return 0, err
 		}
 	}
-	s, err := kmp.OpenSource(src)
+	s, err := source.OpenSource(src)
 	if err != nil {
 		return 0, err
 	}
 	out := filepath.Join(tmp, "out")
-	m, err := kmp.Build(ctx, s, []*kmp.KernelTree{tree}, kmp.BuildOptions{Jobs: 1, OutputDir: out, CacheDir: cacheDir,
-		Compression: kmp.CompressNone})
+	m, err := build.Build(ctx, s, []*kernel.KernelTree{tree}, build.BuildOptions{Jobs: 1, OutputDir: out, CacheDir: cacheDir,
+		Compression: module.CompressNone})
 	if err != nil {
 		return 0, fmt.Errorf("probe module build failed (%v)", err)
 	}
 	if len(m.Kernels) != 1 || len(m.Kernels[0].Modules) != 1 {
 		return 0, fmt.Errorf("probe module build made no module")
 	}
-	info, err := kmp.ReadModule(filepath.Join(out, m.Kernels[0].Modules[0].File))
+	info, err := module.ReadModule(filepath.Join(out, m.Kernels[0].Modules[0].File))
 	if err != nil {
 		return 0, err
 	}
@@ -143,11 +146,11 @@ func targetFromSymvers(path, release string) (*Target, error) {
 			return nil, fmt.Errorf("%s: cannot tell the kernel release of a symvers file from its name: give it", path)
 		}
 	}
-	sv, err := kmp.ReadSymvers(path)
+	sv, err := module.ReadSymvers(path)
 	if err != nil {
 		return nil, err
 	}
-	return &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: path, Symvers: sv,
+	return &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: path, Symvers: sv,
 		Notes: []string{"vermagic and struct module size not checked: a symvers file does not record them"}}, nil
 }
 
@@ -187,14 +190,14 @@ func targetFromInstalled(dir string) (*Target, error) {
 	if strings.HasSuffix(filepath.Dir(filepath.Dir(dir)), "/usr/lib") {
 		root = filepath.Dir(root)
 	}
-	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
+	t := &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: dir}
 	var tried []string
 	for _, p := range SymversLocations(root, release) {
 		if _, err := os.Stat(p); err != nil {
 			tried = append(tried, p)
 			continue
 		}
-		sv, err := kmp.ReadSymvers(p)
+		sv, err := module.ReadSymvers(p)
 		if err != nil {
 			return nil, err
 		}
@@ -210,10 +213,10 @@ func targetFromInstalled(dir string) (*Target, error) {
 		kernelDir = filepath.Join(dir, "kernel")
 	}
 	err = filepath.WalkDir(kernelDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !kmp.IsModuleFileName(d.Name()) {
+		if err != nil || d.IsDir() || !module.IsModuleFileName(d.Name()) {
 			return nil // unreadable parts of the tree only narrow the search
 		}
-		m, err := kmp.ReadModule(p)
+		m, err := module.ReadModule(p)
 		if err != nil {
 			return nil // one unreadable module does not stop the search
 		}

@@ -9,9 +9,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 func weakUpdatesCommand() *cli.Command {
@@ -59,7 +60,7 @@ is repaired by the next. Kernel symbols come from /boot/symvers-<release>.*,
 						dir := filepath.Join(e.Root, "lib/modules", k.Kernel, "updates", k.Name)
 						entries, _ := os.ReadDir(dir)
 						for _, d := range entries {
-							if kmp.IsModuleFileName(d.Name()) {
+							if module.IsModuleFileName(d.Name()) {
 								mods = append(mods, filepath.Join("/lib/modules", k.Kernel, "updates", k.Name, d.Name()))
 							}
 						}
