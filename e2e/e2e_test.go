@@ -26,7 +26,8 @@ import (
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -109,7 +110,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		for _, w := range written {
 			p.built[[2]string{w.Profile, w.Kernel}] = w
 		}
-		var m kmp.Manifest
+		var m manifest.Manifest
 		b, _ = os.ReadFile(filepath.Join(p.outDir, "manifest.json"))
 		if err := json.Unmarshal(b, &m); err != nil {
 			t.Fatal(err)
@@ -151,9 +152,9 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 			}
 			expect[[2]string{k, name}] = "absent"
 			for _, other := range p.installed {
-				var mods []*kmp.ModuleInfo
+				var mods []*module.ModuleInfo
 				for _, f := range p.modules[other] {
-					mi, err := kmp.ReadModule(f)
+					mi, err := module.ReadModule(f)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -243,7 +244,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		for i, name := range names {
 			p := pkgs[name]
 			for _, f := range strings.Fields(run(t, "rpm", "-qlp", rpms[i])) {
-				if kmp.IsModuleFileName(filepath.Base(f)) && kmp.ModuleNameFromPath(f) == p.probe {
+				if module.IsModuleFileName(filepath.Base(f)) && module.ModuleNameFromPath(f) == p.probe {
 					wants[name] = f
 					// A same-named module in the kernel's own tree, as when a package replaces
 					// an in-tree driver: depmod's search order must still pick the package's.
@@ -302,7 +303,7 @@ func boot(t *testing.T, root, k string, names []string, pkgs map[string]*testPac
 	for _, line := range strings.Split(string(dep), "\n") {
 		file, rest, ok := strings.Cut(line, ":")
 		if ok {
-			deps[kmp.ModuleNameFromPath(file)] = append([]string{file}, strings.Fields(rest)...)
+			deps[module.ModuleNameFromPath(file)] = append([]string{file}, strings.Fields(rest)...)
 		}
 	}
 	copyFile := func(rel string) error {
@@ -481,7 +482,7 @@ poweroff -f
 			continue
 		}
 		for _, f := range r.files {
-			mod := kmp.ModuleNameFromPath(f)
+			mod := module.ModuleNameFromPath(f)
 			named := slices.ContainsFunc(dmesg, func(l string) bool {
 				return slices.ContainsFunc(r.symbols, func(sym string) bool {
 					return strings.Contains(l, mod+": disagrees about version of symbol "+sym)

@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // PackagesDir is where packages land inside a build's output directory.
@@ -52,12 +54,12 @@ func ResolveProfiles(formatNames, profileNames []string) ([]string, error) {
 
 // Request is a build to package.
 type Request struct {
-	Source   *kmp.Source
-	Manifest *kmp.Manifest
+	Source   *source.Source
+	Manifest *manifest.Manifest
 	// OutputDir is the build's output directory; packages go to OutputDir/packages.
 	OutputDir string
 	// Trees are the kernel trees the build used, for their symvers (the rhel profile needs them).
-	Trees    []*kmp.KernelTree
+	Trees    []*kernel.KernelTree
 	Profiles []string
 	Options  Options
 }
@@ -69,7 +71,7 @@ func PackageBuild(req Request) ([]Written, error) {
 	if err != nil {
 		return nil, err
 	}
-	trees := map[string]*kmp.KernelTree{}
+	trees := map[string]*kernel.KernelTree{}
 	for _, t := range req.Trees {
 		trees[t.Release] = t
 	}

@@ -5,15 +5,15 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // packageSymbols is what one package's modules export (with a CRC) and import from outside the
 // package. Imports another module of the same package exports are satisfied inside it, the way
 // depmod would resolve them, so they never become dependencies.
 type packageSymbols struct {
-	Exports []kmp.ExportedSymbol
-	Imports []kmp.SymbolCRC
+	Exports []module.ExportedSymbol
+	Imports []module.SymbolCRC
 }
 
 func symbolsOf(mods []Module) packageSymbols {
@@ -52,7 +52,7 @@ func rhelCRC(crc uint64) string { return fmt.Sprintf("0x%08x", crc) }
 // kmodName is the kmod() capability of a module file: its base name without a compression
 // suffix, with - as _ ("kmod(foo_bar.ko)"), as both SUSE's and Red Hat's generators write it.
 func kmodName(fileName string) string {
-	return "kmod(" + kmp.ModuleNameFromPath(fileName) + ".ko)"
+	return "kmod(" + module.ModuleNameFromPath(fileName) + ".ko)"
 }
 
 // suseModaliases is find-supplements.ksyms: every alias with a bus prefix, hex-encoded and

@@ -15,7 +15,11 @@ import (
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 const epoch = "1700000000"
@@ -24,10 +28,10 @@ var mtime = time.Unix(1700000000, 0).UTC()
 
 // built is one real build of a test module, shared by the tests that only read it.
 type built struct {
-	src      *kmp.Source
-	manifest *kmp.Manifest
+	src      *source.Source
+	manifest *manifest.Manifest
 	out      string
-	trees    []*kmp.KernelTree
+	trees    []*kernel.KernelTree
 }
 
 var (
@@ -62,13 +66,13 @@ func buildModule(t *testing.T, name string, releases ...string) *built {
 		t.Fatal(err)
 	}
 	testenv.CopyTree(t, testenv.TestModuleSource(t, name), srcDir)
-	src, err := kmp.OpenSource(srcDir)
+	src, err := source.OpenSource(srcDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	trees := testenv.KernelTrees(t, releases...)
 	out := filepath.Join(dir, "out")
-	m, err := kmp.Build(context.Background(), src, trees, kmp.BuildOptions{Jobs: 2, OutputDir: out})
+	m, err := build.Build(context.Background(), src, trees, build.BuildOptions{Jobs: 2, OutputDir: out})
 	if err != nil {
 		t.Fatalf("building %s: %v", name, err)
 	}
@@ -150,7 +154,7 @@ func rpmRoot(t *testing.T, profile, release string) string {
 		base.Provides = append(base.Provides, formats.Rel(p))
 	}
 	tree := testenv.KernelTrees(t, release)[0]
-	sv, err := kmp.ReadSymvers(tree.Symvers.Path)
+	sv, err := module.ReadSymvers(tree.Symvers.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,14 +319,14 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 	b := buildModule(t, "abi", testenv.Release53)
 	for _, c := range []struct {
 		name    string
-		edit    func(*kmp.Source, *kmp.Manifest)
+		edit    func(*source.Source, *manifest.Manifest)
 		profile string
 		want    string
 	}{
-		{"rpm version with a dash", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
-		{"deb name in upper case", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
-		{"apk version", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
-		{"two modules on one path", func(_ *kmp.Source, m *kmp.Manifest) {
+		{"rpm version with a dash", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
+		{"deb name in upper case", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
+		{"apk version", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"two modules on one path", func(_ *source.Source, m *manifest.Manifest) {
 			k := m.Kernels[0]
 			k.Modules = append(k.Modules, k.Modules[0])
 		}, "rhel", "both install to"},
@@ -330,7 +334,7 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
 			testenv.CopyTree(t, b.out, out)
-			src, err := kmp.OpenSource(b.src.Dir)
+			src, err := source.OpenSource(b.src.Dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -338,8 +342,8 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 			src.Spec = &spec
 			m := *b.manifest
 			k := *m.Kernels[0]
-			k.Modules = append([]*kmp.BuiltModule{}, k.Modules...)
-			m.Kernels = []*kmp.KernelBuild{&k}
+			k.Modules = append([]*manifest.BuiltModule{}, k.Modules...)
+			m.Kernels = []*manifest.KernelBuild{&k}
 			c.edit(src, &m)
 			_, err = formats.PackageBuild(formats.Request{Source: src, Manifest: &m, OutputDir: out, Trees: b.trees, Profiles: []string{c.profile}})
 			if err == nil || !formats.IsInvalid(err) || !strings.Contains(err.Error(), c.want) {
@@ -375,7 +379,7 @@ func TestSourcePackageBuildsWithDKMS(t *testing.T) {
 	if len(ko) != 1 {
 		t.Fatalf("dkms built no kmpack_abi.ko:\n%s", out)
 	}
-	m, err := kmp.ReadModule(ko[0])
+	m, err := module.ReadModule(ko[0])
 	if err != nil {
 		t.Fatal(err)
 	}

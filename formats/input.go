@@ -8,7 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // Metadata describes the software being packaged, whatever the format.
@@ -27,13 +30,13 @@ type Kernel struct {
 	Arch   string // uname -m spelling: x86_64, aarch64, ...
 	// Symvers is the kernel's own Module.symvers: the rhel profile needs it to tell kernel()
 	// from ksym() requirements; others may leave it nil.
-	Symvers *kmp.Symvers
+	Symvers *module.Symvers
 	Modules []Module
 }
 
 // Module is one module file as it installs.
 type Module struct {
-	Info     *kmp.ModuleInfo
+	Info     *module.ModuleInfo
 	FileName string // base name as installed: foo.ko, foo.ko.xz
 	Body     []byte
 }
@@ -41,7 +44,7 @@ type Module struct {
 // Source is the module source shipped by the dkms fallback packages: its files, and the
 // dkms.conf that builds it (the original, or one generated from kmpack.yaml).
 type Source struct {
-	Files    []kmp.SourceFile
+	Files    []source.SourceFile
 	DKMSConf []byte
 }
 
@@ -80,7 +83,7 @@ func SourceDateEpoch() (time.Time, error) {
 
 // MetadataFor fills package metadata from a source: kmpack.yaml's fields, or for dkms.conf
 // and bare Kbuild sources the name and version plus what the modules' modinfo says.
-func MetadataFor(src *kmp.Source, m *kmp.Manifest) Metadata {
+func MetadataFor(src *source.Source, m *manifest.Manifest) Metadata {
 	md := Metadata{Name: src.Name, Version: src.Version}
 	if s := src.Spec; s != nil {
 		md = Metadata{Name: s.Name, Version: s.Version, Release: s.Release, License: s.License,
@@ -143,15 +146,15 @@ func spdxForModuleLicense(l string) string {
 
 // InputFromBuild reads a build's output directory: the modules of every kernel that built,
 // with each kernel's symvers taken from trees (by release) when given.
-func InputFromBuild(outDir string, m *kmp.Manifest, trees map[string]*kmp.KernelTree) ([]Kernel, error) {
+func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kernel.KernelTree) ([]Kernel, error) {
 	var out []Kernel
 	for _, kb := range m.Kernels {
-		if kb.Status != kmp.StatusBuilt || len(kb.Modules) == 0 {
+		if kb.Status != manifest.StatusBuilt || len(kb.Modules) == 0 {
 			continue
 		}
 		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch}
 		if t := trees[kb.Release]; t != nil && t.Symvers != nil && t.Symvers.Path != "" {
-			sv, err := kmp.ReadSymvers(t.Symvers.Path)
+			sv, err := module.ReadSymvers(t.Symvers.Path)
 			if err != nil {
 				return nil, err
 			}
@@ -163,11 +166,11 @@ func InputFromBuild(outDir string, m *kmp.Manifest, trees map[string]*kmp.Kernel
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)
 			}
-			data, _, err := kmp.Decompress(p, body)
+			data, _, err := module.Decompress(p, body)
 			if err != nil {
 				return nil, err
 			}
-			info, err := kmp.ParseModule(p, data)
+			info, err := module.ParseModule(p, data)
 			if err != nil {
 				return nil, err
 			}

@@ -5,7 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // KernelProvides is what the distro's kernel packages provide for a kernel's symbols, so module
@@ -13,7 +14,7 @@ import (
 // ksym(<flavor>:<sym>) = <crc> for vmlinux and every in-tree module (find-provides.ksyms on
 // the kernel's files), for rhel kernel(<sym>) = 0x<crc> (kabi.sh and the kernel() prefix of
 // find-provides.ksyms for /lib/modules/<release>/kernel). Both carry kernel-uname-r.
-func KernelProvides(release string, sv *kmp.Symvers, profile string) ([]Relation, error) {
+func KernelProvides(release string, sv *module.Symvers, profile string) ([]Relation, error) {
 	out := []Relation{RelEq("kernel-uname-r", release)}
 	switch profile {
 	case "suse":
@@ -37,7 +38,7 @@ func KernelProvides(release string, sv *kmp.Symvers, profile string) ([]Relation
 // KernelSymbolsPackage is an RPM without files that carries KernelProvides: what a vendor
 // building its own kernels, or a test root, installs to stand for the kernel's symbol ABI.
 // suse: kernel-<flavor>-ksyms; rhel: kernel-ksyms.
-func KernelSymbolsPackage(t *kmp.KernelTree, sv *kmp.Symvers, profile string, mtime time.Time) (*Package, error) {
+func KernelSymbolsPackage(t *kernel.KernelTree, sv *module.Symvers, profile string, mtime time.Time) (*Package, error) {
 	provides, err := KernelProvides(t.Release, sv, profile)
 	if err != nil {
 		return nil, err

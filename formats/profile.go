@@ -10,7 +10,7 @@ import (
 	"strings"
 	"text/template"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/templates"
 )
 
@@ -174,7 +174,7 @@ func moduleFiles(k *Kernel, dir string) ([]File, error) {
 	for _, m := range k.Modules {
 		p := path.Join(dir, m.FileName)
 		// depmod knows modules by name, so foo.ko and foo.ko.xz clash as much as two foo.ko.
-		key := path.Join(dir, kmp.ModuleNameFromPath(m.FileName)+".ko")
+		key := path.Join(dir, module.ModuleNameFromPath(m.FileName)+".ko")
 		if prev, dup := seen[key]; dup {
 			return nil, fmt.Errorf("modules %s and %s both install to %s", prev, m.FileName, key)
 		}

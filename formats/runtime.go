@@ -7,7 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -121,7 +121,7 @@ func libcRequirement(binary []byte) (*Relation, error) {
 	syms, _ := f.ImportedSymbols()
 	newest := ""
 	for _, s := range syms {
-		if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && kmp.CompareReleases(v, newest) > 0 {
+		if v, ok := strings.CutPrefix(s.Version, "GLIBC_"); ok && kernel.CompareReleases(v, newest) > 0 {
 			newest = v
 		}
 	}

@@ -1,6 +1,9 @@
-// Package kmp is kmpack's domain model: kernel devel trees, symbol version tables (Module.symvers)
-// and built kernel modules. Everything here reads untrusted bytes defensively: a malformed input
-// yields an *InputError naming the file and the problem, never a panic.
+// Package kmp is the root of kmpack's domain, split into packages by the pipeline stage each
+// owns: module (parsing modules, symvers, signatures: pure, no exec), kernel (kernel devel
+// trees: discovery, kconfig, flavors), unpack (package files into a contained cache), source
+// (dkms.conf, kmpack.yaml and Kbuild sources into build plans), build (the build engine:
+// jobserver, cache, manifest) and ident (the identifier validator). This package holds what
+// they share: InputError, the error every stage returns for input it cannot use.
 package kmp
 
 import (
@@ -24,12 +27,12 @@ func (e *InputError) Error() string {
 	if e.Path != "" {
 		msg = e.Path + ": " + msg
 	}
-	return oneLine(msg)
+	return OneLine(msg)
 }
 
-// oneLine escapes control characters, which hostile inputs put into names we quote, so the
+// OneLine escapes control characters, which hostile inputs put into names we quote, so the
 // message stays one line on a terminal and in logs.
-func oneLine(s string) string {
+func OneLine(s string) string {
 	if !strings.ContainsFunc(s, unicode.IsControl) {
 		return s
 	}
@@ -47,7 +50,8 @@ func oneLine(s string) string {
 
 func (e *InputError) Unwrap() error { return e.Err }
 
-func inputErrorf(path, format string, args ...any) error {
+// InputErrorf makes an *InputError for path.
+func InputErrorf(path, format string, args ...any) error {
 	return &InputError{Path: path, Err: fmt.Errorf(format, args...)}
 }
 
@@ -58,13 +62,13 @@ func IsInputError(err error) bool {
 	return errors.As(err, &ie)
 }
 
-// guard turns a panic from a parser of untrusted bytes (ours or the standard library's) into an
-// InputError: a crash on a hostile file would lose the user's other results.
-func guard(path string, err *error) {
-	if r := recover(); r != nil {
-		if os.Getenv("KMPACK_PANIC") != "" {
-			panic(r)
-		}
-		*err = inputErrorf(path, "malformed input (parser failed: %v)", r)
+// PanicError turns a panic recovered from a parser of untrusted bytes (ours or the standard
+// library's) into an InputError: a crash on a hostile file would lose the user's other results.
+// Each stage's guard calls it with recover()'s value. With KMPACK_PANIC set (the fuzz targets
+// set it) it panics again, so that fuzzing finds the bug instead of an error message.
+func PanicError(path string, r any) error {
+	if os.Getenv("KMPACK_PANIC") != "" {
+		panic(r)
 	}
+	return InputErrorf(path, "malformed input (parser failed: %v)", r)
 }

@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // Reason kinds: why a module cannot load in a kernel.
@@ -41,10 +43,10 @@ type Verdict struct {
 // resolved the way depmod resolves them: another module of the package first, then the kernel
 // (vmlinux and its own modules, as its symvers lists them). A module that needs a package
 // module which cannot load cannot load either; that is resolved to a fixpoint.
-func Check(mods []*kmp.ModuleInfo, t *Target) []Verdict {
+func Check(mods []*module.ModuleInfo, t *Target) []Verdict {
 	type provider struct {
 		module int
-		sym    kmp.ExportedSymbol
+		sym    module.ExportedSymbol
 	}
 	pkgExports := map[string]provider{}
 	for i, m := range mods {
@@ -64,7 +66,7 @@ func Check(mods []*kmp.ModuleInfo, t *Target) []Verdict {
 			add(Reason{Kind: ReasonVermagic, Detail: "the module has no vermagic"})
 		} else {
 			modRelease, modFlags := words[0], words[1:]
-			if f := kmp.FlavorFromRelease(modRelease); f != t.Flavor {
+			if f := kernel.FlavorFromRelease(modRelease); f != t.Flavor {
 				add(Reason{Kind: ReasonFlavor, Want: f, Have: t.Flavor,
 					Detail: fmt.Sprintf("built for flavor %s (%s), the kernel is %s", f, modRelease, t.Flavor)})
 			}
@@ -126,12 +128,12 @@ func Check(mods []*kmp.ModuleInfo, t *Target) []Verdict {
 	return verdicts
 }
 
-func crcReason(imp kmp.SymbolCRC, have uint64, provider string) Reason {
+func crcReason(imp module.SymbolCRC, have uint64, provider string) Reason {
 	return Reason{Kind: ReasonCRC, Symbol: imp.Name, Want: fmt.Sprintf("0x%08x", imp.CRC), Have: fmt.Sprintf("0x%08x", have),
 		Detail: fmt.Sprintf("%s: built against CRC 0x%08x, %s has 0x%08x", imp.Name, imp.CRC, provider, have)}
 }
 
-func checkNamespace(m *kmp.ModuleInfo, sym, ns string, add func(Reason)) {
+func checkNamespace(m *module.ModuleInfo, sym, ns string, add func(Reason)) {
 	if ns != "" && !slices.Contains(m.ImportNS, ns) {
 		add(Reason{Kind: ReasonNamespace, Symbol: sym, Want: ns,
 			Detail: fmt.Sprintf("%s is in namespace %s, which the module does not import", sym, ns)})
@@ -146,7 +148,7 @@ type Matrix struct {
 }
 
 // CheckMatrix checks one package's modules against every target.
-func CheckMatrix(mods []*kmp.ModuleInfo, targets []*Target) *Matrix {
+func CheckMatrix(mods []*module.ModuleInfo, targets []*Target) *Matrix {
 	mx := &Matrix{Kernels: targets, Cells: make([][]Verdict, len(mods))}
 	for _, m := range mods {
 		mx.Modules = append(mx.Modules, m.Name)
@@ -161,14 +163,14 @@ func CheckMatrix(mods []*kmp.ModuleInfo, targets []*Target) *Matrix {
 
 // Siblings judges modules built for release against every target that is another kernel, in
 // the form kmpack build records in its manifest.
-func Siblings(release string, mods []*kmp.ModuleInfo, targets []*Target) []kmp.SiblingVerdict {
-	var out []kmp.SiblingVerdict
+func Siblings(release string, mods []*module.ModuleInfo, targets []*Target) []manifest.SiblingVerdict {
+	var out []manifest.SiblingVerdict
 	for _, t := range targets {
 		if t.Release == release {
 			continue
 		}
 		for _, v := range Check(mods, t) {
-			sv := kmp.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
+			sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
 			for _, r := range v.Reasons {
 				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
 			}
@@ -180,7 +182,7 @@ func Siblings(release string, mods []*kmp.ModuleInfo, targets []*Target) []kmp.S
 
 // lookup finds a symbol in the kernel's symvers, then among the exports of other module
 // packages installed for it (Target.Extra).
-func (t *Target) lookup(name string) (kmp.Symbol, bool) {
+func (t *Target) lookup(name string) (module.Symbol, bool) {
 	if s, ok := t.Symvers.Lookup(name); ok {
 		return s, true
 	}

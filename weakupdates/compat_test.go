@@ -10,7 +10,9 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -39,9 +41,9 @@ func target(t *testing.T, release string) *weakupdates.Target {
 	return tg
 }
 
-func readModule(t *testing.T, path string) *kmp.ModuleInfo {
+func readModule(t *testing.T, path string) *module.ModuleInfo {
 	t.Helper()
-	m, err := kmp.ReadModule(path)
+	m, err := module.ReadModule(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,19 +51,19 @@ func readModule(t *testing.T, path string) *kmp.ModuleInfo {
 }
 
 // buildFor builds a source for one kernel and returns its modules.
-func buildFor(t *testing.T, srcDir, release string) []*kmp.ModuleInfo {
+func buildFor(t *testing.T, srcDir, release string) []*module.ModuleInfo {
 	t.Helper()
-	src, err := kmp.OpenSource(srcDir)
+	src, err := source.OpenSource(srcDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	m, err := kmp.Build(context.Background(), src, testenv.KernelTrees(t, release),
-		kmp.BuildOptions{Jobs: 2, OutputDir: out, CacheDir: probeDir})
+	m, err := build.Build(context.Background(), src, testenv.KernelTrees(t, release),
+		build.BuildOptions{Jobs: 2, OutputDir: out, CacheDir: probeDir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mods []*kmp.ModuleInfo
+	var mods []*module.ModuleInfo
 	for _, bm := range m.Kernels[0].Modules {
 		mods = append(mods, readModule(t, filepath.Join(out, bm.File)))
 	}
@@ -79,7 +81,7 @@ func kinds(v weakupdates.Verdict) string {
 // A module importing only long-stable symbols, built for 6.1.0-53, loads in 6.1.0-54; the
 // cloud and rt flavors, and the 6.12 series, are rejected with their reasons.
 func TestStableModuleAcrossSiblings(t *testing.T) {
-	hello := []*kmp.ModuleInfo{readModule(t, "../testdata/ko/kmpack_hello-6.1.0-53.ko")}
+	hello := []*module.ModuleInfo{readModule(t, "../testdata/ko/kmpack_hello-6.1.0-53.ko")}
 	v := weakupdates.Check(hello, target(t, testenv.Release54))[0]
 	if !v.Compatible {
 		t.Fatalf("hello for 53 in 54: %+v", v.Reasons)
@@ -118,7 +120,7 @@ func TestV4L2LoopbackIncompatibleAcrossABIs(t *testing.T) {
 			t.Errorf("unexpected reason %+v", r)
 			continue
 		}
-		sym, _ := kmp.ReadSymvers(filepath.Join(testenv.HeadersDir(t, testenv.Release54), "Module.symvers"))
+		sym, _ := module.ReadSymvers(filepath.Join(testenv.HeadersDir(t, testenv.Release54), "Module.symvers"))
 		s, _ := sym.Lookup(r.Symbol)
 		m, _ := mods[0].Import(r.Symbol)
 		if r.Have != hex8(s.CRC) || r.Want != hex8(m) || r.Have == r.Want {
@@ -162,7 +164,7 @@ func TestNamespaceAndDependencies(t *testing.T) {
 		t.Fatal(err)
 	}
 	hello := readModule(t, "../testdata/ko/kmpack_hello-6.1.0-53.ko")
-	v := weakupdates.Check([]*kmp.ModuleInfo{hello}, tg)[0]
+	v := weakupdates.Check([]*module.ModuleInfo{hello}, tg)[0]
 	if v.Compatible || kinds(v) != "namespace:param_ops_int" {
 		t.Errorf("namespaced param_ops_int: %s", kinds(v))
 	}
@@ -174,9 +176,9 @@ func TestNamespaceAndDependencies(t *testing.T) {
 	bus := readModule(t, filepath.Join(img, "lib/modules", testenv.ReleaseImage, "kernel/drivers/media/mc/mc.ko"))
 	consumer := *hello
 	consumer.Name = "consumer"
-	consumer.Imports = append(append([]kmp.SymbolCRC{}, hello.Imports...), kmp.SymbolCRC{Name: bus.Exports[0].Name, CRC: bus.Exports[0].CRC})
+	consumer.Imports = append(append([]module.SymbolCRC{}, hello.Imports...), module.SymbolCRC{Name: bus.Exports[0].Name, CRC: bus.Exports[0].CRC})
 	consumer.ImportNS = []string{bus.Exports[0].Namespace}
-	vs := weakupdates.Check([]*kmp.ModuleInfo{bus, &consumer}, target(t, testenv.Release54))
+	vs := weakupdates.Check([]*module.ModuleInfo{bus, &consumer}, target(t, testenv.Release54))
 	if vs[0].Compatible {
 		t.Fatalf("mc from 6.1.0-53's image judged loadable in 54")
 	}
@@ -204,7 +206,7 @@ func TestInstalledKernelTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gz, err := kmp.CompressBytes(sv, kmp.CompressGzip)
+	gz, err := module.CompressBytes(sv, module.CompressGzip)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +219,7 @@ func TestInstalledKernelTarget(t *testing.T) {
 		t.Errorf("installed target: flags %v, struct module %d (the probe build says %d)", tg.VermagicFlags, tg.ThisModuleSize, target(t, testenv.Release53).ThisModuleSize)
 	}
 	hello := readModule(t, "../testdata/ko/kmpack_hello-6.1.0-53.ko")
-	if v := weakupdates.Check([]*kmp.ModuleInfo{hello}, tg)[0]; !v.Compatible {
+	if v := weakupdates.Check([]*module.ModuleInfo{hello}, tg)[0]; !v.Compatible {
 		t.Errorf("hello in its own installed kernel: %+v", v.Reasons)
 	}
 }

@@ -18,8 +18,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // Engine keeps <root>/lib/modules/<release>/weak-updates/ in line with the registered KMPs:
@@ -183,7 +184,7 @@ func (e *Engine) AddKMP(k KMP) error {
 			}
 		}
 		all := slices.DeleteFunc(s.kmps(), func(o KMP) bool { return o.Package == k.Package })
-		return s.sync(kmp.FlavorFromRelease(k.Kernel), append(all, k))
+		return s.sync(kernel.FlavorFromRelease(k.Kernel), append(all, k))
 	})
 }
 
@@ -204,7 +205,7 @@ func (e *Engine) RemoveKMP(pkg string) error {
 			if k, err := ParseRegistration(s.display(name), b); err != nil {
 				s.e.warnf("%s; removing it", oneLine(err.Error()))
 			} else {
-				flavor = kmp.FlavorFromRelease(k.Kernel)
+				flavor = kernel.FlavorFromRelease(k.Kernel)
 			}
 		}
 		if err == nil || !errors.Is(err, fs.ErrNotExist) {
@@ -231,7 +232,7 @@ func (e *Engine) AddKernel(release string) error {
 	if err := ident.KernelRelease(release); err != nil {
 		return fmt.Errorf("add-kernel: %v", err)
 	}
-	return e.run(true, func(s *session) error { return s.sync(kmp.FlavorFromRelease(release), s.kmps()) })
+	return e.run(true, func(s *session) error { return s.sync(kernel.FlavorFromRelease(release), s.kmps()) })
 }
 
 // RemoveKernel drops a removed kernel's weak-updates directory and relinks the others (a
@@ -264,7 +265,7 @@ func (e *Engine) RemoveKernel(release string) error {
 				}
 			}
 		}
-		return s.sync(kmp.FlavorFromRelease(release), s.kmps())
+		return s.sync(kernel.FlavorFromRelease(release), s.kmps())
 	})
 }
 
@@ -309,33 +310,33 @@ type Plan struct {
 // plan decides kernel K's links: per KMP name without a build for K, the newest build whose
 // modules all load in K, with symbols of other KMPs present in K (own builds and links chosen
 // so far) available, repeated until nothing changes.
-func (s *session) plan(release string, all []KMP, infos map[string]*kmp.ModuleInfo) *Plan {
+func (s *session) plan(release string, all []KMP, infos map[string]*module.ModuleInfo) *Plan {
 	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{},
 		owner: map[string]string{}}
 	modDir := "lib/modules/" + release
-	kernel, err := s.r.OpenRoot(modDir + "/kernel")
+	kernelRoot, err := s.r.OpenRoot(modDir + "/kernel")
 	if err == nil {
-		defer kernel.Close()
+		defer kernelRoot.Close()
 	}
-	t, err := installedTarget(s.r, s.e.root(), modDir, kernel)
+	t, err := installedTarget(s.r, s.e.root(), modDir, kernelRoot)
 	if err != nil {
 		p.Notes = append(p.Notes, oneLine(err.Error()))
 		return p
 	}
 	// Exports available in K beyond its symvers: own builds, then chosen links.
-	t.Extra = map[string]kmp.Symbol{}
+	t.Extra = map[string]module.Symbol{}
 	addExports := func(k KMP) {
 		for _, m := range k.Modules {
 			for _, ex := range infos[m].Exports {
-				t.Extra[ex.Name] = kmp.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
+				t.Extra[ex.Name] = module.Symbol{Name: ex.Name, CRC: ex.CRC, Module: k.Name, Namespace: ex.Namespace}
 			}
 		}
 	}
-	flavor := kmp.FlavorFromRelease(release)
+	flavor := kernel.FlavorFromRelease(release)
 	byName := map[string][]KMP{}
 	own := map[string]bool{}
 	for _, k := range all {
-		if kmp.FlavorFromRelease(k.Kernel) != flavor {
+		if kernel.FlavorFromRelease(k.Kernel) != flavor {
 			continue
 		}
 		if k.Kernel == release {
@@ -362,7 +363,7 @@ func (s *session) plan(release string, all []KMP, infos map[string]*kmp.ModuleIn
 			}
 			var rejected []string
 			for _, k := range byName[name] {
-				var mods []*kmp.ModuleInfo
+				var mods []*module.ModuleInfo
 				for _, m := range k.Modules {
 					mods = append(mods, infos[m])
 				}
@@ -399,16 +400,16 @@ func (s *session) plan(release string, all []KMP, infos map[string]*kmp.ModuleIn
 
 // readModule reads a registered module through the root (a FIFO, device or oversized file
 // is an error, not a hang).
-func (s *session) readModule(m string) (*kmp.ModuleInfo, error) {
+func (s *session) readModule(m string) (*module.ModuleInfo, error) {
 	b, err := readRegular(s.r, rel(m), MaxModuleSize)
 	if err != nil {
 		return nil, err
 	}
-	data, c, err := kmp.Decompress(s.display(m), b)
+	data, c, err := module.Decompress(s.display(m), b)
 	if err != nil {
 		return nil, err
 	}
-	mi, err := kmp.ParseModule(s.display(m), data)
+	mi, err := module.ParseModule(s.display(m), data)
 	if err != nil {
 		return nil, err
 	}
@@ -418,8 +419,8 @@ func (s *session) readModule(m string) (*kmp.ModuleInfo, error) {
 
 // liveKMPs are the KMPs whose modules are all readable, with those modules read. A
 // registration whose files are gone (a package removed without remove-kmp) just stops counting.
-func (s *session) liveKMPs(all []KMP) ([]KMP, map[string]*kmp.ModuleInfo) {
-	infos := map[string]*kmp.ModuleInfo{}
+func (s *session) liveKMPs(all []KMP) ([]KMP, map[string]*module.ModuleInfo) {
+	infos := map[string]*module.ModuleInfo{}
 	var live []KMP
 	for _, k := range all {
 		ok := true
@@ -454,7 +455,7 @@ func (s *session) sync(flavor string, all []KMP) error {
 	live, infos := s.liveKMPs(all)
 	var refused []string
 	for _, rel := range s.installedKernels() {
-		if flavor != "" && kmp.FlavorFromRelease(rel) != flavor {
+		if flavor != "" && kernel.FlavorFromRelease(rel) != flavor {
 			continue
 		}
 		p := s.plan(rel, live, infos)
@@ -503,7 +504,7 @@ func managedTarget(t string) bool {
 	}
 	parts := strings.Split(strings.TrimPrefix(t, "/lib/modules/"), "/")
 	return len(parts) >= 3 && ident.KernelRelease(parts[0]) == nil && parts[1] != "kernel" && parts[1] != "weak-updates" &&
-		kmp.IsModuleFileName(parts[len(parts)-1])
+		module.IsModuleFileName(parts[len(parts)-1])
 }
 
 // weakUpdates opens a kernel's weak-updates directory as a root of its own, refusing it when

@@ -8,7 +8,8 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -59,12 +60,12 @@ func modulesDep(t *testing.T, root, release string) string {
 func builtModules(t *testing.T, name, release string) []string {
 	t.Helper()
 	src := testenv.TestModuleSource(t, name)
-	s, err := kmp.OpenSource(src)
+	s, err := source.OpenSource(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	m, err := kmp.Build(t.Context(), s, testenv.KernelTrees(t, release), kmp.BuildOptions{Jobs: 2, OutputDir: out, CacheDir: probeDir})
+	m, err := build.Build(t.Context(), s, testenv.KernelTrees(t, release), build.BuildOptions{Jobs: 2, OutputDir: out, CacheDir: probeDir})
 	if err != nil {
 		t.Fatal(err)
 	}

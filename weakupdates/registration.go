@@ -8,10 +8,12 @@ import (
 	"path"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/kmp/ident"
 	debversion "github.com/knqyf263/go-deb-version"
 	rpmversion "github.com/knqyf263/go-rpm-version"
+
+	"github.com/kmpack/kmpack/kmp/ident"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // Package formats a registration can come from; each orders versions its own way.
@@ -133,7 +135,7 @@ func validModulePath(release, m string) error {
 			return err
 		}
 	}
-	if !kmp.IsModuleFileName(parts[len(parts)-1]) {
+	if !module.IsModuleFileName(parts[len(parts)-1]) {
 		return fmt.Errorf("not a kernel module file name")
 	}
 	return nil
@@ -195,7 +197,7 @@ func newer(a, b KMP) bool {
 	if c := compareVersions(a.format(), a.Version, b.Version); c != 0 {
 		return c > 0
 	}
-	if c := kmp.CompareReleases(a.Kernel, b.Kernel); c != 0 {
+	if c := kernel.CompareReleases(a.Kernel, b.Kernel); c != 0 {
 		return c > 0
 	}
 	return a.Package < b.Package

@@ -13,7 +13,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/templates"
 )
 
@@ -26,14 +29,14 @@ type Target struct {
 	Source string `json:"source"`
 	// VermagicFlags are the words after the release in the vermagic of the kernel's modules;
 	// nil when unknown (a bare symvers file).
-	VermagicFlags []string     `json:"vermagic_flags"`
-	Symvers       *kmp.Symvers `json:"-"`
+	VermagicFlags []string        `json:"vermagic_flags"`
+	Symvers       *module.Symvers `json:"-"`
 	// ThisModuleSize is the size of the kernel's struct module (.gnu.linkonce.this_module of
 	// its modules); 0 when unknown.
 	ThisModuleSize uint64 `json:"this_module_size"`
 	// Extra are symbols other module packages provide in this kernel (weak-updates resolves
 	// packages that need each other); looked up after Symvers.
-	Extra map[string]kmp.Symbol `json:"-"`
+	Extra map[string]module.Symbol `json:"-"`
 	// Notes say which checks could not be made and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -62,7 +65,7 @@ func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, 
 	if isInstalledModulesDir(path) {
 		return targetFromInstalled(path)
 	}
-	tree, err := kmp.OpenKernelTree(path)
+	tree, err := kernel.OpenKernelTree(path)
 	if err != nil {
 		return nil, err
 	}
@@ -71,15 +74,15 @@ func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, 
 
 // TargetFromTree describes a devel tree's kernel. The tree records its symvers and config but
 // no module, so the size of struct module comes from building a probe module against it.
-func TargetFromTree(ctx context.Context, tree *kmp.KernelTree, opts TargetOptions) (*Target, error) {
+func TargetFromTree(ctx context.Context, tree *kernel.KernelTree, opts TargetOptions) (*Target, error) {
 	if tree.Symvers == nil || tree.Symvers.Path == "" {
 		return nil, fmt.Errorf("%s: the kernel tree has no Module.symvers", tree.Dir)
 	}
-	sv, err := kmp.ReadSymvers(tree.Symvers.Path)
+	sv, err := module.ReadSymvers(tree.Symvers.Path)
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Release: tree.Release, Flavor: kmp.FlavorFromRelease(tree.Release), Source: tree.Dir,
+	t := &Target{Release: tree.Release, Flavor: kernel.FlavorFromRelease(tree.Release), Source: tree.Dir,
 		VermagicFlags: tree.VermagicFlags(), Symvers: sv}
 	if opts.NoProbe {
 		t.Notes = append(t.Notes, "struct module size not checked (probe build disabled)")
@@ -94,7 +97,7 @@ func TargetFromTree(ctx context.Context, tree *kmp.KernelTree, opts TargetOption
 	return t, nil
 }
 
-func probeThisModuleSize(ctx context.Context, tree *kmp.KernelTree, cacheDir string) (uint64, error) {
+func probeThisModuleSize(ctx context.Context, tree *kernel.KernelTree, cacheDir string) (uint64, error) {
 	tmp, err := os.MkdirTemp("", "kmpack-probe-")
 	if err != nil {
 		return 0, err
@@ -113,20 +116,20 @@ func probeThisModuleSize(ctx context.Context, tree *kmp.KernelTree, cacheDir str
 			return 0, err
 		}
 	}
-	s, err := kmp.OpenSource(src)
+	s, err := source.OpenSource(src)
 	if err != nil {
 		return 0, err
 	}
 	out := filepath.Join(tmp, "out")
-	m, err := kmp.Build(ctx, s, []*kmp.KernelTree{tree}, kmp.BuildOptions{Jobs: 1, OutputDir: out, CacheDir: cacheDir,
-		Compression: kmp.CompressNone})
+	m, err := build.Build(ctx, s, []*kernel.KernelTree{tree}, build.BuildOptions{Jobs: 1, OutputDir: out, CacheDir: cacheDir,
+		Compression: module.CompressNone})
 	if err != nil {
 		return 0, fmt.Errorf("probe module build failed (%v)", err)
 	}
 	if len(m.Kernels) != 1 || len(m.Kernels[0].Modules) != 1 {
 		return 0, fmt.Errorf("probe module build made no module")
 	}
-	info, err := kmp.ReadModule(filepath.Join(out, m.Kernels[0].Modules[0].File))
+	info, err := module.ReadModule(filepath.Join(out, m.Kernels[0].Modules[0].File))
 	if err != nil {
 		return 0, err
 	}
@@ -145,11 +148,11 @@ func targetFromSymvers(path, release string) (*Target, error) {
 			return nil, fmt.Errorf("%s: cannot tell the kernel release of a symvers file from its name: give it", path)
 		}
 	}
-	sv, err := kmp.ReadSymvers(path)
+	sv, err := module.ReadSymvers(path)
 	if err != nil {
 		return nil, err
 	}
-	return &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: path, Symvers: sv,
+	return &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: path, Symvers: sv,
 		Notes: []string{"vermagic and struct module size not checked: a symvers file does not record them"}}, nil
 }
 
@@ -203,11 +206,11 @@ func targetFromInstalled(dir string) (*Target, error) {
 	if err != nil {
 		kernelDir = filepath.Join(dir, "kernel")
 	}
-	kernel, err := os.OpenRoot(kernelDir)
+	kernelRoot, err := os.OpenRoot(kernelDir)
 	if err == nil {
-		defer kernel.Close()
+		defer kernelRoot.Close()
 	}
-	return installedTarget(r, root, filepath.ToSlash(modDir), kernel)
+	return installedTarget(r, root, filepath.ToSlash(modDir), kernelRoot)
 }
 
 // installedTarget reads the installed kernel in modDir (lib/modules/<release>) under r, a
@@ -215,10 +218,10 @@ func targetFromInstalled(dir string) (*Target, error) {
 // missing): every file it reads, symvers and modules, is reached through r or kernel, so
 // links in the tree cannot lead it outside them, and only regular files of bounded size are
 // read.
-func installedTarget(r *os.Root, rootDir, modDir string, kernel *os.Root) (*Target, error) {
+func installedTarget(r *os.Root, rootDir, modDir string, kernelRoot *os.Root) (*Target, error) {
 	release := path.Base(modDir)
 	dir := filepath.Join(rootDir, modDir)
-	t := &Target{Release: release, Flavor: kmp.FlavorFromRelease(release), Source: dir}
+	t := &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: dir}
 	var tried []string
 	for _, p := range SymversLocations("/", release) {
 		b, err := readRegular(r, rel(p), MaxModuleSize)
@@ -227,11 +230,11 @@ func installedTarget(r *os.Root, rootDir, modDir string, kernel *os.Root) (*Targ
 			continue
 		}
 		full := filepath.Join(rootDir, p)
-		data, _, err := kmp.Decompress(full, b)
+		data, _, err := module.Decompress(full, b)
 		if err != nil {
 			return nil, err
 		}
-		sv, err := kmp.ParseSymvers(full, bytes.NewReader(data))
+		sv, err := module.ParseSymvers(full, bytes.NewReader(data))
 		if err != nil {
 			return nil, err
 		}
@@ -242,24 +245,24 @@ func installedTarget(r *os.Root, rootDir, modDir string, kernel *os.Root) (*Targ
 		return nil, fmt.Errorf("%s: no symvers for kernel %s (Debian's images ship none: install linux-headers-%s); looked at %s",
 			dir, release, release, strings.Join(tried, ", "))
 	}
-	if kernel == nil {
+	if kernelRoot == nil {
 		t.Notes = append(t.Notes, "vermagic and struct module size not checked: no module of the kernel itself found under "+filepath.Join(dir, "kernel"))
 		return t, nil
 	}
-	err := fs.WalkDir(kernel.FS(), ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || !kmp.IsModuleFileName(d.Name()) {
+	err := fs.WalkDir(kernelRoot.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || !module.IsModuleFileName(d.Name()) {
 			return nil // unreadable parts of the tree only narrow the search
 		}
 		full := filepath.Join(dir, "kernel", p)
-		b, err := readRegular(kernel, p, MaxModuleSize)
+		b, err := readRegular(kernelRoot, p, MaxModuleSize)
 		if err != nil {
 			return nil
 		}
-		data, _, err := kmp.Decompress(full, b)
+		data, _, err := module.Decompress(full, b)
 		if err != nil {
 			return nil
 		}
-		m, err := kmp.ParseModule(full, data)
+		m, err := module.ParseModule(full, data)
 		if err != nil {
 			return nil // one unreadable module does not stop the search
 		}

@@ -15,10 +15,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
+
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 // Exit codes of kmpack build beyond the common ones, documented in the README.
@@ -77,14 +82,14 @@ func runBuild(c *cli.Context) error {
 	if c.Int("jobs") < 1 {
 		return usagef("--jobs must be at least 1")
 	}
-	var comp kmp.Compression
+	var comp module.Compression
 	if v := c.String("compress"); v != "auto" {
 		var err error
-		if comp, err = kmp.ParseCompression(v); err != nil {
+		if comp, err = module.ParseCompression(v); err != nil {
 			return usagef("--compress: %v", err)
 		}
 	}
-	src, err := kmp.OpenSource(srcPath)
+	src, err := source.OpenSource(srcPath)
 	if err != nil {
 		return err
 	}
@@ -127,7 +132,7 @@ func runBuild(c *cli.Context) error {
 		}
 		siblings = append(siblings, t)
 	}
-	opts := kmp.BuildOptions{
+	opts := build.BuildOptions{
 		Jobs:               c.Int("jobs"),
 		OutputDir:          c.String("output"),
 		Compression:        comp,
@@ -140,7 +145,7 @@ func runBuild(c *cli.Context) error {
 		opts.CacheDir = c.String("cache-dir")
 	}
 	if len(siblings) > 0 {
-		opts.Siblings = func(release string, mods []*kmp.ModuleInfo) []kmp.SiblingVerdict {
+		opts.Siblings = func(release string, mods []*module.ModuleInfo) []manifest.SiblingVerdict {
 			return weakupdates.Siblings(release, mods, siblings)
 		}
 	}
@@ -150,11 +155,11 @@ func runBuild(c *cli.Context) error {
 		opts.Progress = prog.update
 		defer prog.stop()
 	}
-	m, err := kmp.Build(ctx, src, found.Trees, opts)
+	m, err := build.Build(ctx, src, found.Trees, opts)
 	if prog != nil {
 		prog.stop()
 	}
-	if err != nil && !errors.Is(err, kmp.ErrBuildFailed) {
+	if err != nil && !errors.Is(err, build.ErrBuildFailed) {
 		return err
 	}
 	if c.Bool("json") {
@@ -167,7 +172,7 @@ func runBuild(c *cli.Context) error {
 	switch {
 	case m.Summary.Failed > 0:
 		for _, k := range m.Kernels {
-			if k.Status == kmp.StatusFailed && len(k.LogTail) > 0 {
+			if k.Status == manifest.StatusFailed && len(k.LogTail) > 0 {
 				fmt.Fprintf(os.Stderr, "\n--- %s: last lines of %s\n%s\n", k.Release, filepath.Join(opts.OutputDir, k.Log), strings.Join(k.LogTail, "\n"))
 			}
 		}
@@ -206,7 +211,7 @@ func expandKernelArgs(args []string) ([]string, error) {
 	return out, nil
 }
 
-func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
+func printBuildSummary(w io.Writer, m *manifest.Manifest, outDir string) {
 	fmt.Fprintf(w, "%s %s (%s) -> %s\n", m.Source.Name, m.Source.Version, m.Source.Kind, outDir)
 	width := 0
 	for _, k := range m.Kernels {
@@ -214,12 +219,12 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 	}
 	for _, k := range m.Kernels {
 		status := string(k.Status)
-		if k.Cached && k.Status == kmp.StatusBuilt {
+		if k.Cached && k.Status == manifest.StatusBuilt {
 			status = "cached"
 		}
 		var detail string
 		switch k.Status {
-		case kmp.StatusBuilt:
+		case manifest.StatusBuilt:
 			var names []string
 			for _, mod := range k.Modules {
 				names = append(names, filepath.Base(mod.File))
@@ -227,16 +232,16 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 			detail = fmt.Sprintf("%5.1fs  %s", k.Duration, strings.Join(names, " "))
 		default:
 			detail = k.Reason
-			if k.Status == kmp.StatusFailed && k.Log != "" {
+			if k.Status == manifest.StatusFailed && k.Log != "" {
 				detail += "  (log: " + filepath.Join(outDir, k.Log) + ")"
 			}
-			if k.Status == kmp.StatusFailed && k.Cached {
+			if k.Status == manifest.StatusFailed && k.Cached {
 				detail += "  [same inputs as a failed build in the cache; --no-cache retries]"
 			}
 		}
 		fmt.Fprintf(w, "  %-*s  %-7s  %s\n", width, k.Release, status, detail)
 		for _, e := range k.Excluded {
-			if k.Status != kmp.StatusSkipped {
+			if k.Status != manifest.StatusSkipped {
 				fmt.Fprintf(w, "  %-*s  %-7s  %s: %s\n", width, "", "", e.Name, e.Reason)
 			}
 		}
@@ -252,7 +257,7 @@ func printBuildSummary(w io.Writer, m *kmp.Manifest, outDir string) {
 	fmt.Fprintf(w, "%d built (%d from cache), %d skipped, %d failed\n", s.Built, s.Cached, s.Skipped, s.Failed)
 	allCached := s.Built+s.Failed > 0
 	for _, k := range m.Kernels {
-		allCached = allCached && (k.Cached || k.Status == kmp.StatusSkipped)
+		allCached = allCached && (k.Cached || k.Status == manifest.StatusSkipped)
 	}
 	if allCached {
 		fmt.Fprintln(w, "nothing rebuilt: every build was up to date in the cache")
@@ -265,20 +270,20 @@ type progress struct {
 	tty     bool
 	mu      sync.Mutex
 	order   []string
-	state   map[string]kmp.ProgressEvent
+	state   map[string]build.ProgressEvent
 	started map[string]time.Time
 	drawn   int
 	done    chan struct{}
 	once    sync.Once
 }
 
-func newProgress(f *os.File, trees []*kmp.KernelTree) *progress {
-	p := &progress{w: f, tty: term.IsTerminal(int(f.Fd())), state: map[string]kmp.ProgressEvent{},
+func newProgress(f *os.File, trees []*kernel.KernelTree) *progress {
+	p := &progress{w: f, tty: term.IsTerminal(int(f.Fd())), state: map[string]build.ProgressEvent{},
 		started: map[string]time.Time{}, done: make(chan struct{})}
 	for _, t := range trees {
 		p.order = append(p.order, t.Release)
 	}
-	sort.SliceStable(p.order, func(i, j int) bool { return kmp.CompareReleases(p.order[i], p.order[j]) < 0 })
+	sort.SliceStable(p.order, func(i, j int) bool { return kernel.CompareReleases(p.order[i], p.order[j]) < 0 })
 	if p.tty {
 		go func() {
 			t := time.NewTicker(time.Second)
@@ -298,30 +303,30 @@ func newProgress(f *os.File, trees []*kmp.KernelTree) *progress {
 	return p
 }
 
-func (p *progress) update(ev kmp.ProgressEvent) {
+func (p *progress) update(ev build.ProgressEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.state[ev.Release] = ev
-	if ev.Status == kmp.StatusBuilding {
+	if ev.Status == manifest.StatusBuilding {
 		p.started[ev.Release] = time.Now()
 	}
 	if p.tty {
 		p.redraw()
 		return
 	}
-	if ev.Status == kmp.StatusQueued {
+	if ev.Status == manifest.StatusQueued {
 		return
 	}
 	fmt.Fprintf(p.w, "kmpack: %s: %s\n", ev.Release, describeEvent(ev))
 }
 
-func describeEvent(ev kmp.ProgressEvent) string {
+func describeEvent(ev build.ProgressEvent) string {
 	switch {
-	case ev.Status == kmp.StatusBuilt && ev.Cached:
+	case ev.Status == manifest.StatusBuilt && ev.Cached:
 		return "up to date (from cache)"
-	case ev.Status == kmp.StatusFailed && ev.Cached:
+	case ev.Status == manifest.StatusFailed && ev.Cached:
 		return "failed (cached result of the same inputs): " + ev.Detail
-	case ev.Status == kmp.StatusBuilt:
+	case ev.Status == manifest.StatusBuilt:
 		return fmt.Sprintf("built in %.1fs", ev.Elapsed.Seconds())
 	case ev.Detail != "":
 		return string(ev.Status) + ": " + ev.Detail
@@ -336,7 +341,7 @@ func (p *progress) redraw() {
 	for _, rel := range p.order {
 		ev := p.state[rel]
 		line := describeEvent(ev)
-		if ev.Status == kmp.StatusBuilding {
+		if ev.Status == manifest.StatusBuilding {
 			line = fmt.Sprintf("building %ds", int(time.Since(p.started[rel]).Seconds()))
 		}
 		if ev.Status == "" {

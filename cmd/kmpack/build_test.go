@@ -8,7 +8,8 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 func TestBuildCommand(t *testing.T) {
@@ -24,7 +25,7 @@ func TestBuildCommand(t *testing.T) {
 		t.Errorf("no progress lines on a non-terminal: %s", stderr)
 	}
 	stdout, _, code = kmpackIn(t, cache, "build", "--json", "-k", h53, "-k", h612, "-o", out, src)
-	var m kmp.Manifest
+	var m manifest.Manifest
 	if err := json.Unmarshal([]byte(stdout), &m); err != nil || code != 0 {
 		t.Fatalf("--json: %v %d %s", err, code, stdout)
 	}
@@ -95,7 +96,7 @@ if grep -q CONFIG_XEN_BALLOON=y $kernel_source_dir/.config; then BUILD_EXCLUSIVE
 	if code != 0 || !strings.Contains(stdout, "wrote ") {
 		t.Fatalf("init: %d %s %s", code, stdout, stderr)
 	}
-	spec, err := kmp.ReadSpec(filepath.Join(dir, "kmpack.yaml"))
+	spec, err := source.ReadSpec(filepath.Join(dir, "kmpack.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,11 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 func compatCommand() *cli.Command {
@@ -41,9 +43,9 @@ func runCompat(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("compat needs at least one MODULE.ko")
 	}
-	var mods []*kmp.ModuleInfo
+	var mods []*module.ModuleInfo
 	for _, p := range c.Args().Slice() {
-		m, err := kmp.ReadModule(p)
+		m, err := module.ReadModule(p)
 		if err != nil {
 			return err
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -56,7 +56,7 @@ func TestBuildSiblingsInManifest(t *testing.T) {
 		t.Errorf("summary:\n%s", stdout)
 	}
 	b, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
-	var m kmp.Manifest
+	var m manifest.Manifest
 	if err := json.Unmarshal(b, &m); err != nil || len(m.Kernels[0].Siblings) != 2 {
 		t.Fatalf("manifest siblings: %v %+v", err, m.Kernels)
 	}

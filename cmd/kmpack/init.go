@@ -7,8 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 func initCommand() *cli.Command {
@@ -35,7 +36,7 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if fi, err := os.Stat(filepath.Join(dir, "dkms.conf")); err != nil || fi.IsDir() {
 				return cli.Exit(fmt.Sprintf("%s: no dkms.conf to convert", dir), exitInput)
 			}
-			src, err := kmp.OpenSource(filepath.Join(dir, "dkms.conf"))
+			src, err := source.OpenSource(filepath.Join(dir, "dkms.conf"))
 			if err != nil {
 				return err
 			}
@@ -53,17 +54,17 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if len(found.Trees) == 0 {
 				return cli.Exit("no kernel tree to evaluate dkms.conf for (pass --kernel)", exitInput)
 			}
-			spec, warnings, err := kmp.SpecFromDKMS(context.Background(), src, found.Trees)
+			spec, warnings, err := source.SpecFromDKMS(context.Background(), src, found.Trees)
 			if err != nil {
 				return err
 			}
 			var buf bytes.Buffer
 			fmt.Fprintf(&buf, "# kmpack.yaml written by kmpack init from %s (evaluated for %s)\n", "dkms.conf", found.Trees[0].Release)
-			if err := kmp.WriteSpec(&buf, spec); err != nil {
+			if err := source.WriteSpec(&buf, spec); err != nil {
 				return err
 			}
-			target := filepath.Join(src.Dir, kmp.SpecFileName)
-			if _, err := kmp.ParseSpec(target, buf.Bytes()); err != nil {
+			target := filepath.Join(src.Dir, source.SpecFileName)
+			if _, err := source.ParseSpec(target, buf.Bytes()); err != nil {
 				return fmt.Errorf("the converted spec is not valid (%v): fix dkms.conf or write kmpack.yaml by hand", err)
 			}
 			for _, w := range warnings {

@@ -6,8 +6,10 @@ import (
 	"os"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 func inspectCommand() *cli.Command {
@@ -28,10 +30,10 @@ func inspectCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return usagef("inspect: no module files given")
 			}
-			var mods []*kmp.ModuleInfo
+			var mods []*module.ModuleInfo
 			bad := 0
 			for _, f := range c.Args().Slice() {
-				m, err := kmp.ReadModule(f)
+				m, err := module.ReadModule(f)
 				if err != nil {
 					if !kmp.IsInputError(err) && !os.IsNotExist(err) {
 						return err
@@ -45,7 +47,7 @@ func inspectCommand() *cli.Command {
 			switch {
 			case c.Bool("json"):
 				if mods == nil {
-					mods = []*kmp.ModuleInfo{}
+					mods = []*module.ModuleInfo{}
 				}
 				if err := writeJSON(os.Stdout, mods); err != nil {
 					return err
@@ -74,7 +76,7 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-func printModule(w io.Writer, m *kmp.ModuleInfo, imports, exports bool) {
+func printModule(w io.Writer, m *module.ModuleInfo, imports, exports bool) {
 	kv := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(w, "  %-14s%s\n", k+":", v)

@@ -6,8 +6,11 @@ import (
 	"os"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
 func kernelsCommand() *cli.Command {
@@ -61,16 +64,16 @@ and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL ke
 }
 
 type kernelsResult struct {
-	Trees    []*kmp.KernelTree `json:"trees"`
-	Skipped  []kmp.SkippedDir  `json:"skipped,omitempty"`
-	Packages *kmp.PackageSet   `json:"package_set,omitempty"`
-	Errors   []string          `json:"errors,omitempty"`
+	Trees    []*kernel.KernelTree `json:"trees"`
+	Skipped  []kernel.SkippedDir  `json:"skipped,omitempty"`
+	Packages *unpack.PackageSet   `json:"package_set,omitempty"`
+	Errors   []string             `json:"errors,omitempty"`
 }
 
 func findKernels(cacheDir, root string, args []string) (*kernelsResult, error) {
-	res := &kernelsResult{Trees: []*kmp.KernelTree{}}
+	res := &kernelsResult{Trees: []*kernel.KernelTree{}}
 	if len(args) == 0 {
-		d, err := kmp.DiscoverKernelTrees(root)
+		d, err := kernel.DiscoverKernelTrees(root)
 		if err != nil {
 			return nil, err
 		}
@@ -84,7 +87,7 @@ func findKernels(cacheDir, root string, args []string) (*kernelsResult, error) {
 		case err != nil:
 			res.Errors = append(res.Errors, err.Error())
 		case fi.IsDir():
-			t, err := kmp.OpenKernelTree(a)
+			t, err := kernel.OpenKernelTree(a)
 			if err != nil {
 				res.Errors = append(res.Errors, err.Error())
 				continue
@@ -95,7 +98,7 @@ func findKernels(cacheDir, root string, args []string) (*kernelsResult, error) {
 		}
 	}
 	if len(pkgs) > 0 {
-		set, d, err := kmp.OpenPackageTrees(cacheDir, pkgs)
+		set, d, err := unpack.OpenPackageTrees(cacheDir, pkgs)
 		if set != nil {
 			res.Packages = set
 		}
@@ -110,7 +113,7 @@ func findKernels(cacheDir, root string, args []string) (*kernelsResult, error) {
 			res.Errors = append(res.Errors, err.Error())
 		}
 	}
-	kmp.SortKernelTrees(res.Trees)
+	kernel.SortKernelTrees(res.Trees)
 	return res, nil
 }
 

@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").

@@ -13,9 +13,13 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kmpack/kmpack/formats"
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // packagingFlags are shared by build (package after building) and package (package an
@@ -63,7 +67,7 @@ func strippedCopy(exe string) ([]byte, error) {
 }
 
 // packagingProfiles reads --format/--profile, falling back to the spec's formats and profile.
-func packagingProfiles(c *cli.Context, spec *kmp.Spec) ([]string, error) {
+func packagingProfiles(c *cli.Context, spec *source.Spec) ([]string, error) {
 	fs, ps := splitList(c.StringSlice("format")), splitList(c.StringSlice("profile"))
 	if len(fs) == 0 && len(ps) == 0 && spec != nil {
 		fs = spec.Formats
@@ -92,7 +96,7 @@ func splitList(vals []string) []string {
 
 // writePackages packages a build and prints what was written. Metadata a format forbids is bad
 // input (exit 3); the packages directory is only replaced when every package was written.
-func writePackages(c *cli.Context, src *kmp.Source, m *kmp.Manifest, outDir string, trees []*kmp.KernelTree, profiles []string, w io.Writer) error {
+func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, w io.Writer) error {
 	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")}
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
 		rt, err := selfRuntime()
@@ -145,11 +149,11 @@ func runPackage(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("%s: not a kmpack build output (%v)", outDir, err), exitInput)
 	}
-	var m kmp.Manifest
+	var m manifest.Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
 		return cli.Exit(fmt.Sprintf("%s: %v", mpath, err), exitInput)
 	}
-	src, err := kmp.OpenSource(m.Source.Dir)
+	src, err := source.OpenSource(m.Source.Dir)
 	if err != nil {
 		return err
 	}
@@ -163,12 +167,12 @@ func runPackage(c *cli.Context) error {
 	if len(profiles) == 0 {
 		return usagef("no packages asked for: give --format or --profile (or formats/profile in kmpack.yaml)")
 	}
-	var trees []*kmp.KernelTree
+	var trees []*kernel.KernelTree
 	for _, k := range m.Kernels {
-		if k.Status != kmp.StatusBuilt {
+		if k.Status != manifest.StatusBuilt {
 			continue
 		}
-		t, err := kmp.OpenKernelTree(k.Tree)
+		t, err := kernel.OpenKernelTree(k.Tree)
 		if err != nil {
 			return fmt.Errorf("kernel tree of %s: %w", k.Release, err)
 		}
@@ -259,7 +263,7 @@ func runKsyms(c *cli.Context) error {
 }
 
 // kernelSymbols opens a kernel tree, or a bare symvers file named with its release.
-func kernelSymbols(path, release string) (*kmp.KernelTree, *kmp.Symvers, error) {
+func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, nil, cli.Exit(fmt.Sprintf("%s: %v", path, err), exitInput)
@@ -268,20 +272,20 @@ func kernelSymbols(path, release string) (*kmp.KernelTree, *kmp.Symvers, error) 
 		if release == "" {
 			return nil, nil, usagef("--kernel %s is a file: give the kernel's --release too", path)
 		}
-		sv, err := kmp.ReadSymvers(path)
+		sv, err := module.ReadSymvers(path)
 		if err != nil {
 			return nil, nil, err
 		}
-		return &kmp.KernelTree{Release: release, Arch: unameMachine()}, sv, nil
+		return &kernel.KernelTree{Release: release, Arch: unameMachine()}, sv, nil
 	}
-	t, err := kmp.OpenKernelTree(path)
+	t, err := kernel.OpenKernelTree(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	if t.Symvers == nil || t.Symvers.Path == "" {
 		return nil, nil, cli.Exit(fmt.Sprintf("%s: no Module.symvers in the kernel tree", path), exitInput)
 	}
-	sv, err := kmp.ReadSymvers(t.Symvers.Path)
+	sv, err := module.ReadSymvers(t.Symvers.Path)
 	if err != nil {
 		return nil, nil, err
 	}

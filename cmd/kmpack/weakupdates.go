@@ -9,10 +9,11 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/kmp/ident"
-	"github.com/kmpack/kmpack/weakupdates"
 	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp/ident"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 func weakUpdatesCommand() *cli.Command {
@@ -87,7 +88,7 @@ must be regular files of at most 1 GiB. --dry-run writes nothing, not even the l
 								names, _ := d.Readdirnames(-1)
 								d.Close()
 								for _, n := range names {
-									if kmp.IsModuleFileName(n) {
+									if module.IsModuleFileName(n) {
 										mods = append(mods, "/"+path.Join(dir, n))
 									}
 								}

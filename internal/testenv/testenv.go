@@ -13,7 +13,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/module"
 )
 
 // Kernel releases whose headers scripts/setup.sh installs.
@@ -101,7 +102,7 @@ func Modules(t testing.TB, dir string) []string {
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() && kmp.IsModuleFileName(d.Name()) {
+		if d.Type().IsRegular() && module.IsModuleFileName(d.Name()) {
 			out = append(out, p)
 		}
 		return nil
@@ -215,16 +216,36 @@ func CopyTree(t testing.TB, src, dst string) {
 	}
 }
 
-// KernelTrees opens the installed header trees of releases.
-func KernelTrees(t testing.TB, releases ...string) []*kmp.KernelTree {
+// CopyTreeDereferenced copies the contents of src into dst, dereferencing symlinks (cp -rL):
+// a writable copy of an installed headers tree that no longer shares its -common half.
+func CopyTreeDereferenced(t testing.TB, src, dst string) {
 	t.Helper()
-	var trees []*kmp.KernelTree
+	os.MkdirAll(dst, 0o755)
+	if out, err := exec.Command("cp", "-rL", src+"/.", dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp -rL %s %s: %v %s", src, dst, err, out)
+	}
+}
+
+// KernelTrees opens the installed header trees of releases.
+func KernelTrees(t testing.TB, releases ...string) []*kernel.KernelTree {
+	t.Helper()
+	var trees []*kernel.KernelTree
 	for _, r := range releases {
-		tr, err := kmp.OpenKernelTree(HeadersDir(t, r))
+		tr, err := kernel.OpenKernelTree(HeadersDir(t, r))
 		if err != nil {
 			t.Fatal(err)
 		}
 		trees = append(trees, tr)
 	}
 	return trees
+}
+
+// MustRead reads a file the test itself made or ships, failing the test when it cannot.
+func MustRead(tb testing.TB, p string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
 }

@@ -1,0 +1,108 @@
+// Package manifest is what a build says it produced: every kernel's outcome and every module
+// file, written as manifest.json in a build output. The build engine writes it; packaging
+// (formats), weak-updates and release pipelines read it, without depending on the engine.
+package manifest
+
+import (
+	"github.com/kmpack/kmpack/kmp/module"
+)
+
+// KernelStatus is the outcome of one kernel's build.
+type KernelStatus string
+
+const (
+	StatusQueued   KernelStatus = "queued"
+	StatusBuilding KernelStatus = "building"
+	StatusBuilt    KernelStatus = "built"
+	StatusSkipped  KernelStatus = "skipped"
+	StatusFailed   KernelStatus = "failed"
+)
+
+// SiblingVerdict says whether one module built for a kernel can load in a sibling kernel, and
+// if not, why.
+type SiblingVerdict struct {
+	Module     string   `json:"module"`
+	Kernel     string   `json:"kernel"`
+	Compatible bool     `json:"compatible"`
+	Reasons    []string `json:"reasons,omitempty"`
+}
+
+// Manifest describes a build: every kernel's outcome and every module produced. It is written
+// as manifest.json in the output directory for release pipelines.
+type Manifest struct {
+	Tool    string         `json:"tool"`
+	Source  ManifestSource `json:"source"`
+	Kernels []*KernelBuild `json:"kernels"`
+	Summary BuildSummary   `json:"summary"`
+}
+
+// ManifestSource identifies what was built.
+type ManifestSource struct {
+	Dir string `json:"dir"`
+	// Kind is how the source describes itself: kmpack.yaml, dkms.conf or kbuild.
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+}
+
+// BuildSummary counts kernels by outcome.
+type BuildSummary struct {
+	Built   int `json:"built"`
+	Cached  int `json:"cached"`
+	Skipped int `json:"skipped"`
+	Failed  int `json:"failed"`
+}
+
+// KernelBuild is one kernel's outcome.
+type KernelBuild struct {
+	Release string       `json:"release"`
+	Tree    string       `json:"tree"`
+	Flavor  string       `json:"flavor"`
+	Arch    string       `json:"arch"`
+	Status  KernelStatus `json:"status"`
+	// Cached is true when the result was reused from the build cache (nothing was rebuilt).
+	Cached bool `json:"cached"`
+	// Reason says why the kernel was skipped or failed.
+	Reason string `json:"reason,omitempty"`
+	// Log is the full build log, relative to the output directory; LogTail its last lines on failure.
+	Log      string   `json:"log,omitempty"`
+	LogTail  []string `json:"log_tail,omitempty"`
+	Duration float64  `json:"duration_seconds"`
+	Compiler string   `json:"compiler,omitempty"`
+	CacheKey string   `json:"cache_key,omitempty"`
+	// Symvers is the Module.symvers the build wrote, relative to the output directory.
+	Symvers  string           `json:"symvers,omitempty"`
+	Modules  []*BuiltModule   `json:"modules"`
+	Excluded []ExcludedModule `json:"excluded,omitempty"`
+	Warnings []string         `json:"warnings,omitempty"`
+	// Siblings are the modules' verdicts against the kernels of build --siblings.
+	Siblings []SiblingVerdict `json:"siblings,omitempty"`
+}
+
+// ExcludedModule is a module BUILD_EXCLUSIVE kept out of one kernel's build.
+type ExcludedModule struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// BuiltModule is one finished module file.
+type BuiltModule struct {
+	// Name is the module's name (modinfo name=); File is the file relative to the output directory.
+	Name string `json:"name"`
+	File string `json:"file"`
+	// InstallPath is where the module installs, /lib/modules/<release>/<dest location>/<file>.
+	InstallPath string             `json:"install_path"`
+	SHA256      string             `json:"sha256"`
+	Size        int64              `json:"size"`
+	Compression module.Compression `json:"compression"`
+	Stripped    bool               `json:"stripped"`
+	Vermagic    string             `json:"vermagic"`
+	SrcVersion  string             `json:"srcversion,omitempty"`
+	Version     string             `json:"version,omitempty"`
+	License     string             `json:"license,omitempty"`
+	Depends     []string           `json:"depends,omitempty"`
+	// Imports counts the symbols with a modversions CRC the module needs; Exports lists what it provides.
+	Imports int      `json:"imports"`
+	Exports []string `json:"exports,omitempty"`
+}

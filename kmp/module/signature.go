@@ -1,0 +1,243 @@
+package module
+
+import (
+	"bytes"
+	"encoding/asn1"
+	"encoding/binary"
+	"fmt"
+	"strings"
+)
+
+// ModuleSignature is the signature the kernel's sign-file appends to a module
+// (include/linux/module_signature.h): signature bytes, a 12-byte struct module_signature and the
+// magic string "~Module signature appended~\n".
+type ModuleSignature struct {
+	// IDType is how the signer is identified: "PKCS#7" on every kernel since 4.3, or the older
+	// "X509" / "PGP" forms.
+	IDType string `json:"id_type"`
+	// Signer is the issuer's common name (PKCS#7) or the signer string (older forms).
+	Signer string `json:"signer"`
+	// KeyID is the issuing certificate's serial number (PKCS#7) or the key identifier.
+	KeyID    HexBytes `json:"key_id"`
+	HashAlgo string   `json:"hash_algo"`
+	// Algo is the public-key algorithm ("RSA", "ECDSA", ...), from the PKCS#7 signer info when there is one.
+	Algo      string   `json:"algo,omitempty"`
+	Signature HexBytes `json:"signature"`
+	// Size is the number of bytes appended to the ELF image, magic included.
+	Size int `json:"size"`
+}
+
+// HexBytes prints as colon-separated upper-case hex, as modinfo does.
+type HexBytes []byte
+
+func (h HexBytes) String() string {
+	var b strings.Builder
+	for i, c := range h {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		fmt.Fprintf(&b, "%02X", c)
+	}
+	return b.String()
+}
+
+func (h HexBytes) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+const moduleSigMagic = "~Module signature appended~\n"
+
+// Names indexed as the kernel's enum pkey_hash_algo / pkey_id_type / pkey_algo.
+var (
+	pkeyHashAlgo = []string{"md4", "md5", "sha1", "rmd160", "sha256", "sha384", "sha512", "sha224", "sm3"}
+	pkeyIDType   = []string{"PGP", "X509", "PKCS#7"}
+	pkeyAlgo     = []string{"DSA", "RSA"}
+)
+
+// HasSignatureMagic tells whether data ends with the module signature magic.
+func HasSignatureMagic(data []byte) bool {
+	return bytes.HasSuffix(data, []byte(moduleSigMagic))
+}
+
+// parseAppendedSignature returns nil when the module carries no signature. A trailer that has the
+// magic but not a well-formed signature is an error: the kernel would refuse such a module on a
+// machine that enforces signatures.
+func parseAppendedSignature(path string, data []byte) (*ModuleSignature, error) {
+	if !HasSignatureMagic(data) {
+		return nil, nil
+	}
+	size := len(data) - len(moduleSigMagic)
+	const hdrLen = 12
+	if size < hdrLen {
+		return nil, inputErrorf(path, "signature trailer at offset %#x: too short for struct module_signature", size)
+	}
+	size -= hdrLen
+	h := data[size : size+hdrLen]
+	algo, hash, idType, signerLen, keyIDLen := int(h[0]), int(h[1]), int(h[2]), int(h[3]), int(h[4])
+	sigLen := int(binary.BigEndian.Uint32(h[8:]))
+	if algo >= len(pkeyAlgo) || hash >= len(pkeyHashAlgo) || idType >= len(pkeyIDType) {
+		return nil, inputErrorf(path, "signature header at offset %#x: unknown algorithm %d, hash %d or id type %d", size, algo, hash, idType)
+	}
+	if sigLen == 0 || signerLen+keyIDLen+sigLen > size {
+		return nil, inputErrorf(path, "signature header at offset %#x: lengths (signer %d, key id %d, signature %d) exceed the file", size, signerLen, keyIDLen, sigLen)
+	}
+	sig := &ModuleSignature{IDType: pkeyIDType[idType], Size: len(data) - size + signerLen + keyIDLen + sigLen}
+	blob := data[size-sigLen : size]
+	if idType == 2 {
+		if err := sig.fillPKCS7(blob); err != nil {
+			return nil, inputErrorf(path, "PKCS#7 signature at offset %#x: %v", size-sigLen, err)
+		}
+		return sig, nil
+	}
+	off := size - sigLen - keyIDLen - signerLen
+	sig.Signer = string(data[off : off+signerLen])
+	sig.KeyID = HexBytes(data[off+signerLen : off+signerLen+keyIDLen])
+	sig.Signature = HexBytes(blob)
+	sig.HashAlgo = pkeyHashAlgo[hash]
+	sig.Algo = pkeyAlgo[algo]
+	return sig, nil
+}
+
+type algorithmIdentifier struct {
+	Algorithm  asn1.ObjectIdentifier
+	Parameters asn1.RawValue `asn1:"optional"`
+}
+
+type pkcs7ContentInfo struct {
+	ContentType asn1.ObjectIdentifier
+	Content     asn1.RawValue `asn1:"explicit,tag:0"`
+}
+
+type pkcs7SignedData struct {
+	Version          int
+	DigestAlgorithms asn1.RawValue
+	ContentInfo      asn1.RawValue
+	Certificates     asn1.RawValue     `asn1:"optional,tag:0"`
+	CRLs             asn1.RawValue     `asn1:"optional,tag:1"`
+	SignerInfos      []pkcs7SignerInfo `asn1:"set"`
+}
+
+type pkcs7SignerInfo struct {
+	Version                   int
+	SID                       asn1.RawValue
+	DigestAlgorithm           algorithmIdentifier
+	AuthenticatedAttributes   asn1.RawValue `asn1:"optional,tag:0"`
+	DigestEncryptionAlgorithm algorithmIdentifier
+	EncryptedDigest           []byte
+	UnauthenticatedAttributes asn1.RawValue `asn1:"optional,tag:1"`
+}
+
+type issuerAndSerial struct {
+	Issuer asn1.RawValue
+	Serial asn1.RawValue
+}
+
+var (
+	oidSignedData = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 2}
+	oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+	hashOIDs      = map[string]string{
+		"1.2.840.113549.2.4":      "md4",
+		"1.2.840.113549.2.5":      "md5",
+		"1.3.14.3.2.26":           "sha1",
+		"1.3.36.3.2.1":            "rmd160",
+		"2.16.840.1.101.3.4.2.1":  "sha256",
+		"2.16.840.1.101.3.4.2.2":  "sha384",
+		"2.16.840.1.101.3.4.2.3":  "sha512",
+		"2.16.840.1.101.3.4.2.4":  "sha224",
+		"2.16.840.1.101.3.4.2.8":  "sha3-256",
+		"2.16.840.1.101.3.4.2.9":  "sha3-384",
+		"2.16.840.1.101.3.4.2.10": "sha3-512",
+		"1.2.156.10197.1.401":     "sm3",
+	}
+	keyAlgoOIDs = map[string]string{
+		"1.2.840.113549.1.1.1":  "RSA",
+		"1.2.840.113549.1.1.11": "RSA",
+		"1.2.840.113549.1.1.12": "RSA",
+		"1.2.840.113549.1.1.13": "RSA",
+		"1.2.840.10045.2.1":     "ECDSA",
+		"1.2.840.10045.4.3.2":   "ECDSA",
+		"1.2.840.10045.4.3.3":   "ECDSA",
+		"1.2.840.10045.4.3.4":   "ECDSA",
+		"1.3.101.112":           "ED25519",
+		"1.2.840.10040.4.1":     "DSA",
+	}
+)
+
+// fillPKCS7 reads what modinfo shows of a PKCS#7 signature: the first signer's issuer CN,
+// certificate serial (as key id), digest algorithm and signature bytes.
+func (s *ModuleSignature) fillPKCS7(der []byte) error {
+	var ci pkcs7ContentInfo
+	rest, err := asn1.Unmarshal(der, &ci)
+	if err != nil {
+		return fmt.Errorf("ContentInfo: %v", err)
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("%d trailing bytes after ContentInfo", len(rest))
+	}
+	if !ci.ContentType.Equal(oidSignedData) {
+		return fmt.Errorf("content type %v is not signedData", ci.ContentType)
+	}
+	var sd pkcs7SignedData
+	if _, err := asn1.Unmarshal(ci.Content.Bytes, &sd); err != nil {
+		return fmt.Errorf("SignedData: %v", err)
+	}
+	if len(sd.SignerInfos) == 0 {
+		return fmt.Errorf("no signer info")
+	}
+	si := sd.SignerInfos[0]
+	var ias issuerAndSerial
+	if si.SID.Class == asn1.ClassContextSpecific && si.SID.Tag == 0 {
+		// CMS subjectKeyIdentifier (sign-file -k): no issuer, the key id is the identifier.
+		s.KeyID = HexBytes(si.SID.Bytes)
+	} else {
+		if _, err := asn1.Unmarshal(si.SID.FullBytes, &ias); err != nil {
+			return fmt.Errorf("issuerAndSerialNumber: %v", err)
+		}
+		if ias.Serial.Tag != asn1.TagInteger {
+			return fmt.Errorf("certificate serial is not an INTEGER")
+		}
+		serial := ias.Serial.Bytes
+		for len(serial) > 0 && serial[0] == 0 {
+			serial = serial[1:]
+		}
+		s.KeyID = HexBytes(serial)
+		cn, err := commonName(ias.Issuer.FullBytes)
+		if err != nil {
+			return fmt.Errorf("issuer name: %v", err)
+		}
+		s.Signer = cn
+	}
+	oid := si.DigestAlgorithm.Algorithm.String()
+	if name, ok := hashOIDs[oid]; ok {
+		s.HashAlgo = name
+	} else {
+		s.HashAlgo = oid
+	}
+	s.Algo = keyAlgoOIDs[si.DigestEncryptionAlgorithm.Algorithm.String()]
+	s.Signature = HexBytes(si.EncryptedDigest)
+	return nil
+}
+
+// commonName returns the issuer's first commonName value, raw bytes as stored. Like libkmod
+// (which uses OpenSSL's X509_NAME), a name without CN yields its last attribute's value.
+func commonName(der []byte) (string, error) {
+	var rdns []asn1.RawValue
+	if _, err := asn1.UnmarshalWithParams(der, &rdns, ""); err != nil {
+		return "", err
+	}
+	last := ""
+	for _, rdn := range rdns {
+		var atvs []struct {
+			Type  asn1.ObjectIdentifier
+			Value asn1.RawValue
+		}
+		if _, err := asn1.UnmarshalWithParams(rdn.FullBytes, &atvs, "set"); err != nil {
+			return "", err
+		}
+		for _, atv := range atvs {
+			if atv.Type.Equal(oidCommonName) {
+				return string(atv.Value.Bytes), nil
+			}
+			last = string(atv.Value.Bytes)
+		}
+	}
+	return last, nil
+}

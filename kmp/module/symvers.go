@@ -1,0 +1,159 @@
+package module
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Symbol is one exported symbol of a kernel build, as Module.symvers records it.
+type Symbol struct {
+	Name string `json:"name"`
+	CRC  uint64 `json:"crc"`
+	// Module is "vmlinux" for the kernel image, else the module's path in the build without .ko
+	// (e.g. "drivers/media/v4l2-core/videodev").
+	Module    string `json:"module"`
+	Export    string `json:"export"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Symvers is a parsed Module.symvers (or a distro's symvers-<krel>.gz): every symbol the kernel
+// and its modules export, with CRCs.
+type Symvers struct {
+	Path    string
+	Symbols []Symbol
+	byName  map[string]int
+}
+
+// Lookup finds a symbol by name.
+func (s *Symvers) Lookup(name string) (Symbol, bool) {
+	i, ok := s.byName[name]
+	if !ok {
+		return Symbol{}, false
+	}
+	return s.Symbols[i], true
+}
+
+// Len is the number of symbols.
+func (s *Symvers) Len() int { return len(s.Symbols) }
+
+// Modules lists the distinct providers (vmlinux and module paths), sorted.
+func (s *Symvers) Modules() []string {
+	seen := map[string]bool{}
+	for _, sym := range s.Symbols {
+		seen[sym.Module] = true
+	}
+	out := make([]string, 0, len(seen))
+	for m := range seen {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ReadSymvers reads a symvers file, plain or gzip/xz/zstd compressed (detected from its bytes).
+func ReadSymvers(path string) (*Symvers, error) {
+	data, _, err := ReadMaybeCompressed(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSymvers(path, bytes.NewReader(data))
+}
+
+// ParseSymvers parses the tab-separated formats kbuild has written:
+//
+//	crc  symbol  module  export                 (4 columns, kernels before 5.4)
+//	crc  symbol  namespace  module  export      (5 columns, 5.4 to 5.9)
+//	crc  symbol  module  export  namespace      (5 columns, 5.10 and later)
+//
+// plus the 3-column form of very old kernels (crc symbol module). A blank line is allowed; any
+// other malformed line is an error naming its line number.
+func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
+	defer guard(path, &err)
+	sv = &Symvers{Path: path, byName: map[string]int{}}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := strings.TrimRight(sc.Text(), "\r")
+		if strings.TrimSpace(text) == "" {
+			continue
+		}
+		cols := strings.Split(text, "\t")
+		var sym Symbol
+		switch len(cols) {
+		case 3:
+			sym = Symbol{Module: cols[2]}
+		case 4:
+			sym = Symbol{Module: cols[2], Export: cols[3]}
+		case 5:
+			if strings.HasPrefix(cols[4], "EXPORT_") && !strings.HasPrefix(cols[3], "EXPORT_") {
+				sym = Symbol{Namespace: cols[2], Module: cols[3], Export: cols[4]}
+			} else {
+				sym = Symbol{Module: cols[2], Export: cols[3], Namespace: cols[4]}
+			}
+		default:
+			return nil, inputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
+		}
+		crc, err := parseCRC(cols[0])
+		if err != nil {
+			return nil, inputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
+		}
+		sym.CRC, sym.Name = crc, cols[1]
+		if sym.Name == "" || strings.ContainsAny(sym.Name, " \x00") {
+			return nil, inputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
+		}
+		if sym.Module == "" {
+			return nil, inputErrorf(path, "line %d: symbol %s has no module", line, sym.Name)
+		}
+		if sym.Export != "" && !strings.HasPrefix(sym.Export, "EXPORT_") {
+			return nil, inputErrorf(path, "line %d: bad export type %q", line, truncate(sym.Export, 40))
+		}
+		if i, dup := sv.byName[sym.Name]; dup {
+			sv.Symbols[i] = sym // modpost lets the last definition win
+			continue
+		}
+		sv.byName[sym.Name] = len(sv.Symbols)
+		sv.Symbols = append(sv.Symbols, sym)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, inputErrorf(path, "line %d: %v", line+1, err)
+	}
+	if len(sv.Symbols) == 0 {
+		return nil, inputErrorf(path, "no symbols: not a Module.symvers file")
+	}
+	return sv, nil
+}
+
+func parseCRC(s string) (uint64, error) {
+	if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
+		return 0, fmt.Errorf("no 0x prefix")
+	}
+	return strconv.ParseUint(s[2:], 16, 64)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// WriteTo writes the symbols in the current (5.10+) Module.symvers format.
+func (s *Symvers) WriteTo(w io.Writer) (int64, error) {
+	bw := bufio.NewWriter(w)
+	var n int64
+	for _, sym := range s.Symbols {
+		c, err := fmt.Fprintf(bw, "0x%08x\t%s\t%s\t%s\t%s\n", sym.CRC, sym.Name, sym.Module, sym.Export, sym.Namespace)
+		n += int64(c)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, bw.Flush()
+}

@@ -1,0 +1,297 @@
+package source
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
+)
+
+// Spec is a kmpack.yaml: everything about a module source kmpack needs to build and package it.
+// The README documents every key with a full example.
+type Spec struct {
+	Name        string `yaml:"name,omitempty" json:"name"`
+	Version     string `yaml:"version,omitempty" json:"version"`
+	Release     string `yaml:"release,omitempty" json:"release,omitempty"`
+	License     string `yaml:"license,omitempty" json:"license,omitempty"`
+	Summary     string `yaml:"summary,omitempty" json:"summary,omitempty"`
+	Description string `yaml:"description,omitempty" json:"description,omitempty"`
+	Vendor      string `yaml:"vendor,omitempty" json:"vendor,omitempty"`
+	Maintainer  string `yaml:"maintainer,omitempty" json:"maintainer,omitempty"`
+	URL         string `yaml:"url,omitempty" json:"url,omitempty"`
+	// Modules lists the modules the build produces. Empty means every .ko the build makes,
+	// installed under InstallDir.
+	Modules []SpecModule `yaml:"modules,omitempty" json:"modules,omitempty"`
+	// InstallDir is where modules without their own install-dir go, relative to
+	// /lib/modules/<release>; default "updates".
+	InstallDir     string      `yaml:"install-dir,omitempty" json:"install_dir,omitempty"`
+	Build          SpecBuild   `yaml:"build,omitempty" json:"build"`
+	Patches        []SpecPatch `yaml:"patches,omitempty" json:"patches,omitempty"`
+	BuildExclusive Exclusion   `yaml:"build-exclusive,omitempty" json:"build_exclusive"`
+	// Kernels are the kernel trees or package files to build against when the command line
+	// names none: directories, globs, .deb/.rpm files (relative to the spec's directory).
+	Kernels []string `yaml:"kernels,omitempty" json:"kernels,omitempty"`
+	// Formats and Profile choose the packages (deb, rpm, ...) and conventions (suse, rhel, debian).
+	Formats []string `yaml:"formats,omitempty" json:"formats,omitempty"`
+	Profile string   `yaml:"profile,omitempty" json:"profile,omitempty"`
+
+	path string
+}
+
+// SpecModule is one module of a Spec.
+type SpecModule struct {
+	// Name is the built module's file name without .ko.
+	Name string `yaml:"name,omitempty" json:"name"`
+	// Location is the directory the build leaves it in, relative to the source root.
+	Location string `yaml:"location,omitempty" json:"location,omitempty"`
+	// DestName renames it on install; InstallDir overrides the spec's install-dir.
+	DestName       string    `yaml:"dest-name,omitempty" json:"dest_name,omitempty"`
+	InstallDir     string    `yaml:"install-dir,omitempty" json:"install_dir,omitempty"`
+	Strip          *bool     `yaml:"strip,omitempty" json:"strip,omitempty"`
+	BuildExclusive Exclusion `yaml:"build-exclusive,omitempty" json:"build_exclusive"`
+}
+
+// SpecBuild says how to build. With no commands, kmpack runs
+// `make -C <kernel tree> M=<build dir> modules <make-args>`.
+type SpecBuild struct {
+	MakeArgs []string      `yaml:"make-args,omitempty" json:"make_args,omitempty"`
+	Commands []SpecCommand `yaml:"commands,omitempty" json:"commands,omitempty"`
+	// PreBuild and PostBuild are shell commands run in the build directory before the make
+	// commands and after the modules were collected.
+	PreBuild  string `yaml:"pre-build,omitempty" json:"pre_build,omitempty"`
+	PostBuild string `yaml:"post-build,omitempty" json:"post_build,omitempty"`
+	// Strip is the default for modules (true: strip -g, as dkms does).
+	Strip *bool `yaml:"strip,omitempty" json:"strip,omitempty"`
+}
+
+// SpecCommand is a shell command with an optional regex on the kernel release. Commands run
+// with $kernelver, $kernel_source_dir, $build_dir, $dkms_tree, $arch and $jobs set. Of the
+// commands whose match matches (or that have none), all run, in order.
+type SpecCommand struct {
+	Run   string `yaml:"run,omitempty" json:"run"`
+	Match string `yaml:"match,omitempty" json:"match,omitempty"`
+}
+
+// SpecPatch is a patch file (relative to the source root) applied with patch -p1 to kernels
+// whose release matches Match (all when empty).
+type SpecPatch struct {
+	File  string `yaml:"file,omitempty" json:"file"`
+	Match string `yaml:"match,omitempty" json:"match,omitempty"`
+}
+
+// SpecFileName is the file kmpack looks for in a source directory.
+const SpecFileName = "kmpack.yaml"
+
+// ReadSpec reads and validates a kmpack.yaml. Unknown keys, a missing name or version, and
+// values the build could not use are *InputErrors naming the file.
+func ReadSpec(path string) (*Spec, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, inputErrorf(path, "cannot read spec: %v", unwrapPathError(err))
+	}
+	return ParseSpec(path, b)
+}
+
+// ParseSpec parses kmpack.yaml bytes; path is used in errors and to resolve relative paths.
+func ParseSpec(path string, b []byte) (s *Spec, err error) {
+	defer guard(path, &err)
+	s = &Spec{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(s); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, inputErrorf(path, "empty spec")
+		}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
+		return nil, inputErrorf(path, "%s", strings.ReplaceAll(msg, "\n  ", "; "))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, inputErrorf(path, "more than one YAML document")
+	}
+	s.path = path
+	if err := s.validate(); err != nil {
+		return nil, inputErrorf(path, "%v", err)
+	}
+	return s, nil
+}
+
+var (
+	specNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9+._-]*$`)
+	specVersionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+~_]*$`)
+	moduleNameRE  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+func (s *Spec) validate() error {
+	if s.Name == "" {
+		return fmt.Errorf("name: required")
+	}
+	if !specNameRE.MatchString(s.Name) {
+		return fmt.Errorf("name %q: use lower-case letters, digits and + . _ - (it names packages)", s.Name)
+	}
+	if s.Version == "" {
+		return fmt.Errorf("version: required")
+	}
+	if !specVersionRE.MatchString(s.Version) {
+		return fmt.Errorf("version %q: use letters, digits and . + ~ _, starting with a letter or digit", s.Version)
+	}
+	if s.Release != "" && !specVersionRE.MatchString(s.Release) {
+		return fmt.Errorf("release %q: use letters, digits and . + ~ _", s.Release)
+	}
+	if err := checkInstallDir(s.InstallDir); err != nil {
+		return fmt.Errorf("install-dir: %v", err)
+	}
+	if err := s.BuildExclusive.validate(); err != nil {
+		return fmt.Errorf("build-exclusive: %v", err)
+	}
+	seenBuilt, seenDest := map[string]bool{}, map[string]bool{}
+	for i, m := range s.Modules {
+		where := fmt.Sprintf("modules[%d]", i)
+		if !moduleNameRE.MatchString(m.Name) {
+			return fmt.Errorf("%s.name %q: a module file name without .ko (letters, digits, _ and -)", where, m.Name)
+		}
+		if m.DestName != "" && !moduleNameRE.MatchString(m.DestName) {
+			return fmt.Errorf("%s.dest-name %q: a module file name without .ko", where, m.DestName)
+		}
+		if filepath.IsAbs(m.Location) || escapes(m.Location) {
+			return fmt.Errorf("%s.location %q points outside the source tree", where, m.Location)
+		}
+		if err := checkInstallDir(m.InstallDir); err != nil {
+			return fmt.Errorf("%s.install-dir: %v", where, err)
+		}
+		if err := m.BuildExclusive.validate(); err != nil {
+			return fmt.Errorf("%s.build-exclusive: %v", where, err)
+		}
+		built := filepath.Join(m.Location, m.Name)
+		dest := m.DestName
+		if dest == "" {
+			dest = m.Name
+		}
+		if seenBuilt[built] {
+			return fmt.Errorf("%s: module %s listed twice", where, built)
+		}
+		if seenDest[dest] {
+			return fmt.Errorf("%s: two modules install as %s.ko", where, dest)
+		}
+		seenBuilt[built], seenDest[dest] = true, true
+	}
+	for i, c := range s.Build.Commands {
+		if strings.TrimSpace(c.Run) == "" {
+			return fmt.Errorf("build.commands[%d].run: empty", i)
+		}
+		if _, err := regexp.Compile(c.Match); err != nil {
+			return fmt.Errorf("build.commands[%d].match %q: %v", i, c.Match, err)
+		}
+	}
+	for i, p := range s.Patches {
+		if p.File == "" || filepath.IsAbs(p.File) || escapes(p.File) {
+			return fmt.Errorf("patches[%d].file %q must be a path inside the source tree", i, p.File)
+		}
+		if _, err := regexp.Compile(p.Match); err != nil {
+			return fmt.Errorf("patches[%d].match %q: %v", i, p.Match, err)
+		}
+	}
+	return nil
+}
+
+// checkInstallDir accepts a directory relative to /lib/modules/<release>, such as updates,
+// extra/foo or updates/dkms.
+func checkInstallDir(d string) error {
+	if d == "" {
+		return nil
+	}
+	if escapes(d) || strings.ContainsAny(d, " \t\n") {
+		return fmt.Errorf("%q must be a directory inside /lib/modules/<release>", d)
+	}
+	return nil
+}
+
+func (s *Spec) installDir(m SpecModule) string {
+	d := m.InstallDir
+	if d == "" {
+		d = s.InstallDir
+	}
+	if d == "" {
+		d = "updates"
+	}
+	return "/" + strings.Trim(filepath.Clean("/"+d), "/")
+}
+
+// specPlan makes the build plan for one kernel.
+func specPlan(s *Spec, tree *kernel.KernelTree, ws *Workspace) *BuildPlan {
+	p := &BuildPlan{Name: s.Name, Version: s.Version, PreBuild: s.Build.PreBuild, PostBuild: s.Build.PostBuild}
+	for _, c := range s.Build.Commands {
+		if c.Match == "" || matches(c.Match, tree.Release) {
+			p.Commands = append(p.Commands, c.Run)
+		}
+	}
+	if len(s.Build.Commands) == 0 {
+		cmd := "make -C " + kmp.ShellQuote(tree.Dir) + " M=" + kmp.ShellQuote(ws.BuildDir) + " modules"
+		for _, a := range s.Build.MakeArgs {
+			cmd += " " + kmp.ShellQuote(a)
+		}
+		if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
+			cmd += " LLVM=1"
+		}
+		p.Commands = []string{cmd}
+	}
+	for _, pt := range s.Patches {
+		if pt.Match == "" || matches(pt.Match, tree.Release) {
+			p.Patches = append(p.Patches, filepath.Clean(pt.File))
+		}
+	}
+	strip := s.Build.Strip == nil || *s.Build.Strip
+	if len(s.Modules) == 0 {
+		p.AllModules, p.AllModulesTo = true, s.installDir(SpecModule{})
+		p.Skip = s.BuildExclusive.check(tree)
+		return p
+	}
+	global := s.BuildExclusive.check(tree)
+	for _, m := range s.Modules {
+		pm := PlannedModule{
+			BuiltName: m.Name, BuiltLocation: filepath.Clean("/" + m.Location)[1:],
+			DestName: m.DestName, DestLocation: s.installDir(m), Strip: strip,
+		}
+		if pm.DestName == "" {
+			pm.DestName = m.Name
+		}
+		if m.Strip != nil {
+			pm.Strip = *m.Strip
+		}
+		pm.Excluded = global
+		if pm.Excluded == "" {
+			pm.Excluded = m.BuildExclusive.check(tree)
+		}
+		p.Modules = append(p.Modules, pm)
+	}
+	p.Skip = global
+	if p.Skip == "" {
+		p.Skip = p.Modules[0].Excluded
+		for _, m := range p.Modules {
+			if m.Excluded == "" {
+				p.Skip = ""
+			}
+		}
+	}
+	return p
+}
+
+// WriteSpec writes s as kmpack.yaml.
+func WriteSpec(w io.Writer, s *Spec) error {
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(s); err != nil {
+		return err
+	}
+	return enc.Close()
+}
