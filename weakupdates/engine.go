@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -169,6 +170,13 @@ func (s *session) kmps() []KMP {
 // lost on reinstall (SUSE's bsc#1257055). A dry run prints the changes the registration would
 // make and writes nothing.
 func (e *Engine) AddKMP(k KMP) error {
+	if len(k.Modules) == 0 {
+		mods, err := e.InstalledModules(k)
+		if err != nil {
+			return err
+		}
+		k.Modules = mods
+	}
 	if err := k.Validate(); err != nil {
 		return fmt.Errorf("add-kmp: %v", err)
 	}
@@ -186,6 +194,37 @@ func (e *Engine) AddKMP(k KMP) error {
 		all := slices.DeleteFunc(s.kmps(), func(o KMP) bool { return o.Package == k.Package })
 		return s.sync(kernel.FlavorFromRelease(k.Kernel), append(all, k))
 	})
+}
+
+// InstalledModules lists the modules a package installed in the debian profile's layout,
+// /lib/modules/<kernel>/updates/<name>/ under the root, read through the root (a link there
+// cannot lead outside it): add-kmp's default when the package names no modules.
+func (e *Engine) InstalledModules(k KMP) ([]string, error) {
+	if err := ident.PackageName(k.Name); err != nil {
+		return nil, kmp.InputErrorf("add-kmp", "%v", err)
+	}
+	if err := ident.KernelRelease(k.Kernel); err != nil {
+		return nil, kmp.InputErrorf("add-kmp", "%v", err)
+	}
+	dir := path.Join("lib/modules", k.Kernel, "updates", k.Name)
+	var mods []string
+	if r, err := os.OpenRoot(e.root()); err == nil {
+		if d, err := r.Open(dir); err == nil {
+			names, _ := d.Readdirnames(-1)
+			d.Close()
+			for _, n := range names {
+				if module.IsModuleFileName(n) {
+					mods = append(mods, "/"+path.Join(dir, n))
+				}
+			}
+		}
+		r.Close()
+	}
+	if len(mods) == 0 {
+		return nil, kmp.InputErrorf("add-kmp "+k.Package, "no modules given and none in /%s", dir)
+	}
+	sort.Strings(mods)
+	return mods, nil
 }
 
 // RemoveKMP forgets a package and relinks what it provided to the next best build.

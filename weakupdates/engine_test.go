@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/weakupdates"
@@ -215,5 +217,29 @@ func TestEngineConcurrentRuns(t *testing.T) {
 	}
 	if !strings.Contains(modulesDep(t, root, r54), "weak-updates/kmpack-hello/kmpack_hello.ko:") {
 		t.Errorf("modules.dep does not have the link")
+	}
+}
+
+// TestInstalledModulesDefault: add-kmp with no modules named takes the debian layout's
+// updates/<name>/ under the root, and says so (an input error) when there is nothing there.
+func TestInstalledModulesDefault(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "lib/modules/6.1.0-53-amd64/updates/acme")
+	os.MkdirAll(dir, 0o755)
+	for _, f := range []string{"b.ko", "a.ko.xz", "README"} {
+		os.WriteFile(filepath.Join(dir, f), nil, 0o644)
+	}
+	e := &weakupdates.Engine{Root: root}
+	mods, err := e.InstalledModules(weakupdates.KMP{Name: "acme", Package: "acme-modules-6.1.0-53-amd64", Kernel: "6.1.0-53-amd64"})
+	want := []string{"/lib/modules/6.1.0-53-amd64/updates/acme/a.ko.xz", "/lib/modules/6.1.0-53-amd64/updates/acme/b.ko"}
+	if err != nil || !slices.Equal(mods, want) {
+		t.Fatalf("got %v %v, want %v", mods, err, want)
+	}
+	_, err = e.InstalledModules(weakupdates.KMP{Name: "other", Package: "other-modules", Kernel: "6.1.0-53-amd64"})
+	if err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "none in /lib/modules/6.1.0-53-amd64/updates/other") {
+		t.Fatalf("empty: %v", err)
+	}
+	if _, err := e.InstalledModules(weakupdates.KMP{Name: "../../x", Package: "p", Kernel: "6.1.0-53-amd64"}); err == nil || !kmp.IsInputError(err) {
+		t.Fatalf("hostile name: %v", err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/kmp/ident"
-	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -78,31 +76,12 @@ must be regular files of at most 1 GiB. --dry-run writes nothing, not even the l
 							return cli.Exit(fmt.Sprintf("add-kmp: --%s: %v", check.flag, check.err), exitInput)
 						}
 					}
-					mods := c.Args().Slice()
-					if len(mods) == 0 {
-						// The debian profile's layout: /lib/modules/<release>/updates/<name>/,
-						// listed through the root (a link there cannot lead outside it).
-						dir := path.Join("lib/modules", k.Kernel, "updates", k.Name)
-						if r, err := os.OpenRoot(e.Root); err == nil {
-							if d, err := r.Open(dir); err == nil {
-								names, _ := d.Readdirnames(-1)
-								d.Close()
-								for _, n := range names {
-									if module.IsModuleFileName(n) {
-										mods = append(mods, "/"+path.Join(dir, n))
-									}
-								}
-							}
-							r.Close()
+					k.Modules = c.Args().Slice()
+					sort.Strings(k.Modules)
+					if len(k.Modules) > 0 {
+						if err := k.Validate(); err != nil {
+							return cli.Exit(fmt.Sprintf("add-kmp %s: %v", k.Package, err), exitInput)
 						}
-					}
-					if len(mods) == 0 {
-						return cli.Exit(fmt.Sprintf("add-kmp %s: no modules given and none in /lib/modules/%s/updates/%s", k.Package, k.Kernel, k.Name), exitInput)
-					}
-					sort.Strings(mods)
-					k.Modules = mods
-					if err := k.Validate(); err != nil {
-						return cli.Exit(fmt.Sprintf("add-kmp %s: %v", k.Package, err), exitInput)
 					}
 					return e.AddKMP(k)
 				},
