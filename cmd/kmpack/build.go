@@ -73,7 +73,7 @@ failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothin
 
 func runBuild(c *cli.Context) error {
 	if c.NArg() > 1 {
-		return usagef("build takes one SOURCE, got %d arguments (options go before SOURCE)", c.NArg())
+		return usagef("build takes one SOURCE, got %d arguments", c.NArg())
 	}
 	srcPath := c.Args().First()
 	if srcPath == "" {

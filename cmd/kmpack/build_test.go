@@ -62,7 +62,9 @@ func TestBuildExitCodes(t *testing.T) {
 			return d
 		}()}, exitInput, "kmpack.yaml: line 3: field modulez not found"},
 		{"bad compress", []string{"--compress", "lz4", testenv.ExampleSource(t, true)}, exitUsage, "unknown compression"},
-		{"options after source", []string{testenv.ExampleSource(t, true), "-o", "x"}, exitUsage, "options go before SOURCE"},
+		// Options after SOURCE are parsed as options (the bad value is caught), unknown ones still refused.
+		{"options after source", []string{testenv.ExampleSource(t, true), "-k", h53, "--compress", "lz4"}, exitUsage, "unknown compression"},
+		{"unknown option after source", []string{testenv.ExampleSource(t, true), "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 	}
 	for _, c := range cases {
 		parent := t.TempDir()

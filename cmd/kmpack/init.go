@@ -27,7 +27,7 @@ and warns about everything that differs between kernels or that a spec cannot ex
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 1 {
-				return usagef("init takes one SOURCE (options go before it)")
+				return usagef("init takes one SOURCE")
 			}
 			dir := c.Args().First()
 			if dir == "" {

@@ -8,8 +8,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
@@ -33,7 +31,7 @@ and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL ke
 			&cli.BoolFlag{Name: "dirs", Usage: "print only the trees' directories, one per line (for scripts)"},
 		},
 		Action: func(c *cli.Context) error {
-			res, err := findKernels(c.String("cache-dir"), c.String("root"), c.Args().Slice())
+			res, err := unpack.FindKernels(c.String("cache-dir"), c.String("root"), c.Args().Slice())
 			if err != nil {
 				return err
 			}
@@ -63,60 +61,6 @@ and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL ke
 	}
 }
 
-type kernelsResult struct {
-	Trees    []*kernel.KernelTree `json:"trees"`
-	Skipped  []kernel.SkippedDir  `json:"skipped,omitempty"`
-	Packages *unpack.PackageSet   `json:"package_set,omitempty"`
-	Errors   []string             `json:"errors,omitempty"`
-}
-
-func findKernels(cacheDir, root string, args []string) (*kernelsResult, error) {
-	res := &kernelsResult{Trees: []*kernel.KernelTree{}}
-	if len(args) == 0 {
-		d, err := kernel.DiscoverKernelTrees(root)
-		if err != nil {
-			return nil, err
-		}
-		res.Trees, res.Skipped = d.Trees, d.Skipped
-		return res, nil
-	}
-	var pkgs []string
-	for _, a := range args {
-		fi, err := os.Stat(a)
-		switch {
-		case err != nil:
-			res.Errors = append(res.Errors, err.Error())
-		case fi.IsDir():
-			t, err := kernel.OpenKernelTree(a)
-			if err != nil {
-				res.Errors = append(res.Errors, err.Error())
-				continue
-			}
-			res.Trees = append(res.Trees, t)
-		default:
-			pkgs = append(pkgs, a)
-		}
-	}
-	if len(pkgs) > 0 {
-		set, d, err := unpack.OpenPackageTrees(cacheDir, pkgs)
-		if set != nil {
-			res.Packages = set
-		}
-		if d != nil {
-			res.Trees = append(res.Trees, d.Trees...)
-			res.Skipped = append(res.Skipped, d.Skipped...)
-		}
-		if err != nil {
-			if !kmp.IsInputError(err) {
-				return nil, err
-			}
-			res.Errors = append(res.Errors, err.Error())
-		}
-	}
-	kernel.SortKernelTrees(res.Trees)
-	return res, nil
-}
-
 func yesNo(b bool) string {
 	if b {
 		return "yes"
@@ -124,7 +68,7 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func printKernels(w io.Writer, res *kernelsResult, verbose bool) {
+func printKernels(w io.Writer, res *unpack.Found, verbose bool) {
 	for i, t := range res.Trees {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -183,4 +127,9 @@ func printKernels(w io.Writer, res *kernelsResult, verbose bool) {
 			fmt.Fprintf(w, "\nskipped %s: %s\n", s.Dir, s.Reason)
 		}
 	}
+}
+
+// findKernels is unpack.FindKernels (kept while build and init move over to it).
+func findKernels(cacheDir, root string, args []string) (*unpack.Found, error) {
+	return unpack.FindKernels(cacheDir, root, args)
 }
