@@ -322,6 +322,8 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 		{"rpm version with a dash", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
 		{"deb name in upper case", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
 		{"apk version", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"maintainer with a line break", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Maintainer = "X <x@y>\nPre-Depends: evil" }, "debian", `maintainer "X <x@y>\nPre-Depends: evil": line break`},
+		{"summary with a control character", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Summary = "a\x1b[2Jb" }, "suse", `summary "a\x1b[2Jb": control character`},
 		{"two modules on one path", func(_ *kmp.Source, m *kmp.Manifest) {
 			k := m.Kernels[0]
 			k.Modules = append(k.Modules, k.Modules[0])
@@ -381,5 +383,70 @@ func TestSourcePackageBuildsWithDKMS(t *testing.T) {
 	}
 	if want := b.manifest.Kernels[0].Modules[0].SrcVersion; m.SrcVersion != want {
 		t.Errorf("dkms built srcversion %s, kmpack %s", m.SrcVersion, want)
+	}
+}
+
+// The metadata gate holds for a Package built in Go: a line break in any single-line field is
+// refused by Validate and by every emitter, and a description (which may span lines) cannot
+// start a control field either: dpkg and rpm, reading the packages, see no injected field.
+func TestControlFieldInjection(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "rpm")
+	pkg := func(format string) *formats.Package {
+		return &formats.Package{Format: format, Name: "inject-test", Version: "1.0", Release: "1", Arch: "all",
+			Summary: "summary", License: "MIT", Maintainer: "X <x@example.org>",
+			Description: "synopsis\nfirst paragraph\n\nPre-Depends: evil\n\n Depends: evil2\n.\nConflicts: evil3",
+			MTime:       mtime}
+	}
+	for _, format := range []string{"deb", "rpm", "apk", "archlinux"} {
+		for _, field := range []string{"Maintainer", "Summary", "Vendor", "URL", "License", "Group", "Section"} {
+			p := pkg(format)
+			if format == "rpm" {
+				p.Arch = "noarch"
+			}
+			*map[string]*string{"Maintainer": &p.Maintainer, "Summary": &p.Summary, "Vendor": &p.Vendor, "URL": &p.URL,
+				"License": &p.License, "Group": &p.Group, "Section": &p.Section}[field] = "x\nPre-Depends: evil"
+			if err := formats.Validate(p); err == nil || !strings.Contains(err.Error(), "line break") {
+				t.Errorf("%s %s: Validate: %v", format, field, err)
+			}
+			e, _ := formats.EmitterFor(format)
+			var buf bytes.Buffer
+			if err := e.Write(p, &buf); err == nil || buf.Len() > 0 {
+				t.Errorf("%s %s: the emitter wrote %d bytes (err %v)", format, field, buf.Len(), err)
+			}
+		}
+		p := pkg(format)
+		p.Requires = []formats.Relation{formats.Rel("a, evil")}
+		if format == "deb" {
+			if err := formats.Validate(p); err == nil {
+				t.Errorf("deb: a relation name with a comma was accepted")
+			}
+		}
+	}
+
+	dir := t.TempDir()
+	deb := filepath.Join(dir, "inject.deb")
+	var buf bytes.Buffer
+	e, _ := formats.EmitterFor("deb")
+	if err := e.Write(pkg("deb"), &buf); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(deb, buf.Bytes(), 0o644)
+	info := mustRun(t, "dpkg-deb", "--info", deb)
+	for _, field := range []string{"Pre-Depends", "Depends", "Conflicts"} {
+		if got := strings.TrimSpace(mustRun(t, "dpkg-deb", "--field", deb, field)); got != "" {
+			t.Errorf("dpkg-deb --field %s = %q:\n%s", field, got, info)
+		}
+	}
+	if !strings.Contains(info, "\n  first paragraph\n  .\n  Pre-Depends: evil\n") {
+		t.Errorf("the description is not kept as continuation lines:\n%s", info)
+	}
+	rp := pkg("rpm")
+	rp.Arch = "noarch"
+	f := writeRPM(t, rp, dir)
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{PACKAGER}|%{SUMMARY}|[%{REQUIRENAME},][%{CONFLICTNAME},]", f); strings.Contains(got, "evil") || !strings.HasPrefix(got, "X <x@example.org>|summary|") {
+		t.Errorf("rpm header: %q", got)
+	}
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{DESCRIPTION}", f); !strings.Contains(got, "Pre-Depends: evil") {
+		t.Errorf("rpm description lost its text: %q", got)
 	}
 }

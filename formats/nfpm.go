@@ -32,6 +32,9 @@ func (e nfpmEmitter) FileName(p *Package) string {
 }
 
 func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
+	if err := checkMetadata(p, e.format); err != nil {
+		return err
+	}
 	tmp, err := os.MkdirTemp("", "kmpack-nfpm-")
 	if err != nil {
 		return err
