@@ -450,3 +450,54 @@ func TestControlFieldInjection(t *testing.T) {
 		t.Errorf("rpm description lost its text: %q", got)
 	}
 }
+
+// The -dkms source package never ships a file from outside the source: a symlink chain that
+// leaves it (a/b/c/x -> ../.. then p.patch -> a/b/c/x/../../../secret) is an input error naming
+// the link, and nothing is written. In-source links (self -> .) ship as symlinks.
+func TestSourcePackageSymlinks(t *testing.T) {
+	testenv.Need(t, "dpkg-deb")
+	b := buildModule(t, "abi", testenv.Release53)
+	pack := func(t *testing.T, links [][2]string) (string, []formats.Written, error) {
+		top := t.TempDir()
+		secret := filepath.Join(top, "secret")
+		os.WriteFile(secret, []byte("host secret\n"), 0o600)
+		srcDir := filepath.Join(top, "src")
+		testenv.CopyTree(t, b.src.Dir, srcDir)
+		os.MkdirAll(filepath.Join(srcDir, "a/b/c"), 0o755)
+		for _, l := range links {
+			if err := os.Symlink(l[1], filepath.Join(srcDir, l[0])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		src, err := kmp.OpenSource(srcDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(top, "out")
+		testenv.CopyTree(t, b.out, out)
+		written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out,
+			Trees: b.trees, Profiles: []string{"debian", "suse", "arch"}})
+		return filepath.Join(out, formats.PackagesDir), written, err
+	}
+	dir, _, err := pack(t, [][2]string{{"a/b/c/x", "../.."}, {"p.patch", "a/b/c/x/../../../secret"}})
+	if err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "p.patch: symlink to \"a/b/c/x/../../../secret\" leads outside the source tree") {
+		t.Errorf("err = %v, want an input error naming p.patch", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("a packages directory was written")
+	}
+
+	dir, written, err := pack(t, [][2]string{{"self", "."}, {"a/b/c/x", "../.."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ profile, tool string }{{"debian", "dpkg-deb -c"}, {"arch", "tar --zstd -tvf"}, {"suse", "rpm -qlvp"}} {
+		args := append(strings.Fields(c.tool)[1:], filepath.Join(dir, find(t, written, c.profile, "")))
+		list := mustRun(t, strings.Fields(c.tool)[0], args...)
+		for _, want := range []string{"usr/src/kmpack-abichange-1.0/self -> .\n", "usr/src/kmpack-abichange-1.0/a/b/c/x -> ../..\n"} {
+			if !strings.Contains(list, want) {
+				t.Errorf("the %s source package lacks %q:\n%s", c.profile, want, list)
+			}
+		}
+	}
+}

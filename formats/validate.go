@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -83,7 +84,7 @@ func Validate(p *Package) error {
 		if strings.Contains(f.Path, ".ko") {
 			modules++
 		}
-		if f.Kind == Symlink && (path.IsAbs(f.Target) || !underAny(path.Join(path.Dir(f.Path), f.Target), roots)) {
+		if t := path.Join(path.Dir(f.Path), f.Target); f.Kind == Symlink && (path.IsAbs(f.Target) || !slices.Contains(roots, t) && !underAny(t, roots)) {
 			return fmt.Errorf("%s: symlink %s -> %s leaves the package's directories", p.Name, f.Path, f.Target)
 		}
 	}
