@@ -1,11 +1,15 @@
 package kmp_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp"
 )
 
@@ -113,6 +117,59 @@ func TestSourceFilesShipInSourceSymlinks(t *testing.T) {
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s -> %q, want %q", k, got[k], v)
+		}
+	}
+}
+
+// kmpack.yaml's pre-build and post-build commands run with bash in kmpack; in the dkms.conf
+// generated for the -dkms package they become #!/bin/bash scripts that the real dkms runs with
+// the same variables set.
+func TestHookScriptsRunUnderDKMS(t *testing.T) {
+	testenv.Need(t, "dkms")
+	top := t.TempDir()
+	dir := filepath.Join(top, "src")
+	testenv.CopyTree(t, testenv.TestModuleSource(t, "hello"), dir)
+	hook := func(name string) string {
+		return `[[ -n $BASH_VERSION ]] && echo "$kernelver|$arch|$module|$module_version|$kernel_source_dir|${build_dir##*/}|$dkms_tree|${jobs//[0-9]/}" > "$dkms_tree/` + name + `.out"`
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "kmpack.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "build:\n  pre-build: %s\n  post-build: %s\n", strconv.Quote(hook("pre")), strconv.Quote(hook("post")))
+	f.Close()
+	src, err := kmp.OpenSource(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, conf, err := src.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcTree := filepath.Join(top, "usr-src")
+	root := filepath.Join(srcTree, "kmpack-hello-1.0")
+	for _, sf := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, sf.Path)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, sf.Path), sf.Body, os.FileMode(sf.Mode)); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(sf.Path, "kmpack-") && strings.HasSuffix(sf.Path, ".sh") && !strings.HasPrefix(string(sf.Body), "#!/bin/bash\n") {
+			t.Errorf("%s:\n%s", sf.Path, sf.Body)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "dkms.conf"), conf, 0o644)
+	dkmsTree := filepath.Join(top, "dkms")
+	os.MkdirAll(dkmsTree, 0o755)
+	out, err := exec.Command("dkms", "build", "--dkmstree", dkmsTree, "--sourcetree", srcTree,
+		"-m", "kmpack-hello", "-v", "1.0", "-k", testenv.Release53).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dkms build: %v\n%s\ndkms.conf:\n%s", err, out, conf)
+	}
+	for _, name := range []string{"pre", "post"} {
+		got, err := os.ReadFile(filepath.Join(dkmsTree, name+".out"))
+		want := testenv.Release53 + "|x86_64|kmpack-hello|1.0|/lib/modules/" + testenv.Release53 + "/build|build|" + dkmsTree + "|\n"
+		if err != nil || string(got) != want {
+			t.Errorf("%s-build hook wrote %q (%v), want %q\n%s", name, got, err, want, out)
 		}
 	}
 }
