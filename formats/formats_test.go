@@ -501,3 +501,78 @@ func TestSourcePackageSymlinks(t *testing.T) {
 		}
 	}
 }
+
+// A package whose name, version and kernel release use every character kmp/ident lets through
+// gets scriptlets that sh and bash parse, and the debian postinst/postrm do what they are for:
+// run the real depmod for that kernel in $DPKG_ROOT, which then indexes (and drops) the module.
+func TestScriptletsAtIdentifierEdges(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "depmod", "bash")
+	b := buildModule(t, "abi", testenv.Release53)
+	kernels, err := formats.InputFromBuild(b.out, b.manifest, map[string]*kmp.KernelTree{testenv.Release53: b.trees[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const release = "6.1.0+x.y-53-amd64"
+	kernels[0].Release = release
+	files, conf, err := b.src.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := formats.MetadataFor(b.src, b.manifest)
+	md.Name, md.Version, md.Release = "0+a.b-c", "1.0+git.1~rc1", "2.1"
+	in := &formats.Input{Meta: md, Kernels: kernels, MTime: mtime, Source: &formats.Source{Files: files, DKMSConf: conf}}
+	pkgs, err := formats.Describe(in, []string{"debian", "suse", "rhel", "arch"}, formats.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var deb *formats.Package
+	for _, p := range pkgs {
+		if p.Profile == "debian" && p.Kernel != "" {
+			deb = p
+		}
+		for i, s := range []string{p.Scripts.PreInstall, p.Scripts.PostInstall, p.Scripts.PreRemove, p.Scripts.PostRemove, p.Scripts.PostTrans} {
+			if s == "" {
+				continue
+			}
+			f := filepath.Join(dir, fmt.Sprintf("%s-%d", p.FileName, i))
+			os.WriteFile(f, []byte(s), 0o755)
+			for _, shell := range []string{"sh", "bash"} {
+				if out, err := run(t, shell, "-n", f); err != nil {
+					t.Errorf("%s -n: %s script %d: %v\n%s\n%s", shell, p.FileName, i, err, out, s)
+				}
+			}
+		}
+	}
+	if deb == nil {
+		t.Fatal("no debian package")
+	}
+	e, _ := formats.EmitterFor("deb")
+	var buf bytes.Buffer
+	if err := e.Write(deb, &buf); err != nil {
+		t.Fatal(err)
+	}
+	debFile := filepath.Join(dir, deb.FileName)
+	os.WriteFile(debFile, buf.Bytes(), 0o644)
+	root, control := filepath.Join(dir, "root"), filepath.Join(dir, "control")
+	mustRun(t, "dpkg-deb", "-x", debFile, root)
+	mustRun(t, "dpkg-deb", "-e", debFile, control)
+	os.MkdirAll(filepath.Join(root, "lib/modules", release, "kernel"), 0o755)
+	script := func(name, arg string) {
+		cmd := exec.Command("sh", filepath.Join(control, name), arg)
+		cmd.Env = append(os.Environ(), "DPKG_ROOT="+root)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, arg, err, out)
+		}
+	}
+	dep := filepath.Join(root, "lib/modules", release, "modules.dep")
+	script("postinst", "configure")
+	if got, _ := os.ReadFile(dep); !strings.Contains(string(got), "updates/0+a.b-c/kmpack_abi.ko:") {
+		t.Errorf("postinst configure: modules.dep = %q", got)
+	}
+	os.RemoveAll(filepath.Join(root, "lib/modules", release, "updates"))
+	script("postrm", "remove")
+	if got, err := os.ReadFile(dep); err != nil || strings.Contains(string(got), "kmpack_abi") {
+		t.Errorf("postrm remove: modules.dep = %q (%v)", got, err)
+	}
+}

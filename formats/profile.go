@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 	"text/template"
@@ -184,7 +185,44 @@ func moduleFiles(k *Kernel, dir string) ([]File, error) {
 	return out, nil
 }
 
-var scriptTemplates = template.Must(template.New("scriptlets").ParseFS(templates.Scriptlets, "scriptlets/*.tmpl"))
+// scriptTemplates are the scriptlet templates. Values are validated where they enter kmpack, and
+// the templates still quote every one (defense in depth): sh makes a value one shell word, word
+// and comment refuse (fail rendering for) what they cannot write safely.
+var scriptTemplates = template.Must(template.New("scriptlets").Funcs(template.FuncMap{
+	"sh":      shellWord,
+	"word":    bareWord,
+	"comment": commentText,
+}).ParseFS(templates.Scriptlets, "scriptlets/*.tmpl"))
+
+// safeWord is what a shell word may hold unquoted: no glob, expansion, quote, separator or
+// whitespace characters.
+var safeWord = regexp.MustCompile(`^[A-Za-z0-9._+~^:,@%/=-]+$`)
+
+// shellWord quotes v as one POSIX shell word: in double quotes when nothing in it is special
+// there (the form SUSE's and kmodtool's templates use), else in single quotes (a quote inside
+// closes them, is escaped, and reopens them).
+func shellWord(v string) string {
+	if safeWord.MatchString(v) {
+		return `"` + v + `"`
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+// bareWord returns v for a place that cannot be quoted (part of a command name), or fails.
+func bareWord(v string) (string, error) {
+	if !safeWord.MatchString(v) {
+		return "", fmt.Errorf("%q cannot be written unquoted in a shell script", v)
+	}
+	return v, nil
+}
+
+// commentText returns v for a shell comment, or fails when v would end the comment.
+func commentText(v string) (string, error) {
+	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 }) {
+		return "", fmt.Errorf("%q cannot be written in a shell comment", v)
+	}
+	return v, nil
+}
 
 // scriptlets renders scriptlet templates, keeping the first error so that a profile can
 // render all of a package's scripts and check once.
