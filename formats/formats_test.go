@@ -327,8 +327,9 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 		profile string
 		want    string
 	}{
-		{"rpm version with a dash", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
-		{"deb name in upper case", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
+		{"rpm version with a space", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0 2" }, "suse", `version "1.0 2_k6.1.0_53" is not valid`},
+		{"deb version not starting with a digit", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "v1.0" }, "debian", `version "v1.0" is not valid`},
+		{"apk version with a dash", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0-2" }, "alpine", `version "1.0-2" is not valid`},
 		{"apk version", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
 		{"maintainer with a line break", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Maintainer = "X <x@y>\nPre-Depends: evil" }, "debian", `maintainer "X <x@y>\nPre-Depends: evil": line break`},
 		{"summary with a control character", func(s *kmp.Source, _ *kmp.Manifest) { s.Spec.Summary = "a\x1b[2Jb" }, "suse", `summary "a\x1b[2Jb": control character`},
@@ -617,5 +618,81 @@ func TestGzipModulesReadBack(t *testing.T) {
 				t.Errorf("%s: modinfo -F %s = %q, want %q", profile, field, got, want)
 			}
 		}
+	}
+}
+
+// Names and versions dkms accepts become packages: tp_smapi 0.3.0-1 is the Debian package
+// tp-smapi-modules-<release> 0.3.0-1-1 and tp-smapi-dkms (as dh_dkms users name it), the KMP
+// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), with
+// the module file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real
+// dkms builds the source package's tree.
+func TestPackageNamesAndVersionsMapped(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "rpm", "dkms")
+	b := buildModule(t, "abi", testenv.Release53)
+	src, err := kmp.OpenSource(b.src.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := *src.Spec
+	spec.Name, spec.Version = "tp_smapi", "0.3.0-1"
+	src.Spec = &spec
+	out := filepath.Join(t.TempDir(), "out")
+	testenv.CopyTree(t, b.out, out)
+	written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
+		Profiles: []string{"debian", "suse", "rhel", "arch"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(out, formats.PackagesDir)
+	for _, c := range []struct{ profile, kernel, file string }{
+		{"debian", testenv.Release53, "tp-smapi-modules-6.1.0-53-amd64_0.3.0-1-1_amd64.deb"},
+		{"debian", "", "tp-smapi-dkms_0.3.0-1-1_all.deb"},
+		{"suse", testenv.Release53, "tp_smapi-kmp-amd64-0.3.0_1_k6.1.0_53-1.x86_64.rpm"},
+		{"rhel", testenv.Release53, "kmod-tp_smapi-0.3.0_1-1.6.1.0_53_amd64.x86_64.rpm"},
+		{"suse", "", "tp_smapi-dkms-0.3.0_1-1.noarch.rpm"},
+		{"arch", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_1-1-x86_64.pkg.tar.zst"},
+	} {
+		if got := find(t, written, c.profile, c.kernel); got != c.file {
+			t.Errorf("%s %q: %s, want %s", c.profile, c.kernel, got, c.file)
+		}
+	}
+	deb := filepath.Join(dir, "tp-smapi-modules-6.1.0-53-amd64_0.3.0-1-1_amd64.deb")
+	if got := mustRun(t, "dpkg-deb", "-f", deb, "Package", "Version", "Provides"); got != "Package: tp-smapi-modules-6.1.0-53-amd64\nVersion: 0.3.0-1-1\nProvides: tp-smapi-modules\n" {
+		t.Errorf("deb control:\n%s", got)
+	}
+	if got := mustRun(t, "dpkg-deb", "-c", deb); !strings.Contains(got, "./lib/modules/6.1.0-53-amd64/updates/tp_smapi/kmpack_abi.ko\n") {
+		t.Errorf("deb contents:\n%s", got)
+	}
+	kmpRPM := filepath.Join(dir, "tp_smapi-kmp-amd64-0.3.0_1_k6.1.0_53-1.x86_64.rpm")
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE}", kmpRPM); got != "tp_smapi-kmp-amd64 0.3.0_1_k6.1.0_53-1" {
+		t.Errorf("KMP: %s", got)
+	}
+	if got := mustRun(t, "rpm", "-qp", "--scripts", filepath.Join(dir, "tp_smapi-dkms-0.3.0_1-1.noarch.rpm")); !strings.Contains(got, `version="0.3.0-1"`) {
+		t.Errorf("dkms rpm scriptlets:\n%s", got)
+	}
+	root := t.TempDir()
+	mustRun(t, "dpkg-deb", "-x", filepath.Join(dir, "tp-smapi-dkms_0.3.0-1-1_all.deb"), root)
+	conf, err := os.ReadFile(filepath.Join(root, "usr/src/tp_smapi-0.3.0-1/dkms.conf"))
+	if err != nil || !strings.Contains(string(conf), "PACKAGE_NAME=tp_smapi\nPACKAGE_VERSION=0.3.0-1\n") {
+		t.Fatalf("dkms.conf: %v\n%s", err, conf)
+	}
+	dkmsTree := t.TempDir()
+	log := mustRun(t, "dkms", "build", "--dkmstree", dkmsTree, "--sourcetree", filepath.Join(root, "usr/src"),
+		"-m", "tp_smapi", "-v", "0.3.0-1", "-k", testenv.Release53)
+	if ko, _ := filepath.Glob(filepath.Join(dkmsTree, "tp_smapi/0.3.0-1", testenv.Release53, "*/module/kmpack_abi.ko*")); len(ko) != 1 {
+		t.Errorf("dkms built no kmpack_abi.ko:\n%s", log)
+	}
+}
+
+// kmpack.yaml's formats and profile are checked where the spec is read, against kmp's table of
+// profiles: it must be this package's.
+func TestSpecProfilesMatchFormats(t *testing.T) {
+	want := map[string]string{}
+	for _, name := range formats.Profiles() {
+		p, _ := formats.ProfileFor(name)
+		want[name] = p.Format()
+	}
+	if got := kmp.SpecProfiles(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("kmp.SpecProfiles() = %v, formats has %v", got, want)
 	}
 }

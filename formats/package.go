@@ -112,6 +112,9 @@ type Package struct {
 	FileName string
 	// runtime marks the kmpack runtime package, which installs outside module directories.
 	runtime bool
+	// sourceRoot is a source package's /usr/src/<name>-<version> (the source's own name and
+	// version, which the package's may not be).
+	sourceRoot string
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

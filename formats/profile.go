@@ -150,6 +150,32 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 	return kept, nil
 }
 
+// packageName maps a source's name (or a kernel release) to a package name of format: Debian
+// allows neither upper case nor "_" (dh_dkms users name tp_smapi's package tp-smapi-dkms), apk
+// and Arch no upper case; rpm takes it as it is. Module file names and /usr/src/<name>-<version>
+// keep the source's own name.
+func packageName(format, name string) string {
+	switch format {
+	case "deb":
+		return strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	case "apk", "archlinux":
+		return strings.ToLower(name)
+	}
+	return name
+}
+
+// packageVersion maps a source's version as dkms accepts it to format: rpm and Arch versions may
+// not contain "-" (it separates the release), so 0.3.0-1 becomes 0.3.0_1; a Debian upstream
+// version may contain "-" (the package always has a revision), and apk's grammar has no mapping
+// that keeps the order, so both take it as it is (apk then refuses it, naming the version).
+func packageVersion(format, v string) string {
+	switch format {
+	case "rpm", "archlinux":
+		return strings.ReplaceAll(v, "-", "_")
+	}
+	return v
+}
+
 // perKernelPackage is the <name>-modules-<release> package the debian, alpine and arch
 // profiles make: the kernel's modules in moddir (owned), the metadata, the format's arch.
 func perKernelPackage(profile string, in *Input, k *Kernel, moddir, arch string) (*Package, error) {
@@ -158,9 +184,10 @@ func perKernelPackage(profile string, in *Input, k *Kernel, moddir, arch string)
 	if err != nil {
 		return nil, err
 	}
+	format := profiles[profile].Format()
 	p := &Package{
 		Profile: profile, Kernel: k.Release,
-		Name: strings.ToLower(md.Name) + "-modules-" + strings.ToLower(k.Release), Version: md.Version, Release: md.Release,
+		Name: packageName(format, md.Name+"-modules-"+k.Release), Version: packageVersion(format, md.Version), Release: md.Release,
 		Arch: arch, Summary: md.Summary, Description: md.Summary, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
 	}

@@ -100,7 +100,11 @@ func allowedRoots(p *Package) []string {
 		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc}
 	}
 	if p.Kernel == "" {
-		return []string{"/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version, doc}
+		root := p.sourceRoot
+		if root == "" {
+			root = "/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version
+		}
+		return []string{root, doc}
 	}
 	return []string{"/lib/modules/" + p.Kernel, "/usr/lib/modules/" + p.Kernel, doc}
 }
