@@ -43,15 +43,20 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 	defer root.Close()
 	var out []SourceFile
 	var conf []byte
+	// What the package will hold: every file and link, and the directories above them (an
+	// empty directory is not shipped, so a link to one would dangle).
 	shipped := map[string]bool{".": true}
+	ship := func(rel string) {
+		for p := rel; p != "." && !shipped[p]; p = path.Dir(p) {
+			shipped[p] = true
+		}
+	}
 	type link struct{ path, rel, target, resolved string }
 	var links []link
 	err = s.walk(true, func(p, rel string, fi fs.FileInfo) error {
 		rel = filepath.ToSlash(rel)
 		switch {
 		case rel == ".":
-		case fi.IsDir():
-			shipped[rel] = true
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := root.Readlink(rel)
 			if err != nil {
@@ -66,6 +71,7 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 				return inputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), unwrapPathError(err))
 			}
 			links = append(links, link{p, rel, t, resolved})
+			ship(rel)
 		case fi.Mode().IsRegular():
 			b, mode, err := readRegularInRoot(root, rel)
 			if err != nil {
@@ -74,7 +80,7 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 			if rel == "dkms.conf" {
 				conf = b
 			}
-			shipped[rel] = true
+			ship(rel)
 			out = append(out, SourceFile{Path: rel, Mode: uint32(mode.Perm()), Body: b})
 		}
 		return nil

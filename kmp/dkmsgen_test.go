@@ -62,9 +62,11 @@ func TestSourceFilesRefuseEscapingSymlinkChains(t *testing.T) {
 		{"dangling", [][2]string{{"gone", "nothing/here"}}, nil, "gone: symlink to \"nothing/here\" leads to nothing, which does not exist"},
 		{"loop", [][2]string{{"l1", "l2"}, {"l2", "l1"}}, nil, "is a loop"},
 		{"into .git", [][2]string{{"head", ".git/HEAD"}}, nil, "leads to .git/HEAD, which the source package does not ship"},
+		{"empty directory", [][2]string{{"e", "a/empty"}}, nil, "leads to a/empty, which the source package does not ship"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir, _ := symlinkSource(t, c.links, c.patches...)
+			os.Mkdir(filepath.Join(dir, "a/empty"), 0o755)
 			if c.name == "into .git" {
 				os.Mkdir(filepath.Join(dir, ".git"), 0o755)
 				os.WriteFile(filepath.Join(dir, ".git/HEAD"), []byte("ref"), 0o644)

@@ -41,9 +41,12 @@ func TestInitVersionWithDash(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "src")
 	testenv.CopyTree(t, testenv.TestModuleSource(t, "hello"), dir)
 	os.Remove(filepath.Join(dir, "kmpack.yaml"))
-	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte("PACKAGE_NAME=tp_smapi\nPACKAGE_VERSION=0.3.0-1\nBUILT_MODULE_NAME[0]=kmpack_hello\nDEST_MODULE_LOCATION[0]=/updates\nAUTOINSTALL=yes\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte("PACKAGE_NAME=tp_smapi\nPACKAGE_VERSION=0.3.0-1\nBUILT_MODULE_NAME[0]=kmpack_hello\nDEST_MODULE_LOCATION[0]=/updates\nAUTOINSTALL=yes\n"+
+		"PRE_BUILD=\"pre.sh $kernelver\"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "pre.sh"), []byte("#!/bin/sh\n"), 0o755)
 	stdout, stderr, code := kmpack(t, "init", "--stdout", "-k", h53, dir)
-	if code != 0 || !strings.Contains(stdout, "\nname: tp_smapi\nversion: 0.3.0-1\n") {
+	// The hook's kernel argument is written back as ${kernelver}, which kmpack expands per kernel.
+	if code != 0 || !strings.Contains(stdout, "\nname: tp_smapi\nversion: 0.3.0-1\n") || !strings.Contains(stdout, "pre-build: ./pre.sh ${kernelver}\n") {
 		t.Fatalf("init: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 }
