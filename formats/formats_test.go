@@ -696,3 +696,31 @@ func TestSpecProfilesMatchFormats(t *testing.T) {
 		t.Errorf("kmp.SpecProfiles() = %v, formats has %v", got, want)
 	}
 }
+
+// The RPM payload's member names are relative (./usr/...), as rpmbuild writes them: rpmlint and
+// anyone else unpacking with rpm2cpio | cpio -id get the files in their directory, not on /.
+func TestRPMPayloadNamesAreRelative(t *testing.T) {
+	testenv.Need(t, "rpm", "rpm2cpio", "cpio")
+	p := &formats.Package{Name: "payload-test", Version: "1", Release: "1", Arch: "noarch", Summary: "s",
+		Description: "d", License: "MIT", MTime: mtime,
+		Files: []formats.File{{Path: "/usr/src/payload-test-1", Kind: formats.Directory, Mode: 0o755},
+			{Path: "/usr/src/payload-test-1/a", Body: []byte("a\n"), Mode: 0o644},
+			{Path: "/usr/src/payload-test-1/l", Kind: formats.Symlink, Target: "a"}}}
+	f := writeRPM(t, p, t.TempDir())
+	if got := mustRun(t, "sh", "-c", `rpm2cpio "$1" | cpio -t --quiet`, "sh", f); got != "./usr/src/payload-test-1\n./usr/src/payload-test-1/a\n./usr/src/payload-test-1/l\n" {
+		t.Errorf("payload names:\n%s", got)
+	}
+	if got := mustRun(t, "rpm", "-qlp", f); got != "/usr/src/payload-test-1\n/usr/src/payload-test-1/a\n/usr/src/payload-test-1/l\n" {
+		t.Errorf("rpm -qlp:\n%s", got)
+	}
+	dir := t.TempDir()
+	mustRun(t, "sh", "-c", `cd "$1" && rpm2cpio "$2" | cpio -idm --quiet --no-absolute-filenames`, "sh", dir, f)
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/src/payload-test-1/l")); err != nil || string(b) != "a\n" {
+		t.Errorf("unpacked: %q %v", b, err)
+	}
+	root := t.TempDir()
+	mustRun(t, "rpm", "--root", root, "-i", "--nodeps", "--noscripts", f)
+	if b, err := os.ReadFile(filepath.Join(root, "usr/src/payload-test-1/a")); err != nil || string(b) != "a\n" {
+		t.Errorf("installed: %q %v", b, err)
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/google/rpmpack"
+	"github.com/kmpack/kmpack/formats/internal/rpmpack"
 )
 
 // rpmEmitter writes RPMs with rpmpack directly: nfpm hides the *rpmpack.RPM, so it cannot add
