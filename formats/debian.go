@@ -46,7 +46,7 @@ func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package
 	p.Requires = []Relation{Rel(fmt.Sprintf("linux-image-%[1]s | linux-image-%[1]s-unsigned | linux-image-unsigned-%[1]s", k.Release))}
 	// The runtime carries the weak-updates engine the maintainer scripts call.
 	p.Requires = append(p.Requires, Relation{Name: RuntimePackageName, Sense: GreatEq, Version: RuntimeMinVersion})
-	p.Provides = []Relation{Rel(strings.ToLower(md.Name) + "-modules")}
+	p.Provides = []Relation{Rel(packageName("deb", md.Name+"-modules"))}
 
 	var s scriptlets
 	data := map[string]any{"Kernel": k.Release, "Name": md.Name, "Package": p.Name,

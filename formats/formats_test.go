@@ -15,6 +15,7 @@ import (
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -54,9 +55,15 @@ func TestMain(m *testing.M) {
 // buildModule builds testdata/modules/<name> for releases once per test run.
 func buildModule(t *testing.T, name string, releases ...string) *built {
 	t.Helper()
+	return buildModuleWith(t, name, "", releases...)
+}
+
+// buildModuleWith builds with a module compression other than the kernel's ("" keeps it).
+func buildModuleWith(t *testing.T, name string, comp module.Compression, releases ...string) *built {
+	t.Helper()
 	buildsMu.Lock()
 	defer buildsMu.Unlock()
-	key := name + " " + strings.Join(releases, " ")
+	key := name + " " + string(comp) + " " + strings.Join(releases, " ")
 	if b := builds[key]; b != nil {
 		return b
 	}
@@ -72,7 +79,7 @@ func buildModule(t *testing.T, name string, releases ...string) *built {
 	}
 	trees := testenv.KernelTrees(t, releases...)
 	out := filepath.Join(dir, "out")
-	m, err := build.Build(context.Background(), src, trees, build.BuildOptions{Jobs: 2, OutputDir: out})
+	m, err := build.Build(context.Background(), src, trees, build.BuildOptions{Jobs: 2, OutputDir: out, Compression: comp})
 	if err != nil {
 		t.Fatalf("building %s: %v", name, err)
 	}
@@ -215,8 +222,10 @@ func TestPackagesAreReproducible(t *testing.T) {
 	profiles := formats.Profiles()
 	dir1, w1 := packageBuild(t, b, profiles...)
 	dir2, w2 := packageBuild(t, b, profiles...)
-	if len(w1) != len(w2) || len(w1) < 10 {
-		t.Fatalf("got %d and %d packages", len(w1), len(w2))
+	// One package per profile and kernel, and the -dkms source packages: one rpm (suse and rhel
+	// share it), the deb and the Arch package (Alpine has none).
+	if want := len(profiles)*2 + 3; len(w1) != want || len(w2) != want {
+		t.Fatalf("got %d and %d packages, want %d", len(w1), len(w2), want)
 	}
 	for i := range w1 {
 		a, _ := os.ReadFile(filepath.Join(dir1, w1[i].File))
@@ -323,9 +332,12 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 		profile string
 		want    string
 	}{
-		{"rpm version with a dash", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0-2" }, "suse", `version "1.0-2_k6.1.0_53" is not valid`},
-		{"deb name in upper case", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Name = "Kmpack" }, "debian", "is not valid"},
+		{"rpm version with a space", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0 2" }, "suse", `version "1.0 2_k6.1.0_53" is not valid`},
+		{"deb version not starting with a digit", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "v1.0" }, "debian", `version "v1.0" is not valid`},
+		{"apk version with a dash", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0-2" }, "alpine", `version "1.0-2" is not valid`},
 		{"apk version", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"maintainer with a line break", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Maintainer = "X <x@y>\nPre-Depends: evil" }, "debian", `maintainer "X <x@y>\nPre-Depends: evil": line break`},
+		{"summary with a control character", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Summary = "a\x1b[2Jb" }, "suse", `summary "a\x1b[2Jb": control character`},
 		{"two modules on one path", func(_ *source.Source, m *manifest.Manifest) {
 			k := m.Kernels[0]
 			k.Modules = append(k.Modules, k.Modules[0])
@@ -385,5 +397,335 @@ func TestSourcePackageBuildsWithDKMS(t *testing.T) {
 	}
 	if want := b.manifest.Kernels[0].Modules[0].SrcVersion; m.SrcVersion != want {
 		t.Errorf("dkms built srcversion %s, kmpack %s", m.SrcVersion, want)
+	}
+}
+
+// The metadata gate holds for a Package built in Go: a line break in any single-line field is
+// refused by Validate and by every emitter, and a description (which may span lines) cannot
+// start a control field either: dpkg and rpm, reading the packages, see no injected field.
+func TestControlFieldInjection(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "rpm")
+	pkg := func(format string) *formats.Package {
+		return &formats.Package{Format: format, Name: "inject-test", Version: "1.0", Release: "1", Arch: "all",
+			Summary: "summary", License: "MIT", Maintainer: "X <x@example.org>",
+			Description: "synopsis\nfirst paragraph\n\nPre-Depends: evil\n\n Depends: evil2\n.\nConflicts: evil3",
+			MTime:       mtime}
+	}
+	for _, format := range []string{"deb", "rpm", "apk", "archlinux"} {
+		for _, field := range []string{"Maintainer", "Summary", "Vendor", "URL", "License", "Group", "Section"} {
+			p := pkg(format)
+			if format == "rpm" {
+				p.Arch = "noarch"
+			}
+			*map[string]*string{"Maintainer": &p.Maintainer, "Summary": &p.Summary, "Vendor": &p.Vendor, "URL": &p.URL,
+				"License": &p.License, "Group": &p.Group, "Section": &p.Section}[field] = "x\nPre-Depends: evil"
+			if err := formats.Validate(p); err == nil || !strings.Contains(err.Error(), "line break") {
+				t.Errorf("%s %s: Validate: %v", format, field, err)
+			}
+			e, _ := formats.EmitterFor(format)
+			var buf bytes.Buffer
+			if err := e.Write(p, &buf); err == nil || buf.Len() > 0 {
+				t.Errorf("%s %s: the emitter wrote %d bytes (err %v)", format, field, buf.Len(), err)
+			}
+		}
+		p := pkg(format)
+		p.Requires = []formats.Relation{formats.Rel("a, evil")}
+		if format == "deb" {
+			if err := formats.Validate(p); err == nil {
+				t.Errorf("deb: a relation name with a comma was accepted")
+			}
+		}
+	}
+
+	dir := t.TempDir()
+	deb := filepath.Join(dir, "inject.deb")
+	var buf bytes.Buffer
+	e, _ := formats.EmitterFor("deb")
+	if err := e.Write(pkg("deb"), &buf); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(deb, buf.Bytes(), 0o644)
+	info := mustRun(t, "dpkg-deb", "--info", deb)
+	for _, field := range []string{"Pre-Depends", "Depends", "Conflicts"} {
+		if got := strings.TrimSpace(mustRun(t, "dpkg-deb", "--field", deb, field)); got != "" {
+			t.Errorf("dpkg-deb --field %s = %q:\n%s", field, got, info)
+		}
+	}
+	if !strings.Contains(info, "\n  first paragraph\n  .\n  Pre-Depends: evil\n") {
+		t.Errorf("the description is not kept as continuation lines:\n%s", info)
+	}
+	rp := pkg("rpm")
+	rp.Arch = "noarch"
+	f := writeRPM(t, rp, dir)
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{PACKAGER}|%{SUMMARY}|[%{REQUIRENAME},][%{CONFLICTNAME},]", f); strings.Contains(got, "evil") || !strings.HasPrefix(got, "X <x@example.org>|summary|") {
+		t.Errorf("rpm header: %q", got)
+	}
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{DESCRIPTION}", f); !strings.Contains(got, "Pre-Depends: evil") {
+		t.Errorf("rpm description lost its text: %q", got)
+	}
+}
+
+// The -dkms source package never ships a file from outside the source: a symlink chain that
+// leaves it (a/b/c/x -> ../.. then p.patch -> a/b/c/x/../../../secret) is an input error naming
+// the link, and nothing is written. In-source links (self -> .) ship as symlinks.
+func TestSourcePackageSymlinks(t *testing.T) {
+	testenv.Need(t, "dpkg-deb")
+	b := buildModule(t, "abi", testenv.Release53)
+	pack := func(t *testing.T, links [][2]string) (string, []formats.Written, error) {
+		top := t.TempDir()
+		secret := filepath.Join(top, "secret")
+		os.WriteFile(secret, []byte("host secret\n"), 0o600)
+		srcDir := filepath.Join(top, "src")
+		testenv.CopyTree(t, b.src.Dir, srcDir)
+		os.MkdirAll(filepath.Join(srcDir, "a/b/c"), 0o755)
+		for _, l := range links {
+			if err := os.Symlink(l[1], filepath.Join(srcDir, l[0])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		src, err := source.OpenSource(srcDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(top, "out")
+		testenv.CopyTree(t, b.out, out)
+		written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out,
+			Trees: b.trees, Profiles: []string{"debian", "suse", "arch"}})
+		return filepath.Join(out, formats.PackagesDir), written, err
+	}
+	dir, _, err := pack(t, [][2]string{{"a/b/c/x", "../.."}, {"p.patch", "a/b/c/x/../../../secret"}})
+	if err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "p.patch: symlink to \"a/b/c/x/../../../secret\" leads outside the source tree") {
+		t.Errorf("err = %v, want an input error naming p.patch", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("a packages directory was written")
+	}
+
+	dir, written, err := pack(t, [][2]string{{"self", "."}, {"a/b/c/x", "../.."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ profile, tool string }{{"debian", "dpkg-deb -c"}, {"arch", "tar --zstd -tvf"}, {"suse", "rpm -qlvp"}} {
+		args := append(strings.Fields(c.tool)[1:], filepath.Join(dir, find(t, written, c.profile, "")))
+		list := mustRun(t, strings.Fields(c.tool)[0], args...)
+		for _, want := range []string{"usr/src/kmpack-abichange-1.0/self -> .\n", "usr/src/kmpack-abichange-1.0/a/b/c/x -> ../..\n"} {
+			if !strings.Contains(list, want) {
+				t.Errorf("the %s source package lacks %q:\n%s", c.profile, want, list)
+			}
+		}
+	}
+}
+
+// A package whose name, version and kernel release use every character kmp/ident lets through
+// gets scriptlets that sh and bash parse, and the debian postinst/postrm do what they are for:
+// run the real depmod for that kernel in $DPKG_ROOT, which then indexes (and drops) the module.
+func TestScriptletsAtIdentifierEdges(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "depmod", "bash")
+	b := buildModule(t, "abi", testenv.Release53)
+	kernels, err := formats.InputFromBuild(b.out, b.manifest, map[string]*kernel.KernelTree{testenv.Release53: b.trees[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const release = "6.1.0+x.y-53-amd64"
+	kernels[0].Release = release
+	files, conf, err := b.src.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := formats.MetadataFor(b.src, b.manifest)
+	md.Name, md.Version, md.Release = "0+a.b-c", "1.0+git.1~rc1", "2.1"
+	in := &formats.Input{Meta: md, Kernels: kernels, MTime: mtime, Source: &formats.Source{Files: files, DKMSConf: conf}}
+	pkgs, err := formats.Describe(in, []string{"debian", "suse", "rhel", "arch"}, formats.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var deb *formats.Package
+	for _, p := range pkgs {
+		if p.Profile == "debian" && p.Kernel != "" {
+			deb = p
+		}
+		for i, s := range []string{p.Scripts.PreInstall, p.Scripts.PostInstall, p.Scripts.PreRemove, p.Scripts.PostRemove, p.Scripts.PostTrans} {
+			if s == "" {
+				continue
+			}
+			f := filepath.Join(dir, fmt.Sprintf("%s-%d", p.FileName, i))
+			os.WriteFile(f, []byte(s), 0o755)
+			for _, shell := range []string{"sh", "bash"} {
+				if out, err := run(t, shell, "-n", f); err != nil {
+					t.Errorf("%s -n: %s script %d: %v\n%s\n%s", shell, p.FileName, i, err, out, s)
+				}
+			}
+		}
+	}
+	if deb == nil {
+		t.Fatal("no debian package")
+	}
+	e, _ := formats.EmitterFor("deb")
+	var buf bytes.Buffer
+	if err := e.Write(deb, &buf); err != nil {
+		t.Fatal(err)
+	}
+	debFile := filepath.Join(dir, deb.FileName)
+	os.WriteFile(debFile, buf.Bytes(), 0o644)
+	root, control := filepath.Join(dir, "root"), filepath.Join(dir, "control")
+	mustRun(t, "dpkg-deb", "-x", debFile, root)
+	mustRun(t, "dpkg-deb", "-e", debFile, control)
+	os.MkdirAll(filepath.Join(root, "lib/modules", release, "kernel"), 0o755)
+	script := func(name, arg string) {
+		cmd := exec.Command("sh", filepath.Join(control, name), arg)
+		cmd.Env = append(os.Environ(), "DPKG_ROOT="+root)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, arg, err, out)
+		}
+	}
+	dep := filepath.Join(root, "lib/modules", release, "modules.dep")
+	script("postinst", "configure")
+	if got, _ := os.ReadFile(dep); !strings.Contains(string(got), "updates/0+a.b-c/kmpack_abi.ko:") {
+		t.Errorf("postinst configure: modules.dep = %q", got)
+	}
+	os.RemoveAll(filepath.Join(root, "lib/modules", release, "updates"))
+	script("postrm", "remove")
+	if got, err := os.ReadFile(dep); err != nil || strings.Contains(string(got), "kmpack_abi") {
+		t.Errorf("postrm remove: modules.dep = %q (%v)", got, err)
+	}
+}
+
+// gzip-compressed modules, packaged, are read back by independent tools: the module file each
+// package carries is a .ko.gz that gzip decompresses into the module kmpack built, as modinfo
+// reads it (this kmod is built without zlib, so modinfo cannot read .ko.gz itself).
+func TestGzipModulesReadBack(t *testing.T) {
+	testenv.Need(t, "gzip", "modinfo", "dpkg-deb", "rpm2cpio", "cpio")
+	b := buildModuleWith(t, "abi", module.CompressGzip, testenv.Release53)
+	bm := b.manifest.Kernels[0].Modules[0]
+	if bm.Compression != module.CompressGzip || !strings.HasSuffix(bm.File, ".ko.gz") {
+		t.Fatalf("built %s compressed %s", bm.File, bm.Compression)
+	}
+	dir, written := packageBuild(t, b, "debian", "suse")
+	for _, profile := range []string{"debian", "suse"} {
+		root := t.TempDir()
+		pkg := filepath.Join(dir, find(t, written, profile, testenv.Release53))
+		if profile == "debian" {
+			mustRun(t, "dpkg-deb", "-x", pkg, root)
+		} else {
+			mustRun(t, "sh", "-c", `rpm2cpio "$2" | cpio -idm --quiet --no-absolute-filenames -D "$1"`, "sh", root, pkg)
+		}
+		gz, _ := filepath.Glob(filepath.Join(root, "lib/modules", testenv.Release53, "updates", "*kmpack_abi.ko.gz"))
+		more, _ := filepath.Glob(filepath.Join(root, "lib/modules", testenv.Release53, "updates", "*", "kmpack_abi.ko.gz"))
+		gz = append(gz, more...)
+		if len(gz) != 1 {
+			t.Fatalf("%s: no kmpack_abi.ko.gz in %s", profile, mustRun(t, "find", root))
+		}
+		ko := filepath.Join(root, "kmpack_abi.ko")
+		mustRun(t, "sh", "-c", `gzip -t "$1" && gzip -dc "$1" > "$2"`, "sh", gz[0], ko)
+		for field, want := range map[string]string{"name": "kmpack_abi", "license": bm.License, "vermagic": strings.TrimSpace(bm.Vermagic)} {
+			if got := strings.TrimSpace(mustRun(t, "modinfo", "-F", field, ko)); got != want || want == "" {
+				t.Errorf("%s: modinfo -F %s = %q, want %q", profile, field, got, want)
+			}
+		}
+	}
+}
+
+// Names and versions dkms accepts become packages: tp_smapi 0.3.0-1 is the Debian package
+// tp-smapi-modules-<release> 0.3.0-1-1 and tp-smapi-dkms (as dh_dkms users name it), the KMP
+// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), with
+// the module file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real
+// dkms builds the source package's tree.
+func TestPackageNamesAndVersionsMapped(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "rpm", "dkms")
+	b := buildModule(t, "abi", testenv.Release53)
+	src, err := source.OpenSource(b.src.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := *src.Spec
+	spec.Name, spec.Version = "tp_smapi", "0.3.0-1"
+	src.Spec = &spec
+	out := filepath.Join(t.TempDir(), "out")
+	testenv.CopyTree(t, b.out, out)
+	written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
+		Profiles: []string{"debian", "suse", "rhel", "arch"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(out, formats.PackagesDir)
+	for _, c := range []struct{ profile, kernel, file string }{
+		{"debian", testenv.Release53, "tp-smapi-modules-6.1.0-53-amd64_0.3.0-1-1_amd64.deb"},
+		{"debian", "", "tp-smapi-dkms_0.3.0-1-1_all.deb"},
+		{"suse", testenv.Release53, "tp_smapi-kmp-amd64-0.3.0_1_k6.1.0_53-1.x86_64.rpm"},
+		{"rhel", testenv.Release53, "kmod-tp_smapi-0.3.0_1-1.6.1.0_53_amd64.x86_64.rpm"},
+		{"suse", "", "tp_smapi-dkms-0.3.0_1-1.noarch.rpm"},
+		{"arch", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_1-1-x86_64.pkg.tar.zst"},
+	} {
+		if got := find(t, written, c.profile, c.kernel); got != c.file {
+			t.Errorf("%s %q: %s, want %s", c.profile, c.kernel, got, c.file)
+		}
+	}
+	deb := filepath.Join(dir, "tp-smapi-modules-6.1.0-53-amd64_0.3.0-1-1_amd64.deb")
+	if got := mustRun(t, "dpkg-deb", "-f", deb, "Package", "Version", "Provides"); got != "Package: tp-smapi-modules-6.1.0-53-amd64\nVersion: 0.3.0-1-1\nProvides: tp-smapi-modules\n" {
+		t.Errorf("deb control:\n%s", got)
+	}
+	if got := mustRun(t, "dpkg-deb", "-c", deb); !strings.Contains(got, "./lib/modules/6.1.0-53-amd64/updates/tp_smapi/kmpack_abi.ko\n") {
+		t.Errorf("deb contents:\n%s", got)
+	}
+	kmpRPM := filepath.Join(dir, "tp_smapi-kmp-amd64-0.3.0_1_k6.1.0_53-1.x86_64.rpm")
+	if got := mustRun(t, "rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE}", kmpRPM); got != "tp_smapi-kmp-amd64 0.3.0_1_k6.1.0_53-1" {
+		t.Errorf("KMP: %s", got)
+	}
+	if got := mustRun(t, "rpm", "-qp", "--scripts", filepath.Join(dir, "tp_smapi-dkms-0.3.0_1-1.noarch.rpm")); !strings.Contains(got, `version="0.3.0-1"`) {
+		t.Errorf("dkms rpm scriptlets:\n%s", got)
+	}
+	root := t.TempDir()
+	mustRun(t, "dpkg-deb", "-x", filepath.Join(dir, "tp-smapi-dkms_0.3.0-1-1_all.deb"), root)
+	conf, err := os.ReadFile(filepath.Join(root, "usr/src/tp_smapi-0.3.0-1/dkms.conf"))
+	if err != nil || !strings.Contains(string(conf), "PACKAGE_NAME=tp_smapi\nPACKAGE_VERSION=0.3.0-1\n") {
+		t.Fatalf("dkms.conf: %v\n%s", err, conf)
+	}
+	dkmsTree := t.TempDir()
+	log := mustRun(t, "dkms", "build", "--dkmstree", dkmsTree, "--sourcetree", filepath.Join(root, "usr/src"),
+		"-m", "tp_smapi", "-v", "0.3.0-1", "-k", testenv.Release53)
+	if ko, _ := filepath.Glob(filepath.Join(dkmsTree, "tp_smapi/0.3.0-1", testenv.Release53, "*/module/kmpack_abi.ko*")); len(ko) != 1 {
+		t.Errorf("dkms built no kmpack_abi.ko:\n%s", log)
+	}
+}
+
+// kmpack.yaml's formats and profile are checked where the spec is read, against kmp's table of
+// profiles: it must be this package's.
+func TestSpecProfilesMatchFormats(t *testing.T) {
+	want := map[string]string{}
+	for _, name := range formats.Profiles() {
+		p, _ := formats.ProfileFor(name)
+		want[name] = p.Format()
+	}
+	if got := source.SpecProfiles(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("kmp.SpecProfiles() = %v, formats has %v", got, want)
+	}
+}
+
+// The RPM payload's member names are relative (./usr/...), as rpmbuild writes them: rpmlint and
+// anyone else unpacking with rpm2cpio | cpio -id get the files in their directory, not on /.
+func TestRPMPayloadNamesAreRelative(t *testing.T) {
+	testenv.Need(t, "rpm", "rpm2cpio", "cpio")
+	p := &formats.Package{Name: "payload-test", Version: "1", Release: "1", Arch: "noarch", Summary: "s",
+		Description: "d", License: "MIT", MTime: mtime,
+		Files: []formats.File{{Path: "/usr/src/payload-test-1", Kind: formats.Directory, Mode: 0o755},
+			{Path: "/usr/src/payload-test-1/a", Body: []byte("a\n"), Mode: 0o644},
+			{Path: "/usr/src/payload-test-1/l", Kind: formats.Symlink, Target: "a"}}}
+	f := writeRPM(t, p, t.TempDir())
+	if got := mustRun(t, "sh", "-c", `rpm2cpio "$1" | cpio -t --quiet`, "sh", f); got != "./usr/src/payload-test-1\n./usr/src/payload-test-1/a\n./usr/src/payload-test-1/l\n" {
+		t.Errorf("payload names:\n%s", got)
+	}
+	if got := mustRun(t, "rpm", "-qlp", f); got != "/usr/src/payload-test-1\n/usr/src/payload-test-1/a\n/usr/src/payload-test-1/l\n" {
+		t.Errorf("rpm -qlp:\n%s", got)
+	}
+	dir := t.TempDir()
+	mustRun(t, "sh", "-c", `cd "$1" && rpm2cpio "$2" | cpio -idm --quiet --no-absolute-filenames`, "sh", dir, f)
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/src/payload-test-1/l")); err != nil || string(b) != "a\n" {
+		t.Errorf("unpacked: %q %v", b, err)
+	}
+	root := t.TempDir()
+	mustRun(t, "rpm", "--root", root, "-i", "--nodeps", "--noscripts", f)
+	if b, err := os.ReadFile(filepath.Join(root, "usr/src/payload-test-1/a")); err != nil || string(b) != "a\n" {
+		t.Errorf("installed: %q %v", b, err)
 	}
 }

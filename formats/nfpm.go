@@ -32,6 +32,9 @@ func (e nfpmEmitter) FileName(p *Package) string {
 }
 
 func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
+	if err := checkMetadata(p, e.format); err != nil {
+		return err
+	}
 	tmp, err := os.MkdirTemp("", "kmpack-nfpm-")
 	if err != nil {
 		return err
@@ -80,6 +83,11 @@ func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
 		case Symlink:
 			c.Type = files.TypeSymlink
 			c.Source = f.Target
+			// With a size and mode given nfpm does not stat Source, which for a symlink is the
+			// target: relative to kmpack's working directory, so a target that happens to exist
+			// there (".", "..") made the entry a directory.
+			c.FileInfo.Mode = os.ModeSymlink | 0o777
+			c.FileInfo.Size = int64(len(f.Target))
 		default:
 			if c.Source, err = stage(fmt.Sprintf("file-%d", i), f.Body, os.FileMode(f.Mode)); err != nil {
 				return err

@@ -4,7 +4,7 @@
 // modules and kernel symbols and describes each package as a format-neutral *Package: name,
 // version, files, relations, scriptlets. Every Package is validated before anything is
 // written; then an Emitter (rpm, deb, apk, archlinux) writes its bytes. RPMs are written with
-// google/rpmpack directly, because nfpm cannot express Supplements, Enhances or
+// google/rpmpack directly (a copy in formats/internal/rpmpack with relative payload names), because nfpm cannot express Supplements, Enhances or
 // Requires(pre/preun/postun); the other formats go through nfpm.
 package formats
 
@@ -112,6 +112,9 @@ type Package struct {
 	FileName string
 	// runtime marks the kmpack runtime package, which installs outside module directories.
 	runtime bool
+	// sourceRoot is a source package's /usr/src/<name>-<version> (the source's own name and
+	// version, which the package's may not be).
+	sourceRoot string
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 	"text/template"
@@ -149,6 +150,32 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 	return kept, nil
 }
 
+// packageName maps a source's name (or a kernel release) to a package name of format: Debian
+// allows neither upper case nor "_" (dh_dkms users name tp_smapi's package tp-smapi-dkms), apk
+// and Arch no upper case; rpm takes it as it is. Module file names and /usr/src/<name>-<version>
+// keep the source's own name.
+func packageName(format, name string) string {
+	switch format {
+	case "deb":
+		return strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	case "apk", "archlinux":
+		return strings.ToLower(name)
+	}
+	return name
+}
+
+// packageVersion maps a source's version as dkms accepts it to format: rpm and Arch versions may
+// not contain "-" (it separates the release), so 0.3.0-1 becomes 0.3.0_1; a Debian upstream
+// version may contain "-" (the package always has a revision), and apk's grammar has no mapping
+// that keeps the order, so both take it as it is (apk then refuses it, naming the version).
+func packageVersion(format, v string) string {
+	switch format {
+	case "rpm", "archlinux":
+		return strings.ReplaceAll(v, "-", "_")
+	}
+	return v
+}
+
 // perKernelPackage is the <name>-modules-<release> package the debian, alpine and arch
 // profiles make: the kernel's modules in moddir (owned), the metadata, the format's arch.
 func perKernelPackage(profile string, in *Input, k *Kernel, moddir, arch string) (*Package, error) {
@@ -157,9 +184,10 @@ func perKernelPackage(profile string, in *Input, k *Kernel, moddir, arch string)
 	if err != nil {
 		return nil, err
 	}
+	format := profiles[profile].Format()
 	p := &Package{
 		Profile: profile, Kernel: k.Release,
-		Name: strings.ToLower(md.Name) + "-modules-" + strings.ToLower(k.Release), Version: md.Version, Release: md.Release,
+		Name: packageName(format, md.Name+"-modules-"+k.Release), Version: packageVersion(format, md.Version), Release: md.Release,
 		Arch: arch, Summary: md.Summary, Description: md.Summary, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
 	}
@@ -184,7 +212,44 @@ func moduleFiles(k *Kernel, dir string) ([]File, error) {
 	return out, nil
 }
 
-var scriptTemplates = template.Must(template.New("scriptlets").ParseFS(templates.Scriptlets, "scriptlets/*.tmpl"))
+// scriptTemplates are the scriptlet templates. Values are validated where they enter kmpack, and
+// the templates still quote every one (defense in depth): sh makes a value one shell word, word
+// and comment refuse (fail rendering for) what they cannot write safely.
+var scriptTemplates = template.Must(template.New("scriptlets").Funcs(template.FuncMap{
+	"sh":      shellWord,
+	"word":    bareWord,
+	"comment": commentText,
+}).ParseFS(templates.Scriptlets, "scriptlets/*.tmpl"))
+
+// safeWord is what a shell word may hold unquoted: no glob, expansion, quote, separator or
+// whitespace characters.
+var safeWord = regexp.MustCompile(`^[A-Za-z0-9._+~^:,@%/=-]+$`)
+
+// shellWord quotes v as one POSIX shell word: in double quotes when nothing in it is special
+// there (the form SUSE's and kmodtool's templates use), else in single quotes (a quote inside
+// closes them, is escaped, and reopens them).
+func shellWord(v string) string {
+	if safeWord.MatchString(v) {
+		return `"` + v + `"`
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+// bareWord returns v for a place that cannot be quoted (part of a command name), or fails.
+func bareWord(v string) (string, error) {
+	if !safeWord.MatchString(v) {
+		return "", fmt.Errorf("%q cannot be written unquoted in a shell script", v)
+	}
+	return v, nil
+}
+
+// commentText returns v for a shell comment, or fails when v would end the comment.
+func commentText(v string) (string, error) {
+	if strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 }) {
+		return "", fmt.Errorf("%q cannot be written in a shell comment", v)
+	}
+	return v, nil
+}
 
 // scriptlets renders scriptlet templates, keeping the first error so that a profile can
 // render all of a package's scripts and check once.

@@ -31,7 +31,7 @@ func (rhelProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 	ktag := strings.ReplaceAll(strings.TrimSuffix(k.Release, "."+k.Arch), "-", "_")
 	p := &Package{
 		Profile: "rhel", Kernel: k.Release,
-		Name: "kmod-" + md.Name, Version: md.Version, Release: md.Release + "." + ktag, Arch: k.Arch,
+		Name: "kmod-" + md.Name, Version: packageVersion("rpm", md.Version), Release: md.Release + "." + ktag, Arch: k.Arch,
 		Summary: md.Summary, Description: md.Description, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Group: "System Environment/Kernel",
 		Files: files,

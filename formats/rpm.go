@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/google/rpmpack"
+	"github.com/kmpack/kmpack/formats/internal/rpmpack"
 )
 
 // rpmEmitter writes RPMs with rpmpack directly: nfpm hides the *rpmpack.RPM, so it cannot add
@@ -114,6 +114,9 @@ func rpmlibRequires(p *Package) []Relation {
 }
 
 func (e rpmEmitter) Write(p *Package, w io.Writer) error {
+	if err := checkMetadata(p, "rpm"); err != nil {
+		return err
+	}
 	md := rpmpack.RPMMetaData{
 		Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
 		Summary: p.Summary, Description: p.Description, Licence: p.License,

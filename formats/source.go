@@ -14,9 +14,11 @@ func sourcePackage(profile string, in *Input) (*Package, error) {
 		return nil, fmt.Errorf("no dkms.conf for the source")
 	}
 	root := "/usr/src/" + md.Name + "-" + md.Version
+	format := profiles[profile].Format()
 	p := &Package{
-		Profile: profile, Name: md.Name + "-dkms", Version: md.Version, Release: md.Release,
-		Summary: md.Summary + " (DKMS source)", License: md.License,
+		Profile: profile, Name: packageName(format, md.Name+"-dkms"), Version: packageVersion(format, md.Version), Release: md.Release,
+		sourceRoot: root,
+		Summary:    md.Summary + " (DKMS source)", License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL,
 		Description: md.Description + "\n\nThe module source for DKMS, which builds it for kernels that have no prebuilt package.",
 	}

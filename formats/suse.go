@@ -44,7 +44,7 @@ func (suseProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 	}
 	p := &Package{
 		Profile: "suse", Kernel: k.Release,
-		Name: md.Name + "-kmp-" + flavor, Version: md.Version + "_" + kverTag, Release: md.Release, Arch: k.Arch,
+		Name: md.Name + "-kmp-" + flavor, Version: packageVersion("rpm", md.Version) + "_" + kverTag, Release: md.Release, Arch: k.Arch,
 		Summary: md.Summary, Description: md.Description, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Group: "System/Kernel",
 		Files: files,
@@ -54,7 +54,7 @@ func (suseProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 
 	p.Provides = []Relation{
 		RelEq(md.Name+"-kmp", p.Version),
-		RelEq(md.Name+"-kmp", md.Version),
+		RelEq(md.Name+"-kmp", packageVersion("rpm", md.Version)),
 		Rel("multiversion(kernel)"),
 		Rel(p.Name + "-" + kverTag),
 	}

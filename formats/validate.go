@@ -4,7 +4,11 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // What each format allows in names and versions (rpm's rpmbuild checks, Debian policy 5.6.1
@@ -39,29 +43,31 @@ var formatRules = map[string]struct {
 	},
 }
 
+// archRE is what every format allows as an architecture (x86_64, amd64, noarch, all, any).
+var archRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+
 // Validate refuses a package its format forbids, or that would install files kmpack does not
 // own: anything outside the kernel's module directory (or, for a source package, outside
-// /usr/src/<name>-<version>), or two entries at one path.
+// /usr/src/<name>-<version>), or two entries at one path. It is the last gate before any bytes
+// are written: every metadata field is checked for every format (see checkMetadata), whatever
+// built the Package.
 func Validate(p *Package) error {
-	rules, ok := formatRules[p.Format]
-	if !ok {
+	if _, ok := formatRules[p.Format]; !ok {
 		return fmt.Errorf("%s: unknown package format %q", p.Name, p.Format)
 	}
-	for _, c := range []struct {
-		what, value string
-		re          *regexp.Regexp
-	}{{"name", p.Name, rules.name}, {"version", p.Version, rules.version}, {"release", p.Release, rules.release}} {
-		if !c.re.MatchString(c.value) {
-			return fmt.Errorf("%s package: %s %q is not valid (%s)", p.Format, c.what, c.value, rules.hint)
-		}
-	}
-	if p.Format == "archlinux" && strings.ContainsAny(p.Version, "-:/") {
-		return fmt.Errorf("%s package: version %q is not valid (%s)", p.Format, p.Version, rules.hint)
+	if err := checkMetadata(p, p.Format); err != nil {
+		return err
 	}
 	roots := allowedRoots(p)
 	seen := map[string]bool{}
 	modules := 0
 	for _, f := range p.Files {
+		if err := source.CheckText("file path", f.Path, 4096, false); err != nil {
+			return fmt.Errorf("%s: %v", p.Name, err)
+		}
+		if err := source.CheckText("symlink target", f.Target, 4096, false); err != nil {
+			return fmt.Errorf("%s: %v", p.Name, err)
+		}
 		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path {
 			return fmt.Errorf("%s: file path %q is not absolute and clean", p.Name, f.Path)
 		}
@@ -78,7 +84,7 @@ func Validate(p *Package) error {
 		if strings.Contains(f.Path, ".ko") {
 			modules++
 		}
-		if f.Kind == Symlink && (path.IsAbs(f.Target) || !underAny(path.Join(path.Dir(f.Path), f.Target), roots)) {
+		if t := path.Join(path.Dir(f.Path), f.Target); f.Kind == Symlink && (path.IsAbs(f.Target) || !slices.Contains(roots, t) && !underAny(t, roots)) {
 			return fmt.Errorf("%s: symlink %s -> %s leaves the package's directories", p.Name, f.Path, f.Target)
 		}
 	}
@@ -94,7 +100,11 @@ func allowedRoots(p *Package) []string {
 		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc}
 	}
 	if p.Kernel == "" {
-		return []string{"/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version, doc}
+		root := p.sourceRoot
+		if root == "" {
+			root = "/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version
+		}
+		return []string{root, doc}
 	}
 	return []string{"/lib/modules/" + p.Kernel, "/usr/lib/modules/" + p.Kernel, doc}
 }
@@ -106,4 +116,69 @@ func underAny(p string, roots []string) bool {
 		}
 	}
 	return false
+}
+
+// checkMetadata checks what a format writes into its control data (deb control file, rpm
+// header, .PKGINFO): name, version and release by the format's rules, the architecture, every
+// free-text field (single line except the description; no control characters; bounded, as
+// kmpack.yaml's) and every relation. A line break in the maintainer would otherwise be a new
+// control field in a deb. The emitters call it too, so a Package built in Go without Validate
+// cannot inject either.
+func checkMetadata(p *Package, format string) error {
+	rules, ok := formatRules[format]
+	if !ok {
+		return fmt.Errorf("%s: unknown package format %q", p.Name, format)
+	}
+	name := p.Name
+	if err := source.CheckText("name", p.Name, 256, false); err != nil {
+		name = strconv.QuoteToASCII(p.Name)
+	}
+	for _, c := range []struct {
+		what, value string
+		re          *regexp.Regexp
+	}{{"name", p.Name, rules.name}, {"version", p.Version, rules.version}, {"release", p.Release, rules.release}} {
+		if !c.re.MatchString(c.value) {
+			return fmt.Errorf("%s package: %s %s is not valid (%s)", format, c.what, strconv.QuoteToASCII(c.value), rules.hint)
+		}
+	}
+	if format == "archlinux" && strings.ContainsAny(p.Version, "-:/") {
+		return fmt.Errorf("%s package: version %q is not valid (%s)", format, p.Version, rules.hint)
+	}
+	if !archRE.MatchString(p.Arch) {
+		return fmt.Errorf("%s: architecture %s is not valid", name, strconv.QuoteToASCII(p.Arch))
+	}
+	for _, f := range []struct {
+		field, value string
+		max          int
+		multiline    bool
+	}{
+		{"summary", p.Summary, source.MaxSummary + 64, false}, // profiles add " (DKMS source)"
+		{"maintainer", p.Maintainer, source.MaxMaintainer, false},
+		{"vendor", p.Vendor, source.MaxVendor, false},
+		{"license", p.License, source.MaxLicense, false},
+		{"url", p.URL, source.MaxURL, false},
+		{"group", p.Group, 200, false},
+		{"section", p.Section, 200, false},
+		{"description", p.Description, source.MaxDescription + 1024, true},
+	} {
+		if err := source.CheckText(f.field, f.value, f.max, f.multiline); err != nil {
+			return fmt.Errorf("%s: %v", name, err)
+		}
+	}
+	for _, rels := range [][]Relation{p.Provides, p.Requires, p.Conflicts, p.Obsoletes, p.Recommends, p.Supplements, p.Enhances} {
+		for _, r := range rels {
+			if err := source.CheckText("relation", r.Name, 4096, false); err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			if err := source.CheckText("relation version", r.Version, 256, false); err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			// A comma separates relations in a deb field; a space or parenthesis in a version
+			// would end the version clause.
+			if r.Name == "" || strings.ContainsAny(r.Version, " ()") || (format == "deb" && strings.Contains(r.Name, ",")) {
+				return fmt.Errorf("%s: relation %s is not valid", name, strconv.QuoteToASCII(r.String()))
+			}
+		}
+	}
+	return nil
 }

@@ -2,12 +2,18 @@ package source
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
+
+	"syscall"
 
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -24,36 +30,78 @@ type SourceFile struct {
 // Files reads the source's files (not .git, not excluded paths) for a source package, with
 // a dkms.conf that builds it: the source's own, or one generated from kmpack.yaml. A bare
 // Kbuild source has neither and gets one built with dkms's defaults.
+//
+// Everything is read through an os.Root on the source directory, so no symlink chain can make
+// it read a file outside the source. A symlink is shipped as a symlink when its whole chain
+// resolves to something the package ships (a file, a directory, the source root itself as
+// `self -> .` does); its target is rewritten to the resolved path, relative and without
+// intermediate links, so it points where it pointed here on any system. A symlink whose chain
+// leaves the source (through .. or an absolute target), dangles, loops, or ends in a path the
+// package does not ship is an *InputError naming it: such a source cannot be packaged.
 func (s *Source) Files() ([]SourceFile, []byte, error) {
+	root, err := os.OpenRoot(s.Dir)
+	if err != nil {
+		return nil, nil, inputErrorf(s.Dir, "cannot open the source: %v", unwrapPathError(err))
+	}
+	defer root.Close()
 	var out []SourceFile
 	var conf []byte
-	err := s.walk(true, func(p, rel string, fi fs.FileInfo) error {
+	// What the package will hold: every file and link, and the directories above them (an
+	// empty directory is not shipped, so a link to one would dangle).
+	shipped := map[string]bool{".": true}
+	ship := func(rel string) {
+		for p := rel; p != "." && !shipped[p]; p = path.Dir(p) {
+			shipped[p] = true
+		}
+	}
+	type link struct{ path, rel, target, resolved string }
+	var links []link
+	err = s.walk(true, func(p, rel string, fi fs.FileInfo) error {
 		rel = filepath.ToSlash(rel)
 		switch {
+		case rel == ".":
 		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := root.Readlink(rel)
 			if err != nil {
-				return err
+				return inputErrorf(p, "%v", unwrapPathError(err))
 			}
-			if filepath.IsAbs(t) || escapes(path.Join(path.Dir(rel), t)) {
-				return inputErrorf(p, "symlink to %q leaves the source tree; a source package cannot ship it", t)
+			resolved, err := resolveInRoot(root, rel)
+			if err != nil {
+				return inputErrorf(p, "symlink to %s %v; a source package cannot ship it", strconv.QuoteToASCII(t), err)
 			}
-			out = append(out, SourceFile{Path: rel, Mode: 0o777, Link: true, Target: t})
+			// os.Root's own resolution must agree that the chain stays inside.
+			if _, err := root.Stat(rel); err != nil {
+				return inputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), unwrapPathError(err))
+			}
+			links = append(links, link{p, rel, t, resolved})
+			ship(rel)
 		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
+			b, mode, err := readRegularInRoot(root, rel)
 			if err != nil {
-				return err
+				return inputErrorf(p, "%v", err)
 			}
 			if rel == "dkms.conf" {
 				conf = b
 			}
-			out = append(out, SourceFile{Path: rel, Mode: uint32(fi.Mode().Perm()), Body: b})
+			ship(rel)
+			out = append(out, SourceFile{Path: rel, Mode: uint32(mode.Perm()), Body: b})
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
+	for _, l := range links {
+		if !shipped[l.resolved] {
+			return nil, nil, inputErrorf(l.path, "symlink to %s leads to %s, which the source package does not ship", strconv.QuoteToASCII(l.target), l.resolved)
+		}
+		target, err := filepath.Rel(path.Dir(l.rel), l.resolved)
+		if err != nil {
+			return nil, nil, inputErrorf(l.path, "%v", err)
+		}
+		out = append(out, SourceFile{Path: l.rel, Mode: 0o777, Link: true, Target: filepath.ToSlash(target)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	if s.Kind == SourceDKMS {
 		if conf == nil {
 			return nil, nil, inputErrorf(s.File, "dkms.conf is not at the source root")
@@ -120,9 +168,9 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 	for i, p := range s.Patches {
 		name := path.Base(filepath.ToSlash(p.File))
 		if path.Dir(filepath.ToSlash(filepath.Clean(p.File))) != "patches" {
-			body, err := os.ReadFile(filepath.Join(filepath.Dir(s.path), p.File))
+			body, err := readSourceFile(filepath.Dir(s.path), p.File)
 			if err != nil {
-				return nil, nil, inputErrorf(s.path, "patches[%d]: %v", i, unwrapPathError(err))
+				return nil, nil, inputErrorf(s.path, "patches[%d]: %v", i, err)
 			}
 			extra = append(extra, SourceFile{Path: "patches/" + name, Mode: 0o644, Body: body})
 		}
@@ -131,15 +179,19 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 			fmt.Fprintf(&b, "PATCH_MATCH[%d]=%s\n", i, kmp.ShellQuote(p.Match))
 		}
 	}
-	for _, h := range []struct{ key, cmd, file string }{
-		{"PRE_BUILD", s.Build.PreBuild, "kmpack-pre-build.sh"},
-		{"POST_BUILD", s.Build.PostBuild, "kmpack-post-build.sh"},
+	for _, h := range []struct{ key, field, cmd, file string }{
+		{"PRE_BUILD", "pre-build", s.Build.PreBuild, "kmpack-pre-build.sh"},
+		{"POST_BUILD", "post-build", s.Build.PostBuild, "kmpack-post-build.sh"},
 	} {
 		if h.cmd == "" {
 			continue
 		}
 		extra = append(extra, SourceFile{Path: h.file, Mode: 0o755, Body: []byte("#!/bin/sh\nset -e\n" + h.cmd + "\n")})
 		fmt.Fprintf(&b, "%s=%s\n", h.key, kmp.ShellQuote(h.file))
+		extra = append(extra, SourceFile{Path: h.file, Mode: 0o755, Body: []byte(hookScript(s, h.field, h.cmd))})
+		// dkms runs `exec $run` from the build directory: word-split, no quote processing. The
+		// arguments are a kernel release, an architecture and a number, which have no spaces.
+		fmt.Fprintf(&b, "%s=%s\n", h.key, dkmsQuote(h.file+" $kernelver $arch ${parallel_jobs:-1}"))
 	}
 	mods := s.Modules
 	if len(mods) == 0 {
@@ -165,6 +217,23 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 	writeExclusion(&b, "", s.BuildExclusive)
 	b.WriteString("AUTOINSTALL=\"yes\"\n")
 	return b.Bytes(), extra, nil
+}
+
+// hookScript is the script a kmpack.yaml pre-build or post-build command becomes for dkms. kmpack
+// runs the command with bash in the build directory with $kernelver, $arch, $jobs,
+// $kernel_source_dir, $build_dir, $dkms_tree, $source_tree, $module and $module_version set;
+// dkms runs the script in the build directory with the release, architecture and job count as
+// arguments (PRE_BUILD="kmpack-pre-build.sh $kernelver $arch ..."), and the script sets the
+// same variables before running the command, also with bash.
+func hookScript(s *Spec, field, cmd string) string {
+	return "#!/bin/bash\n" +
+		"# Generated by kmpack from " + SpecFileName + "'s build." + field + " for dkms, which runs it in the\n" +
+		"# build directory as: " + field + " <kernel release> <arch> <jobs>.\n" +
+		"kernelver=\"$1\"\narch=\"${2:-$(uname -m)}\"\njobs=\"${3:-1}\"\n" +
+		"kernel_source_dir=\"${kernel_source_dir:-/lib/modules/$kernelver/build}\"\n" +
+		"build_dir=\"$PWD\"\ndkms_tree=\"${PWD%/*/*/*}\"\nsource_tree=/usr/src\n" +
+		"module=" + kmp.ShellQuote(s.Name) + "\nmodule_version=" + kmp.ShellQuote(s.Version) + "\n" +
+		cmd + "\n"
 }
 
 // dkmsDestLocation maps an install-dir onto what dkms accepts: DEST_MODULE_LOCATION must start
@@ -201,4 +270,93 @@ func orTrue(cmd string) string {
 		return "true"
 	}
 	return cmd
+}
+
+// errLeaves is a symlink chain that leaves the source directory.
+var errLeaves = errors.New("leads outside the source tree")
+
+// resolveInRoot follows rel's symlink chain inside root, component by component as the kernel
+// resolves paths, and returns the slash-separated path it ends at ("." for the root itself).
+// Leaving the root (.. above it, an absolute target), a missing component and more than 40
+// links (a loop) are errors.
+func resolveInRoot(root *os.Root, rel string) (string, error) {
+	var done []string
+	todo := strings.Split(rel, "/")
+	for links := 0; len(todo) > 0; {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return "", errLeaves
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		cur := path.Join(append(done, c)...)
+		fi, err := root.Lstat(cur)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("leads to %s, which does not exist", cur)
+		} else if err != nil {
+			return "", fmt.Errorf("cannot be followed: %v", unwrapPathError(err))
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			if links++; links > 40 {
+				return "", errors.New("is a loop (more than 40 links)")
+			}
+			t, err := root.Readlink(cur)
+			if err != nil {
+				return "", fmt.Errorf("cannot be followed: %v", unwrapPathError(err))
+			}
+			if path.IsAbs(t) {
+				return "", errLeaves
+			}
+			todo = append(strings.Split(t, "/"), todo...)
+			continue
+		}
+		if len(todo) > 0 && !fi.IsDir() {
+			return "", fmt.Errorf("goes through %s, which is not a directory", cur)
+		}
+		done = append(done, c)
+	}
+	if len(done) == 0 {
+		return ".", nil
+	}
+	return path.Join(done...), nil
+}
+
+// readRegularInRoot reads a regular file inside root: a symlink in its path may not lead out,
+// and what is opened must be a regular file (opened non-blocking, so a FIFO put in its place
+// does not hang the read).
+func readRegularInRoot(root *os.Root, rel string) ([]byte, fs.FileMode, error) {
+	f, err := root.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, 0, unwrapPathError(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, 0, fmt.Errorf("not a regular file")
+	}
+	b, err := io.ReadAll(f)
+	return b, fi.Mode(), err
+}
+
+// readSourceFile reads rel, a path inside the source directory dir, through an os.Root on dir.
+func readSourceFile(dir, rel string) ([]byte, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, unwrapPathError(err)
+	}
+	defer root.Close()
+	b, _, err := readRegularInRoot(root, filepath.ToSlash(filepath.Clean(rel)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", rel, err)
+	}
+	return b, nil
 }

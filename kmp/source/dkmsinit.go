@@ -105,11 +105,13 @@ func specFromConf(conf *DKMSConf, plan *BuildPlan, t *kernel.KernelTree, ws *Wor
 			s.Patches = append(s.Patches, SpecPatch{File: filepath.Join("patches", p), Match: conf.Get("PATCH_MATCH", i)})
 		}
 	}
+	// The hooks' arguments often carry the kernel ($kernelver in dkms.conf): written back
+	// portable, kmpack expands them per kernel when it runs the hook.
 	if plan.PreBuild != "" {
-		s.Build.PreBuild = "./" + strings.TrimPrefix(plan.PreBuild, "./")
+		s.Build.PreBuild = "./" + strings.TrimPrefix(portable(plan.PreBuild), "./")
 	}
 	if plan.PostBuild != "" {
-		s.Build.PostBuild = "./" + strings.TrimPrefix(plan.PostBuild, "./")
+		s.Build.PostBuild = "./" + strings.TrimPrefix(portable(plan.PostBuild), "./")
 	}
 	s.BuildExclusive = exclusionFromDKMS(conf, 0)
 	if s.BuildExclusive.KernelMax == "" {

@@ -5,12 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kmpack/kmpack/kmp/ident"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/kernel"
@@ -126,27 +132,121 @@ func ParseSpec(path string, b []byte) (s *Spec, err error) {
 	return s, nil
 }
 
-var (
-	specNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9+._-]*$`)
-	specVersionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+~_]*$`)
-	moduleNameRE  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+var moduleNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// Limits of the free-text metadata fields (bytes). They are far above any real value and keep
+// every package format's header and control file sane.
+const (
+	MaxSummary     = 200
+	MaxMaintainer  = 200
+	MaxVendor      = 200
+	MaxLicense     = 200
+	MaxURL         = 1024
+	MaxDescription = 16 << 10
 )
+
+// CheckText checks a free-text metadata field (summary, maintainer, description, ...), which
+// package formats write into control files and headers where a line break starts a new field.
+// It must be valid UTF-8 without control characters (C0, DEL, C1, U+2028/U+2029) and at most
+// max bytes; a multi-line field (the description) may hold line feeds and tabs.
+func CheckText(field, v string, max int, multiline bool) error {
+	if len(v) > max {
+		return fmt.Errorf("%s: longer than %d bytes", field, max)
+	}
+	if !utf8.ValidString(v) {
+		return fmt.Errorf("%s: not valid UTF-8", field)
+	}
+	for _, r := range v {
+		if multiline && (r == '\n' || r == '\t') {
+			continue
+		}
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f || r == 0x2028 || r == 0x2029 {
+			what := "control character"
+			if r == '\n' || r == '\r' || r == 0x85 || r == 0x2028 || r == 0x2029 {
+				what = "line break"
+			}
+			return fmt.Errorf("%s %s: %s %s not allowed (it is a single line)", field, strconv.QuoteToASCII(v), what, strconv.QuoteRuneToASCII(r))
+		}
+	}
+	return nil
+}
+
+// specProfiles are the packaging profiles kmpack.yaml may name, with the format each makes
+// (formats.Profiles, kept in step by a test there).
+var specProfiles = map[string]string{"suse": "rpm", "rhel": "rpm", "debian": "deb", "alpine": "apk", "arch": "archlinux"}
+
+// SpecProfiles returns the profiles kmpack.yaml accepts and the package format of each.
+func SpecProfiles() map[string]string { return maps.Clone(specProfiles) }
+
+// checkPackaging checks formats and profile as formats.ResolveProfiles will use them.
+func (s *Spec) checkPackaging() error {
+	known := slices.Sorted(maps.Values(specProfiles))
+	known = slices.Compact(known)
+	for i, f := range s.Formats {
+		if !slices.Contains(known, f) {
+			return fmt.Errorf("formats[%d]: unknown package format %s (known: %s)", i, strconv.QuoteToASCII(f), strings.Join(known, ", "))
+		}
+	}
+	if s.Profile == "" {
+		if slices.Contains(s.Formats, "rpm") {
+			return fmt.Errorf("formats: rpm needs a profile: suse or rhel")
+		}
+		return nil
+	}
+	format, ok := specProfiles[s.Profile]
+	if !ok {
+		return fmt.Errorf("profile: unknown packaging profile %s (known: %s)", strconv.QuoteToASCII(s.Profile), strings.Join(slices.Sorted(maps.Keys(specProfiles)), ", "))
+	}
+	if len(s.Formats) > 0 && !slices.Contains(s.Formats, format) {
+		return fmt.Errorf("profile: %s makes %s packages, and formats asks only for %v", s.Profile, format, s.Formats)
+	}
+	for _, f := range s.Formats {
+		if f == "rpm" && format != "rpm" {
+			return fmt.Errorf("formats: rpm needs profile suse or rhel (profile is %s)", s.Profile)
+		}
+	}
+	return nil
+}
 
 func (s *Spec) validate() error {
 	if s.Name == "" {
 		return fmt.Errorf("name: required")
 	}
-	if !specNameRE.MatchString(s.Name) {
-		return fmt.Errorf("name %q: use lower-case letters, digits and + . _ - (it names packages)", s.Name)
+	if err := ident.PackageName(s.Name); err != nil {
+		return fmt.Errorf("name: %v (it names packages and /usr/src/<name>-<version>)", err)
 	}
 	if s.Version == "" {
 		return fmt.Errorf("version: required")
 	}
-	if !specVersionRE.MatchString(s.Version) {
-		return fmt.Errorf("version %q: use letters, digits and . + ~ _, starting with a letter or digit", s.Version)
+	if err := ident.Version(s.Version); err != nil {
+		return fmt.Errorf("version: %v", err)
 	}
-	if s.Release != "" && !specVersionRE.MatchString(s.Release) {
-		return fmt.Errorf("release %q: use letters, digits and . + ~ _", s.Release)
+	if s.Release != "" {
+		if err := ident.Version(s.Release); err != nil {
+			return fmt.Errorf("release: %v", err)
+		}
+		if strings.Contains(s.Release, "-") {
+			return fmt.Errorf("release %s: no - (every package format separates version and release with it)", strconv.QuoteToASCII(s.Release))
+		}
+	}
+	for _, f := range []struct {
+		name, value string
+		max         int
+		multiline   bool
+	}{
+		{"summary", s.Summary, MaxSummary, false},
+		{"maintainer", s.Maintainer, MaxMaintainer, false},
+		{"vendor", s.Vendor, MaxVendor, false},
+		{"license", s.License, MaxLicense, false},
+		{"url", s.URL, MaxURL, false},
+		{"description", s.Description, MaxDescription, true},
+	} {
+		if err := CheckText(f.name, f.value, f.max, f.multiline); err != nil {
+			return err
+		}
+	}
+	if err := s.checkPackaging(); err != nil {
+		return err
 	}
 	if err := checkInstallDir(s.InstallDir); err != nil {
 		return fmt.Errorf("install-dir: %v", err)
