@@ -186,8 +186,6 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 		if h.cmd == "" {
 			continue
 		}
-		extra = append(extra, SourceFile{Path: h.file, Mode: 0o755, Body: []byte("#!/bin/sh\nset -e\n" + h.cmd + "\n")})
-		fmt.Fprintf(&b, "%s=%s\n", h.key, kmp.ShellQuote(h.file))
 		extra = append(extra, SourceFile{Path: h.file, Mode: 0o755, Body: []byte(hookScript(s, h.field, h.cmd))})
 		// dkms runs `exec $run` from the build directory: word-split, no quote processing. The
 		// arguments are a kernel release, an architecture and a number, which have no spaces.
