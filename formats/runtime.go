@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -19,6 +20,10 @@ type Runtime struct {
 	// Version is kmpack's version ("0.1.0-dev", "1.2.0").
 	Version string
 	Arch    string
+	// ManPage is kmpack(1) in roff, and the completions the scripts for each shell ("bash",
+	// "zsh", "fish"); both generated from the command tree (kmpack man, kmpack completion).
+	ManPage     []byte
+	Completions map[string][]byte
 }
 
 // RuntimePackageName is the package module packages of the debian profile depend on.
@@ -36,7 +41,15 @@ const (
 	// a new kernel's initramfs is made with its weak-updates links in place.
 	RuntimePostinstHook = "/etc/kernel/postinst.d/50-kmpack-weak-updates"
 	RuntimePostrmHook   = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
+	RuntimeManPage      = "/usr/share/man/man1/kmpack.1.gz"
 )
+
+// runtimeCompletions are where each shell looks for a vendor's completion script.
+var runtimeCompletions = map[string]string{
+	"bash": "/usr/share/bash-completion/completions/kmpack",
+	"zsh":  "/usr/share/zsh/vendor-completions/_kmpack",
+	"fish": "/usr/share/fish/vendor_completions.d/kmpack.fish",
+}
 
 // debVersion turns kmpack's version into a Debian upstream version: a pre-release suffix
 // ("0.1.0-dev") sorts before the release with "~".
@@ -74,6 +87,16 @@ removed) later. See kmpack weak-updates --help.`)
 		{Path: RuntimeDepmodConf, Body: []byte(weakupdates.DepmodConf), Mode: 0o644},
 		{Path: RuntimePostinstHook, Body: hook("add-kernel", "link compatible module packages into a newly installed kernel"), Mode: 0o755, Config: true},
 		{Path: RuntimePostrmHook, Body: hook("remove-kernel", "drop a removed kernel's weak-updates links and relink the rest"), Mode: 0o755, Config: true},
+	}
+	if len(rt.ManPage) > 0 {
+		p.Files = append(p.Files, File{Path: RuntimeManPage, Body: gzipNoName(rt.ManPage), Mode: 0o644})
+	}
+	for _, sh := range slices.Sorted(maps.Keys(rt.Completions)) {
+		dst, ok := runtimeCompletions[sh]
+		if !ok {
+			return nil, fmt.Errorf("runtime package: no place for %s completions", sh)
+		}
+		p.Files = append(p.Files, File{Path: dst, Body: rt.Completions[sh], Mode: 0o644})
 	}
 	p.Requires = []Relation{Rel("kmod")}
 	libc, err := libcRequirement(rt.Binary)

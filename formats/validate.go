@@ -97,7 +97,8 @@ func Validate(p *Package) error {
 func allowedRoots(p *Package) []string {
 	doc := "/usr/share/doc/" + p.Name
 	if p.runtime {
-		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc}
+		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc, "/usr/share/man/man1",
+			"/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d"}
 	}
 	if p.Kernel == "" {
 		root := p.sourceRoot

@@ -183,6 +183,22 @@ func TestDebianWeakUpdatesLifeCycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(s.root, formats.RuntimeDepmodConf)); err != nil || !strings.Contains(string(b), "search updates weak-updates built-in") {
 		t.Fatalf("runtime package did not install the depmod.d file: %v", err)
 	}
+	// The manual page renders with man, and the bash completion, loaded as bash-completion
+	// would, completes against the installed binary.
+	if out, err := exec.Command("man", "-l", filepath.Join(s.root, formats.RuntimeManPage)).Output(); err != nil || !strings.Contains(string(out), "weak-updates") {
+		t.Errorf("installed manual page: %v", err)
+	}
+	comp := exec.Command("bash", "-c", `source "$1"; COMP_WORDS=(kmpack weak-updates add-ke); COMP_CWORD=2; _kmpack_complete; echo "${COMPREPLY[*]}"`,
+		"-", filepath.Join(s.root, "usr/share/bash-completion/completions/kmpack"))
+	comp.Env = append(os.Environ(), "PATH="+filepath.Join(s.root, "usr/bin")+":"+os.Getenv("PATH"))
+	if out, err := comp.Output(); err != nil || strings.TrimSpace(string(out)) != "add-kernel" {
+		t.Errorf("installed bash completion: %q %v", out, err)
+	}
+	for _, f := range []string{"usr/share/zsh/vendor-completions/_kmpack", "usr/share/fish/vendor_completions.d/kmpack.fish"} {
+		if _, err := os.Stat(filepath.Join(s.root, f)); err != nil {
+			t.Errorf("runtime package lacks %s", f)
+		}
+	}
 	s.dpkg("-i", hello10[pkg53], abi[abi53])
 	if len(s.links(r53)) != 0 {
 		t.Errorf("53 got links to its own builds: %v", s.links(r53))

@@ -47,7 +47,21 @@ func selfRuntime() (*formats.Runtime, error) {
 	if stripped, err := strippedCopy(exe); err == nil {
 		b = stripped
 	}
-	return &formats.Runtime{Binary: b, Version: version, Arch: unameMachine()}, nil
+	rt := &formats.Runtime{Binary: b, Version: version, Arch: unameMachine(), Completions: map[string][]byte{}}
+	app := newApp()
+	man, err := manPage(app)
+	if err != nil {
+		return nil, fmt.Errorf("runtime package: manual page: %v", err)
+	}
+	rt.ManPage = []byte(man)
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		c, err := completion(app, sh)
+		if err != nil {
+			return nil, fmt.Errorf("runtime package: %s completion: %v", sh, err)
+		}
+		rt.Completions[sh] = []byte(c)
+	}
+	return rt, nil
 }
 
 // strippedCopy strips symbols and debug information the way Debian's dh_strip does for
