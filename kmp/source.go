@@ -12,6 +12,9 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
+
+	"github.com/kmpack/kmpack/kmp/ident"
 )
 
 // SourceKind says how a module source describes its build.
@@ -138,11 +141,28 @@ func (s *Source) Identify(ctx context.Context, tree *KernelTree, jobs int) error
 			return err
 		}
 	}
-	if strings.ContainsAny(s.Name+s.Version, "/\x00") || s.Name == "." || s.Name == ".." ||
-		s.Version == "." || s.Version == ".." {
-		return inputErrorf(s.File, "PACKAGE_NAME %q / PACKAGE_VERSION %q cannot name a directory", s.Name, s.Version)
+	if err := ident.PackageName(s.Name); err != nil {
+		return inputErrorf(s.File, "PACKAGE_NAME: %v", err)
+	}
+	if err := ident.Version(s.Version); err != nil {
+		return inputErrorf(s.File, "PACKAGE_VERSION: %v", err)
 	}
 	s.identified = true
+	return nil
+}
+
+// SetIdentity names a source whose name and version were learnt before (kmpack package takes
+// a dkms.conf source's from the build's manifest instead of evaluating the file again).
+func (s *Source) SetIdentity(name, version string) error {
+	if err := ident.PackageName(name); err != nil {
+		return err
+	}
+	if err := ident.Version(version); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Name, s.Version, s.identified = name, version, true
 	return nil
 }
 
@@ -185,25 +205,37 @@ func (s *Source) excluded(path string) bool {
 	return false
 }
 
-// walk visits the source root and everything under it in lexical order (filepath.WalkDir's),
+// walk visits the source root and everything under it in lexical order (fs.WalkDir's),
 // without following symlinks, leaving out excluded paths and, when skipGit, .git directories.
-func (s *Source) walk(skipGit bool, visit func(path, rel string, fi fs.FileInfo) error) error {
-	return filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
+// It reads through an os.Root on the source directory: nothing it opens, even if the tree
+// changes under it, is outside the source.
+func (s *Source) walk(skipGit bool, visit func(p, rel string, fi fs.FileInfo) error) error {
+	return s.walkRoot(skipGit, func(_ *os.Root, p, rel string, fi fs.FileInfo) error { return visit(p, rel, fi) })
+}
+
+// walkRoot is walk, giving visit the os.Root to read the files through.
+func (s *Source) walkRoot(skipGit bool, visit func(root *os.Root, p, rel string, fi fs.FileInfo) error) error {
+	root, err := os.OpenRoot(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p != s.Dir && (s.excluded(p) || (skipGit && d.IsDir() && d.Name() == ".git")) {
+		p := filepath.Join(s.Dir, rel)
+		if rel != "." && (s.excluded(p) || (skipGit && d.IsDir() && d.Name() == ".git")) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		fi, err := d.Info()
+		fi, err := root.Lstat(rel)
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(s.Dir, p)
-		return visit(p, rel, fi)
+		return visit(root, p, rel, fi)
 	})
 }
 
@@ -211,17 +243,17 @@ func (s *Source) walk(skipGit bool, visit func(path, rel string, fi fs.FileInfo)
 // except .git and excluded paths: the source part of a build's cache key.
 func (s *Source) Hash() (string, error) {
 	h := sha256.New()
-	err := s.walk(true, func(p, rel string, fi fs.FileInfo) error {
+	err := s.walkRoot(true, func(root *os.Root, p, rel string, fi fs.FileInfo) error {
 		fmt.Fprintf(h, "%s\x00%o\x00", rel, fi.Mode())
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := root.Readlink(rel)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(h, "%s\x00", t)
 		case fi.Mode().IsRegular():
-			f, err := os.Open(p)
+			f, err := openRegular(root, rel)
 			if err != nil {
 				return err
 			}
@@ -239,25 +271,83 @@ func (s *Source) Hash() (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// copyTo copies the source into dst like cp -a: modes and symlinks kept, the user's tree never
-// touched again.
+// copyTo copies the source into dst like cp -a: modes and symlinks kept (as links, never
+// followed), the user's tree never touched again.
 func (s *Source) copyTo(dst string) error {
-	return s.walk(false, func(p, rel string, fi fs.FileInfo) error {
+	return s.walkRoot(false, func(root *os.Root, p, rel string, fi fs.FileInfo) error {
 		target := filepath.Join(dst, rel)
 		switch {
 		case fi.IsDir():
 			return os.MkdirAll(target, fi.Mode().Perm()|0o700)
 		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := root.Readlink(rel)
 			if err != nil {
 				return err
 			}
 			return os.Symlink(t, target)
 		case fi.Mode().IsRegular():
-			return copyFile(p, target, fi.Mode().Perm())
+			f, err := openRegular(root, rel)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return copyFrom(f, target, fi.Mode().Perm())
 		}
 		return nil // sockets, fifos, devices have no place in a module source
 	})
+}
+
+// openRegular opens rel in root without following a final symlink, and only if it is a
+// regular file (the tree may have changed since it was listed).
+func openRegular(root *os.Root, rel string) (*os.File, error) {
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", rel)
+	}
+	return f, nil
+}
+
+// openInside opens rel under dir through an os.Root: symlinks are followed only as long as
+// they stay inside dir. Only regular files are opened.
+func openInside(dir, rel string) (*os.File, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", rel)
+	}
+	return f, nil
+}
+
+// statInside is os.Stat of rel under dir, through an os.Root.
+func statInside(dir, rel string) (fs.FileInfo, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return root.Stat(rel)
+}
+
+// readInside reads the regular file rel under dir through an os.Root.
+func readInside(dir, rel string) ([]byte, error) {
+	f, err := openInside(dir, rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 func copyFile(src, dst string, perm os.FileMode) error {
@@ -266,6 +356,10 @@ func copyFile(src, dst string, perm os.FileMode) error {
 		return err
 	}
 	defer in.Close()
+	return copyFrom(in, dst, perm)
+}
+
+func copyFrom(in io.Reader, dst string, perm os.FileMode) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return err
