@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,7 +52,7 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if len(found.Trees) == 0 {
 				return cli.Exit("no kernel tree to evaluate dkms.conf for (pass --kernel)", exitInput)
 			}
-			spec, warnings, err := kmp.SpecFromDKMS(context.Background(), src, found.Trees)
+			spec, warnings, err := kmp.SpecFromDKMS(c.Context, src, found.Trees)
 			if err != nil {
 				return err
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -140,18 +139,20 @@ func runPackage(c *cli.Context) error {
 	if outDir == "" {
 		outDir = "kmpack-out"
 	}
-	mpath := filepath.Join(outDir, "manifest.json")
-	b, err := os.ReadFile(mpath)
+	mp, err := kmp.ReadOutputManifest(outDir)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("%s: not a kmpack build output (%v)", outDir, err), exitInput)
+		return err
 	}
-	var m kmp.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return cli.Exit(fmt.Sprintf("%s: %v", mpath, err), exitInput)
-	}
+	m := *mp
 	src, err := kmp.OpenSource(m.Source.Dir)
 	if err != nil {
 		return err
+	}
+	if src.Kind == kmp.SourceDKMS {
+		// A dkms.conf names its source only when evaluated: take what the build learnt.
+		if err := src.SetIdentity(m.Source.Name, m.Source.Version); err != nil {
+			return cli.Exit(fmt.Sprintf("%s: %v", filepath.Join(outDir, "manifest.json"), err), exitInput)
+		}
 	}
 	if abs, err := filepath.Abs(outDir); err == nil {
 		src.Exclude = append(src.Exclude, abs)
