@@ -7,9 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"syscall"
 
+	"github.com/kmpack/kmpack/kmp/ident"
 	"golang.org/x/sys/unix"
 )
 
@@ -48,6 +50,27 @@ func ReadOutputManifest(dir string) (*Manifest, error) {
 		return nil, inputErrorf(p, "not a kmpack build manifest (no \"format\": %q)", OutputFormat)
 	case m.FormatVersion != OutputFormatVersion:
 		return nil, inputErrorf(p, "kmpack build output format version %d, this kmpack reads %d", m.FormatVersion, OutputFormatVersion)
+	}
+	// Names in the manifest become paths read by kmpack package: only kmpack's own pass.
+	for _, k := range m.Kernels {
+		if k == nil {
+			return nil, inputErrorf(p, "an empty kernel record")
+		}
+		if err := ident.KernelRelease(k.Release); err != nil {
+			return nil, inputErrorf(p, "%v", err)
+		}
+		for _, bm := range k.Modules {
+			if bm == nil {
+				return nil, inputErrorf(p, "kernel %s: an empty module record", k.Release)
+			}
+			base := path.Base(bm.File)
+			if ident.PathComponent(base) != nil || bm.File != path.Join("modules", k.Release, base) {
+				return nil, inputErrorf(p, "kernel %s: module file %q is not one kmpack writes", k.Release, bm.File)
+			}
+		}
+		if k.Symvers != "" && k.Symvers != path.Join("modules", k.Release, "Module.symvers") {
+			return nil, inputErrorf(p, "kernel %s: symvers %q is not one kmpack writes", k.Release, k.Symvers)
+		}
 	}
 	return &m, nil
 }
@@ -97,6 +120,20 @@ type outputLock struct {
 
 // ErrOutputLocked is returned (wrapped) when another kmpack holds the output's lock.
 var ErrOutputLocked = errors.New("output directory is locked by another kmpack build")
+
+// LockOutput takes the lock a build holds on the output directory out (for kmpack package,
+// which writes into a build's output). unlock releases it.
+func LockOutput(out string) (unlock func(), err error) {
+	abs, err := filepath.Abs(out)
+	if err != nil {
+		return nil, err
+	}
+	l, err := lockOutput(abs)
+	if err != nil {
+		return nil, err
+	}
+	return l.unlock, nil
+}
 
 func lockOutput(out string) (*outputLock, error) {
 	p := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".lock")

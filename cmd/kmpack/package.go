@@ -143,6 +143,15 @@ func runPackage(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// A build into the same output must not replace it while its packages are written.
+	unlock, err := kmp.LockOutput(outDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if mp, err = kmp.ReadOutputManifest(outDir); err != nil {
+		return err
+	}
 	m := *mp
 	src, err := kmp.OpenSource(m.Source.Dir)
 	if err != nil {

@@ -103,6 +103,16 @@ func TestPackageDKMSBuildAndForeignOutput(t *testing.T) {
 		t.Errorf("package of a dkms.conf build: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 
+	// A manifest whose module path leaves the output is refused before anything is read.
+	mpath := filepath.Join(out, "manifest.json")
+	orig, _ := os.ReadFile(mpath)
+	os.WriteFile(mpath, []byte(strings.Replace(string(orig), `"file": "modules/`+testenv.Release53+`/kmpack_hello.ko`, `"file": "../../../etc/kmpack_hello.ko`, 1)), 0o644)
+	_, stderr, code = kmpackIn(t, cache, "package", "--profile", "debian", out)
+	if code != exitInput || !strings.Contains(stderr, "is not one kmpack writes") {
+		t.Errorf("escaping module path in the manifest: exit %d: %s", code, stderr)
+	}
+	os.WriteFile(mpath, orig, 0o644)
+
 	foreign := t.TempDir()
 	os.WriteFile(filepath.Join(foreign, "manifest.json"), []byte(`{"source":{"dir":"/"}}`), 0o644)
 	_, stderr, code = kmpackIn(t, cache, "package", "--profile", "debian", foreign)
