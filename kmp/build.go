@@ -57,6 +57,9 @@ type BuildOptions struct {
 	IgnoreBuildDepends bool
 	// KeepWork keeps the workspaces of failed builds for inspection.
 	KeepWork bool
+	// Timeout, when set, bounds each kernel's build (patches, hooks, make, collection); a
+	// kernel that runs out of time fails (not cached) and the others go on.
+	Timeout time.Duration
 	// Progress, when set, is called (from several goroutines, serialised) on every state change.
 	Progress func(ProgressEvent)
 	// Warn, when set, receives warnings once each (compiler mismatch, deprecated directives).
@@ -226,7 +229,12 @@ func Build(ctx context.Context, src *Source, trees []*KernelTree, opts BuildOpti
 		return nil, err
 	}
 	keepWork := false
-	defer func() { work.Remove(keepWork) }()
+	defer func() {
+		if keepWork {
+			work.Keep() // the next build's clean-up leaves it alone
+		}
+		work.Remove(keepWork)
+	}()
 	src.Exclude = append(src.Exclude, work.Path)
 
 	// Plan every kernel first: a dkms.conf or spec problem stops everything before any build.
@@ -375,6 +383,9 @@ func kbuildSafePath(p string) bool {
 	return true
 }
 
+// errKernelTimeout is the cause of a kernel's context when BuildOptions.Timeout ran out.
+var errKernelTimeout = errors.New("kernel build timed out")
+
 // workPrefix names build workspaces in $TMPDIR.
 const workPrefix = "kmpack-build-"
 
@@ -505,7 +516,18 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	defer b.js.release(token)
 	start = time.Now()
 	b.progress(ProgressEvent{Release: r.Release, Status: StatusBuilding})
-	reason, err := b.buildKernel(ctx, j)
+	kctx := ctx
+	if b.opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		kctx, cancel = context.WithTimeoutCause(ctx, b.opts.Timeout, errKernelTimeout)
+		defer cancel()
+	}
+	reason, err := b.buildKernel(kctx, j)
+	if err != nil && ctx.Err() == nil && errors.Is(err, errKernelTimeout) {
+		// This kernel's time ran out: its process groups are killed; the others go on.
+		reason, err = fmt.Sprintf("the build did not finish within %v (--timeout)", b.opts.Timeout), nil
+		j.temporary = true
+	}
 	if err != nil { // the machine failed, not the build
 		b.setFatal(err)
 		finish(StatusFailed, err.Error())
@@ -763,6 +785,7 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	cmd.Env = env
 	err := proc.Run(cmd)
 	if ctx.Err() != nil {
+		fmt.Fprintf(j.log, "\n# stopped (process group killed): %v\n", context.Cause(ctx))
 		return 0, context.Cause(ctx)
 	}
 	code, signaled, ok := proc.ExitCode(err)

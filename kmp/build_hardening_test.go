@@ -476,3 +476,39 @@ func waitFor(t *testing.T, marker string) {
 	}
 	t.Fatalf("no process %s started", marker)
 }
+
+// A kernel whose build runs out of time fails alone (its processes killed, not cached); the
+// other kernel is built; --keep-work keeps the workspace past the next build's clean-up.
+func TestBuildTimeoutAndKeepWork(t *testing.T) {
+	tmp := privateTmp(t)
+	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release612)
+	marker := "kmpack-timeout-" + strconv.Itoa(os.Getpid())
+	src := dkmsSource(t, `MAKE[1]="bash -c 'sleep 300; true' `+marker+`"`+"\nMAKE_MATCH[1]=^6.1.0\n")
+	cache := t.TempDir()
+	start := time.Now()
+	m, err := build(t, src, trees, kmp.BuildOptions{OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache,
+		Timeout: 30 * time.Second, KeepWork: true})
+	if !errors.Is(err, kmp.ErrBuildFailed) || time.Since(start) > 90*time.Second {
+		t.Fatalf("%v after %v", err, time.Since(start))
+	}
+	k53, k612 := m.Kernels[0], m.Kernels[1]
+	if k53.Status != kmp.StatusFailed || !strings.Contains(k53.Reason, "did not finish within 30s") || k53.FailureKind != kmp.FailureTemporary {
+		t.Errorf("timed-out kernel: %s %q %q", k53.Status, k53.Reason, k53.FailureKind)
+	}
+	if k612.Status != kmp.StatusBuilt {
+		t.Errorf("the other kernel: %s %s", k612.Status, k612.Reason)
+	}
+	if out, _ := exec.Command("pgrep", "-f", marker).Output(); len(out) != 0 {
+		t.Errorf("the timed-out build's processes survived: %s", out)
+	}
+	kept, _ := filepath.Glob(filepath.Join(tmp, "kmpack-build-*"))
+	if len(kept) != 1 {
+		t.Fatalf("kept workspaces %v", kept)
+	}
+	if _, err := build(t, testenv.ExampleSource(t, true), trees[1:], kmp.BuildOptions{OutputDir: filepath.Join(t.TempDir(), "out")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(kept[0]); err != nil {
+		t.Errorf("the next build removed a --keep-work workspace: %v", err)
+	}
+}

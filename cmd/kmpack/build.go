@@ -59,6 +59,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "module compression: auto (the kernel's CONFIG_MODULE_COMPRESS_*), none, gzip, xz, zstd"},
 			&cli.BoolFlag{Name: "no-strip", Usage: "keep debug info in all modules (default: strip -g as dkms does, unless STRIP says no)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything, ignoring cached results (fresh results replace the cache's)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "fail a kernel whose build takes longer than this (e.g. 30m; 0: no limit)"},
 			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
 			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
@@ -76,6 +77,9 @@ func runBuild(c *cli.Context) error {
 	srcPath := c.Args().First()
 	if srcPath == "" {
 		srcPath = "."
+	}
+	if c.Duration("timeout") < 0 {
+		return usagef("--timeout must not be negative")
 	}
 	if j := c.Int("jobs"); j < 1 || j > kmp.MaxJobs {
 		return usagef("--jobs must be between 1 and %d, not %d", kmp.MaxJobs, j)
@@ -135,6 +139,7 @@ func runBuild(c *cli.Context) error {
 		Compression:        comp,
 		NoStrip:            c.Bool("no-strip"),
 		KeepWork:           c.Bool("keep-work"),
+		Timeout:            c.Duration("timeout"),
 		IgnoreBuildDepends: c.Bool("ignore-build-depends"),
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
 	}

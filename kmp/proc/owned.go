@@ -47,6 +47,14 @@ func MkdirOwned(parent, prefix string) (*OwnedDir, error) {
 // TagEnv is the OwnerEnv entry for the children working in d.
 func (d *OwnedDir) TagEnv() string { return OwnerEnv + "=" + d.Path }
 
+// keepMarker, in an owned directory, asks CleanStale to leave it (kmpack build --keep-work).
+const keepMarker = ".kmpack-keep"
+
+// Keep marks the directory as kept for inspection: CleanStale never removes it.
+func (d *OwnedDir) Keep() error {
+	return os.WriteFile(filepath.Join(d.Path, keepMarker), nil, 0o644)
+}
+
 // Remove deletes the directory (unless keep) and releases it.
 func (d *OwnedDir) Remove(keep bool) error {
 	var err error
@@ -59,7 +67,7 @@ func (d *OwnedDir) Remove(keep bool) error {
 
 // CleanStale removes what dead kmpacks left in parent under prefix: directories named
 // <prefix><pid>-* (and <prefix><pid>-*.<anything>) whose pid is not running and whose flock is
-// free, after killing the processes that still carry their OwnerEnv tag. It returns what it
+// free (and that were not kept with Keep), after killing the processes that still carry their OwnerEnv tag. It returns what it
 // removed. Errors are not fatal to the caller: a stale directory only wastes space.
 func CleanStale(parent, prefix string) []string {
 	entries, err := os.ReadDir(parent)
@@ -78,6 +86,9 @@ func CleanStale(parent, prefix string) []string {
 			continue
 		}
 		dir := filepath.Join(parent, e.Name())
+		if _, err := os.Lstat(filepath.Join(dir, keepMarker)); err == nil {
+			continue
+		}
 		f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
 		if err != nil {
 			continue
