@@ -512,3 +512,36 @@ func TestBuildTimeoutAndKeepWork(t *testing.T) {
 		t.Errorf("the next build removed a --keep-work workspace: %v", err)
 	}
 }
+
+// A panic in one kernel's build goroutine is an error, not a crash, and a fatal error stops
+// the other kernels' builds (their process groups killed) instead of waiting for them.
+func TestBuildFatalErrorCancelsOthers(t *testing.T) {
+	tmp := privateTmp(t)
+	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release612)
+	marker := "kmpack-fatal-" + strconv.Itoa(os.Getpid())
+	src := dkmsSource(t, `MAKE[1]="bash -c 'sleep 300; true' `+marker+`"`+"\nMAKE_MATCH[1]=^6.12\n")
+	parent := t.TempDir()
+	start := time.Now()
+	_, err := build(t, src, trees, kmp.BuildOptions{OutputDir: filepath.Join(parent, "out"),
+		Progress: func(ev kmp.ProgressEvent) {
+			if ev.Release == testenv.Release53 && ev.Status == kmp.StatusBuilt {
+				waitFor(t, marker) // the other kernel is building
+				panic("injected")
+			}
+		}})
+	if err == nil || !strings.Contains(err.Error(), "internal error building for "+testenv.Release53+": injected") {
+		t.Errorf("panic in a build goroutine: %v", err)
+	}
+	if el := time.Since(start); el > 90*time.Second {
+		t.Errorf("the fatal error did not stop the other kernel's build (%v)", el)
+	}
+	if out, _ := exec.Command("pgrep", "-f", marker).Output(); len(out) != 0 {
+		t.Errorf("the other kernel's processes survived: %s", out)
+	}
+	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+		t.Errorf("left %v", entries)
+	}
+	if m, _ := filepath.Glob(filepath.Join(tmp, "kmpack-build-*")); len(m) != 0 {
+		t.Errorf("left workspaces %v", m)
+	}
+}
