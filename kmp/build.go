@@ -1,7 +1,6 @@
 package kmp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -383,6 +383,44 @@ func kbuildSafePath(p string) bool {
 	return true
 }
 
+// BuildLogLimit caps what one kernel's commands write into its build log (the rest is
+// counted and noted): a build that floods its output cannot fill the disk or the cache.
+const BuildLogLimit = 64 << 20
+
+// cappedWriter passes on the first left bytes and counts the rest. Commands write to it
+// through one pipe (stdout and stderr share it), from exec's single copying goroutine.
+type cappedWriter struct {
+	mu      sync.Mutex
+	w       io.Writer
+	left    int64
+	dropped int64
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := int64(len(p))
+	if n > c.left {
+		c.dropped += n - c.left
+		n = c.left
+	}
+	if n > 0 {
+		if _, err := c.w.Write(p[:n]); err != nil {
+			return 0, err
+		}
+		c.left -= n
+	}
+	return len(p), nil
+}
+
+func (c *cappedWriter) takeDropped() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.dropped
+	c.dropped = 0
+	return d
+}
+
 // errKernelTimeout is the cause of a kernel's context when BuildOptions.Timeout ran out.
 var errKernelTimeout = errors.New("kernel build timed out")
 
@@ -427,6 +465,7 @@ type kernelJob struct {
 	plan   *BuildPlan
 	result *KernelBuild
 	log    *os.File
+	output *cappedWriter // the commands' output into log
 	// temporary: a command of the build was killed by a signal (OOM killer, an operator).
 	temporary bool
 }
@@ -627,6 +666,7 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 		return "", err
 	}
 	defer j.log.Close()
+	j.output = &cappedWriter{w: j.log, left: BuildLogLimit}
 	fmt.Fprintf(j.log, "kmpack (%s) build log for %s/%s for kernel %s (%s)\n", BuildEngineVersion, plan.Name, plan.Version, tree.Release, tree.Arch)
 	fmt.Fprintf(j.log, "kernel tree: %s\nworkspace: %s\n\n", tree.Dir, ws.Root)
 
@@ -766,7 +806,7 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	script := strings.Join(vars, "\n") + "\n" + command
 	cmd := proc.Command(ctx, "bash", "--noprofile", "--norc", "-c", script)
 	cmd.Dir = j.ws.BuildDir
-	cmd.Stdout, cmd.Stderr = j.log, j.log
+	cmd.Stdout, cmd.Stderr = j.output, j.output
 	if stdin != nil {
 		cmd.Stdin = stdin
 	}
@@ -794,6 +834,9 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	}
 	if signaled {
 		j.temporary = true
+	}
+	if d := j.output.takeDropped(); d > 0 {
+		fmt.Fprintf(j.log, "\n# [kmpack: %d more bytes of output not logged: the log is capped at %d bytes]\n", d, BuildLogLimit)
 	}
 	el := time.Since(start).Round(time.Second)
 	fmt.Fprintf(j.log, "# exit code: %d\n# elapsed time: %02d:%02d:%02d\n%s\n\n", code,
@@ -915,20 +958,34 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 	return "", nil
 }
 
-// tailLines returns the last n lines of a file.
+// tailLines returns the last n lines of a file, from its last 64 KiB (a line is cut to 1000
+// bytes: a log may hold megabytes without a newline).
 func tailLines(path string, n int) []string {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	const window = 64 << 10
+	off := max(fi.Size()-window, 0)
+	buf := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil
+	}
+	lines := strings.Split(strings.TrimSuffix(string(buf), "\n"), "\n")
+	if off > 0 && len(lines) > 1 {
+		lines = lines[1:] // the first is a partial line
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	for i, l := range lines {
+		if len(l) > 1000 {
+			lines[i] = l[:1000] + "..."
 		}
 	}
 	return lines

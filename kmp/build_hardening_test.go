@@ -545,3 +545,22 @@ func TestBuildFatalErrorCancelsOthers(t *testing.T) {
 		t.Errorf("left workspaces %v", m)
 	}
 }
+
+// A build that floods its output gets a capped log (and so a cacheable entry).
+func TestBuildLogIsCapped(t *testing.T) {
+	privateTmp(t)
+	trees := testenv.KernelTrees(t, testenv.Release53)
+	src := dkmsSource(t, `MAKE="head -c 100000000 /dev/zero | tr '\\0' x; exit 1"`+"\n")
+	out := filepath.Join(t.TempDir(), "out")
+	m, err := build(t, src, trees, kmp.BuildOptions{OutputDir: out})
+	if !errors.Is(err, kmp.ErrBuildFailed) {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(out, m.Kernels[0].Log))
+	if err != nil || fi.Size() > kmp.BuildLogLimit+4096 {
+		t.Errorf("log: %v, %d bytes", err, fi.Size())
+	}
+	if !strings.Contains(strings.Join(m.Kernels[0].LogTail, "\n"), "more bytes of output not logged") {
+		t.Errorf("no truncation note: %q", m.Kernels[0].LogTail)
+	}
+}
