@@ -41,3 +41,55 @@ func LexicallyInside(p string) bool {
 	p = path.Clean(p)
 	return p != ".." && !strings.HasPrefix(p, "../")
 }
+
+// OpenInside opens rel under dir through an os.Root: symlinks are followed only as long as
+// they stay inside dir. Only regular files are opened.
+func OpenInside(dir, rel string) (*os.File, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", rel)
+	}
+	return f, nil
+}
+
+// StatInside is os.Stat of rel under dir, through an os.Root.
+func StatInside(dir, rel string) (fs.FileInfo, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return root.Stat(rel)
+}
+
+// ReadInside reads the regular file rel under dir through an os.Root.
+func ReadInside(dir, rel string) ([]byte, error) {
+	f, err := OpenInside(dir, rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+// CopyFrom writes in to a new or truncated dst with perm.
+func CopyFrom(in io.Reader, dst string, perm os.FileMode) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

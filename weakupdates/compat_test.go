@@ -19,8 +19,21 @@ import (
 var (
 	targetsMu sync.Mutex
 	targets   = map[string]*weakupdates.Target{}
-	probeDir  = filepath.Join(os.TempDir(), "kmpack-weakupdates-test-cache")
+	// probeDir is this test run's own build cache (probe modules, test builds): a cache shared
+	// with earlier runs would let their results, right or wrong, stand in for this run's.
+	probeDir string
 )
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kmpack-weakupdates-test-cache-")
+	if err != nil {
+		panic(err)
+	}
+	probeDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 // target opens an installed header tree once per test run (the probe build is cached).
 func target(t *testing.T, release string) *weakupdates.Target {

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -23,6 +20,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/kmp/unpack"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -51,16 +49,23 @@ did not change is taken from the cache and not rebuilt.
 With --format/--profile (or formats/profile in kmpack.yaml), every kernel's modules are then
 packaged into OUTPUT/packages/ (see kmpack package), when no kernel failed.
 
+OUTPUT is locked (flock on .OUTPUT.lock beside it) while a build writes it: a second build
+into the same OUTPUT fails at once (exit 1). An existing OUTPUT is only replaced when it is
+empty or a previous kmpack build output (its manifest.json says "format": "kmpack-build-output").
+
 Exit status: 0 every kernel built or skipped (at least one built), 4 at least one kernel
-failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written),
-2 wrong command line, 1 kmpack or the machine failed.`,
+failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written;
+but when packaging after a successful build refuses the metadata, the build output stays and
+only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the machine failed,
+130 interrupted (SIGINT/SIGTERM: builds killed, nothing written).`,
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Usage: "kernel tree directory, glob, or package file (repeatable)"},
-			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: runtime.NumCPU(), Usage: "job budget shared by all kernels' builds"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: min(runtime.NumCPU(), build.MaxJobs), Usage: "job budget shared by all kernels' builds (1 to 1024)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "kmpack-out", Usage: "output directory (replaced if it holds a previous kmpack output)"},
 			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "module compression: auto (the kernel's CONFIG_MODULE_COMPRESS_*), none, gzip, xz, zstd"},
 			&cli.BoolFlag{Name: "no-strip", Usage: "keep debug info in all modules (default: strip -g as dkms does, unless STRIP says no)"},
-			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything and do not store results in the cache"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything, ignoring cached results (fresh results replace the cache's)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "fail a kernel whose build takes longer than this (e.g. 30m; 0: no limit)"},
 			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
 			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
@@ -79,8 +84,11 @@ func runBuild(c *cli.Context) error {
 	if srcPath == "" {
 		srcPath = "."
 	}
-	if c.Int("jobs") < 1 {
-		return usagef("--jobs must be at least 1")
+	if c.Duration("timeout") < 0 {
+		return usagef("--timeout must not be negative")
+	}
+	if j := c.Int("jobs"); j < 1 || j > build.MaxJobs {
+		return usagef("--jobs must be between 1 and %d, not %d", build.MaxJobs, j)
 	}
 	var comp module.Compression
 	if v := c.String("compress"); v != "auto" {
@@ -107,11 +115,7 @@ func runBuild(c *cli.Context) error {
 			kernelArgs = append(kernelArgs, k)
 		}
 	}
-	expanded, err := expandKernelArgs(kernelArgs)
-	if err != nil {
-		return err
-	}
-	found, err := findKernels(c.String("cache-dir"), root, expanded)
+	found, err := unpack.FindKernels(c.String("cache-dir"), root, kernelArgs)
 	if err != nil {
 		return err
 	}
@@ -122,8 +126,7 @@ func runBuild(c *cli.Context) error {
 		return cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := c.Context
 	var siblings []*weakupdates.Target
 	for _, s := range c.StringSlice("siblings") {
 		t, err := openTarget(ctx, s, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
@@ -138,12 +141,11 @@ func runBuild(c *cli.Context) error {
 		Compression:        comp,
 		NoStrip:            c.Bool("no-strip"),
 		KeepWork:           c.Bool("keep-work"),
+		Timeout:            c.Duration("timeout"),
 		IgnoreBuildDepends: c.Bool("ignore-build-depends"),
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
 	}
-	if !c.Bool("no-cache") {
-		opts.CacheDir = c.String("cache-dir")
-	}
+	opts.CacheDir, opts.Refresh = c.String("cache-dir"), c.Bool("no-cache")
 	if len(siblings) > 0 {
 		opts.Siblings = func(release string, mods []*module.ModuleInfo) []manifest.SiblingVerdict {
 			return weakupdates.Siblings(release, mods, siblings)
@@ -188,27 +190,6 @@ func runBuild(c *cli.Context) error {
 		return writePackages(c, src, m, opts.OutputDir, found.Trees, profiles, w)
 	}
 	return nil
-}
-
-// expandKernelArgs expands globs (a pattern matching nothing is an error: a typo must not
-// silently build for fewer kernels).
-func expandKernelArgs(args []string) ([]string, error) {
-	var out []string
-	for _, a := range args {
-		if !strings.ContainsAny(a, "*?[") {
-			out = append(out, a)
-			continue
-		}
-		m, err := filepath.Glob(a)
-		if err != nil {
-			return nil, usagef("--kernel %q: %v", a, err)
-		}
-		if len(m) == 0 {
-			return nil, cli.Exit(fmt.Sprintf("%s: no kernel tree or package matches", a), exitInput)
-		}
-		out = append(out, m...)
-	}
-	return out, nil
 }
 
 func printBuildSummary(w io.Writer, m *manifest.Manifest, outDir string) {

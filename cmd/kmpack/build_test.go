@@ -2,10 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -117,5 +122,70 @@ if grep -q CONFIG_XEN_BALLOON=y $kernel_source_dir/.config; then BUILD_EXCLUSIVE
 	stdout, stderr, code = kmpackIn(t, cache, "build", "-k", h53, "-o", out, dir)
 	if code != 0 || !strings.Contains(stdout, "(kmpack.yaml)") {
 		t.Errorf("building the converted spec: %d %s %s", code, stdout, stderr)
+	}
+}
+
+// -j is bounded (the jobserver's tokens live in a pipe: -j 65537 used to hang forever).
+func TestBuildJobsRange(t *testing.T) {
+	for _, j := range []string{"0", "65537"} {
+		_, stderr, code := kmpack(t, "build", "-j", j, "-o", filepath.Join(t.TempDir(), "o"), testenv.ExampleSource(t, true))
+		if code != exitUsage || !strings.Contains(stderr, "--jobs must be between 1 and 1024") {
+			t.Errorf("-j %s: exit %d: %s", j, code, stderr)
+		}
+	}
+}
+
+// SIGTERM stops a build at once: exit 130, the make's process group killed, no output, no
+// staging directory, no workspace left.
+func TestBuildSIGTERM(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	src := testenv.ExampleSource(t, false)
+	marker := "kmpack-sigterm-" + strconv.Itoa(os.Getpid())
+	os.WriteFile(filepath.Join(src, "dkms.conf"), []byte("PACKAGE_NAME=hello\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=kmpack_hello\nDEST_MODULE_LOCATION=/updates\nMAKE=\"bash -c 'sleep 300; true' "+marker+"\"\n"), 0o644)
+	tmp, parent := t.TempDir(), t.TempDir()
+	cmd := exec.Command(bin, "build", "-q", "-k", h53, "-o", filepath.Join(parent, "out"), src)
+	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+t.TempDir(), "TMPDIR="+tmp)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if out, _ := exec.Command("pgrep", "-f", marker).Output(); len(out) > 0 {
+			break
+		}
+		if i > 300 {
+			cmd.Process.Kill()
+			t.Fatal("the build never started")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted || time.Since(start) > 10*time.Second {
+		t.Errorf("SIGTERM: %v after %v: %s", err, time.Since(start), stderr.String())
+	}
+	time.Sleep(200 * time.Millisecond)
+	if out, _ := exec.Command("pgrep", "-f", marker).Output(); len(out) > 0 {
+		t.Errorf("build processes survived SIGTERM: %s", out)
+	}
+	for _, d := range []string{tmp, parent} {
+		if entries, _ := os.ReadDir(d); len(entries) != 0 {
+			t.Errorf("%s: left %v", d, entries)
+		}
+	}
+}
+
+// A missing --output parent is created.
+func TestBuildCreatesOutputParents(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	out := filepath.Join(t.TempDir(), "a", "b", "out")
+	if _, stderr, code := kmpack(t, "build", "-q", "-k", h53, "-o", out, testenv.ExampleSource(t, true)); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, "manifest.json")); err != nil {
+		t.Error(err)
 	}
 }

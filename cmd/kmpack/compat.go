@@ -53,7 +53,7 @@ func runCompat(c *cli.Context) error {
 	}
 	var targets []*weakupdates.Target
 	for _, k := range c.StringSlice("kernel") {
-		t, err := openTarget(context.Background(), k, weakupdates.TargetOptions{
+		t, err := openTarget(c.Context, k, weakupdates.TargetOptions{
 			Release: c.String("release"), CacheDir: c.String("cache-dir"), NoProbe: c.Bool("no-probe")})
 		if err != nil {
 			return err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
 func initCommand() *cli.Command {
@@ -40,11 +40,7 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if err != nil {
 				return err
 			}
-			args, err := expandKernelArgs(c.StringSlice("kernel"))
-			if err != nil {
-				return err
-			}
-			found, err := findKernels(c.String("cache-dir"), "/", args)
+			found, err := unpack.FindKernels(c.String("cache-dir"), "/", c.StringSlice("kernel"))
 			if err != nil {
 				return err
 			}
@@ -54,7 +50,7 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if len(found.Trees) == 0 {
 				return cli.Exit("no kernel tree to evaluate dkms.conf for (pass --kernel)", exitInput)
 			}
-			spec, warnings, err := source.SpecFromDKMS(context.Background(), src, found.Trees)
+			spec, warnings, err := source.SpecFromDKMS(c.Context, src, found.Trees)
 			if err != nil {
 				return err
 			}

@@ -128,8 +128,3 @@ func printKernels(w io.Writer, res *unpack.Found, verbose bool) {
 		}
 	}
 }
-
-// findKernels is unpack.FindKernels (kept while build and init move over to it).
-func findKernels(cacheDir, root string, args []string) (*unpack.Found, error) {
-	return unpack.FindKernels(cacheDir, root, args)
-}

@@ -3,9 +3,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -21,20 +25,49 @@ const (
 	exitFailure = 1 // the machine or kmpack failed (I/O, a missing tool)
 	exitUsage   = 2 // the command line is wrong
 	exitInput   = 3 // an input is malformed or not what it claims to be
+	// exitInterrupted: SIGINT or SIGTERM stopped the command (128 + SIGINT, as a shell reports it).
+	exitInterrupted = 130
 )
+
+// interruptGrace is how long a command has to clean up after SIGINT/SIGTERM.
+const interruptGrace = 30 * time.Second
 
 func main() {
 	os.Exit(run(os.Args))
 }
 
 func run(args []string) int {
+	// SIGINT and SIGTERM cancel the command's context: every child process group is killed,
+	// temporary directories are removed, nothing half-written is left in an output.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case <-sigs:
+		case <-ctx.Done():
+			return
+		}
+		cancel()
+		// A second signal kills at once; a command that does not return within the grace
+		// period is ended.
+		signal.Stop(sigs)
+		time.Sleep(interruptGrace)
+		fmt.Fprintln(os.Stderr, "kmpack: interrupted (did not stop within", interruptGrace, "of the signal)")
+		os.Exit(exitInterrupted)
+	}()
 	app := newApp()
-	err := app.Run(intersperse(app, args))
+	err := app.RunContext(ctx, intersperse(app, args))
 	if err == nil {
 		return exitOK
 	}
 	var ec cli.ExitCoder
 	switch {
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || !kmp.IsInputError(err)):
+		fmt.Fprintln(os.Stderr, "kmpack: interrupted")
+		return exitInterrupted
 	case errors.As(err, &ec):
 		if msg := err.Error(); msg != "" {
 			fmt.Fprintln(os.Stderr, "kmpack:", msg)
@@ -75,7 +108,8 @@ many kernel devel trees and turns the results into SUSE KMP, Red Hat kmod and De
 
 Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command line,
 3 an input is malformed (the message names the file and the problem; nothing is written),
-4 build: at least one kernel failed, 5 build: every kernel was skipped (BUILD_EXCLUSIVE).`,
+4 build: at least one kernel failed, 5 build: every kernel was skipped (BUILD_EXCLUSIVE),
+130 interrupted by SIGINT or SIGTERM (child processes killed, temporary files removed).`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{

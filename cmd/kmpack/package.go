@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -158,18 +158,29 @@ func runPackage(c *cli.Context) error {
 	if outDir == "" {
 		outDir = "kmpack-out"
 	}
-	mpath := filepath.Join(outDir, "manifest.json")
-	b, err := os.ReadFile(mpath)
+	mp, err := manifest.Read(outDir)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("%s: not a kmpack build output (%v)", outDir, err), exitInput)
+		return err
 	}
-	var m manifest.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return cli.Exit(fmt.Sprintf("%s: %v", mpath, err), exitInput)
+	// A build into the same output must not replace it while its packages are written.
+	unlock, err := build.LockOutput(outDir)
+	if err != nil {
+		return err
 	}
+	defer unlock()
+	if mp, err = manifest.Read(outDir); err != nil {
+		return err
+	}
+	m := *mp
 	src, err := source.OpenSource(m.Source.Dir)
 	if err != nil {
 		return err
+	}
+	if src.Kind == source.SourceDKMS {
+		// A dkms.conf names its source only when evaluated: take what the build learnt.
+		if err := src.SetIdentity(m.Source.Name, m.Source.Version); err != nil {
+			return cli.Exit(fmt.Sprintf("%s: %v", filepath.Join(outDir, "manifest.json"), err), exitInput)
+		}
 	}
 	if abs, err := filepath.Abs(outDir); err == nil {
 		src.Exclude = append(src.Exclude, abs)

@@ -86,3 +86,37 @@ func TestBuildAndPackageCommands(t *testing.T) {
 		t.Errorf("packages written despite invalid metadata")
 	}
 }
+
+// kmpack package works for a dkms.conf build (its name comes from the manifest) and refuses a
+// directory that is not a kmpack build output.
+func TestPackageDKMSBuildAndForeignOutput(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	src := testenv.ExampleSource(t, false)
+	os.WriteFile(filepath.Join(src, "dkms.conf"), []byte("PACKAGE_NAME=hello\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME=kmpack_hello\nDEST_MODULE_LOCATION=/updates\n"), 0o644)
+	cache := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, src); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	stdout, stderr, code := kmpackIn(t, cache, "package", "--profile", "debian", "--no-runtime-package", "--no-source-package", out)
+	if code != 0 || !strings.Contains(stdout, "hello-modules-"+testenv.Release53) {
+		t.Errorf("package of a dkms.conf build: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+
+	// A manifest whose module path leaves the output is refused before anything is read.
+	mpath := filepath.Join(out, "manifest.json")
+	orig, _ := os.ReadFile(mpath)
+	os.WriteFile(mpath, []byte(strings.Replace(string(orig), `"file": "modules/`+testenv.Release53+`/kmpack_hello.ko`, `"file": "../../../etc/kmpack_hello.ko`, 1)), 0o644)
+	_, stderr, code = kmpackIn(t, cache, "package", "--profile", "debian", out)
+	if code != exitInput || !strings.Contains(stderr, "is not one kmpack writes") {
+		t.Errorf("escaping module path in the manifest: exit %d: %s", code, stderr)
+	}
+	os.WriteFile(mpath, orig, 0o644)
+
+	foreign := t.TempDir()
+	os.WriteFile(filepath.Join(foreign, "manifest.json"), []byte(`{"source":{"dir":"/"}}`), 0o644)
+	_, stderr, code = kmpackIn(t, cache, "package", "--profile", "debian", foreign)
+	if code != exitInput || !strings.Contains(stderr, "not a kmpack build manifest") {
+		t.Errorf("foreign output: exit %d: %s", code, stderr)
+	}
+}

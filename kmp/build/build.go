@@ -1,7 +1,6 @@
 package build
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,21 +8,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/proc"
 	"github.com/kmpack/kmpack/kmp/source"
 )
 
@@ -38,6 +37,9 @@ type BuildOptions struct {
 	Jobs int
 	// CacheDir holds finished builds (CacheDir/builds/<key>); "" disables the cache.
 	CacheDir string
+	// Refresh ignores what the cache holds (kmpack build --no-cache); fresh results still
+	// replace the cache's entries.
+	Refresh bool
 	// OutputDir receives modules, logs and manifest.json. It must not exist, be empty, or be a
 	// previous kmpack build output (which is replaced as a whole).
 	OutputDir string
@@ -49,6 +51,9 @@ type BuildOptions struct {
 	IgnoreBuildDepends bool
 	// KeepWork keeps the workspaces of failed builds for inspection.
 	KeepWork bool
+	// Timeout, when set, bounds each kernel's build (patches, hooks, make, collection); a
+	// kernel that runs out of time fails (not cached) and the others go on.
+	Timeout time.Duration
 	// Progress, when set, is called (from several goroutines, serialised) on every state change.
 	Progress func(ProgressEvent)
 	// Warn, when set, receives warnings once each (compiler mismatch, deprecated directives).
@@ -70,16 +75,23 @@ type ProgressEvent struct {
 // ErrBuildFailed is returned (wrapped) by Build when at least one kernel failed.
 var ErrBuildFailed = errors.New("build failed")
 
+// MaxJobs bounds BuildOptions.Jobs (kmpack build -j): the jobserver's tokens live in a pipe.
+const MaxJobs = 1024
+
 // Build builds src against every tree, in parallel under opts.Jobs, and writes the results to
 // opts.OutputDir. Bad input (the source's description, an output directory kmpack does not own)
 // is an error before anything is written. A kernel's failure does not stop the others: the
-// manifest says what happened to each.
+// manifest says what happened to each. A failure of the machine (or a cancelled ctx) stops
+// every kernel's build and writes nothing.
 func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, opts BuildOptions) (*manifest.Manifest, error) {
 	if len(trees) == 0 {
 		return nil, errors.New("no kernel trees to build against")
 	}
 	if opts.Jobs <= 0 {
-		opts.Jobs = runtime.NumCPU()
+		opts.Jobs = min(runtime.NumCPU(), MaxJobs)
+	}
+	if opts.Jobs > MaxJobs {
+		return nil, fmt.Errorf("%d jobs: at most %d", opts.Jobs, MaxJobs)
 	}
 	if opts.OutputDir == "" {
 		return nil, errors.New("no output directory")
@@ -107,17 +119,24 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		ProbeCompiler(&t.Compiler)
 	}
 
-	work, err := os.MkdirTemp("", "kmpack-build-")
+	if !kbuildSafePath(os.TempDir()) {
+		return nil, inputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
+	}
+	// Workspaces are $TMPDIR/kmpack-build-<pid>-*, locked while their kmpack lives: what a
+	// kmpack killed with -9 left (and the make and cc1 it orphaned) goes now.
+	proc.CleanStale(os.TempDir(), workPrefix)
+	work, err := proc.MkdirOwned("", workPrefix)
 	if err != nil {
 		return nil, err
 	}
-	src.Exclude = append(src.Exclude, work)
 	keepWork := false
 	defer func() {
-		if !keepWork {
-			os.RemoveAll(work)
+		if keepWork {
+			work.Keep() // the next build's clean-up leaves it alone
 		}
+		work.Remove(keepWork)
 	}()
+	src.Exclude = append(src.Exclude, work.Path)
 
 	// Plan every kernel first: a dkms.conf or spec problem stops everything before any build.
 	if src.Kind == source.SourceDKMS {
@@ -125,9 +144,11 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			return nil, err
 		}
 	}
-	b := &builder{opts: opts, src: src, out: out, warned: map[string]bool{}}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b := &builder{opts: opts, src: src, out: out, warned: map[string]bool{}, cancel: cancel, workTag: work.TagEnv()}
 	for _, t := range trees {
-		ws := source.NewWorkspace(filepath.Join(work, t.Release), src.Name, src.Version)
+		ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
 		plan, err := src.Plan(ctx, t, ws, opts.Jobs)
 		if err != nil {
 			return nil, err
@@ -141,15 +162,36 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if b.srcHash, err = src.Hash(); err != nil {
 		return nil, fmt.Errorf("hashing the source: %w", err)
 	}
+	if opts.CacheDir != "" {
+		if b.cache, err = openCache(opts.CacheDir); err != nil {
+			return nil, err
+		}
+		defer b.cache.Close()
+	}
 
-	stage, err := os.MkdirTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
+	// From here on the output's parent is written to: under the output's lock, so that two
+	// builds into one output cannot mix.
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the output directory's parent: %w", err)
+	}
+	lock, err := lockOutput(out)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(stage)
-	b.stage = stage
-	src.Exclude = append(src.Exclude, stage)
-	if b.js, err = newJobServer(opts.Jobs); err != nil {
+	defer lock.unlock()
+	if err := checkOutputDir(out); err != nil {
+		return nil, err
+	}
+	stagePrefix := "." + filepath.Base(out) + ".tmp-"
+	proc.CleanStale(filepath.Dir(out), stagePrefix)
+	stage, err := proc.MkdirOwned(filepath.Dir(out), stagePrefix)
+	if err != nil {
+		return nil, err
+	}
+	defer stage.Remove(false)
+	b.stage = stage.Path
+	src.Exclude = append(src.Exclude, stage.Path)
+	if b.js, err = newJobServer(ctx, opts.Jobs); err != nil {
 		return nil, err
 	}
 	defer b.js.close()
@@ -160,18 +202,24 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		wg.Add(1)
 		go func(j *kernelJob) {
 			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					b.setFatal(fmt.Errorf("internal error building for %s: %v", j.tree.Release, r))
+				}
+			}()
 			b.runKernel(ctx, j)
 		}(j)
 	}
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	if b.fatal != nil {
 		return nil, b.fatal
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
 
 	m := &manifest.Manifest{
+		Format: manifest.OutputFormat, FormatVersion: manifest.OutputFormatVersion,
 		Tool:   "kmpack " + BuildEngineVersion,
 		Source: manifest.ManifestSource{Dir: src.Dir, Kind: string(src.Kind), Name: src.Name, Version: src.Version, SHA256: b.srcHash},
 	}
@@ -200,7 +248,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			}
 			var mods []*module.ModuleInfo
 			for _, bm := range k.Modules {
-				mi, err := module.ReadModule(filepath.Join(stage, bm.File))
+				mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
 				if err != nil {
 					return nil, err
 				}
@@ -213,10 +261,10 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(stage, "manifest.json"), append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(b.stage, "manifest.json"), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
-	if err := replaceDir(stage, out); err != nil {
+	if err := replaceDir(b.stage, out); err != nil {
 		return nil, err
 	}
 	if m.Summary.Failed > 0 {
@@ -225,27 +273,67 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	return m, nil
 }
 
-// checkOutputDir refuses to write over a directory kmpack did not make.
-func checkOutputDir(out string) error {
-	entries, err := os.ReadDir(out)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+// kbuildSafePath reports whether make and Kbuild can take p as a directory (M=, -C): no
+// spaces, quotes, $, #, :, = or other characters they split on or expand.
+func kbuildSafePath(p string) bool {
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/._+-,@%~", c)) {
+			return false
+		}
 	}
-	if err != nil {
-		return inputErrorf(out, "cannot use as output directory: %v", unwrapPathError(err))
-	}
-	if len(entries) == 0 || exists(filepath.Join(out, "manifest.json")) {
-		return nil
-	}
-	return inputErrorf(out, "output directory is not empty and holds no kmpack manifest.json; refusing to replace it")
+	return true
 }
+
+// BuildLogLimit caps what one kernel's commands write into its build log (the rest is
+// counted and noted): a build that floods its output cannot fill the disk or the cache.
+const BuildLogLimit = 64 << 20
+
+// cappedWriter passes on the first left bytes and counts the rest. Commands write to it
+// through one pipe (stdout and stderr share it), from exec's single copying goroutine.
+type cappedWriter struct {
+	mu      sync.Mutex
+	w       io.Writer
+	left    int64
+	dropped int64
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := int64(len(p))
+	if n > c.left {
+		c.dropped += n - c.left
+		n = c.left
+	}
+	if n > 0 {
+		if _, err := c.w.Write(p[:n]); err != nil {
+			return 0, err
+		}
+		c.left -= n
+	}
+	return len(p), nil
+}
+
+func (c *cappedWriter) takeDropped() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.dropped
+	c.dropped = 0
+	return d
+}
+
+// errKernelTimeout is the cause of a kernel's context when BuildOptions.Timeout ran out.
+var errKernelTimeout = errors.New("kernel build timed out")
+
+// workPrefix names build workspaces in $TMPDIR.
+const workPrefix = "kmpack-build-"
 
 // replaceDir puts stage at out, replacing a previous output as a whole.
 func replaceDir(stage, out string) error {
 	if err := os.Chmod(stage, 0o755); err != nil {
 		return err
 	}
-	if exists(out) {
+	if _, err := os.Lstat(out); err == nil {
 		old := stage + ".old"
 		if err := os.Rename(out, old); err != nil {
 			return err
@@ -263,6 +351,9 @@ type builder struct {
 	stage   string
 	js      *jobServer
 	jobs    []*kernelJob
+	cache   *os.Root
+	cancel  context.CancelCauseFunc
+	workTag string // proc.OwnerEnv=<workspace>, in every child's environment
 
 	mu     sync.Mutex
 	warned map[string]bool
@@ -275,6 +366,9 @@ type kernelJob struct {
 	plan   *source.BuildPlan
 	result *manifest.KernelBuild
 	log    *os.File
+	output *cappedWriter // the commands' output into log
+	// temporary: a command of the build was killed by a signal (OOM killer, an operator).
+	temporary bool
 }
 
 func (b *builder) progress(ev ProgressEvent) {
@@ -302,6 +396,7 @@ func (b *builder) setFatal(err error) {
 	defer b.mu.Unlock()
 	if b.fatal == nil {
 		b.fatal = err
+		b.cancel(err) // one kernel's machine failure stops the others
 	}
 }
 
@@ -361,7 +456,18 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	defer b.js.release(token)
 	start = time.Now()
 	b.progress(ProgressEvent{Release: r.Release, Status: manifest.StatusBuilding})
-	reason, err := b.buildKernel(ctx, j)
+	kctx := ctx
+	if b.opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		kctx, cancel = context.WithTimeoutCause(ctx, b.opts.Timeout, errKernelTimeout)
+		defer cancel()
+	}
+	reason, err := b.buildKernel(kctx, j)
+	if err != nil && ctx.Err() == nil && errors.Is(err, errKernelTimeout) {
+		// This kernel's time ran out: its process groups are killed; the others go on.
+		reason, err = fmt.Sprintf("the build did not finish within %v (--timeout)", b.opts.Timeout), nil
+		j.temporary = true
+	}
 	if err != nil { // the machine failed, not the build
 		b.setFatal(err)
 		finish(manifest.StatusFailed, err.Error())
@@ -374,9 +480,12 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 			b.setFatal(err)
 		}
 		r.LogTail = tailLines(filepath.Join(b.stage, r.Log), 25)
-		r.Status, r.Reason = manifest.StatusFailed, reason
-		// Failures are cached too: the same inputs fail the same way, and a no-change
-		// re-run must rebuild nothing (--no-cache retries).
+		r.Status, r.Reason, r.FailureKind = manifest.StatusFailed, reason, FailureBuild
+		if j.temporary || temporaryFailure(r.LogTail) {
+			r.FailureKind = FailureTemporary
+		}
+		// A build failure is cached with its cause, so a no-change re-run rebuilds nothing;
+		// --no-cache retries and its result replaces the entry. Temporary causes are not cached.
 		b.storeCache(j)
 		finish(manifest.StatusFailed, reason)
 		return
@@ -384,6 +493,24 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	r.Status = manifest.StatusBuilt
 	b.storeCache(j)
 	finish(manifest.StatusBuilt, "")
+}
+
+// temporaryFailureText are what a build log says when the machine, not the source, made the
+// build fail: such failures are not cached.
+var temporaryFailureText = []string{
+	"No space left on device", "Input/output error", "Cannot allocate memory",
+	"virtual memory exhausted", "Killed signal terminated program", "Disk quota exceeded",
+}
+
+func temporaryFailure(logTail []string) bool {
+	for _, l := range logTail {
+		for _, t := range temporaryFailureText {
+			if strings.Contains(l, t) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // treeIdentityFiles are what makes one kernel tree produce different modules from another of
@@ -427,100 +554,6 @@ func (b *builder) compression(t *kernel.KernelTree) module.Compression {
 	return t.ModuleCompression
 }
 
-func (b *builder) cacheDir(key string) string {
-	if b.opts.CacheDir == "" {
-		return ""
-	}
-	return filepath.Join(b.opts.CacheDir, "builds", key)
-}
-
-// cachedResult is what the cache keeps of a successful build besides the files.
-type cachedResult struct {
-	Result *manifest.KernelBuild `json:"result"`
-}
-
-func (b *builder) fromCache(j *kernelJob) bool {
-	dir := b.cacheDir(j.result.CacheKey)
-	if dir == "" {
-		return false
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "result.json"))
-	if err != nil {
-		return false
-	}
-	var c cachedResult
-	if json.Unmarshal(data, &c) != nil || c.Result == nil {
-		return false
-	}
-	rel := filepath.Join("modules", j.tree.Release)
-	if err := os.MkdirAll(filepath.Join(b.stage, rel), 0o755); err != nil {
-		return false
-	}
-	for _, m := range c.Result.Modules {
-		if err := kmp.CopyFile(filepath.Join(dir, "files", filepath.Base(m.File)), filepath.Join(b.stage, m.File), 0o644); err != nil {
-			return false
-		}
-	}
-	if c.Result.Symvers != "" {
-		if kmp.CopyFile(filepath.Join(dir, "files", "Module.symvers"), filepath.Join(b.stage, c.Result.Symvers), 0o644) != nil {
-			return false
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(b.stage, "logs"), 0o755); err != nil {
-		return false
-	}
-	if kmp.CopyFile(filepath.Join(dir, "build.log"), filepath.Join(b.stage, c.Result.Log), 0o644) != nil {
-		return false
-	}
-	r := j.result
-	r.Modules, r.Symvers, r.Log, r.Compiler, r.Warnings = c.Result.Modules, c.Result.Symvers, c.Result.Log, c.Result.Compiler, c.Result.Warnings
-	r.Status, r.Reason, r.LogTail = c.Result.Status, c.Result.Reason, c.Result.LogTail
-	r.Cached = true
-	return true
-}
-
-// storeCache keeps a successful build. A cache that cannot be written only costs a rebuild.
-func (b *builder) storeCache(j *kernelJob) {
-	dir := b.cacheDir(j.result.CacheKey)
-	if dir == "" {
-		return
-	}
-	if exists(dir) {
-		return
-	}
-	parent := filepath.Dir(dir)
-	if os.MkdirAll(parent, 0o755) != nil {
-		return
-	}
-	tmp, err := os.MkdirTemp(parent, ".tmp-")
-	if err != nil {
-		return
-	}
-	defer os.RemoveAll(tmp)
-	if os.Mkdir(filepath.Join(tmp, "files"), 0o755) != nil {
-		return
-	}
-	r := j.result
-	for _, m := range r.Modules {
-		if kmp.CopyFile(filepath.Join(b.stage, m.File), filepath.Join(tmp, "files", filepath.Base(m.File)), 0o644) != nil {
-			return
-		}
-	}
-	if r.Symvers != "" && kmp.CopyFile(filepath.Join(b.stage, r.Symvers), filepath.Join(tmp, "files", "Module.symvers"), 0o644) != nil {
-		return
-	}
-	if kmp.CopyFile(filepath.Join(b.stage, r.Log), filepath.Join(tmp, "build.log"), 0o644) != nil {
-		return
-	}
-	data, err := json.Marshal(cachedResult{Result: r})
-	if err != nil || os.WriteFile(filepath.Join(tmp, "result.json"), data, 0o644) != nil {
-		return
-	}
-	if os.Rename(tmp, dir) == nil {
-		os.Chmod(dir, 0o755)
-	}
-}
-
 // buildKernel runs one kernel's build in its workspace. It returns a non-empty reason when the
 // build failed, and an error only when the machine did.
 func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string, err error) {
@@ -534,6 +567,7 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 		return "", err
 	}
 	defer j.log.Close()
+	j.output = &cappedWriter{w: j.log, left: BuildLogLimit}
 	fmt.Fprintf(j.log, "kmpack (%s) build log for %s/%s for kernel %s (%s)\n", BuildEngineVersion, plan.Name, plan.Version, tree.Release, tree.Arch)
 	fmt.Fprintf(j.log, "kernel tree: %s\nworkspace: %s\n\n", tree.Dir, ws.Root)
 
@@ -554,10 +588,15 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 	}
 
 	for _, p := range plan.Patches {
-		if !exists(filepath.Join(ws.BuildDir, p)) {
-			return fmt.Sprintf("patch %s is not in the source tree", p), nil
+		// The patch is read through an os.Root on the build directory: a symlink in the
+		// source cannot make kmpack feed a host file to patch.
+		pf, err := kmp.OpenInside(ws.BuildDir, p)
+		if err != nil {
+			return fmt.Sprintf("patch %s: %v", p, err), nil
 		}
-		if code, err := b.run(ctx, j, "applying patch "+p, "patch -p1 < "+kmp.ShellQuote(p)); err != nil {
+		code, err := b.run(ctx, j, "applying patch "+p, "patch -p1", pf)
+		pf.Close()
+		if err != nil {
 			return "", err
 		} else if code != 0 {
 			return fmt.Sprintf("patch %s did not apply (exit %d)", p, code), nil
@@ -567,7 +606,7 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 		return reason, err
 	}
 	for _, c := range plan.Commands {
-		code, err := b.run(ctx, j, "building", b.insertMakeVars(c, tree))
+		code, err := b.run(ctx, j, "building", b.insertMakeVars(c, tree), nil)
 		if err != nil {
 			return "", err
 		}
@@ -575,17 +614,21 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 			return fmt.Sprintf("build command failed (exit %d): %s", code, kmp.OneLine(c)), nil
 		}
 	}
-	if reason, err := b.collect(j); reason != "" || err != nil {
+	if reason, err := b.collect(ctx, j); reason != "" || err != nil {
 		return reason, err
 	}
 	if reason, err := b.hook(ctx, j, "POST_BUILD", plan.PostBuild); reason != "" || err != nil {
 		return reason, err
 	}
-	if sv := filepath.Join(ws.BuildDir, "Module.symvers"); exists(sv) {
+	if sv, err := kmp.OpenInside(ws.BuildDir, "Module.symvers"); err == nil {
 		r.Symvers = filepath.Join("modules", tree.Release, "Module.symvers")
-		if err := kmp.CopyFile(sv, filepath.Join(b.stage, r.Symvers), 0o644); err != nil {
+		err := kmp.CopyFrom(sv, filepath.Join(b.stage, r.Symvers), 0o644)
+		sv.Close()
+		if err != nil {
 			return "", err
 		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Sprintf("Module.symvers: %v", unwrapPathError(err)), nil
 	}
 	return "", nil
 }
@@ -614,14 +657,20 @@ func (b *builder) hook(ctx context.Context, j *kernelJob, name, hook string) (st
 	cmd := hook
 	if j.plan.DKMSHooks {
 		f := strings.Fields(hook)
-		script := filepath.Join(j.ws.BuildDir, f[0])
-		fi, err := os.Stat(script)
+		if len(f) == 0 {
+			return "", nil
+		}
+		fi, err := kmp.StatInside(j.ws.BuildDir, f[0])
 		if err != nil || fi.Mode()&0o111 == 0 || fi.IsDir() {
 			msg := fmt.Sprintf("%s script %s is not executable: not run (as dkms does)", name, f[0])
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				msg = fmt.Sprintf("%s script %s: %v: not run", name, f[0], unwrapPathError(err))
+			}
 			fmt.Fprintf(j.log, "# warning: %s\n", msg)
 			j.result.Warnings = append(j.result.Warnings, msg)
 			return "", nil
 		}
+		script := filepath.Join(j.ws.BuildDir, f[0])
 		// dkms: exec $run, word-split without quote processing.
 		quoted := []string{kmp.ShellQuote(script)}
 		for _, a := range f[1:] {
@@ -629,7 +678,7 @@ func (b *builder) hook(ctx context.Context, j *kernelJob, name, hook string) (st
 		}
 		cmd = "exec " + strings.Join(quoted, " ")
 	}
-	code, err := b.run(ctx, j, "running "+name, cmd)
+	code, err := b.run(ctx, j, "running "+name, cmd, nil)
 	if err != nil {
 		return "", err
 	}
@@ -639,8 +688,9 @@ func (b *builder) hook(ctx context.Context, j *kernelJob, name, hook string) (st
 	return "", nil
 }
 
-// run runs a shell command in the build directory, logging it as dkms's make.log does.
-func (b *builder) run(ctx context.Context, j *kernelJob, what, command string) (int, error) {
+// run runs a shell command in the build directory, logging it as dkms's make.log does. It
+// runs in a process group of its own (kmp/proc), killed as a whole when ctx is cancelled.
+func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, stdin *os.File) (int, error) {
 	fmt.Fprintf(j.log, "# %s\n# command: %s\n", what, command)
 	start := time.Now()
 	vars := []string{
@@ -655,12 +705,15 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string) (
 		fmt.Sprintf("jobs=%d", b.opts.Jobs),
 	}
 	script := strings.Join(vars, "\n") + "\n" + command
-	cmd := exec.CommandContext(ctx, "bash", "--noprofile", "--norc", "-c", script)
+	cmd := proc.Command(ctx, "bash", "--noprofile", "--norc", "-c", script)
 	cmd.Dir = j.ws.BuildDir
-	cmd.Stdout, cmd.Stderr = j.log, j.log
+	cmd.Stdout, cmd.Stderr = j.output, j.output
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
 	cmd.ExtraFiles = b.js.files()
 	env := source.CleanBuildEnv(os.Environ())
-	env = append(env, "MAKEFLAGS="+b.js.makeflags(), "LC_ALL=C",
+	env = append(env, "MAKEFLAGS="+b.js.makeflags(), "LC_ALL=C", b.workTag,
 		// Builds happen in a temporary workspace; its path must not end up in the modules.
 		"KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version,
 		// Kbuild's reproducible-build switch. Besides dating vmlinux, it stops 6.x kernels from
@@ -671,22 +724,20 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string) (
 		env = append(env, "CC="+cc.Command)
 	}
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			return 0, fmt.Errorf("running %s: %w", what, err)
-		}
-		code = ee.ExitCode()
-		if code < 0 {
-			code = 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
-		}
-	}
+	err := proc.Run(cmd)
 	if ctx.Err() != nil {
-		return 0, ctx.Err()
+		fmt.Fprintf(j.log, "\n# stopped (process group killed): %v\n", context.Cause(ctx))
+		return 0, context.Cause(ctx)
+	}
+	code, signaled, ok := proc.ExitCode(err)
+	if !ok {
+		return 0, fmt.Errorf("running %s: %w", what, err)
+	}
+	if signaled {
+		j.temporary = true
+	}
+	if d := j.output.takeDropped(); d > 0 {
+		fmt.Fprintf(j.log, "\n# [kmpack: %d more bytes of output not logged: the log is capped at %d bytes]\n", d, BuildLogLimit)
 	}
 	el := time.Since(start).Round(time.Second)
 	fmt.Fprintf(j.log, "# exit code: %d\n# elapsed time: %02d:%02d:%02d\n%s\n\n", code,
@@ -695,7 +746,7 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string) (
 }
 
 // collect finds the built modules, checks them, strips and compresses them into the output.
-func (b *builder) collect(j *kernelJob) (string, error) {
+func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 	r, ws, plan, tree := j.result, j.ws, j.plan, j.tree
 	type found struct {
 		path string
@@ -734,7 +785,7 @@ func (b *builder) collect(j *kernelJob) (string, error) {
 				continue
 			}
 			p := filepath.Join(ws.BuildDir, m.BuiltLocation, m.BuiltName+".ko")
-			if !exists(p) {
+			if _, err := kmp.StatInside(ws.BuildDir, filepath.Join(m.BuiltLocation, m.BuiltName+".ko")); err != nil {
 				return fmt.Sprintf("module #%d %s: the build did not produce %s", i, m.BuiltName,
 					filepath.Join(m.BuiltLocation, m.BuiltName+".ko")), nil
 			}
@@ -747,9 +798,12 @@ func (b *builder) collect(j *kernelJob) (string, error) {
 	}
 	comp := b.compression(tree)
 	for _, f := range mods {
-		data, err := os.ReadFile(f.path)
+		// Read through an os.Root on the build directory: a built "module" that is a symlink
+		// to a file outside it is not shipped.
+		built, _ := filepath.Rel(ws.BuildDir, f.path)
+		data, err := kmp.ReadInside(ws.BuildDir, built)
 		if err != nil {
-			return "", err
+			return fmt.Sprintf("module %s: %v", built, unwrapPathError(err)), nil
 		}
 		strip := f.m.Strip && !b.opts.NoStrip
 		if strip {
@@ -761,8 +815,14 @@ func (b *builder) collect(j *kernelJob) (string, error) {
 			if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
 				tool = "llvm-strip"
 			}
-			if out, err := exec.Command(tool, "-g", tmp).CombinedOutput(); err != nil {
-				return fmt.Sprintf("%s -g %s failed: %s", tool, f.m.BuiltName, firstLine(string(out))), nil
+			var out proc.Buffer
+			cmd := proc.Command(ctx, tool, "-g", tmp)
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := proc.Run(cmd); err != nil {
+				if ctx.Err() != nil {
+					return "", context.Cause(ctx)
+				}
+				return fmt.Sprintf("%s -g %s failed: %v %s", tool, f.m.BuiltName, err, firstLine(out.String())), nil
 			}
 			if data, err = os.ReadFile(tmp); err != nil {
 				return "", err
@@ -799,20 +859,34 @@ func (b *builder) collect(j *kernelJob) (string, error) {
 	return "", nil
 }
 
-// tailLines returns the last n lines of a file.
+// tailLines returns the last n lines of a file, from its last 64 KiB (a line is cut to 1000
+// bytes: a log may hold megabytes without a newline).
 func tailLines(path string, n int) []string {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	const window = 64 << 10
+	off := max(fi.Size()-window, 0)
+	buf := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil
+	}
+	lines := strings.Split(strings.TrimSuffix(string(buf), "\n"), "\n")
+	if off > 0 && len(lines) > 1 {
+		lines = lines[1:] // the first is a partial line
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	for i, l := range lines {
+		if len(l) > 1000 {
+			lines[i] = l[:1000] + "..."
 		}
 	}
 	return lines

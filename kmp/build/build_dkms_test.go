@@ -91,8 +91,26 @@ func TestBuildMatchesDKMS(t *testing.T) {
 			if err != nil && !errors.Is(err, build.ErrBuildFailed) {
 				t.Fatal(err)
 			}
+			if len(m.Kernels) != len(trees) {
+				t.Fatalf("kmpack reported %d kernels of %d", len(m.Kernels), len(trees))
+			}
+			// Agreement on "failed everywhere" proves nothing (a broken dkms or kernel tree fails
+			// both sides): dkms must have built the source for at least one kernel, and every
+			// kernel dkms built must have produced modules to compare.
+			dkmsBuilt := 0
+			defer func() {
+				if dkmsBuilt == 0 && !t.Failed() {
+					t.Errorf("dkms built %s for none of %d kernels: nothing was compared", pkg, len(trees))
+				}
+			}()
 			for _, kb := range m.Kernels {
 				dk := runDKMS(t, work, srcDir, src.Name, src.Version, kb.Release)
+				if dk.status == manifest.StatusBuilt {
+					dkmsBuilt++
+					if len(dk.modules) == 0 {
+						t.Errorf("%s: dkms reports a build but left no module to compare:\n%s", kb.Release, dk.output)
+					}
+				}
 				t.Logf("%s %s: kmpack %s (%s), dkms %s (exit %d)", pkg, kb.Release, kb.Status, kb.Reason, dk.status, dk.code)
 				if kb.Status != dk.status {
 					t.Errorf("%s: kmpack %s (%s), dkms %s (exit %d):\n%s", kb.Release, kb.Status, kb.Reason, dk.status, dk.code, dk.output)

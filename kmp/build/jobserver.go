@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"syscall"
@@ -14,9 +15,16 @@ import (
 type jobServer struct {
 	r, w *os.File
 	n    int
+	ctx  context.Context
+	stop func() bool
 }
 
-func newJobServer(n int) (*jobServer, error) {
+// newJobServer makes a jobserver of n tokens (at most MaxJobs: they must fit in the pipe).
+// When ctx is done, acquire fails instead of waiting for a token.
+func newJobServer(ctx context.Context, n int) (*jobServer, error) {
+	if n < 1 || n > MaxJobs {
+		return nil, fmt.Errorf("jobserver: %d jobs (1 to %d)", n, MaxJobs)
+	}
 	var fds [2]int
 	// A blocking pipe: make 4.3 reads tokens with blocking reads and fails on EAGAIN, so the
 	// pipe must not be O_NONBLOCK (which os.Pipe would make it for Go's poller).
@@ -29,9 +37,14 @@ func newJobServer(n int) (*jobServer, error) {
 		tokens[i] = '+'
 	}
 	if _, err := js.w.Write(tokens); err != nil {
-		js.close()
+		js.r.Close()
+		js.w.Close()
 		return nil, err
 	}
+	js.ctx = ctx
+	// A blocked read cannot watch ctx: on cancellation, wake every waiter with spare tokens
+	// (acquire then sees ctx done and fails).
+	js.stop = context.AfterFunc(ctx, func() { js.w.Write(tokens) })
 	return js, nil
 }
 
@@ -44,6 +57,10 @@ func (js *jobServer) acquire() (byte, error) {
 		n, err := unix.Read(fd, b[:])
 		switch {
 		case n == 1:
+			if err := js.ctx.Err(); err != nil {
+				js.release(b[0])
+				return 0, context.Cause(js.ctx)
+			}
 			return b[0], nil
 		case err == unix.EAGAIN:
 			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -70,6 +87,7 @@ func (js *jobServer) makeflags() string {
 func (js *jobServer) files() []*os.File { return []*os.File{js.r, js.w} }
 
 func (js *jobServer) close() {
+	js.stop()
 	js.r.Close()
 	js.w.Close()
 }

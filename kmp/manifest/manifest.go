@@ -3,9 +3,7 @@
 // (formats), weak-updates and release pipelines read it, without depending on the engine.
 package manifest
 
-import (
-	"github.com/kmpack/kmpack/kmp/module"
-)
+import "github.com/kmpack/kmpack/kmp/module"
 
 // KernelStatus is the outcome of one kernel's build.
 type KernelStatus string
@@ -30,10 +28,14 @@ type SiblingVerdict struct {
 // Manifest describes a build: every kernel's outcome and every module produced. It is written
 // as manifest.json in the output directory for release pipelines.
 type Manifest struct {
-	Tool    string         `json:"tool"`
-	Source  ManifestSource `json:"source"`
-	Kernels []*KernelBuild `json:"kernels"`
-	Summary BuildSummary   `json:"summary"`
+	// Format and FormatVersion are OutputFormat and OutputFormatVersion: what marks a
+	// directory as kmpack build's output (the only kind it replaces).
+	Format        string         `json:"format"`
+	FormatVersion int            `json:"formatVersion"`
+	Tool          string         `json:"tool"`
+	Source        ManifestSource `json:"source"`
+	Kernels       []*KernelBuild `json:"kernels"`
+	Summary       BuildSummary   `json:"summary"`
 }
 
 // ManifestSource identifies what was built.
@@ -65,6 +67,9 @@ type KernelBuild struct {
 	Cached bool `json:"cached"`
 	// Reason says why the kernel was skipped or failed.
 	Reason string `json:"reason,omitempty"`
+	// FailureKind is FailureBuild (the same inputs fail the same way: cached) or
+	// FailureTemporary (a signal, no space left, an I/O error: not cached).
+	FailureKind string `json:"failure_kind,omitempty"`
 	// Log is the full build log, relative to the output directory; LogTail its last lines on failure.
 	Log      string   `json:"log,omitempty"`
 	LogTail  []string `json:"log_tail,omitempty"`

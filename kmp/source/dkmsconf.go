@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/proc"
 	"github.com/kmpack/kmpack/templates"
 )
 
@@ -72,6 +74,12 @@ func (c *DKMSConf) Indexes(name string) []int {
 	return idx
 }
 
+// DKMSEvalTimeout bounds one evaluation of a dkms.conf (and its syntax check).
+const DKMSEvalTimeout = 2 * time.Minute
+
+// maxDKMSDirectives bounds the directives' text an evaluation may produce.
+const maxDKMSDirectives = 16 << 20
+
 // EvalDKMSConf sources path under real bash with dkms's variables, as dkms does before every
 // action: any bash is allowed, only the dkms.conf directives survive, values lose a trailing CR.
 // A file that is not valid bash is an *InputError.
@@ -81,12 +89,17 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 	}
 	// bash -n parses without running: a syntax error is reported before anything runs, which
 	// dkms itself does not do (it sources what parses and carries on).
-	var synErr bytes.Buffer
-	check := exec.CommandContext(ctx, "bash", "--noprofile", "--norc", "-n", path)
+	var synErr proc.Buffer
+	checkCtx, cancelCheck := context.WithTimeout(ctx, DKMSEvalTimeout)
+	defer cancelCheck()
+	check := proc.Command(checkCtx, "bash", "--noprofile", "--norc", "-n", path)
 	check.Stderr = &synErr
-	if err := check.Run(); err != nil {
+	if err := proc.Run(check); err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
+		}
+		if checkCtx.Err() != nil {
+			return nil, inputErrorf(path, "checking dkms.conf's syntax did not finish within %v", DKMSEvalTimeout)
 		}
 		msg := strings.TrimSpace(synErr.String())
 		msg = strings.TrimPrefix(msg, path+": ")
@@ -96,16 +109,19 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		return nil, inputErrorf(path, "not valid bash: %s", msg)
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	evalCtx, cancel := context.WithTimeout(ctx, DKMSEvalTimeout)
 	defer cancel()
-	r, w, err := os.Pipe()
+	// The directives come back on fd 3, into an unlinked temporary file rather than a pipe: a
+	// background job the file started cannot hold kmpack's read open.
+	outFile, err := os.CreateTemp("", "kmpack-dkms-eval-")
 	if err != nil {
 		return nil, err
 	}
-	defer r.Close()
-	cmd := exec.CommandContext(ctx, "bash", "--noprofile", "--norc", "-c", templates.DKMSEval, "kmpack-dkms-eval", path)
+	os.Remove(outFile.Name())
+	defer outFile.Close()
+	cmd := proc.Command(evalCtx, "bash", "--noprofile", "--norc", "-c", templates.DKMSEval, "kmpack-dkms-eval", path)
 	cmd.Dir = env.Dir
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{outFile}
 	cmd.Env = append(CleanBuildEnv(os.Environ()),
 		"KMPACK_DKMS_kernelver="+env.KernelVer,
 		"KMPACK_DKMS_arch="+env.Arch,
@@ -120,24 +136,32 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		"KMPACK_DKMS_running_distribution=kmpack",
 		"KMPACK_DKMS_VARS="+strings.Join(dkmsConfVariables, " "),
 	)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("running bash: %w", err)
-	}
-	w.Close()
-	var out bytes.Buffer
-	_, readErr := out.ReadFrom(r)
-	waitErr := cmd.Wait()
+	// What the file prints is kept up to proc.DefaultOutputLimit; the rest is counted.
+	var stderr proc.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+	waitErr := proc.Run(cmd)
 	if ctx.Err() != nil {
-		return nil, inputErrorf(path, "evaluating dkms.conf did not finish within 2 minutes")
+		return nil, context.Cause(ctx)
 	}
-	if readErr != nil {
-		return nil, readErr
+	if evalCtx.Err() != nil {
+		return nil, inputErrorf(path, "evaluating dkms.conf did not finish within %v", DKMSEvalTimeout)
 	}
 	if waitErr != nil {
+		if _, _, ran := proc.ExitCode(waitErr); !ran {
+			return nil, fmt.Errorf("running bash: %w", waitErr)
+		}
 		return nil, inputErrorf(path, "evaluating dkms.conf failed: %v: %s", waitErr, firstLine(stderr.String()))
+	}
+	fi, err := outFile.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > maxDKMSDirectives {
+		return nil, inputErrorf(path, "evaluating dkms.conf: its directives take %d bytes, more than %d", fi.Size(), maxDKMSDirectives)
+	}
+	var out bytes.Buffer
+	if _, err := out.ReadFrom(io.NewSectionReader(outFile, 0, maxDKMSDirectives)); err != nil {
+		return nil, err
 	}
 	conf = &DKMSConf{Path: path, Vars: map[string]map[int]string{}, Stderr: stderr.String()}
 	fields := bytes.Split(out.Bytes(), []byte{0})
@@ -198,11 +222,16 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 		Name:    conf.Scalar("PACKAGE_NAME"),
 		Version: conf.Scalar("PACKAGE_VERSION"),
 	}
+	// The evaluation's results enter kmpack here: names become paths and package fields.
 	if p.Name == "" {
 		bad("no PACKAGE_NAME")
+	} else if err := ident.PackageName(p.Name); err != nil {
+		bad("PACKAGE_NAME: %v", err)
 	}
 	if p.Version == "" {
 		bad("no PACKAGE_VERSION")
+	} else if err := ident.Version(p.Version); err != nil {
+		bad("PACKAGE_VERSION: %v", err)
 	}
 
 	maxIndex := -1
@@ -248,6 +277,13 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 		}
 		if strings.Contains(m.BuiltName, "/") || strings.Contains(m.DestName, "/") {
 			bad("module name in record #%d contains a /", i)
+		} else {
+			for _, n := range []string{m.BuiltName, m.DestName} {
+				if err := ident.ModuleName(n); err != nil && n != "" && !strings.HasSuffix(n, ".o") && !strings.HasSuffix(n, ".ko") {
+					bad("module record #%d: %v", i, err)
+					break
+				}
+			}
 		}
 		switch {
 		case m.DestLocation == "":
@@ -257,6 +293,13 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 			bad("DEST_MODULE_LOCATION[%d] %q does not begin with /kernel, /updates or /extra", i, m.DestLocation)
 		case escapes(m.DestLocation):
 			bad("DEST_MODULE_LOCATION[%d] %q points outside the kernel's module directory", i, m.DestLocation)
+		default:
+			for _, c := range strings.Split(strings.Trim(filepath.Clean(m.DestLocation), "/"), "/") {
+				if err := ident.PathComponent(c); err != nil {
+					bad("DEST_MODULE_LOCATION[%d]: %v", i, err)
+					break
+				}
+			}
 		}
 		if escapes(m.BuiltLocation) || filepath.IsAbs(m.BuiltLocation) {
 			bad("BUILT_MODULE_LOCATION[%d] %q points outside the source tree", i, m.BuiltLocation)
@@ -302,7 +345,8 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 		}
 	}
 	if makeCmd == "" {
-		makeCmd = "make -C " + tree.Dir + " M=" + ws.BuildDir
+		// dkms leaves these unquoted; kmpack's workspace may live under a TMPDIR with spaces.
+		makeCmd = "make -C " + kmp.ShellQuote(tree.Dir) + " M=" + kmp.ShellQuote(ws.BuildDir)
 	}
 	if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
 		makeCmd += " LLVM=1"
@@ -328,8 +372,8 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 		dst  *string
 	}{{"PRE_BUILD", &p.PreBuild}, {"POST_BUILD", &p.PostBuild}} {
 		v := conf.Scalar(hook.name)
-		if v == "" {
-			continue
+		if strings.TrimSpace(v) == "" {
+			continue // dkms runs nothing for a blank hook either
 		}
 		if f := strings.Fields(v); len(f) > 0 && (filepath.IsAbs(f[0]) || escapes(f[0])) {
 			bad("%s %q points outside the source tree", hook.name, v)

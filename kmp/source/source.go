@@ -12,8 +12,10 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/kernel"
 )
 
@@ -141,11 +143,28 @@ func (s *Source) Identify(ctx context.Context, tree *kernel.KernelTree, jobs int
 			return err
 		}
 	}
-	if strings.ContainsAny(s.Name+s.Version, "/\x00") || s.Name == "." || s.Name == ".." ||
-		s.Version == "." || s.Version == ".." {
-		return inputErrorf(s.File, "PACKAGE_NAME %q / PACKAGE_VERSION %q cannot name a directory", s.Name, s.Version)
+	if err := ident.PackageName(s.Name); err != nil {
+		return inputErrorf(s.File, "PACKAGE_NAME: %v", err)
+	}
+	if err := ident.Version(s.Version); err != nil {
+		return inputErrorf(s.File, "PACKAGE_VERSION: %v", err)
 	}
 	s.identified = true
+	return nil
+}
+
+// SetIdentity names a source whose name and version were learnt before (kmpack package takes
+// a dkms.conf source's from the build's manifest instead of evaluating the file again).
+func (s *Source) SetIdentity(name, version string) error {
+	if err := ident.PackageName(name); err != nil {
+		return err
+	}
+	if err := ident.Version(version); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Name, s.Version, s.identified = name, version, true
 	return nil
 }
 
@@ -188,25 +207,37 @@ func (s *Source) excluded(path string) bool {
 	return false
 }
 
-// walk visits the source root and everything under it in lexical order (filepath.WalkDir's),
+// walk visits the source root and everything under it in lexical order (fs.WalkDir's),
 // without following symlinks, leaving out excluded paths and, when skipGit, .git directories.
-func (s *Source) walk(skipGit bool, visit func(path, rel string, fi fs.FileInfo) error) error {
-	return filepath.WalkDir(s.Dir, func(p string, d fs.DirEntry, err error) error {
+// It reads through an os.Root on the source directory: nothing it opens, even if the tree
+// changes under it, is outside the source.
+func (s *Source) walk(skipGit bool, visit func(p, rel string, fi fs.FileInfo) error) error {
+	return s.walkRoot(skipGit, func(_ *os.Root, p, rel string, fi fs.FileInfo) error { return visit(p, rel, fi) })
+}
+
+// walkRoot is walk, giving visit the os.Root to read the files through.
+func (s *Source) walkRoot(skipGit bool, visit func(root *os.Root, p, rel string, fi fs.FileInfo) error) error {
+	root, err := os.OpenRoot(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p != s.Dir && (s.excluded(p) || (skipGit && d.IsDir() && d.Name() == ".git")) {
+		p := filepath.Join(s.Dir, rel)
+		if rel != "." && (s.excluded(p) || (skipGit && d.IsDir() && d.Name() == ".git")) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		fi, err := d.Info()
+		fi, err := root.Lstat(rel)
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(s.Dir, p)
-		return visit(p, rel, fi)
+		return visit(root, p, rel, fi)
 	})
 }
 
@@ -214,17 +245,17 @@ func (s *Source) walk(skipGit bool, visit func(path, rel string, fi fs.FileInfo)
 // except .git and excluded paths: the source part of a build's cache key.
 func (s *Source) Hash() (string, error) {
 	h := sha256.New()
-	err := s.walk(true, func(p, rel string, fi fs.FileInfo) error {
+	err := s.walkRoot(true, func(root *os.Root, p, rel string, fi fs.FileInfo) error {
 		fmt.Fprintf(h, "%s\x00%o\x00", rel, fi.Mode())
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := root.Readlink(rel)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(h, "%s\x00", t)
 		case fi.Mode().IsRegular():
-			f, err := os.Open(p)
+			f, err := openRegular(root, rel)
 			if err != nil {
 				return err
 			}
@@ -242,23 +273,42 @@ func (s *Source) Hash() (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// CopyTo copies the source into dst like cp -a: modes and symlinks kept, the user's tree never
-// touched again.
+// CopyTo copies the source into dst like cp -a: modes and symlinks kept (as links, never
+// followed), the user's tree never touched again.
 func (s *Source) CopyTo(dst string) error {
-	return s.walk(false, func(p, rel string, fi fs.FileInfo) error {
+	return s.walkRoot(false, func(root *os.Root, p, rel string, fi fs.FileInfo) error {
 		target := filepath.Join(dst, rel)
 		switch {
 		case fi.IsDir():
 			return os.MkdirAll(target, fi.Mode().Perm()|0o700)
 		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := root.Readlink(rel)
 			if err != nil {
 				return err
 			}
 			return os.Symlink(t, target)
 		case fi.Mode().IsRegular():
-			return kmp.CopyFile(p, target, fi.Mode().Perm())
+			f, err := openRegular(root, rel)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return kmp.CopyFrom(f, target, fi.Mode().Perm())
 		}
 		return nil // sockets, fifos, devices have no place in a module source
 	})
+}
+
+// openRegular opens rel in root without following a final symlink, and only if it is a
+// regular file (the tree may have changed since it was listed).
+func openRegular(root *os.Root, rel string) (*os.File, error) {
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file", rel)
+	}
+	return f, nil
 }

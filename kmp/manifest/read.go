@@ -1,0 +1,80 @@
+package manifest
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
+)
+
+// OutputFormat and OutputFormatVersion mark a manifest.json as kmpack build's own: an output
+// directory is only ever replaced when its manifest carries them.
+const (
+	OutputFormat        = "kmpack-build-output"
+	OutputFormatVersion = 1
+	// maxManifestSize bounds what is read of a manifest.json.
+	maxManifestSize = 64 << 20
+)
+
+// Read reads dir/manifest.json and checks that kmpack build wrote it. Anything
+// else (no manifest, another program's manifest.json, an unknown format version) is an
+// *InputError naming the directory.
+func Read(dir string) (*Manifest, error) {
+	p := filepath.Join(dir, "manifest.json")
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, kmp.InputErrorf(dir, "not a kmpack build output: %v", unwrapPathError(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return nil, kmp.InputErrorf(p, "%v", unwrapPathError(err))
+	}
+	if len(data) > maxManifestSize {
+		return nil, kmp.InputErrorf(p, "larger than %d bytes: not a kmpack manifest", maxManifestSize)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, kmp.InputErrorf(p, "not a kmpack manifest: %v", err)
+	}
+	switch {
+	case m.Format != OutputFormat:
+		return nil, kmp.InputErrorf(p, "not a kmpack build manifest (no \"format\": %q)", OutputFormat)
+	case m.FormatVersion != OutputFormatVersion:
+		return nil, kmp.InputErrorf(p, "kmpack build output format version %d, this kmpack reads %d", m.FormatVersion, OutputFormatVersion)
+	}
+	// Names in the manifest become paths read by kmpack package: only kmpack's own pass.
+	for _, k := range m.Kernels {
+		if k == nil {
+			return nil, kmp.InputErrorf(p, "an empty kernel record")
+		}
+		if err := ident.KernelRelease(k.Release); err != nil {
+			return nil, kmp.InputErrorf(p, "%v", err)
+		}
+		for _, bm := range k.Modules {
+			if bm == nil {
+				return nil, kmp.InputErrorf(p, "kernel %s: an empty module record", k.Release)
+			}
+			base := path.Base(bm.File)
+			if ident.PathComponent(base) != nil || bm.File != path.Join("modules", k.Release, base) {
+				return nil, kmp.InputErrorf(p, "kernel %s: module file %q is not one kmpack writes", k.Release, bm.File)
+			}
+		}
+		if k.Symvers != "" && k.Symvers != path.Join("modules", k.Release, "Module.symvers") {
+			return nil, kmp.InputErrorf(p, "kernel %s: symvers %q is not one kmpack writes", k.Release, k.Symvers)
+		}
+	}
+	return &m, nil
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
