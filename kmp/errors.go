@@ -72,3 +72,20 @@ func PanicError(path string, r any) error {
 	}
 	return InputErrorf(path, "malformed input (parser failed: %v)", r)
 }
+
+// UnwrapPathError drops the *os.PathError around err: the caller's message names the file.
+func UnwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// FirstLine is the first line of s, trimmed: a tool's one-line complaint from its output.
+func FirstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

@@ -628,7 +628,7 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 			return "", err
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Sprintf("Module.symvers: %v", unwrapPathError(err)), nil
+		return fmt.Sprintf("Module.symvers: %v", kmp.UnwrapPathError(err)), nil
 	}
 	return "", nil
 }
@@ -664,7 +664,7 @@ func (b *builder) hook(ctx context.Context, j *kernelJob, name, hook string) (st
 		if err != nil || fi.Mode()&0o111 == 0 || fi.IsDir() {
 			msg := fmt.Sprintf("%s script %s is not executable: not run (as dkms does)", name, f[0])
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				msg = fmt.Sprintf("%s script %s: %v: not run", name, f[0], unwrapPathError(err))
+				msg = fmt.Sprintf("%s script %s: %v: not run", name, f[0], kmp.UnwrapPathError(err))
 			}
 			fmt.Fprintf(j.log, "# warning: %s\n", msg)
 			j.result.Warnings = append(j.result.Warnings, msg)
@@ -803,7 +803,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 		built, _ := filepath.Rel(ws.BuildDir, f.path)
 		data, err := kmp.ReadInside(ws.BuildDir, built)
 		if err != nil {
-			return fmt.Sprintf("module %s: %v", built, unwrapPathError(err)), nil
+			return fmt.Sprintf("module %s: %v", built, kmp.UnwrapPathError(err)), nil
 		}
 		strip := f.m.Strip && !b.opts.NoStrip
 		if strip {
@@ -822,7 +822,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 				if ctx.Err() != nil {
 					return "", context.Cause(ctx)
 				}
-				return fmt.Sprintf("%s -g %s failed: %v %s", tool, f.m.BuiltName, err, firstLine(out.String())), nil
+				return fmt.Sprintf("%s -g %s failed: %v %s", tool, f.m.BuiltName, err, kmp.FirstLine(out.String())), nil
 			}
 			if data, err = os.ReadFile(tmp); err != nil {
 				return "", err

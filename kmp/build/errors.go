@@ -2,7 +2,6 @@ package build
 
 import (
 	"os"
-	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -21,19 +20,4 @@ func guard(path string, err *error) {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
-
-func unwrapPathError(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/manifest"
 )
 
@@ -21,14 +22,14 @@ func checkOutputDir(out string) error {
 		return nil
 	}
 	if err != nil {
-		return inputErrorf(out, "cannot use as output directory: %v", unwrapPathError(err))
+		return inputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
 	}
 	if !fi.IsDir() {
 		return inputErrorf(out, "cannot use as output directory: it is not a directory (%s)", fileType(fi.Mode()))
 	}
 	entries, err := os.ReadDir(out)
 	if err != nil {
-		return inputErrorf(out, "cannot use as output directory: %v", unwrapPathError(err))
+		return inputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
 	}
 	if len(entries) == 0 {
 		return nil

@@ -28,12 +28,12 @@ func Read(dir string) (*Manifest, error) {
 	p := filepath.Join(dir, "manifest.json")
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return nil, kmp.InputErrorf(dir, "not a kmpack build output: %v", unwrapPathError(err))
+		return nil, kmp.InputErrorf(dir, "not a kmpack build output: %v", kmp.UnwrapPathError(err))
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
 	if err != nil {
-		return nil, kmp.InputErrorf(p, "%v", unwrapPathError(err))
+		return nil, kmp.InputErrorf(p, "%v", kmp.UnwrapPathError(err))
 	}
 	if len(data) > maxManifestSize {
 		return nil, kmp.InputErrorf(p, "larger than %d bytes: not a kmpack manifest", maxManifestSize)
@@ -70,11 +70,4 @@ func Read(dir string) (*Manifest, error) {
 		}
 	}
 	return &m, nil
-}
-
-func unwrapPathError(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }

@@ -85,7 +85,7 @@ const maxDKMSDirectives = 16 << 20
 // A file that is not valid bash is an *InputError.
 func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf, err error) {
 	if _, err := os.Stat(path); err != nil {
-		return nil, inputErrorf(path, "cannot read dkms.conf: %v", unwrapPathError(err))
+		return nil, inputErrorf(path, "cannot read dkms.conf: %v", kmp.UnwrapPathError(err))
 	}
 	// bash -n parses without running: a syntax error is reported before anything runs, which
 	// dkms itself does not do (it sources what parses and carries on).
@@ -150,7 +150,7 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		if _, _, ran := proc.ExitCode(waitErr); !ran {
 			return nil, fmt.Errorf("running bash: %w", waitErr)
 		}
-		return nil, inputErrorf(path, "evaluating dkms.conf failed: %v: %s", waitErr, firstLine(stderr.String()))
+		return nil, inputErrorf(path, "evaluating dkms.conf failed: %v: %s", waitErr, kmp.FirstLine(stderr.String()))
 	}
 	fi, err := outFile.Stat()
 	if err != nil {
@@ -177,21 +177,6 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		conf.Vars[name][idx] = val
 	}
 	return conf, nil
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
-
-func unwrapPathError(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }
 
 // CleanBuildEnv drops what dkms unsets at start-up (CC CXX CFLAGS CXXFLAGS LDFLAGS) and any

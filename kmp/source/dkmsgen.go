@@ -41,7 +41,7 @@ type SourceFile struct {
 func (s *Source) Files() ([]SourceFile, []byte, error) {
 	root, err := os.OpenRoot(s.Dir)
 	if err != nil {
-		return nil, nil, inputErrorf(s.Dir, "cannot open the source: %v", unwrapPathError(err))
+		return nil, nil, inputErrorf(s.Dir, "cannot open the source: %v", kmp.UnwrapPathError(err))
 	}
 	defer root.Close()
 	var out []SourceFile
@@ -63,7 +63,7 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := root.Readlink(rel)
 			if err != nil {
-				return inputErrorf(p, "%v", unwrapPathError(err))
+				return inputErrorf(p, "%v", kmp.UnwrapPathError(err))
 			}
 			resolved, err := resolveInRoot(root, rel)
 			if err != nil {
@@ -71,7 +71,7 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 			}
 			// os.Root's own resolution must agree that the chain stays inside.
 			if _, err := root.Stat(rel); err != nil {
-				return inputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), unwrapPathError(err))
+				return inputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), kmp.UnwrapPathError(err))
 			}
 			links = append(links, link{p, rel, t, resolved})
 			ship(rel)
@@ -298,7 +298,7 @@ func resolveInRoot(root *os.Root, rel string) (string, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("leads to %s, which does not exist", cur)
 		} else if err != nil {
-			return "", fmt.Errorf("cannot be followed: %v", unwrapPathError(err))
+			return "", fmt.Errorf("cannot be followed: %v", kmp.UnwrapPathError(err))
 		}
 		if fi.Mode()&os.ModeSymlink != 0 {
 			if links++; links > 40 {
@@ -306,7 +306,7 @@ func resolveInRoot(root *os.Root, rel string) (string, error) {
 			}
 			t, err := root.Readlink(cur)
 			if err != nil {
-				return "", fmt.Errorf("cannot be followed: %v", unwrapPathError(err))
+				return "", fmt.Errorf("cannot be followed: %v", kmp.UnwrapPathError(err))
 			}
 			if path.IsAbs(t) {
 				return "", errLeaves
@@ -331,7 +331,7 @@ func resolveInRoot(root *os.Root, rel string) (string, error) {
 func readRegularInRoot(root *os.Root, rel string) ([]byte, fs.FileMode, error) {
 	f, err := root.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, 0, unwrapPathError(err)
+		return nil, 0, kmp.UnwrapPathError(err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -349,7 +349,7 @@ func readRegularInRoot(root *os.Root, rel string) ([]byte, fs.FileMode, error) {
 func readSourceFile(dir, rel string) ([]byte, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, unwrapPathError(err)
+		return nil, kmp.UnwrapPathError(err)
 	}
 	defer root.Close()
 	b, _, err := readRegularInRoot(root, filepath.ToSlash(filepath.Clean(rel)))

@@ -57,7 +57,7 @@ func OpenSource(path string) (*Source, error) {
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return nil, inputErrorf(path, "cannot open module source: %v", unwrapPathError(err))
+		return nil, inputErrorf(path, "cannot open module source: %v", kmp.UnwrapPathError(err))
 	}
 	s := &Source{Dir: abs}
 	if !fi.IsDir() {

@@ -102,7 +102,7 @@ const SpecFileName = "kmpack.yaml"
 func ReadSpec(path string) (*Spec, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, inputErrorf(path, "cannot read spec: %v", unwrapPathError(err))
+		return nil, inputErrorf(path, "cannot read spec: %v", kmp.UnwrapPathError(err))
 	}
 	return ParseSpec(path, b)
 }

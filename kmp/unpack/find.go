@@ -54,7 +54,7 @@ func FindKernels(cacheDir, root string, args []string) (*Found, error) {
 		fi, err := os.Stat(a)
 		switch {
 		case err != nil:
-			res.Errors = append(res.Errors, kmp.InputErrorf(a, "%v", unwrapPath(err)).Error())
+			res.Errors = append(res.Errors, kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err)).Error())
 		case fi.IsDir():
 			t, err := kernel.OpenKernelTree(a)
 			if err != nil {
@@ -87,11 +87,4 @@ func FindKernels(cacheDir, root string, args []string) (*Found, error) {
 	}
 	kernel.SortKernelTrees(res.Trees)
 	return res, nil
-}
-
-func unwrapPath(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }
