@@ -20,6 +20,16 @@ if [ -n "$unformatted" ]; then
   echo "gofmt needed:" $unformatted >&2
   exit 1
 fi
+# The tests run as root next to real kernels and a real dkms: they must leave the host's module
+# and source trees as they found them (packages are unpacked, installed and built in roots of
+# their own). Names are compared, before and after.
+host_trees() { find /lib/modules /usr/src /var/lib/dkms -mindepth 1 2>/dev/null | sort; }
+host_before=$(host_trees)
 go test -count=1 -timeout 40m $(go list ./... | grep -v '/e2e$') 2>&1 | tee /tmp/kmpack-test.log
 # The end-to-end suite last, alone (it boots two kernels under qemu), printing its table.
 bash scripts/e2e.sh 2>&1 | tee -a /tmp/kmpack-test.log
+if [ "$(host_trees)" != "$host_before" ]; then
+  echo "the tests changed the host's /lib/modules, /usr/src or /var/lib/dkms:" >&2
+  diff <(echo "$host_before") <(host_trees) >&2 || true
+  exit 1
+fi
