@@ -407,8 +407,10 @@ const (
 	rpmHeaderDataMax = 0x0fffffff
 )
 
-// checkRPMHeaderSizes walks the lead and the signature and main header intros and refuses
-// sizes rpm itself would refuse, before anything is allocated from them.
+// checkRPMHeaderSizes walks the lead and the signature and main headers and refuses what rpm
+// itself would refuse (lib/header.c headerVerifyInfo), before anything is allocated or sliced
+// from them: counts and sizes past rpm's limits, and index entries whose data does not lie
+// inside the header's data store (go-rpmutils slices offset+count unchecked and panics).
 func checkRPMHeaderSizes(r io.ReadSeeker) error {
 	if _, err := r.Seek(96, io.SeekStart); err != nil { // the lead
 		return err
@@ -426,13 +428,80 @@ func checkRPMHeaderSizes(r io.ReadSeeker) error {
 		if nindex > rpmHeaderTagsMax || hsize > rpmHeaderDataMax {
 			return fmt.Errorf("%s header claims %d tags and %d bytes of data (rpm allows %d and %d)", what, nindex, hsize, rpmHeaderTagsMax, rpmHeaderDataMax)
 		}
-		skip := int64(nindex)*16 + int64(hsize)
-		if i == 0 {
-			skip += (8 - skip%8) % 8 // the signature header is padded to 8 bytes
+		index := make([]byte, int(nindex)*16)
+		if _, err := io.ReadFull(r, index); err != nil {
+			return fmt.Errorf("%s header index truncated", what)
 		}
-		if _, err := r.Seek(skip, io.SeekCurrent); err != nil {
+		// The file must hold the data it claims before it is read into memory.
+		pos, err := r.Seek(0, io.SeekCurrent)
+		if err != nil {
 			return err
 		}
+		end, err := r.Seek(0, io.SeekEnd)
+		if err != nil {
+			return err
+		}
+		if end-pos < int64(hsize) {
+			return fmt.Errorf("%s header data truncated", what)
+		}
+		if _, err := r.Seek(pos, io.SeekStart); err != nil {
+			return err
+		}
+		data := make([]byte, hsize)
+		if _, err := io.ReadFull(r, data); err != nil {
+			return fmt.Errorf("%s header data truncated", what)
+		}
+		for e := 0; e < int(nindex); e++ {
+			ent := index[e*16 : e*16+16]
+			tag, typ := binary.BigEndian.Uint32(ent[0:4]), binary.BigEndian.Uint32(ent[4:8])
+			off, count := uint64(binary.BigEndian.Uint32(ent[8:12])), uint64(binary.BigEndian.Uint32(ent[12:16]))
+			if err := checkRPMEntry(typ, off, count, data); err != nil {
+				return fmt.Errorf("%s header tag %d: %v", what, tag, err)
+			}
+		}
+		if i == 0 {
+			pad := (8 - int64(hsize)%8) % 8 // the signature header is padded to 8 bytes
+			if _, err := r.Seek(pad, io.SeekCurrent); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkRPMEntry checks that one index entry's data lies inside the data store: fixed-size
+// types by count*size, strings by their terminating NULs.
+func checkRPMEntry(typ uint32, off, count uint64, data []byte) error {
+	n := uint64(len(data))
+	if off > n {
+		return fmt.Errorf("data offset %d past the %d-byte data store", off, n)
+	}
+	if count == 0 && typ != 0 {
+		return fmt.Errorf("count 0")
+	}
+	size := map[uint32]uint64{0: 0, 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1}
+	switch typ {
+	case 0, 1, 2, 3, 4, 5, 7: // NULL, CHAR, INT8, INT16, INT32, INT64, BIN
+		if count > n || off+count*size[typ] > n {
+			return fmt.Errorf("%d items of type %d at offset %d run past the %d-byte data store", count, typ, off, n)
+		}
+	case 6, 8, 9: // STRING, STRING_ARRAY, I18NSTRING: count NUL-terminated strings
+		if typ == 6 && count != 1 {
+			return fmt.Errorf("a string with count %d", count)
+		}
+		if count > n {
+			return fmt.Errorf("%d strings in a %d-byte data store", count, n)
+		}
+		rest := data[off:]
+		for k := uint64(0); k < count; k++ {
+			z := bytes.IndexByte(rest, 0)
+			if z < 0 {
+				return fmt.Errorf("string %d at offset %d is not terminated inside the data store", k, off)
+			}
+			rest = rest[z+1:]
+		}
+	default:
+		return fmt.Errorf("unknown data type %d", typ)
 	}
 	return nil
 }
