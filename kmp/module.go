@@ -141,17 +141,17 @@ func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
 	if modinfo == nil {
 		return nil, inputErrorf(path, "not a kernel module: no .modinfo section")
 	}
-	raw, err := sectionBytes(f, modinfo)
+	raw, err := sectionBytes(data, modinfo)
 	if err != nil {
 		return nil, inputErrorf(path, "section .modinfo: %v", err)
 	}
 	m.Fields = splitModinfo(raw)
 	m.applyFields(path)
 
-	if err := m.readImports(f, path); err != nil {
+	if err := m.readImports(f, data, path); err != nil {
 		return nil, err
 	}
-	if err := m.readExports(f, path); err != nil {
+	if err := m.readExports(f, data, path); err != nil {
 		return nil, err
 	}
 	if s := f.Section(".gnu.linkonce.this_module"); s != nil {
@@ -191,23 +191,19 @@ func machineName(m elf.Machine) string {
 	return strings.ToLower(strings.TrimPrefix(m.String(), "EM_"))
 }
 
-// sectionBytes returns a section's contents, refusing sizes beyond the file (debug/elf would try
-// to allocate them).
-func sectionBytes(f *elf.File, s *elf.Section) ([]byte, error) {
+// sectionBytes returns a section's contents as a sub-slice of the module image, refusing a
+// section that does not lie within it (checked without overflow: offset and size are the file's).
+func sectionBytes(data []byte, s *elf.Section) ([]byte, error) {
 	if s.Type == elf.SHT_NOBITS {
 		return nil, nil
 	}
 	if s.Flags&elf.SHF_COMPRESSED != 0 {
 		return nil, fmt.Errorf("compressed sections are not supported")
 	}
-	if s.Size > 1<<30 {
-		return nil, fmt.Errorf("size %d at offset %#x is implausible", s.Size, s.Offset)
+	if s.Offset > uint64(len(data)) || s.Size > uint64(len(data))-s.Offset {
+		return nil, fmt.Errorf("offset %#x size %#x: outside the %d-byte file", s.Offset, s.Size, len(data))
 	}
-	b, err := s.Data()
-	if err != nil {
-		return nil, fmt.Errorf("at offset %#x: %v", s.Offset, err)
-	}
-	return b, nil
+	return data[s.Offset : s.Offset+s.Size : s.Offset+s.Size], nil
 }
 
 // splitModinfo splits .modinfo the way libkmod does: NUL-separated key=value strings, padding
@@ -317,15 +313,15 @@ func IsModuleFileName(name string) bool {
 // 64 bytes for the NUL-terminated name.
 const modversionEntrySize = 64
 
-func (m *ModuleInfo) readImports(f *elf.File, path string) error {
+func (m *ModuleInfo) readImports(f *elf.File, data []byte, path string) error {
 	if names, crcs := f.Section("__version_ext_names"), f.Section("__version_ext_crcs"); names != nil && crcs != nil {
-		return m.readExtendedImports(f, path, names, crcs)
+		return m.readExtendedImports(f, data, path, names, crcs)
 	}
 	s := f.Section("__versions")
 	if s == nil {
 		return nil
 	}
-	raw, err := sectionBytes(f, s)
+	raw, err := sectionBytes(data, s)
 	if err != nil {
 		return inputErrorf(path, "section __versions: %v", err)
 	}
@@ -360,12 +356,12 @@ func (m *ModuleInfo) readImports(f *elf.File, path string) error {
 
 // readExtendedImports reads CONFIG_EXTENDED_MODVERSIONS tables: an array of u32 CRCs and, in the
 // same order, NUL-terminated names padded to 4 bytes, so names of any length fit.
-func (m *ModuleInfo) readExtendedImports(f *elf.File, path string, names, crcs *elf.Section) error {
-	nraw, err := sectionBytes(f, names)
+func (m *ModuleInfo) readExtendedImports(f *elf.File, data []byte, path string, names, crcs *elf.Section) error {
+	nraw, err := sectionBytes(data, names)
 	if err != nil {
 		return inputErrorf(path, "section __version_ext_names: %v", err)
 	}
-	craw, err := sectionBytes(f, crcs)
+	craw, err := sectionBytes(data, crcs)
 	if err != nil {
 		return inputErrorf(path, "section __version_ext_crcs: %v", err)
 	}
@@ -399,7 +395,7 @@ func (m *ModuleInfo) readExtendedImports(f *elf.File, path string, names, crcs *
 // readExports finds exported symbols from their __ksymtab_<sym> entries, their CRCs from
 // __crc_<sym> (absolute symbols in old kernels, offsets into __kcrctab* since 4.x) and their
 // namespaces from __kstrtabns_<sym>.
-func (m *ModuleInfo) readExports(f *elf.File, path string) error {
+func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 	syms, err := f.Symbols()
 	if err != nil {
 		if err == elf.ErrNoSymbols {
@@ -437,7 +433,7 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 		if int(idx) >= len(f.Sections) {
 			return nil, fmt.Errorf("section index %d out of range", idx)
 		}
-		b, err := sectionBytes(f, f.Sections[idx])
+		b, err := sectionBytes(data, f.Sections[idx])
 		if err != nil {
 			return nil, err
 		}
@@ -454,7 +450,7 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 				if err != nil {
 					return inputErrorf(path, "CRC of %q: %v", name, err)
 				}
-				if s.Value+4 > uint64(len(b)) {
+				if uint64(len(b)) < 4 || s.Value > uint64(len(b))-4 {
 					return inputErrorf(path, "CRC of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 				}
 				e.CRC, e.HasCRC = uint64(f.ByteOrder.Uint32(b[s.Value:])), true
