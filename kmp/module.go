@@ -105,9 +105,11 @@ func (m *ModuleInfo) Import(sym string) (uint64, bool) {
 	return 0, false
 }
 
-// ReadModule reads a .ko, .ko.gz, .ko.xz or .ko.zst file.
+// ReadModule reads a .ko, .ko.gz, .ko.xz or .ko.zst file. It refuses, as an *InputError, what is
+// not a regular file, a file whose first (decompressed) bytes are not ELF's magic before reading
+// the rest, and files beyond the MaxInputFile and MaxDecompressed limits.
 func ReadModule(path string) (*ModuleInfo, error) {
-	data, c, err := ReadMaybeCompressed(path)
+	data, c, err := ReadInput(path, checkELFMagic)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +165,13 @@ func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
 	}
 	m.Signature = sig
 	return m, nil
+}
+
+func checkELFMagic(head []byte) error {
+	if !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
+		return fmt.Errorf("not a kernel module: no ELF magic at offset 0")
+	}
+	return nil
 }
 
 func machineName(m elf.Machine) string {
