@@ -355,12 +355,31 @@ func (m *ModuleInfo) readImports(f *elf.File, data []byte, path string) error {
 			return inputErrorf(path, "section __versions at offset %#x: symbol name is not NUL-terminated", s.Offset+uint64(off))
 		}
 		sym := string(name[:end])
+		if !symbolNameOK(sym) {
+			return inputErrorf(path, "section __versions at offset %#x: bad symbol name %q", s.Offset+uint64(off), sym)
+		}
 		// libkmod drops a leading '.' (ppc64 ELFv1 function descriptors); so do we, to agree.
 		sym = strings.TrimPrefix(sym, ".")
 		m.Imports = append(m.Imports, SymbolCRC{Name: sym, CRC: crc})
 	}
 	m.ImportsSource = "__versions"
 	return nil
+}
+
+// symbolNameOK refuses names the kernel's own tools could never have written: empty, or with
+// control characters (bytes below 0x20 and DEL), which would also split or garble the line-based
+// outputs (--dump-modversions, the inspect listing) and a terminal showing them. Other bytes
+// are kept as they are: kmod does not judge them either.
+func symbolNameOK(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // readExtendedImports reads CONFIG_EXTENDED_MODVERSIONS tables: an array of u32 CRCs and, in the
@@ -384,7 +403,11 @@ func (m *ModuleInfo) readExtendedImports(f *elf.File, data []byte, path string, 
 			return inputErrorf(path, "section __version_ext_names at offset %#x: name is not NUL-terminated", names.Offset+uint64(i))
 		}
 		if end > 0 {
-			syms = append(syms, string(nraw[i:i+end]))
+			sym := string(nraw[i : i+end])
+			if !symbolNameOK(sym) {
+				return inputErrorf(path, "section __version_ext_names at offset %#x: bad symbol name %q", names.Offset+uint64(i), sym)
+			}
+			syms = append(syms, sym)
 		}
 		i += end + 1
 		for i < len(nraw) && nraw[i] == 0 {
@@ -426,6 +449,9 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 			sec := f.Sections[s.Section].Name
 			if !strings.HasPrefix(sec, "__ksymtab") || sec == "__ksymtab_strings" {
 				continue
+			}
+			if !symbolNameOK(name) {
+				return inputErrorf(path, "exported symbol: bad name %q", name)
 			}
 			exports[name] = &exp{ExportedSymbol: ExportedSymbol{Name: name, GPLOnly: strings.Contains(sec, "gpl")}}
 		case strings.HasPrefix(s.Name, "__crc_"):
@@ -476,6 +502,9 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 			str := b[s.Value:]
 			if i := bytes.IndexByte(str, 0); i >= 0 {
 				str = str[:i]
+			}
+			if str := string(str); str != "" && !symbolNameOK(str) { // "" is no namespace (5.4-5.16)
+				return inputErrorf(path, "namespace of %q: bad name %q", name, str)
 			}
 			e.Namespace = string(str)
 		}
