@@ -8,7 +8,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
 )
 
@@ -18,7 +17,10 @@ func inspectCommand() *cli.Command {
 		Usage:     "read kernel modules: modinfo fields, imported and exported symbols with CRCs, signature",
 		ArgsUsage: "FILE.ko[.gz|.xz|.zst] ...",
 		Description: `Reads modules directly from their ELF, without kmod's tools. --modinfo and
---dump-modversions print exactly what 'modinfo FILE' and 'modprobe --dump-modversions FILE' print.`,
+--dump-modversions print exactly what 'modinfo FILE' and 'modprobe --dump-modversions FILE' print.
+Only regular files starting with ELF's magic (after gzip/xz/zstd decompression) are read, at most
+1 GiB on disk and 1 GiB decompressed; a file that fails is reported, the others still are, and
+the exit status is then 3.`,
 		Flags: []cli.Flag{
 			jsonFlag,
 			&cli.BoolFlag{Name: "imports", Usage: "list every imported symbol with its CRC"},
@@ -33,11 +35,10 @@ func inspectCommand() *cli.Command {
 			var mods []*module.ModuleInfo
 			bad := 0
 			for _, f := range c.Args().Slice() {
+				// Every per-file failure (malformed, not a regular file, too large, unreadable)
+				// is reported and the other files still are: exit 3 at the end.
 				m, err := module.ReadModule(f)
 				if err != nil {
-					if !kmp.IsInputError(err) && !os.IsNotExist(err) {
-						return err
-					}
 					fmt.Fprintln(os.Stderr, "kmpack:", err)
 					bad++
 					continue

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
@@ -168,5 +169,51 @@ func TestInspectBadFileKeepsGoing(t *testing.T) {
 	}
 	if lines := strings.Split(strings.TrimSpace(errOut), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], "kmpack: "+bad+": not an ELF kernel module") {
 		t.Errorf("stderr %q", errOut)
+	}
+}
+
+// TestInspectRefusesWithoutReading: a directory, a device, a FIFO and a huge non-ELF file are each
+// refused before being read, as per-file errors (exit 3), and the good module is still reported.
+func TestInspectRefusesWithoutReading(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "dir.ko")
+	os.Mkdir(sub, 0o755)
+	huge := filepath.Join(dir, "huge.ko")
+	f, err := os.Create(huge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("not ELF")
+	f.Truncate(4 << 30) // sparse: 4 GiB that must never be read
+	f.Close()
+	bigELF := filepath.Join(dir, "big.ko")
+	f, _ = os.Create(bigELF)
+	f.WriteString("\x7fELF")
+	f.Truncate(1<<30 + 1)
+	f.Close()
+	fifo := filepath.Join(dir, "fifo.ko")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	good := "../../testdata/ko/crc7.ko"
+	out, errOut, code := kmpack(t, "inspect", sub, "/dev/zero", huge, bigELF, fifo, good)
+	if code != 3 || !strings.Contains(out, "name:         crc7") {
+		t.Errorf("exit %d, good module not reported: %q", code, out)
+	}
+	want := []string{
+		sub + ": not a regular file (a directory)",
+		"/dev/zero: not a regular file (a character device)",
+		huge + ": not a kernel module: no ELF magic at offset 0",
+		bigELF + ": 1073741825 bytes: larger than the 1073741824 bytes kmpack reads",
+		fifo + ": not a regular file (a FIFO)",
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("stderr %q", errOut)
+	}
+	for i, w := range want {
+		if lines[i] != "kmpack: "+w {
+			t.Errorf("stderr line %d: %q, want %q", i, lines[i], "kmpack: "+w)
+		}
 	}
 }

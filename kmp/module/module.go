@@ -105,9 +105,11 @@ func (m *ModuleInfo) Import(sym string) (uint64, bool) {
 	return 0, false
 }
 
-// ReadModule reads a .ko, .ko.gz, .ko.xz or .ko.zst file.
+// ReadModule reads a .ko, .ko.gz, .ko.xz or .ko.zst file. It refuses, as an *InputError, what is
+// not a regular file, a file whose first (decompressed) bytes are not ELF's magic before reading
+// the rest, and files beyond the MaxInputFile and MaxDecompressed limits.
 func ReadModule(path string) (*ModuleInfo, error) {
-	data, c, err := ReadMaybeCompressed(path)
+	data, c, err := ReadInput(path, checkELFMagic)
 	if err != nil {
 		return nil, err
 	}
@@ -141,17 +143,17 @@ func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
 	if modinfo == nil {
 		return nil, inputErrorf(path, "not a kernel module: no .modinfo section")
 	}
-	raw, err := sectionBytes(f, modinfo)
+	raw, err := sectionBytes(data, modinfo)
 	if err != nil {
 		return nil, inputErrorf(path, "section .modinfo: %v", err)
 	}
 	m.Fields = splitModinfo(raw)
 	m.applyFields(path)
 
-	if err := m.readImports(f, path); err != nil {
+	if err := m.readImports(f, data, path); err != nil {
 		return nil, err
 	}
-	if err := m.readExports(f, path); err != nil {
+	if err := m.readExports(f, data, path); err != nil {
 		return nil, err
 	}
 	if s := f.Section(".gnu.linkonce.this_module"); s != nil {
@@ -163,6 +165,13 @@ func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
 	}
 	m.Signature = sig
 	return m, nil
+}
+
+func checkELFMagic(head []byte) error {
+	if !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
+		return fmt.Errorf("not a kernel module: no ELF magic at offset 0")
+	}
+	return nil
 }
 
 func machineName(m elf.Machine) string {
@@ -191,23 +200,19 @@ func machineName(m elf.Machine) string {
 	return strings.ToLower(strings.TrimPrefix(m.String(), "EM_"))
 }
 
-// sectionBytes returns a section's contents, refusing sizes beyond the file (debug/elf would try
-// to allocate them).
-func sectionBytes(f *elf.File, s *elf.Section) ([]byte, error) {
+// sectionBytes returns a section's contents as a sub-slice of the module image, refusing a
+// section that does not lie within it (checked without overflow: offset and size are the file's).
+func sectionBytes(data []byte, s *elf.Section) ([]byte, error) {
 	if s.Type == elf.SHT_NOBITS {
 		return nil, nil
 	}
 	if s.Flags&elf.SHF_COMPRESSED != 0 {
 		return nil, fmt.Errorf("compressed sections are not supported")
 	}
-	if s.Size > 1<<30 {
-		return nil, fmt.Errorf("size %d at offset %#x is implausible", s.Size, s.Offset)
+	if s.Offset > uint64(len(data)) || s.Size > uint64(len(data))-s.Offset {
+		return nil, fmt.Errorf("offset %#x size %#x: outside the %d-byte file", s.Offset, s.Size, len(data))
 	}
-	b, err := s.Data()
-	if err != nil {
-		return nil, fmt.Errorf("at offset %#x: %v", s.Offset, err)
-	}
-	return b, nil
+	return data[s.Offset : s.Offset+s.Size : s.Offset+s.Size], nil
 }
 
 // splitModinfo splits .modinfo the way libkmod does: NUL-separated key=value strings, padding
@@ -317,15 +322,15 @@ func IsModuleFileName(name string) bool {
 // 64 bytes for the NUL-terminated name.
 const modversionEntrySize = 64
 
-func (m *ModuleInfo) readImports(f *elf.File, path string) error {
+func (m *ModuleInfo) readImports(f *elf.File, data []byte, path string) error {
 	if names, crcs := f.Section("__version_ext_names"), f.Section("__version_ext_crcs"); names != nil && crcs != nil {
-		return m.readExtendedImports(f, path, names, crcs)
+		return m.readExtendedImports(f, data, path, names, crcs)
 	}
 	s := f.Section("__versions")
 	if s == nil {
 		return nil
 	}
-	raw, err := sectionBytes(f, s)
+	raw, err := sectionBytes(data, s)
 	if err != nil {
 		return inputErrorf(path, "section __versions: %v", err)
 	}
@@ -350,6 +355,9 @@ func (m *ModuleInfo) readImports(f *elf.File, path string) error {
 			return inputErrorf(path, "section __versions at offset %#x: symbol name is not NUL-terminated", s.Offset+uint64(off))
 		}
 		sym := string(name[:end])
+		if !symbolNameOK(sym) {
+			return inputErrorf(path, "section __versions at offset %#x: bad symbol name %q", s.Offset+uint64(off), sym)
+		}
 		// libkmod drops a leading '.' (ppc64 ELFv1 function descriptors); so do we, to agree.
 		sym = strings.TrimPrefix(sym, ".")
 		m.Imports = append(m.Imports, SymbolCRC{Name: sym, CRC: crc})
@@ -358,14 +366,30 @@ func (m *ModuleInfo) readImports(f *elf.File, path string) error {
 	return nil
 }
 
+// symbolNameOK refuses names the kernel's own tools could never have written: empty, or with
+// control characters (bytes below 0x20 and DEL), which would also split or garble the line-based
+// outputs (--dump-modversions, the inspect listing) and a terminal showing them. Other bytes
+// are kept as they are: kmod does not judge them either.
+func symbolNameOK(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // readExtendedImports reads CONFIG_EXTENDED_MODVERSIONS tables: an array of u32 CRCs and, in the
 // same order, NUL-terminated names padded to 4 bytes, so names of any length fit.
-func (m *ModuleInfo) readExtendedImports(f *elf.File, path string, names, crcs *elf.Section) error {
-	nraw, err := sectionBytes(f, names)
+func (m *ModuleInfo) readExtendedImports(f *elf.File, data []byte, path string, names, crcs *elf.Section) error {
+	nraw, err := sectionBytes(data, names)
 	if err != nil {
 		return inputErrorf(path, "section __version_ext_names: %v", err)
 	}
-	craw, err := sectionBytes(f, crcs)
+	craw, err := sectionBytes(data, crcs)
 	if err != nil {
 		return inputErrorf(path, "section __version_ext_crcs: %v", err)
 	}
@@ -379,7 +403,11 @@ func (m *ModuleInfo) readExtendedImports(f *elf.File, path string, names, crcs *
 			return inputErrorf(path, "section __version_ext_names at offset %#x: name is not NUL-terminated", names.Offset+uint64(i))
 		}
 		if end > 0 {
-			syms = append(syms, string(nraw[i:i+end]))
+			sym := string(nraw[i : i+end])
+			if !symbolNameOK(sym) {
+				return inputErrorf(path, "section __version_ext_names at offset %#x: bad symbol name %q", names.Offset+uint64(i), sym)
+			}
+			syms = append(syms, sym)
 		}
 		i += end + 1
 		for i < len(nraw) && nraw[i] == 0 {
@@ -399,7 +427,7 @@ func (m *ModuleInfo) readExtendedImports(f *elf.File, path string, names, crcs *
 // readExports finds exported symbols from their __ksymtab_<sym> entries, their CRCs from
 // __crc_<sym> (absolute symbols in old kernels, offsets into __kcrctab* since 4.x) and their
 // namespaces from __kstrtabns_<sym>.
-func (m *ModuleInfo) readExports(f *elf.File, path string) error {
+func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 	syms, err := f.Symbols()
 	if err != nil {
 		if err == elf.ErrNoSymbols {
@@ -422,6 +450,9 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 			if !strings.HasPrefix(sec, "__ksymtab") || sec == "__ksymtab_strings" {
 				continue
 			}
+			if !symbolNameOK(name) {
+				return inputErrorf(path, "exported symbol: bad name %q", name)
+			}
 			exports[name] = &exp{ExportedSymbol: ExportedSymbol{Name: name, GPLOnly: strings.Contains(sec, "gpl")}}
 		case strings.HasPrefix(s.Name, "__crc_"):
 			crcs[strings.TrimPrefix(s.Name, "__crc_")] = s
@@ -437,7 +468,7 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 		if int(idx) >= len(f.Sections) {
 			return nil, fmt.Errorf("section index %d out of range", idx)
 		}
-		b, err := sectionBytes(f, f.Sections[idx])
+		b, err := sectionBytes(data, f.Sections[idx])
 		if err != nil {
 			return nil, err
 		}
@@ -454,7 +485,7 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 				if err != nil {
 					return inputErrorf(path, "CRC of %q: %v", name, err)
 				}
-				if s.Value+4 > uint64(len(b)) {
+				if uint64(len(b)) < 4 || s.Value > uint64(len(b))-4 {
 					return inputErrorf(path, "CRC of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 				}
 				e.CRC, e.HasCRC = uint64(f.ByteOrder.Uint32(b[s.Value:])), true
@@ -471,6 +502,9 @@ func (m *ModuleInfo) readExports(f *elf.File, path string) error {
 			str := b[s.Value:]
 			if i := bytes.IndexByte(str, 0); i >= 0 {
 				str = str[:i]
+			}
+			if str := string(str); str != "" && !symbolNameOK(str) { // "" is no namespace (5.4-5.16)
+				return inputErrorf(path, "namespace of %q: bad name %q", name, str)
 			}
 			e.Namespace = string(str)
 		}

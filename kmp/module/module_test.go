@@ -5,8 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -132,5 +135,46 @@ func TestMalformedModules(t *testing.T) {
 	}
 	if !bytes.HasPrefix(good, []byte("\x7fELF")) {
 		t.Fatal("fixture is not ELF")
+	}
+}
+
+// TestCompressionBombsAreRefused: an input that expands beyond MaxDecompressed is refused while
+// streaming (the output is never kept), and one whose first decompressed bytes are not ELF is
+// refused after those bytes.
+func TestCompressionBombsAreRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("decompresses 1 GiB")
+	}
+	dir := t.TempDir()
+	var buf bytes.Buffer
+	zw, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	copy(chunk, "\x7fELF")
+	for i := 0; i <= module.MaxDecompressed>>20; i++ {
+		zw.Write(chunk)
+		chunk[0] = 0
+	}
+	zw.Close()
+	bomb := filepath.Join(dir, "bomb.ko.zst")
+	os.WriteFile(bomb, buf.Bytes(), 0o644)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = module.ReadModule(bomb)
+	runtime.ReadMemStats(&after)
+	if err == nil || !kmp.IsInputError(err) || !strings.Contains(err.Error(), "decompresses to more than 1073741824 bytes") {
+		t.Errorf("bomb: %v", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+		t.Errorf("refusing the bomb allocated %d MiB", alloc>>20)
+	}
+
+	notELF, _ := module.CompressBytes([]byte("#!/bin/sh\n"+strings.Repeat("x", 1000)), module.CompressXZ)
+	p := filepath.Join(dir, "script.ko.xz")
+	os.WriteFile(p, notELF, 0o644)
+	if _, err := module.ReadModule(p); err == nil || err.Error() != p+": xz-compressed: not a kernel module: no ELF magic at offset 0" {
+		t.Errorf("compressed non-ELF: %v", err)
 	}
 }

@@ -72,13 +72,16 @@ func parseAppendedSignature(path string, data []byte) (*ModuleSignature, error) 
 	size -= hdrLen
 	h := data[size : size+hdrLen]
 	algo, hash, idType, signerLen, keyIDLen := int(h[0]), int(h[1]), int(h[2]), int(h[3]), int(h[4])
-	sigLen := int(binary.BigEndian.Uint32(h[8:]))
+	// sig_len is a big-endian u32: compared as 64-bit before it becomes an int, so it cannot
+	// wrap (on 32-bit machines int(u32) may be negative) and the subtractions below stay >= 0.
+	sigLen64 := uint64(binary.BigEndian.Uint32(h[8:]))
 	if algo >= len(pkeyAlgo) || hash >= len(pkeyHashAlgo) || idType >= len(pkeyIDType) {
 		return nil, inputErrorf(path, "signature header at offset %#x: unknown algorithm %d, hash %d or id type %d", size, algo, hash, idType)
 	}
-	if sigLen == 0 || signerLen+keyIDLen+sigLen > size {
-		return nil, inputErrorf(path, "signature header at offset %#x: lengths (signer %d, key id %d, signature %d) exceed the file", size, signerLen, keyIDLen, sigLen)
+	if sigLen64 == 0 || uint64(signerLen)+uint64(keyIDLen)+sigLen64 > uint64(size) {
+		return nil, inputErrorf(path, "signature header at offset %#x: lengths (signer %d, key id %d, signature %d) exceed the file", size, signerLen, keyIDLen, sigLen64)
 	}
+	sigLen := int(sigLen64)
 	sig := &ModuleSignature{IDType: pkeyIDType[idType], Size: len(data) - size + signerLen + keyIDLen + sigLen}
 	blob := data[size-sigLen : size]
 	if idType == 2 {

@@ -126,6 +126,9 @@ func ParseSpec(path string, b []byte) (s *Spec, err error) {
 		return nil, inputErrorf(path, "more than one YAML document")
 	}
 	s.path = path
+	// A description's leading blank lines carry nothing in any package format, and YAML cannot
+	// write them back (a block scalar drops them): kmpack init must not change the spec.
+	s.Description = strings.TrimLeft(s.Description, "\n")
 	if err := s.validate(); err != nil {
 		return nil, inputErrorf(path, "%v", err)
 	}

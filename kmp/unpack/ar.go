@@ -49,9 +49,11 @@ func (a *arReader) Next() (*arHeader, error) {
 	if !bytes.Equal(hdr[58:60], []byte("`\n")) {
 		return nil, fmt.Errorf("bad header terminator at offset %d", a.offset)
 	}
-	sizeField := strings.TrimSpace(string(hdr[48:58]))
+	// Ten decimal digits, space-padded: at most 9999999999, so the offset arithmetic below
+	// cannot overflow. Signs ("+5", "-1") are not ar syntax.
+	sizeField := strings.TrimRight(string(hdr[48:58]), " ")
 	size, err := strconv.ParseInt(sizeField, 10, 64)
-	if err != nil || size < 0 {
+	if err != nil || sizeField == "" || strings.TrimLeft(sizeField, "0123456789") != "" {
 		return nil, fmt.Errorf("bad member size %q at offset %d", sizeField, a.offset)
 	}
 	h := &arHeader{Name: strings.TrimSuffix(strings.TrimSpace(string(hdr[:16])), "/"), Size: size}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/blakesmith/ar"
+	"github.com/google/rpmpack"
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp"
@@ -314,5 +316,41 @@ func TestFIFOIsNotAPackage(t *testing.T) {
 	}
 	if _, err := unpack.UnpackPackages(t.TempDir(), []string{p}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestRPMHeaderEntriesAreChecked: an index entry whose data lies outside the header's data
+// store is refused before go-rpmutils slices it (it does not check, and panics).
+func TestRPMHeaderEntriesAreChecked(t *testing.T) {
+	t.Setenv("KMPACK_PANIC", "1") // a recovered panic would be a crash here
+	r, err := rpmpack.NewRPM(rpmpack.RPMMetaData{Name: "x", Version: "1", Release: "1", Arch: "noarch", Compressor: "gzip"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddFile(rpmpack.RPMFile{Name: "/usr/src/x/f", Body: []byte("x"), Mode: 0o100644})
+	var b bytes.Buffer
+	if err := r.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	good := b.Bytes()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "good.rpm")
+	os.WriteFile(p, good, 0o644)
+	if _, err := unpack.UnpackPackages(t.TempDir(), []string{p}); err != nil {
+		t.Fatalf("the unmodified package: %v", err)
+	}
+	// The signature header's first index entry starts at 96+16; its offset field is bytes 8-12.
+	for name, edit := range map[string]func([]byte){
+		"offset past the store": func(h []byte) { binary.BigEndian.PutUint32(h[96+16+8:], 0x7fffffff) },
+		"count past the store":  func(h []byte) { binary.BigEndian.PutUint32(h[96+16+12:], 0x7fffffff) },
+	} {
+		bad := append([]byte(nil), good...)
+		edit(bad)
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".rpm")
+		os.WriteFile(p, bad, 0o644)
+		_, err := unpack.UnpackPackages(t.TempDir(), []string{p})
+		if err == nil || !strings.Contains(err.Error(), "signature header tag") || !strings.Contains(err.Error(), "data store") {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
