@@ -103,12 +103,6 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
-	src.Exclude = append(src.Exclude, out)
-	if opts.CacheDir != "" {
-		if c, err := filepath.Abs(opts.CacheDir); err == nil {
-			src.Exclude = append(src.Exclude, c)
-		}
-	}
 	seen := map[string]bool{}
 	for _, t := range trees {
 		if seen[t.Release] {
@@ -118,6 +112,21 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
 		ProbeCompiler(&t.Compiler)
 	}
+	// A dkms.conf source is identified on the caller's Source (its name and version are the
+	// source's own, learnt once); otherwise the caller's Source is not changed: the build works
+	// on a copy that also leaves out the output, the cache and kmpack's own directories.
+	if src.Kind == source.SourceDKMS {
+		if err := src.Identify(ctx, trees[0], opts.Jobs); err != nil {
+			return nil, err
+		}
+	}
+	excl := []string{out}
+	if opts.CacheDir != "" {
+		if c, err := filepath.Abs(opts.CacheDir); err == nil {
+			excl = append(excl, c)
+		}
+	}
+	src = src.Excluding(excl...)
 
 	if !kbuildSafePath(os.TempDir()) {
 		return nil, inputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
@@ -139,11 +148,6 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	src.Exclude = append(src.Exclude, work.Path)
 
 	// Plan every kernel first: a dkms.conf or spec problem stops everything before any build.
-	if src.Kind == source.SourceDKMS {
-		if err := src.Identify(ctx, trees[0], opts.Jobs); err != nil {
-			return nil, err
-		}
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	b := &builder{opts: opts, src: src, out: out, warned: map[string]bool{}, cancel: cancel, workTag: work.TagEnv()}

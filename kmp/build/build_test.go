@@ -30,7 +30,12 @@ func runBuild(t *testing.T, srcDir string, trees []*kernel.KernelTree, opts buil
 	if opts.Jobs == 0 {
 		opts.Jobs = 2
 	}
-	return build.Build(context.Background(), src, trees, opts)
+	m, err := build.Build(context.Background(), src, trees, opts)
+	// The engine works on its own copy: the caller's Source keeps its excludes.
+	if len(src.Exclude) != 0 {
+		t.Errorf("Build changed the caller's Source: Exclude = %v", src.Exclude)
+	}
+	return m, err
 }
 
 func fileSHA(t *testing.T, p string) string {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +47,15 @@ type Source struct {
 	// Exclude names paths (absolute) never copied into a build nor hashed, such as an output
 	// directory inside the source.
 	Exclude []string `json:"-"`
+}
+
+// Excluding is a copy of s that also leaves paths (absolute) out of copies and hashes: the
+// build engine's view of a caller's Source, which it never changes.
+func (s *Source) Excluding(paths ...string) *Source {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &Source{Dir: s.Dir, Kind: s.Kind, File: s.File, Spec: s.Spec, Name: s.Name, Version: s.Version,
+		identified: s.identified, Exclude: append(slices.Clone(s.Exclude), paths...)}
 }
 
 // OpenSource opens a module source: a directory holding kmpack.yaml, dkms.conf or a Kbuild
