@@ -44,7 +44,6 @@ type extractor struct {
 	// allowAbsolute accepts entry names starting with "/": RPM payloads name every file that way,
 	// while a tar member named so is a hostile archive.
 	allowAbsolute bool
-	links         []string // symlinks created, checked once all entries are in place
 	files         int
 	budget        *unpackBudget
 }
@@ -53,7 +52,12 @@ type extractor struct {
 type unpackBudget struct {
 	bytes, maxBytes int64
 	entries         int
+	// links are the symlinks every package of the set created, checked once all are in place:
+	// a link one package makes can complete a chain another package's link starts.
+	links []createdLink
 }
+
+type createdLink struct{ rel, archive string }
 
 func (x *extractor) fail(name, format string, args ...any) error {
 	return inputErrorf(x.archive, "entry %q: %s", name, fmt.Sprintf(format, args...))
@@ -220,7 +224,9 @@ func (x *extractor) Symlink(name, target string) error {
 	if err := x.replaceable(name, rel); err != nil {
 		return err
 	}
-	x.links = append(x.links, rel)
+	if x.budget != nil {
+		x.budget.links = append(x.budget.links, createdLink{rel, x.archive})
+	}
 	if err := x.root.Symlink(target, rel); err != nil {
 		return x.fail(name, "%v", err)
 	}
@@ -279,14 +285,15 @@ func (x *extractor) Special(name, kind string) error {
 	return x.fail(name, "%s entries are not allowed", kind)
 }
 
-// checkLinks resolves every symlink for real, through the links it meets, and refuses any that
-// ends up outside root. The lexical check in Symlink alone can be fooled by a chain of links;
-// the os.Root has already kept every write inside, and this keeps the finished tree from
-// holding a link that leads out (make and the compiler follow links without an os.Root).
-func (x *extractor) checkLinks() error {
-	for _, rel := range x.links {
-		if _, err := resolveInside(x.root, rel); err != nil {
-			return inputErrorf(x.archive, "symlink %q: %v", rel, err)
+// checkLinks resolves every symlink the set's packages created, for real, through the links it
+// meets, and refuses any that ends up outside root. The lexical check in Symlink alone can be
+// fooled by a chain of links, within a package or across the packages of a set; the os.Root
+// has kept every write inside, and this keeps the finished tree from holding a link that leads
+// out (make and the compiler follow links without an os.Root).
+func checkLinks(root *os.Root, links []createdLink) error {
+	for _, l := range links {
+		if _, err := resolveInside(root, l.rel); err != nil {
+			return inputErrorf(l.archive, "symlink %q: %v", l.rel, err)
 		}
 	}
 	return nil

@@ -354,3 +354,58 @@ func TestRPMHeaderEntriesAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestSymlinkChainAcrossPackages: one package's link is dangling (so harmless when that package
+// alone is checked) until another package of the set creates the link that completes a chain
+// out of the root. The set is checked as a whole.
+func TestSymlinkChainAcrossPackages(t *testing.T) {
+	dir := t.TempDir()
+	p1 := makeDeb(t, dir, []tarEntry{{name: "./usr/a/", typ: tar.TypeDir}, {name: "./usr/l", link: "a/x/../../etc/passwd", typ: tar.TypeSymlink}})
+	p2 := makeDeb(t, dir, []tarEntry{{name: "./usr/a/x", link: "../..", typ: tar.TypeSymlink}})
+	for _, order := range [][]string{{p1, p2}, {p2, p1}} {
+		cache := t.TempDir()
+		_, err := unpack.UnpackPackages(cache, order)
+		if err == nil || !strings.Contains(err.Error(), "resolves outside the root") {
+			t.Fatalf("%v: %v", order, err)
+		}
+		if left, _ := os.ReadDir(filepath.Join(cache, "trees")); len(left) != 0 {
+			t.Fatalf("partial output left: %v", left)
+		}
+	}
+}
+
+// TestAlteredTreeCacheIsReplaced: a cache directory may be restored from elsewhere; an entry
+// whose tree no longer is what was unpacked (a Makefile that runs something, a planted link or
+// FIFO) is not used but unpacked again.
+func TestAlteredTreeCacheIsReplaced(t *testing.T) {
+	deb := makeDeb(t, t.TempDir(), []tarEntry{{name: "./usr/src/t/", typ: tar.TypeDir}, {name: "./usr/src/t/Makefile", typ: tar.TypeReg, body: "all:\n"}})
+	cache := t.TempDir()
+	set, err := unpack.UnpackPackages(cache, []string{deb})
+	if err != nil || set.Cached {
+		t.Fatalf("first unpack: %v cached=%v", err, set != nil && set.Cached)
+	}
+	if again, err := unpack.UnpackPackages(cache, []string{deb}); err != nil || !again.Cached {
+		t.Fatalf("an untouched entry is reused: %v", err)
+	}
+	mk := filepath.Join(set.Root, "usr/src/t/Makefile")
+	for name, alter := range map[string]func(){
+		"rewritten file": func() { os.WriteFile(mk, []byte("all:\n\tid > /tmp/pwned\n"), 0o644) },
+		"planted link":   func() { os.Symlink("/etc/passwd", filepath.Join(set.Root, "usr/src/t/autoconf.h")) },
+		"planted FIFO":   func() { syscall.Mkfifo(filepath.Join(set.Root, "usr/src/t/fifo"), 0o644) },
+		"mode changed":   func() { os.Chmod(mk, 0o4755) },
+	} {
+		alter()
+		again, err := unpack.UnpackPackages(cache, []string{deb})
+		if err != nil || again.Cached {
+			t.Fatalf("%s: the altered entry was used (err %v)", name, err)
+		}
+		if b, _ := os.ReadFile(mk); string(b) != "all:\n" {
+			t.Fatalf("%s: Makefile not restored: %q", name, b)
+		}
+		for _, f := range []string{"usr/src/t/autoconf.h", "usr/src/t/fifo"} {
+			if _, err := os.Lstat(filepath.Join(set.Root, f)); err == nil {
+				t.Fatalf("%s: %s left in the entry", name, f)
+			}
+		}
+	}
+}

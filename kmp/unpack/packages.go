@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -110,9 +111,17 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	removeStaleUnpacks(base)
 	final := filepath.Join(base, hex.EncodeToString(key[:16]))
 	set := &PackageSet{Root: filepath.Join(final, "root"), Packages: abs}
-	if fi, err := os.Lstat(filepath.Join(final, ".complete")); err == nil && fi.Mode().IsRegular() {
+	// A cache directory may be restored by CI or shared: an entry is used only when its tree is
+	// still exactly what was unpacked. An altered, partial or older entry is replaced.
+	switch verifyEntry(final) {
+	case nil:
 		set.Cached = true
 		return set, nil
+	case errNoEntry:
+	default:
+		if err := os.RemoveAll(final); err != nil {
+			return nil, fmt.Errorf("replacing the altered cache entry %s: %w", final, err)
+		}
 	}
 	tmp, err := os.MkdirTemp(base, ".unpack-")
 	if err != nil {
@@ -145,6 +154,9 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 			return nil, err
 		}
 	}
+	if err := checkLinks(root, budget.links); err != nil {
+		return nil, err
+	}
 	// The trees' Makefiles name each other by absolute path; point them into the final root.
 	if err := relocateMakefiles(root, filepath.Join(tmp, "root"), filepath.Join(final, "root")); err != nil {
 		return nil, err
@@ -153,12 +165,16 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	if err := os.WriteFile(filepath.Join(tmp, "packages"), []byte(manifest), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
+	digest, err := treeDigest(root)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), []byte(digest+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		// Another run unpacked the same set meanwhile: use its result.
-		if _, serr := os.Stat(filepath.Join(final, ".complete")); serr == nil {
+		if verifyEntry(final) == nil {
 			set.Cached = true
 			return set, nil
 		}
@@ -166,6 +182,89 @@ func UnpackPackages(cacheDir string, files []string) (*PackageSet, error) {
 	}
 	ok = true
 	return set, nil
+}
+
+var errNoEntry = errors.New("no cache entry")
+
+// verifyEntry checks a tree cache entry: its .complete file holds the digest of the tree as it
+// was unpacked, and the tree must still have it.
+func verifyEntry(final string) error {
+	fi, err := os.Lstat(final)
+	if errors.Is(err, fs.ErrNotExist) {
+		return errNoEntry
+	}
+	if err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s: not a directory", final)
+	}
+	dir, err := os.OpenRoot(final)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	want, _, err := kmp.ReadRootFile(dir, ".complete", 256)
+	if err != nil {
+		return err
+	}
+	root, err := dir.OpenRoot("root")
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	got, err := treeDigest(root)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(string(want)) != got {
+		return fmt.Errorf("%s: the tree differs from what was unpacked", final)
+	}
+	return nil
+}
+
+// treeDigest is a sha256 over every entry below root, in walk order: its path, type and
+// permissions, a regular file's contents, a symlink's target. Read through root, without
+// following links and without blocking on a FIFO.
+func treeDigest(root *os.Root) (string, error) {
+	h := sha256.New()
+	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00%v\x00", p, fi.Mode())
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			t, err := root.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%s\x00", t)
+		case fi.Mode().IsRegular():
+			f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+				return fmt.Errorf("%s: not a regular file", p)
+			}
+			n, err := io.Copy(h, f)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "\x00%d\x00", n)
+		case fi.IsDir():
+		default:
+			return fmt.Errorf("%s: a %v, which no unpack makes", p, fi.Mode().Type())
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // lockDir takes an exclusive flock on a directory; with try, it fails at once when another
@@ -239,7 +338,7 @@ func unpackPackage(path string, root *os.Root, budget *unpackBudget) (err error)
 	if err != nil {
 		return err
 	}
-	return x.checkLinks()
+	return nil
 }
 
 func unpackDeb(path string, x *extractor) error {
@@ -356,6 +455,7 @@ func unpackRPM(path string, x *extractor) error {
 	}
 	// cpio stores a hard-link set's data with its last member; earlier members come empty.
 	pendingLinks := map[uint64][]string{}
+	pendingBytes := 0
 	for {
 		fi, err := pr.Next()
 		if err == io.EOF {
@@ -374,6 +474,17 @@ func unpackRPM(path string, x *extractor) error {
 			err = x.Symlink(name, fi.Linkname())
 		case 0o100000:
 			if pr.IsLink() {
+				// Counted and checked now (a payload can repeat a name without end), made
+				// once the set's data arrives.
+				if _, err := x.clean(name); err != nil {
+					return err
+				}
+				if slices.Contains(pendingLinks[ino], name) {
+					return x.fail(name, "hard link listed twice")
+				}
+				if pendingBytes += len(name); pendingBytes > maxPendingLinkNames {
+					return x.fail(name, "more than %d bytes of hard link names waiting for their data", maxPendingLinkNames)
+				}
 				pendingLinks[ino] = append(pendingLinks[ino], name)
 				continue
 			}
@@ -399,6 +510,9 @@ func unpackRPM(path string, x *extractor) error {
 		}
 	}
 }
+
+// maxPendingLinkNames bounds the names of hard links an RPM payload lists before their data.
+const maxPendingLinkNames = 64 << 20
 
 // rpm's own bounds on a header (lib/header.c: HEADER_TAGS_MAX, HEADER_DATA_MAX). The
 // library that parses the header allocates what the file claims, so they are checked first.
