@@ -525,6 +525,10 @@ var treeIdentityFiles = []string{
 	"arch/x86/include/generated/asm/orc_hash.h",
 }
 
+// maxTreeIdentityFile bounds each tree file hashed into the cache key (the largest, Module.symvers
+// or .config, are a few MB).
+const maxTreeIdentityFile = 256 << 20
+
 func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00source %s\x00", BuildEngineVersion, b.srcHash)
@@ -536,11 +540,21 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	plan = bytes.ReplaceAll(plan, []byte(j.ws.Root), []byte("@WORKSPACE@"))
 	fmt.Fprintf(h, "plan %s\x00", plan)
 	fmt.Fprintf(h, "tree %s %s\x00", j.tree.Release, j.tree.Dir)
+	// The tree's identity is read through an os.Root at the tree: regular files only (a FIFO
+	// cannot block, a link cannot lead out), each bounded.
+	tree, err := os.OpenRoot(j.tree.Dir)
+	if err != nil {
+		return "", err
+	}
+	defer tree.Close()
 	for _, f := range treeIdentityFiles {
-		data, err := os.ReadFile(filepath.Join(j.tree.Dir, f))
-		if err != nil {
+		data, _, err := kmp.ReadRootFile(tree, f, maxTreeIdentityFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			fmt.Fprintf(h, "%s absent\x00", f)
 			continue
+		case err != nil:
+			return "", inputErrorf(filepath.Join(j.tree.Dir, f), "%v", kmp.UnwrapPathError(err))
 		}
 		sum := sha256.Sum256(data)
 		fmt.Fprintf(h, "%s %x\x00", f, sum)

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -144,6 +146,63 @@ func TestBuildCacheEntriesAreVerified(t *testing.T) {
 	os.Symlink(outside, files[0])
 	if k := rebuild("symlinked module"); k.Cached {
 		t.Error("a cached module reached through a symlink out of the entry was used")
+	}
+
+	// A result.json that is a FIFO (the old code blocked on it forever) and one whose text
+	// would paint the terminal: both are bad entries, rebuilt.
+	rj := filepath.Join(entry, "result.json")
+	os.Remove(rj)
+	syscall.Mkfifo(rj, 0o644)
+	done := make(chan *manifest.KernelBuild, 1)
+	go func() { done <- rebuild("FIFO result.json") }()
+	select {
+	case k := <-done:
+		if k.Cached {
+			t.Error("a FIFO result.json was used")
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatal("a FIFO result.json hangs the build")
+	}
+	res = mustJSON(t, rj)
+	res["result"].(map[string]any)["warnings"] = []any{"ok\n\x1b[2J\x1b[31mFAKE: all kernels built fine"}
+	writeJSONFile(t, rj, res)
+	if k := rebuild("terminal escapes in result.json"); k.Cached || strings.ContainsFunc(strings.Join(k.Warnings, ""), unicode.IsControl) {
+		t.Errorf("a result.json with control characters was used: %q", k.Warnings)
+	}
+}
+
+// TestBuildTreeIdentityIsContained: the tree files hashed into the cache key are read through
+// the tree's os.Root: a FIFO there is an input error, not a hang; a link out of the tree is
+// not followed.
+func TestBuildTreeIdentityIsContained(t *testing.T) {
+	privateTmp(t)
+	dir := filepath.Join(t.TempDir(), "tree")
+	testenv.CopyTreeDereferenced(t, testenv.HeadersDir(t, testenv.Release53), dir)
+	tree, err := kernel.OpenKernelTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, plant := range map[string]func(p string){
+		"FIFO":          func(p string) { syscall.Mkfifo(p, 0o644) },
+		"link to zeros": func(p string) { os.Symlink("/dev/zero", p) },
+	} {
+		p := filepath.Join(dir, "include/generated/compile.h")
+		os.Remove(p)
+		plant(p)
+		done := make(chan error, 1)
+		go func() {
+			_, err := runBuild(t, testenv.ExampleSource(t, true), []*kernel.KernelTree{tree},
+				build.BuildOptions{OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: t.TempDir()})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "compile.h") {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(3 * time.Minute):
+			t.Fatalf("%s: the build hangs on the tree", name)
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -94,9 +95,14 @@ func (b *builder) stagePath(rel string) string { return b.stage + "/" + rel }
 
 // loadEntry checks an entry and copies its files into the stage, checking each digest.
 func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
-	f, err := e.Open("result.json")
+	// Regular file only, never through a link, without blocking on a FIFO, bounded.
+	f, err := e.OpenFile("result.json", os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return errors.New("result.json is not a regular file")
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxCacheResult+1))
 	f.Close()
@@ -145,6 +151,9 @@ func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
 
 // check validates everything in an entry that becomes a path or a name: only the names kmpack
 // itself would have written for this kernel pass.
+// maxCacheText bounds each text field of a cached result (a reason, a log line, a warning).
+const maxCacheText = 4096
+
 func (c *cacheEntry) check(j *kernelJob) error {
 	rel := j.tree.Release
 	r := c.Result
@@ -167,6 +176,15 @@ func (c *cacheEntry) check(j *kernelJob) error {
 		return fmt.Errorf("log %q", r.Log)
 	case r.Symvers != "" && r.Symvers != path.Join("modules", rel, "Module.symvers"):
 		return fmt.Errorf("symvers %q", r.Symvers)
+	}
+	// Text that reaches the terminal and the manifest: one printable line each, bounded.
+	if len(r.LogTail) > 25 || len(r.Warnings) > 100 {
+		return errors.New("too many log tail or warning lines")
+	}
+	for _, t := range append(append([]string{r.Reason, r.Compiler, string(r.FailureKind)}, r.LogTail...), r.Warnings...) {
+		if len(t) > maxCacheText || strings.ContainsFunc(t, unicode.IsControl) {
+			return fmt.Errorf("text %.40q is not one printable line of at most %d bytes", t, maxCacheText)
+		}
 	}
 	seen := map[string]bool{"Module.symvers": true}
 	for _, m := range r.Modules {
@@ -209,9 +227,13 @@ func copyChecked(e *os.Root, name, dst string, want cachedFile) error {
 	if want.Size < 0 || want.Size > maxCacheFile {
 		return fmt.Errorf("%s: recorded size %d", name, want.Size)
 	}
-	in, err := e.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	in, err := e.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
+	}
+	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
+		in.Close()
+		return fmt.Errorf("%s: not a regular file", name)
 	}
 	defer in.Close()
 	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {

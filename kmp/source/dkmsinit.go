@@ -72,7 +72,7 @@ func SpecFromDKMS(ctx context.Context, src *Source, trees []*kernel.KernelTree) 
 var shellLogicRE = regexp.MustCompile(`(?m)^\s*(if|case|for|while)\b|\$\(|` + "`")
 
 func readFileString(p string) string {
-	b, _ := os.ReadFile(p)
+	b, _ := readInDir(p, MaxSpecSize)
 	return string(b)
 }
 

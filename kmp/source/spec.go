@@ -100,11 +100,30 @@ const SpecFileName = "kmpack.yaml"
 // ReadSpec reads and validates a kmpack.yaml. Unknown keys, a missing name or version, and
 // values the build could not use are *InputErrors naming the file.
 func ReadSpec(path string) (*Spec, error) {
-	b, err := os.ReadFile(path)
+	b, err := readInDir(path, MaxSpecSize)
 	if err != nil {
-		return nil, inputErrorf(path, "cannot read spec: %v", kmp.UnwrapPathError(err))
+		return nil, inputErrorf(path, "cannot read spec: %v", err)
 	}
 	return ParseSpec(path, b)
+}
+
+// MaxSpecSize bounds a kmpack.yaml (real ones are a few KB).
+const MaxSpecSize = 1 << 20
+
+// readInDir reads a file of the source through an os.Root at its directory: a regular file (a
+// FIFO cannot block, /dev/zero cannot exhaust memory), no link out of the directory, at most max
+// bytes.
+func readInDir(path string, max int64) ([]byte, error) {
+	root, err := os.OpenRoot(filepath.Dir(path))
+	if err != nil {
+		return nil, kmp.UnwrapPathError(err)
+	}
+	defer root.Close()
+	b, _, err := kmp.ReadRootFile(root, filepath.Base(path), max)
+	if err != nil {
+		return nil, errors.New(strings.TrimPrefix(kmp.UnwrapPathError(err).Error(), filepath.Base(path)+": "))
+	}
+	return b, nil
 }
 
 // ParseSpec parses kmpack.yaml bytes; path is used in errors and to resolve relative paths.

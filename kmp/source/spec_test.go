@@ -2,8 +2,11 @@ package source_test
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/source"
@@ -209,5 +212,32 @@ profile: suse
 	again, err := source.ParseSpec("kmpack.yaml", []byte(b.String()))
 	if err != nil || again.Version != "1.10" || again.Release != "01" || again.Summary != "yes" {
 		t.Errorf("read back %+v, %v", again, err)
+	}
+}
+
+// TestSpecIsReadContained: a kmpack.yaml that is a FIFO, a link to /dev/zero or a link out of
+// the source is refused at once with one line naming it (it used to hang or exhaust memory).
+func TestSpecIsReadContained(t *testing.T) {
+	outside := filepath.Join(t.TempDir(), "elsewhere.yaml")
+	os.WriteFile(outside, []byte("name: a\nversion: '1'\n"), 0o644)
+	for name, plant := range map[string]func(p string){
+		"FIFO":         func(p string) { syscall.Mkfifo(p, 0o644) },
+		"/dev/zero":    func(p string) { os.Symlink("/dev/zero", p) },
+		"link outside": func(p string) { os.Symlink(outside, p) },
+		"too large":    func(p string) { os.WriteFile(p, make([]byte, source.MaxSpecSize+1), 0o644) },
+	} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "kmpack.yaml")
+		plant(p)
+		done := make(chan error, 1)
+		go func() { _, err := source.ReadSpec(p); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !kmp.IsInputError(err) || !strings.HasPrefix(err.Error(), p+": ") || strings.Contains(err.Error(), "\n") {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: reading the spec hangs", name)
+		}
 	}
 }
