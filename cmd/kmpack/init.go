@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -73,16 +77,49 @@ and warns about everything that differs between kernels or that a spec cannot ex
 			if _, err := os.Stat(target); err == nil && !c.Bool("force") {
 				return cli.Exit(fmt.Sprintf("%s exists; use --force to replace it", target), exitInput)
 			}
-			tmp := target + ".tmp"
-			if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-				return err
-			}
-			if err := os.Rename(tmp, target); err != nil {
-				os.Remove(tmp)
+			if err := writeSpecFile(src.Dir, source.SpecFileName, buf.Bytes()); err != nil {
 				return err
 			}
 			fmt.Println("wrote", target)
 			return nil
 		},
 	}
+}
+
+// writeSpecFile replaces dir/name with data atomically, through an os.Root at dir: the
+// temporary file gets a random name and is created exclusively without following a symlink,
+// so a link planted in the source directory (kmpack runs as root) redirects nothing.
+func writeSpecFile(dir, name string, data []byte) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var f *os.File
+	var tmp string
+	for range 10 {
+		tmp = "." + name + ".tmp-" + rand.Text()[:16]
+		f, err = root.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o644)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Rename(tmp, name)
+	}
+	if err != nil {
+		root.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", filepath.Join(dir, name), err)
+	}
+	return nil
 }

@@ -50,3 +50,41 @@ func TestInitVersionWithDash(t *testing.T) {
 		t.Fatalf("init: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 }
+
+// kmpack init (run as root) writes kmpack.yaml without following links planted in the source
+// directory: a kmpack.yaml.tmp symlink to a host file leaves that file alone, kmpack.yaml is
+// a regular file holding the spec, and no temporary file is left behind.
+func TestInitDoesNotFollowPlantedTempLink(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	dir := filepath.Join(t.TempDir(), "src")
+	testenv.CopyTree(t, testenv.TestModuleSource(t, "hello"), dir)
+	os.Remove(filepath.Join(dir, "kmpack.yaml"))
+	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte("PACKAGE_NAME=kmpack-hello\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=kmpack_hello\nDEST_MODULE_LOCATION[0]=/updates\n"), 0o644)
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("host file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, "kmpack.yaml.tmp")); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := kmpack(t, "init", "-k", h53, dir)
+	if code != 0 {
+		t.Fatalf("init: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "host file\n" {
+		t.Errorf("init wrote through the planted link: victim = %q", b)
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "kmpack.yaml"))
+	if err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("kmpack.yaml: %v, %v; want a regular file", fi, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "kmpack.yaml")); !strings.Contains(string(b), "\nname: kmpack-hello\n") {
+		t.Errorf("kmpack.yaml = %q", b)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp") && e.Name() != "kmpack.yaml.tmp" {
+			t.Errorf("init left %s behind", e.Name())
+		}
+	}
+}
