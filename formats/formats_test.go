@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -727,5 +728,58 @@ func TestRPMPayloadNamesAreRelative(t *testing.T) {
 	mustRun(t, "rpm", "--root", root, "-i", "--nodeps", "--noscripts", f)
 	if b, err := os.ReadFile(filepath.Join(root, "usr/src/payload-test-1/a")); err != nil || string(b) != "a\n" {
 		t.Errorf("installed: %q %v", b, err)
+	}
+}
+
+// A module file of a build output replaced by a FIFO or by a symlink to a file outside the
+// output directory is refused as bad input naming the file: packaging neither blocks on the
+// FIFO nor packs the host file the link points at.
+func TestInputFromBuildRefusesSpecialModuleFiles(t *testing.T) {
+	b := buildModule(t, "hello", testenv.Release53)
+	bm := b.manifest.Kernels[0].Modules[0]
+	host := filepath.Join(t.TempDir(), "host-secret")
+	if err := os.WriteFile(host, []byte("host secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		plant func(p string) error
+	}{
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o644) }},
+		{"symlink", func(p string) error { return os.Symlink(host, p) }},
+		{"relative symlink out", func(p string) error {
+			rel, err := filepath.Rel(filepath.Dir(p), host)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(rel, p)
+		}},
+	} {
+		out := filepath.Join(t.TempDir(), "out")
+		testenv.CopyTree(t, b.out, out)
+		p := filepath.Join(out, filepath.FromSlash(bm.File))
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.plant(p); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := formats.InputFromBuild(out, b.manifest, nil)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !kmp.IsInputError(err) || !strings.Contains(err.Error(), p) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("%s: InputFromBuild = %v; want a one-line input error naming %s", c.name, err, p)
+			}
+		case <-time.After(10 * time.Second):
+			// Unblock the reader so the test ends.
+			if f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+				f.Close()
+			}
+			t.Fatalf("%s: InputFromBuild still running after 10s (blocked on %s)", c.name, p)
+		}
 	}
 }
