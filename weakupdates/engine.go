@@ -282,6 +282,19 @@ func (e *Engine) RemoveKernel(release string) error {
 	}
 	return e.run(true, func(s *session) error {
 		dir := "lib/modules/" + release
+		if err := s.checkKernelDir(release); err != nil {
+			var r *refusedError
+			if !errors.As(err, &r) {
+				return err
+			}
+			// Only the last component of a path is not followed: through a symlinked
+			// kernel directory, RemoveAll would empty another directory's weak-updates.
+			s.e.warnf("%s", r.msg)
+			if err := s.sync(kernel.FlavorFromRelease(release), s.kmps()); err != nil {
+				return err
+			}
+			return fmt.Errorf("left %s alone (see the warnings above)", s.display(dir))
+		}
 		if _, err := s.r.Lstat(dir + "/kernel"); errors.Is(err, fs.ErrNotExist) {
 			wu := dir + "/weak-updates"
 			if fi, err := s.r.Lstat(wu); err == nil {
@@ -546,9 +559,31 @@ func managedTarget(t string) bool {
 		module.IsModuleFileName(parts[len(parts)-1])
 }
 
+// checkKernelDir refuses a kernel's directory, lib/modules/<release>, that is a symbolic link
+// or not a directory: paths through it would reach (and links and removals would change)
+// whatever it points to. A directory that does not exist is fine (nil).
+func (s *session) checkKernelDir(release string) error {
+	dir := "lib/modules/" + release
+	fi, err := s.r.Lstat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return &refusedError{fmt.Sprintf("%s is a symbolic link: refusing to touch its weak-updates (replace it with a directory)", s.display(dir))}
+	case !fi.IsDir():
+		return &refusedError{fmt.Sprintf("%s is not a directory: refusing to touch it", s.display(dir))}
+	}
+	return nil
+}
+
 // weakUpdates opens a kernel's weak-updates directory as a root of its own, refusing it when
 // it is a symbolic link or not a directory. It returns nil, nil when it does not exist.
 func (s *session) weakUpdates(release string) (*os.Root, error) {
+	if err := s.checkKernelDir(release); err != nil {
+		return nil, err
+	}
 	dir := "lib/modules/" + release + "/weak-updates"
 	fi, err := s.r.Lstat(dir)
 	switch {

@@ -484,3 +484,50 @@ func TestEngineNewestFollowsPackageVersions(t *testing.T) {
 		t.Errorf("chosen: %s, want 1:0.9-1 over 1.0-1", c)
 	}
 }
+
+// A kernel's directory, lib/modules/<release>, that is a symbolic link is refused:
+// remove-kernel does not empty the weak-updates of the directory it points to (real files
+// included) nor remove the link, and sync makes no links through it; both warn and fail.
+func TestEngineRefusesSymlinkedKernelDir(t *testing.T) {
+	s := newHelloSystem(t, t.TempDir())
+	const gone = "6.1.0-99-amd64"
+	vendor := filepath.Join(s.root, "opt/vendor")
+	if err := os.MkdirAll(filepath.Join(vendor, "weak-updates"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(vendor, "weak-updates", "real-file"), []byte("keep"), 0o644)
+	link := filepath.Join(s.root, "lib/modules", gone)
+	if err := os.Symlink("../../opt/vendor", link); err != nil {
+		t.Fatal(err)
+	}
+	before := tree(t, vendor)
+	err := s.e.RemoveKernel(gone)
+	if err == nil {
+		t.Errorf("remove-kernel through a symlinked kernel directory: no error")
+	}
+	if !strings.Contains(s.warn.String(), link+" is a symbolic link") {
+		t.Errorf("remove-kernel: warning: %q", s.warn)
+	}
+	if d := treeDiff(before, tree(t, vendor)); d != "" {
+		t.Errorf("remove-kernel changed what %s points to:\n%s", link, d)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		t.Errorf("remove-kernel removed the kernel directory link (%v)", err)
+	}
+
+	// A symlinked kernel directory with a kernel in it (here, a sibling's) is not linked into.
+	os.Remove(link)
+	if err := os.Symlink(testenv.Release54, link); err != nil {
+		t.Fatal(err)
+	}
+	s.warn.Reset()
+	if err := s.e.AddKMP(s.hello); err == nil {
+		t.Errorf("add-kmp with a symlinked kernel directory: no error")
+	}
+	if !strings.Contains(s.warn.String(), link+" is a symbolic link") {
+		t.Errorf("add-kmp: warning: %q", s.warn)
+	}
+	if _, err := os.Lstat(link + "/weak-updates/" + gone); err == nil {
+		t.Errorf("add-kmp made links through the symlinked kernel directory")
+	}
+}
