@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Symbol is one exported symbol of a kernel build, as Module.symvers records it.
@@ -99,6 +100,11 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 			}
 		default:
 			return nil, inputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
+		}
+		// Names, modules and namespaces are identifiers: a control character in one (a CR
+		// mid-line, an escape) is a corrupt file, and would not survive being written back.
+		if strings.ContainsFunc(strings.Join(cols, ""), unicode.IsControl) {
+			return nil, inputErrorf(path, "line %d: control character in a field", line)
 		}
 		crc, err := parseCRC(cols[0])
 		if err != nil {
