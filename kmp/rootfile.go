@@ -10,21 +10,59 @@ import (
 	"syscall"
 )
 
-// ReadRootFile reads a regular file below root, at most max bytes, without blocking on a FIFO
-// or following a symlink out of root.
+// OpenRootFile opens rel below root for reading, and only if it is a regular file: it is opened
+// non-blocking (a FIFO or device in its place cannot block the open) and the opened file, not
+// the name, is checked. The os.Root keeps every link on the way inside root; with noFollow the
+// last component may not be a link at all.
+func OpenRootFile(root *os.Root, rel string, noFollow bool) (*os.File, fs.FileInfo, error) {
+	flags := os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_NOCTTY
+	if noFollow {
+		flags |= syscall.O_NOFOLLOW
+	}
+	f, err := root.OpenFile(rel, flags, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: not a regular file (%s)", rel, FileKind(fi.Mode()))
+	}
+	return f, fi, nil
+}
+
+// FileKind names a file's type for messages ("a FIFO", "a directory").
+func FileKind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "type " + m.Type().String()
+}
+
+// ReadRootFile reads a regular file below root (OpenRootFile), at most max bytes.
 func ReadRootFile(root *os.Root, rel string, max int64) ([]byte, fs.FileMode, error) {
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, fi, err := OpenRootFile(root, rel, false)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s: not a regular file", rel)
-	}
 	if fi.Size() > max {
 		return nil, 0, fmt.Errorf("%s: larger than %d bytes", rel, max)
 	}
@@ -50,15 +88,8 @@ func OpenInside(dir, rel string) (*os.File, error) {
 		return nil, err
 	}
 	defer root.Close()
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: not a regular file", rel)
-	}
-	return f, nil
+	f, _, err := OpenRootFile(root, rel, false)
+	return f, err
 }
 
 // StatInside is os.Stat of rel under dir, through an os.Root.
@@ -92,4 +123,30 @@ func CopyFrom(in io.Reader, dst string, perm os.FileMode) error {
 		return err
 	}
 	return out.Close()
+}
+
+// HashEntry writes one entry of a tree below root into h: its path, mode, a symlink's target, a
+// regular file's size and contents (read through OpenRootFile, never through a link). Source
+// hashes (the build cache key) and unpacked trees' digests are both sequences of these.
+func HashEntry(h io.Writer, root *os.Root, rel string, fi fs.FileInfo) error {
+	fmt.Fprintf(h, "%s\x00%o\x00", rel, fi.Mode())
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		t, err := root.Readlink(rel)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00", t)
+	case fi.Mode().IsRegular():
+		f, _, err := OpenRootFile(root, rel, true)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fmt.Fprintf(h, "%d\x00", fi.Size())
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+	}
+	return nil
 }

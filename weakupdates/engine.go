@@ -150,7 +150,7 @@ func (s *session) kmps() []KMP {
 			continue
 		}
 		name := dir + "/" + ent.Name()
-		b, err := readRegular(s.r, name, MaxRegistrationSize)
+		b, _, err := kmp.ReadRootFile(s.r, name, MaxRegistrationSize)
 		if err != nil {
 			s.e.warnf("skipping registration %s: %s", s.display(name), oneLine(err.Error()))
 			continue
@@ -235,7 +235,7 @@ func (e *Engine) RemoveKMP(pkg string) error {
 	return e.run(true, func(s *session) error {
 		name := registrationFile(pkg)
 		flavor := ""
-		b, err := readRegular(s.r, name, MaxRegistrationSize)
+		b, _, err := kmp.ReadRootFile(s.r, name, MaxRegistrationSize)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
@@ -453,7 +453,7 @@ func (s *session) plan(release string, all []KMP, infos map[string]*module.Modul
 // readModule reads a registered module through the root (a FIFO, device or oversized file
 // is an error, not a hang).
 func (s *session) readModule(m string) (*module.ModuleInfo, error) {
-	b, err := readRegular(s.r, rel(m), MaxModuleSize)
+	b, _, err := kmp.ReadRootFile(s.r, rel(m), MaxModuleSize)
 	if err != nil {
 		return nil, err
 	}

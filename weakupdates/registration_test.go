@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
 )
 
@@ -98,7 +99,7 @@ func TestReadRegularRefusesFIFO(t *testing.T) {
 	}
 	defer r.Close()
 	done := make(chan error, 1)
-	go func() { _, err := readRegular(r, "m.ko", MaxModuleSize); done <- err }()
+	go func() { _, _, err := kmp.ReadRootFile(r, "m.ko", MaxModuleSize); done <- err }()
 	select {
 	case err := <-done:
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
@@ -108,7 +109,7 @@ func TestReadRegularRefusesFIFO(t *testing.T) {
 		t.Fatal("reading a FIFO blocked")
 	}
 	os.WriteFile(filepath.Join(dir, "big.ko"), make([]byte, 100), 0o644)
-	if _, err := readRegular(r, "big.ko", 99); err == nil || !strings.Contains(err.Error(), "larger than 99 bytes") {
+	if _, _, err := kmp.ReadRootFile(r, "big.ko", 99); err == nil || !strings.Contains(err.Error(), "larger than 99 bytes") {
 		t.Errorf("oversized file: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package weakupdates
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -23,36 +22,6 @@ func rel(p string) string {
 		return "."
 	}
 	return p
-}
-
-// readRegular reads a regular file under r, at most max bytes. It opens with O_NONBLOCK so a
-// FIFO or device cannot block the open, checks the opened file (not the name) is regular, and
-// never reads more than max+1 bytes: a named pipe, a device or a huge file is an error, not a
-// hang.
-func readRegular(r *os.Root, name string, max int64) ([]byte, error) {
-	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", name, fi.Mode().Type())
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s: larger than %d bytes", name, max)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s: larger than %d bytes", name, max)
-	}
-	return b, nil
 }
 
 // writeAtomic writes a file under r whole or not at all, and durably: the data is synced

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -224,7 +225,7 @@ func installedTarget(r *os.Root, rootDir, modDir string, kernelRoot *os.Root) (*
 	t := &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: dir}
 	var tried []string
 	for _, p := range SymversLocations("/", release) {
-		b, err := readRegular(r, rel(p), MaxModuleSize)
+		b, _, err := kmp.ReadRootFile(r, rel(p), MaxModuleSize)
 		if err != nil {
 			tried = append(tried, filepath.Join(rootDir, p))
 			continue
@@ -254,7 +255,7 @@ func installedTarget(r *os.Root, rootDir, modDir string, kernelRoot *os.Root) (*
 			return nil // unreadable parts of the tree only narrow the search
 		}
 		full := filepath.Join(dir, "kernel", p)
-		b, err := readRegular(kernelRoot, p, MaxModuleSize)
+		b, _, err := kmp.ReadRootFile(kernelRoot, p, MaxModuleSize)
 		if err != nil {
 			return nil
 		}

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"unicode"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/manifest"
 )
@@ -96,13 +97,9 @@ func (b *builder) stagePath(rel string) string { return b.stage + "/" + rel }
 // loadEntry checks an entry and copies its files into the stage, checking each digest.
 func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
 	// Regular file only, never through a link, without blocking on a FIFO, bounded.
-	f, err := e.OpenFile("result.json", os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	f, _, err := kmp.OpenRootFile(e, "result.json", true)
 	if err != nil {
 		return err
-	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		f.Close()
-		return errors.New("result.json is not a regular file")
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxCacheResult+1))
 	f.Close()
@@ -227,13 +224,9 @@ func copyChecked(e *os.Root, name, dst string, want cachedFile) error {
 	if want.Size < 0 || want.Size > maxCacheFile {
 		return fmt.Errorf("%s: recorded size %d", name, want.Size)
 	}
-	in, err := e.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	in, _, err := kmp.OpenRootFile(e, name, true)
 	if err != nil {
 		return err
-	}
-	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
-		in.Close()
-		return fmt.Errorf("%s: not a regular file", name)
 	}
 	defer in.Close()
 	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {

@@ -25,7 +25,7 @@ func checkOutputDir(out string) error {
 		return inputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
 	}
 	if !fi.IsDir() {
-		return inputErrorf(out, "cannot use as output directory: it is not a directory (%s)", fileType(fi.Mode()))
+		return inputErrorf(out, "cannot use as output directory: it is not a directory (%s)", kmp.FileKind(fi.Mode()))
 	}
 	entries, err := os.ReadDir(out)
 	if err != nil {
@@ -38,16 +38,6 @@ func checkOutputDir(out string) error {
 		return inputErrorf(out, "output directory is not empty and is not a kmpack build output (no manifest.json with \"format\": %q); refusing to replace it", manifest.OutputFormat)
 	}
 	return nil
-}
-
-func fileType(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeSymlink != 0:
-		return "a symbolic link"
-	case m.IsRegular():
-		return "a file"
-	}
-	return m.Type().String()
 }
 
 // outputLock is an flock on .<OUT>.lock next to the output directory, held for a whole build:

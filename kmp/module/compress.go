@@ -273,7 +273,7 @@ func openRegular(path string) (*os.File, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, inputErrorf(path, "not a regular file (%s)", fileKind(fi.Mode()))
+		return nil, inputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -284,25 +284,9 @@ func openRegular(path string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		return nil, inputErrorf(path, "not a regular file (%s)", fileKind(fi.Mode()))
+		return nil, inputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
 	}
 	return f, nil
-}
-
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	case m&os.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	}
-	return "type " + m.Type().String()
 }
 
 // CompressBytes compresses a module the way the kernel's own build does (scripts/Makefile.modinst):

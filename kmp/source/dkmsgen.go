@@ -13,8 +13,6 @@ import (
 	"strconv"
 	"strings"
 
-	"syscall"
-
 	"github.com/kmpack/kmpack/kmp"
 )
 
@@ -329,18 +327,11 @@ func resolveInRoot(root *os.Root, rel string) (string, error) {
 // and what is opened must be a regular file (opened non-blocking, so a FIFO put in its place
 // does not hang the read).
 func readRegularInRoot(root *os.Root, rel string) ([]byte, fs.FileMode, error) {
-	f, err := root.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, fi, err := kmp.OpenRootFile(root, filepath.FromSlash(rel), false)
 	if err != nil {
 		return nil, 0, kmp.UnwrapPathError(err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("not a regular file")
-	}
 	b, err := io.ReadAll(f)
 	return b, fi.Mode(), err
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
@@ -256,26 +253,7 @@ func (s *Source) walkRoot(skipGit bool, visit func(root *os.Root, p, rel string,
 func (s *Source) Hash() (string, error) {
 	h := sha256.New()
 	err := s.walkRoot(true, func(root *os.Root, p, rel string, fi fs.FileInfo) error {
-		fmt.Fprintf(h, "%s\x00%o\x00", rel, fi.Mode())
-		switch {
-		case fi.Mode()&os.ModeSymlink != 0:
-			t, err := root.Readlink(rel)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(h, "%s\x00", t)
-		case fi.Mode().IsRegular():
-			f, err := openRegular(root, rel)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			fmt.Fprintf(h, "%d\x00", fi.Size())
-			if _, err := io.Copy(h, f); err != nil {
-				return err
-			}
-		}
-		return nil
+		return kmp.HashEntry(h, root, rel, fi)
 	})
 	if err != nil {
 		return "", err
@@ -298,7 +276,7 @@ func (s *Source) CopyTo(dst string) error {
 			}
 			return os.Symlink(t, target)
 		case fi.Mode().IsRegular():
-			f, err := openRegular(root, rel)
+			f, _, err := kmp.OpenRootFile(root, rel, true)
 			if err != nil {
 				return err
 			}
@@ -307,18 +285,4 @@ func (s *Source) CopyTo(dst string) error {
 		}
 		return nil // sockets, fifos, devices have no place in a module source
 	})
-}
-
-// openRegular opens rel in root without following a final symlink, and only if it is a
-// regular file (the tree may have changed since it was listed).
-func openRegular(root *os.Root, rel string) (*os.File, error) {
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: not a regular file", rel)
-	}
-	return f, nil
 }

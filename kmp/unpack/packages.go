@@ -233,33 +233,10 @@ func treeDigest(root *os.Root) (string, error) {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(h, "%s\x00%v\x00", p, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			t, err := root.Readlink(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(h, "%s\x00", t)
-		case fi.Mode().IsRegular():
-			f, err := root.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-				return fmt.Errorf("%s: not a regular file", p)
-			}
-			n, err := io.Copy(h, f)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(h, "\x00%d\x00", n)
-		case fi.IsDir():
-		default:
-			return fmt.Errorf("%s: a %v, which no unpack makes", p, fi.Mode().Type())
+		if t := fi.Mode().Type(); t != 0 && t != fs.ModeDir && t != fs.ModeSymlink {
+			return fmt.Errorf("%s: %s, which no unpack makes", p, kmp.FileKind(fi.Mode()))
 		}
-		return nil
+		return kmp.HashEntry(h, root, p, fi)
 	})
 	if err != nil {
 		return "", err
