@@ -62,15 +62,19 @@ func IsInputError(err error) bool {
 	return errors.As(err, &ie)
 }
 
-// PanicError turns a panic recovered from a parser of untrusted bytes (ours or the standard
-// library's) into an InputError: a crash on a hostile file would lose the user's other results.
-// Each stage's guard calls it with recover()'s value. With KMPACK_PANIC set (the fuzz targets
-// set it) it panics again, so that fuzzing finds the bug instead of an error message.
-func PanicError(path string, r any) error {
+// Guard, deferred directly (`defer kmp.Guard(path, &err)`), turns a panic of a parser of
+// untrusted bytes (ours or a library's) into an InputError: a crash on a hostile file would lose
+// the user's other results. With KMPACK_PANIC set (the fuzz targets set it) it panics again, so
+// that fuzzing finds the bug instead of an error message.
+func Guard(path string, err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
 	if os.Getenv("KMPACK_PANIC") != "" {
 		panic(r)
 	}
-	return InputErrorf(path, "malformed input (parser failed: %v)", r)
+	*err = InputErrorf(path, "malformed input (parser failed: %v)", r)
 }
 
 // UnwrapPathError drops the *os.PathError around err: the caller's message names the file.

@@ -12,7 +12,7 @@
 # any target failed. Crashers land in <package>/testdata/fuzz/<target>/ and then run as regression
 # tests in `go test`; keep them (git add) once fixed.
 #
-# KMPACK_PANIC=1 makes kmp's guard() re-panic instead of turning a parser panic into an error, so
+# KMPACK_PANIC=1 makes kmp.Guard re-panic instead of turning a parser panic into an error, so
 # an out-of-bounds index is a crash the fuzzer reports (the targets set it themselves as well).
 # -fuzzminimizetime is bounded because minimizing each new 20 KB module input for the default
 # 60 s leaves the module targets at almost no executions per second.

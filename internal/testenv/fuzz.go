@@ -22,7 +22,7 @@ func CheckInputError(t *testing.T, name string, err error) {
 	}
 }
 
-// PanicsAreCrashes makes guard() re-panic in this test process and in the fuzzing workers (which
+// PanicsAreCrashes makes kmp.Guard re-panic in this test process and in the fuzzing workers (which
 // run the Fuzz function again), so a parser indexing out of bounds is a crash the fuzzer records
 // with its stack, not an error it would accept as a rejected input.
 func PanicsAreCrashes(f *testing.F) {

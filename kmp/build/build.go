@@ -106,7 +106,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	seen := map[string]bool{}
 	for _, t := range trees {
 		if seen[t.Release] {
-			return nil, inputErrorf(t.Dir, "kernel release %s is given twice (one build per release)", t.Release)
+			return nil, kmp.InputErrorf(t.Dir, "kernel release %s is given twice (one build per release)", t.Release)
 		}
 		seen[t.Release] = true
 		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
@@ -129,7 +129,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	src = src.Excluding(excl...)
 
 	if !kbuildSafePath(os.TempDir()) {
-		return nil, inputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
+		return nil, kmp.InputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
 	}
 	// Workspaces are $TMPDIR/kmpack-build-<pid>-*, locked while their kmpack lives: what a
 	// kmpack killed with -9 left (and the make and cc1 it orphaned) goes now.
@@ -554,7 +554,7 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 			fmt.Fprintf(h, "%s absent\x00", f)
 			continue
 		case err != nil:
-			return "", inputErrorf(filepath.Join(j.tree.Dir, f), "%v", kmp.UnwrapPathError(err))
+			return "", kmp.InputErrorf(filepath.Join(j.tree.Dir, f), "%v", kmp.UnwrapPathError(err))
 		}
 		sum := sha256.Sum256(data)
 		fmt.Fprintf(h, "%s %x\x00", f, sum)

@@ -22,20 +22,20 @@ func checkOutputDir(out string) error {
 		return nil
 	}
 	if err != nil {
-		return inputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
+		return kmp.InputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
 	}
 	if !fi.IsDir() {
-		return inputErrorf(out, "cannot use as output directory: it is not a directory (%s)", kmp.FileKind(fi.Mode()))
+		return kmp.InputErrorf(out, "cannot use as output directory: it is not a directory (%s)", kmp.FileKind(fi.Mode()))
 	}
 	entries, err := os.ReadDir(out)
 	if err != nil {
-		return inputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
+		return kmp.InputErrorf(out, "cannot use as output directory: %v", kmp.UnwrapPathError(err))
 	}
 	if len(entries) == 0 {
 		return nil
 	}
 	if _, err := manifest.Read(out); err != nil {
-		return inputErrorf(out, "output directory is not empty and is not a kmpack build output (no manifest.json with \"format\": %q); refusing to replace it", manifest.OutputFormat)
+		return kmp.InputErrorf(out, "output directory is not empty and is not a kmpack build output (no manifest.json with \"format\": %q); refusing to replace it", manifest.OutputFormat)
 	}
 	return nil
 }

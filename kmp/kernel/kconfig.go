@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
 )
 
@@ -37,19 +38,19 @@ func ParseKernelConfig(path string, data []byte) (KernelConfig, error) {
 		}
 		k, v, ok := strings.Cut(text, "=")
 		if !ok || !strings.HasPrefix(k, "CONFIG_") {
-			return nil, inputErrorf(path, "line %d: not a CONFIG_ assignment", line)
+			return nil, kmp.InputErrorf(path, "line %d: not a CONFIG_ assignment", line)
 		}
 		if strings.HasPrefix(v, `"`) {
 			s, err := strconv.Unquote(v)
 			if err != nil {
-				return nil, inputErrorf(path, "line %d: bad string value for %s", line, k)
+				return nil, kmp.InputErrorf(path, "line %d: bad string value for %s", line, k)
 			}
 			v = s
 		}
 		cfg[k] = v
 	}
 	if err := sc.Err(); err != nil {
-		return nil, inputErrorf(path, "line %d: %v", line+1, err)
+		return nil, kmp.InputErrorf(path, "line %d: %v", line+1, err)
 	}
 	return cfg, nil
 }

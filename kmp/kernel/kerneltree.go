@@ -87,18 +87,18 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 	}
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
-		return nil, inputErrorf(dir, "not a kernel devel tree: %v", err)
+		return nil, kmp.InputErrorf(dir, "not a kernel devel tree: %v", err)
 	}
 	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
-		return nil, inputErrorf(dir, "not a kernel devel tree: not a directory")
+		return nil, kmp.InputErrorf(dir, "not a kernel devel tree: not a directory")
 	}
 	root, err := os.OpenRoot(real)
 	if err != nil {
-		return nil, inputErrorf(dir, "not a kernel devel tree: %v", err)
+		return nil, kmp.InputErrorf(dir, "not a kernel devel tree: %v", err)
 	}
 	defer root.Close()
 	if _, err := root.Stat("Makefile"); err != nil {
-		return nil, inputErrorf(dir, "not a kernel devel tree: no Makefile")
+		return nil, kmp.InputErrorf(dir, "not a kernel devel tree: no Makefile")
 	}
 	t := &KernelTree{Dir: real}
 	cfgRel := ".config"
@@ -106,12 +106,12 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 		cfgRel = "include/config/auto.conf"
 	}
 	if _, err := root.Lstat(cfgRel); err != nil {
-		return nil, inputErrorf(dir, "not a kernel devel tree: no .config or include/config/auto.conf")
+		return nil, kmp.InputErrorf(dir, "not a kernel devel tree: no .config or include/config/auto.conf")
 	}
 	cfgPath := filepath.Join(real, cfgRel)
 	data, _, err := kmp.ReadRootFile(root, cfgRel, maxKernelConfig)
 	if err != nil {
-		return nil, inputErrorf(cfgPath, "%v", trimRel(err, cfgRel))
+		return nil, kmp.InputErrorf(cfgPath, "%v", trimRel(err, cfgRel))
 	}
 	if t.Config, err = ParseKernelConfig(cfgPath, data); err != nil {
 		return nil, err
@@ -122,7 +122,7 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 	_, kvErr := root.Lstat(".kernelvariables")
 	t.Layout, t.Flavor = layoutAndFlavor(real, t.Release, kvErr == nil)
 	if err := ident.Flavor(t.Flavor); err != nil {
-		return nil, inputErrorf(dir, "%v", err)
+		return nil, kmp.InputErrorf(dir, "%v", err)
 	}
 	t.Arch = t.Config.Arch()
 	t.Modversions = t.Config.Enabled("CONFIG_MODVERSIONS")
@@ -142,7 +142,7 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 	if _, err := root.Lstat("Module.symvers"); err == nil {
 		data, _, err := kmp.ReadRootFile(root, "Module.symvers", maxSymvers)
 		if err != nil {
-			return nil, inputErrorf(sv, "%v", trimRel(err, "Module.symvers"))
+			return nil, kmp.InputErrorf(sv, "%v", trimRel(err, "Module.symvers"))
 		}
 		s, err := module.ParseSymvers(sv, bytes.NewReader(data))
 		if err != nil {
@@ -177,25 +177,25 @@ func readRelease(root *os.Root, dir string) (string, error) {
 	if _, err := root.Lstat(uts); err == nil {
 		b, _, err := kmp.ReadRootFile(root, uts, maxSmallFile)
 		if err != nil {
-			return "", inputErrorf(filepath.Join(dir, uts), "%v", trimRel(err, uts))
+			return "", kmp.InputErrorf(filepath.Join(dir, uts), "%v", trimRel(err, uts))
 		}
 		m := utsReleaseRE.FindSubmatch(b)
 		if m == nil {
-			return "", inputErrorf(filepath.Join(dir, uts), "no UTS_RELEASE definition")
+			return "", kmp.InputErrorf(filepath.Join(dir, uts), "no UTS_RELEASE definition")
 		}
 		if err := ident.KernelRelease(string(m[1])); err != nil {
-			return "", inputErrorf(filepath.Join(dir, uts), "%v", err)
+			return "", kmp.InputErrorf(filepath.Join(dir, uts), "%v", err)
 		}
 		return string(m[1]), nil
 	}
 	if b, _, err := kmp.ReadRootFile(root, kr, maxSmallFile); err == nil {
 		r := strings.TrimSpace(string(b))
 		if err := ident.KernelRelease(r); err != nil {
-			return "", inputErrorf(filepath.Join(dir, kr), "%v", err)
+			return "", kmp.InputErrorf(filepath.Join(dir, kr), "%v", err)
 		}
 		return r, nil
 	}
-	return "", inputErrorf(dir, "not a kernel devel tree: no include/generated/utsrelease.h (run `make modules_prepare` in it?)")
+	return "", kmp.InputErrorf(dir, "not a kernel devel tree: no include/generated/utsrelease.h (run `make modules_prepare` in it?)")
 }
 
 var suseObjRE = regexp.MustCompile(`/linux-[^/]*-obj/[^/]+/([^/]+)$`)

@@ -143,7 +143,7 @@ func decompressTwice(path string, c Compression, open func() (io.Reader, error),
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return inputErrorf(path, "corrupt %s data: %v", c, err)
+		return kmp.InputErrorf(path, "corrupt %s data: %v", c, err)
 	}
 	pass := func(dst []byte) (int64, error) {
 		src, err := open()
@@ -160,7 +160,7 @@ func decompressTwice(path string, c Compression, open func() (io.Reader, error),
 			n, err := io.ReadFull(lr, dst)
 			if err != nil {
 				if err == io.ErrUnexpectedEOF {
-					return int64(n), inputErrorf(path, "changed while it was read")
+					return int64(n), kmp.InputErrorf(path, "changed while it was read")
 				}
 				return int64(n), corrupt(err)
 			}
@@ -170,7 +170,7 @@ func decompressTwice(path string, c Compression, open func() (io.Reader, error),
 				return int64(n), corrupt(err)
 			}
 			if extra != 0 {
-				return int64(n) + extra, inputErrorf(path, "changed while it was read")
+				return int64(n) + extra, kmp.InputErrorf(path, "changed while it was read")
 			}
 			return int64(n), nil
 		}
@@ -190,7 +190,7 @@ func decompressTwice(path string, c Compression, open func() (io.Reader, error),
 		}
 		total := int64(n) + rest
 		if total > MaxDecompressed {
-			return 0, inputErrorf(path, "decompresses to more than %d bytes", MaxDecompressed)
+			return 0, kmp.InputErrorf(path, "decompresses to more than %d bytes", MaxDecompressed)
 		}
 		return total, nil
 	}
@@ -237,7 +237,7 @@ func ReadInput(path string, check HeadCheck) ([]byte, Compression, error) {
 		}
 	}
 	if fi.Size() > MaxInputFile {
-		return nil, c, inputErrorf(path, "%d bytes: larger than the %d bytes kmpack reads", fi.Size(), MaxInputFile)
+		return nil, c, kmp.InputErrorf(path, "%d bytes: larger than the %d bytes kmpack reads", fi.Size(), MaxInputFile)
 	}
 	if c == CompressNone {
 		// Read what the file holds now, up to the cap: it may have changed since Stat.
@@ -252,7 +252,7 @@ func ReadInput(path string, check HeadCheck) ([]byte, Compression, error) {
 		}
 		var one [1]byte
 		if m, _ := f.Read(one[:]); m != 0 {
-			return nil, c, inputErrorf(path, "changed while it was read")
+			return nil, c, kmp.InputErrorf(path, "changed while it was read")
 		}
 		return data, c, nil
 	}
@@ -273,7 +273,7 @@ func openRegular(path string) (*os.File, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, inputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
+		return nil, kmp.InputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -284,7 +284,7 @@ func openRegular(path string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		return nil, inputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
+		return nil, kmp.InputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
 	}
 	return f, nil
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // ModinfoField is one key=value string of a module's .modinfo section, in file order.
@@ -123,16 +125,16 @@ func ReadModule(path string) (*ModuleInfo, error) {
 
 // ParseModule parses an uncompressed module image. path only names it in errors and in the result.
 func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
-	defer guard(path, &err)
+	defer kmp.Guard(path, &err)
 	if !bytes.HasPrefix(data, []byte(elf.ELFMAG)) {
-		return nil, inputErrorf(path, "not a kernel module: no ELF magic at offset 0")
+		return nil, kmp.InputErrorf(path, "not a kernel module: no ELF magic at offset 0")
 	}
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
-		return nil, inputErrorf(path, "not an ELF kernel module: %v", err)
+		return nil, kmp.InputErrorf(path, "not an ELF kernel module: %v", err)
 	}
 	if f.Type != elf.ET_REL {
-		return nil, inputErrorf(path, "not a kernel module: ELF type is %v, want ET_REL", f.Type)
+		return nil, kmp.InputErrorf(path, "not a kernel module: ELF type is %v, want ET_REL", f.Type)
 	}
 	m = &ModuleInfo{
 		Path: path, Compression: CompressNone,
@@ -141,11 +143,11 @@ func ParseModule(path string, data []byte) (m *ModuleInfo, err error) {
 	}
 	modinfo := f.Section(".modinfo")
 	if modinfo == nil {
-		return nil, inputErrorf(path, "not a kernel module: no .modinfo section")
+		return nil, kmp.InputErrorf(path, "not a kernel module: no .modinfo section")
 	}
 	raw, err := sectionBytes(data, modinfo)
 	if err != nil {
-		return nil, inputErrorf(path, "section .modinfo: %v", err)
+		return nil, kmp.InputErrorf(path, "section .modinfo: %v", err)
 	}
 	m.Fields = splitModinfo(raw)
 	m.applyFields(path)
@@ -332,10 +334,10 @@ func (m *ModuleInfo) readImports(f *elf.File, data []byte, path string) error {
 	}
 	raw, err := sectionBytes(data, s)
 	if err != nil {
-		return inputErrorf(path, "section __versions: %v", err)
+		return kmp.InputErrorf(path, "section __versions: %v", err)
 	}
 	if len(raw)%modversionEntrySize != 0 {
-		return inputErrorf(path, "section __versions at offset %#x: size %d is not a multiple of %d", s.Offset, len(raw), modversionEntrySize)
+		return kmp.InputErrorf(path, "section __versions at offset %#x: size %d is not a multiple of %d", s.Offset, len(raw), modversionEntrySize)
 	}
 	crcLen := 8
 	if f.Class == elf.ELFCLASS32 {
@@ -352,11 +354,11 @@ func (m *ModuleInfo) readImports(f *elf.File, data []byte, path string) error {
 		name := e[crcLen:]
 		end := bytes.IndexByte(name, 0)
 		if end < 0 {
-			return inputErrorf(path, "section __versions at offset %#x: symbol name is not NUL-terminated", s.Offset+uint64(off))
+			return kmp.InputErrorf(path, "section __versions at offset %#x: symbol name is not NUL-terminated", s.Offset+uint64(off))
 		}
 		sym := string(name[:end])
 		if !symbolNameOK(sym) {
-			return inputErrorf(path, "section __versions at offset %#x: bad symbol name %q", s.Offset+uint64(off), sym)
+			return kmp.InputErrorf(path, "section __versions at offset %#x: bad symbol name %q", s.Offset+uint64(off), sym)
 		}
 		// libkmod drops a leading '.' (ppc64 ELFv1 function descriptors); so do we, to agree.
 		sym = strings.TrimPrefix(sym, ".")
@@ -387,25 +389,25 @@ func symbolNameOK(s string) bool {
 func (m *ModuleInfo) readExtendedImports(f *elf.File, data []byte, path string, names, crcs *elf.Section) error {
 	nraw, err := sectionBytes(data, names)
 	if err != nil {
-		return inputErrorf(path, "section __version_ext_names: %v", err)
+		return kmp.InputErrorf(path, "section __version_ext_names: %v", err)
 	}
 	craw, err := sectionBytes(data, crcs)
 	if err != nil {
-		return inputErrorf(path, "section __version_ext_crcs: %v", err)
+		return kmp.InputErrorf(path, "section __version_ext_crcs: %v", err)
 	}
 	if len(craw)%4 != 0 {
-		return inputErrorf(path, "section __version_ext_crcs at offset %#x: size %d is not a multiple of 4", crcs.Offset, len(craw))
+		return kmp.InputErrorf(path, "section __version_ext_crcs at offset %#x: size %d is not a multiple of 4", crcs.Offset, len(craw))
 	}
 	var syms []string
 	for i := 0; i < len(nraw); {
 		end := bytes.IndexByte(nraw[i:], 0)
 		if end < 0 {
-			return inputErrorf(path, "section __version_ext_names at offset %#x: name is not NUL-terminated", names.Offset+uint64(i))
+			return kmp.InputErrorf(path, "section __version_ext_names at offset %#x: name is not NUL-terminated", names.Offset+uint64(i))
 		}
 		if end > 0 {
 			sym := string(nraw[i : i+end])
 			if !symbolNameOK(sym) {
-				return inputErrorf(path, "section __version_ext_names at offset %#x: bad symbol name %q", names.Offset+uint64(i), sym)
+				return kmp.InputErrorf(path, "section __version_ext_names at offset %#x: bad symbol name %q", names.Offset+uint64(i), sym)
 			}
 			syms = append(syms, sym)
 		}
@@ -415,7 +417,7 @@ func (m *ModuleInfo) readExtendedImports(f *elf.File, data []byte, path string, 
 		}
 	}
 	if len(syms) != len(craw)/4 {
-		return inputErrorf(path, "extended modversions: %d names but %d CRCs", len(syms), len(craw)/4)
+		return kmp.InputErrorf(path, "extended modversions: %d names but %d CRCs", len(syms), len(craw)/4)
 	}
 	for i, sym := range syms {
 		m.Imports = append(m.Imports, SymbolCRC{Name: sym, CRC: uint64(f.ByteOrder.Uint32(craw[i*4:]))})
@@ -433,7 +435,7 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 		if err == elf.ErrNoSymbols {
 			return nil
 		}
-		return inputErrorf(path, "symbol table: %v", err)
+		return kmp.InputErrorf(path, "symbol table: %v", err)
 	}
 	type exp struct{ ExportedSymbol }
 	exports := map[string]*exp{}
@@ -451,7 +453,7 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 				continue
 			}
 			if !symbolNameOK(name) {
-				return inputErrorf(path, "exported symbol: bad name %q", name)
+				return kmp.InputErrorf(path, "exported symbol: bad name %q", name)
 			}
 			exports[name] = &exp{ExportedSymbol: ExportedSymbol{Name: name, GPLOnly: strings.Contains(sec, "gpl")}}
 		case strings.HasPrefix(s.Name, "__crc_"):
@@ -483,10 +485,10 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 			case s.Section != elf.SHN_UNDEF && s.Section < elf.SHN_LORESERVE:
 				b, err := secData(s.Section)
 				if err != nil {
-					return inputErrorf(path, "CRC of %q: %v", name, err)
+					return kmp.InputErrorf(path, "CRC of %q: %v", name, err)
 				}
 				if uint64(len(b)) < 4 || s.Value > uint64(len(b))-4 {
-					return inputErrorf(path, "CRC of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
+					return kmp.InputErrorf(path, "CRC of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 				}
 				e.CRC, e.HasCRC = uint64(f.ByteOrder.Uint32(b[s.Value:])), true
 			}
@@ -494,17 +496,17 @@ func (m *ModuleInfo) readExports(f *elf.File, data []byte, path string) error {
 		if s, ok := nss[name]; ok && s.Section != elf.SHN_UNDEF && s.Section < elf.SHN_LORESERVE {
 			b, err := secData(s.Section)
 			if err != nil {
-				return inputErrorf(path, "namespace of %q: %v", name, err)
+				return kmp.InputErrorf(path, "namespace of %q: %v", name, err)
 			}
 			if s.Value >= uint64(len(b)) {
-				return inputErrorf(path, "namespace of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
+				return kmp.InputErrorf(path, "namespace of %q: offset %#x outside section %q", name, s.Value, f.Sections[s.Section].Name)
 			}
 			str := b[s.Value:]
 			if i := bytes.IndexByte(str, 0); i >= 0 {
 				str = str[:i]
 			}
 			if str := string(str); str != "" && !symbolNameOK(str) { // "" is no namespace (5.4-5.16)
-				return inputErrorf(path, "namespace of %q: bad name %q", name, str)
+				return kmp.InputErrorf(path, "namespace of %q: bad name %q", name, str)
 			}
 			e.Namespace = string(str)
 		}

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // ModuleSignature is the signature the kernel's sign-file appends to a module
@@ -67,7 +69,7 @@ func parseAppendedSignature(path string, data []byte) (*ModuleSignature, error) 
 	size := len(data) - len(moduleSigMagic)
 	const hdrLen = 12
 	if size < hdrLen {
-		return nil, inputErrorf(path, "signature trailer at offset %#x: too short for struct module_signature", size)
+		return nil, kmp.InputErrorf(path, "signature trailer at offset %#x: too short for struct module_signature", size)
 	}
 	size -= hdrLen
 	h := data[size : size+hdrLen]
@@ -76,17 +78,17 @@ func parseAppendedSignature(path string, data []byte) (*ModuleSignature, error) 
 	// wrap (on 32-bit machines int(u32) may be negative) and the subtractions below stay >= 0.
 	sigLen64 := uint64(binary.BigEndian.Uint32(h[8:]))
 	if algo >= len(pkeyAlgo) || hash >= len(pkeyHashAlgo) || idType >= len(pkeyIDType) {
-		return nil, inputErrorf(path, "signature header at offset %#x: unknown algorithm %d, hash %d or id type %d", size, algo, hash, idType)
+		return nil, kmp.InputErrorf(path, "signature header at offset %#x: unknown algorithm %d, hash %d or id type %d", size, algo, hash, idType)
 	}
 	if sigLen64 == 0 || uint64(signerLen)+uint64(keyIDLen)+sigLen64 > uint64(size) {
-		return nil, inputErrorf(path, "signature header at offset %#x: lengths (signer %d, key id %d, signature %d) exceed the file", size, signerLen, keyIDLen, sigLen64)
+		return nil, kmp.InputErrorf(path, "signature header at offset %#x: lengths (signer %d, key id %d, signature %d) exceed the file", size, signerLen, keyIDLen, sigLen64)
 	}
 	sigLen := int(sigLen64)
 	sig := &ModuleSignature{IDType: pkeyIDType[idType], Size: len(data) - size + signerLen + keyIDLen + sigLen}
 	blob := data[size-sigLen : size]
 	if idType == 2 {
 		if err := sig.fillPKCS7(blob); err != nil {
-			return nil, inputErrorf(path, "PKCS#7 signature at offset %#x: %v", size-sigLen, err)
+			return nil, kmp.InputErrorf(path, "PKCS#7 signature at offset %#x: %v", size-sigLen, err)
 		}
 		return sig, nil
 	}

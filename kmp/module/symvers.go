@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // Symbol is one exported symbol of a kernel build, as Module.symvers records it.
@@ -74,7 +76,7 @@ func ReadSymvers(path string) (*Symvers, error) {
 // plus the 3-column form of very old kernels (crc symbol module). A blank line is allowed; any
 // other malformed line is an error naming its line number.
 func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
-	defer guard(path, &err)
+	defer kmp.Guard(path, &err)
 	sv = &Symvers{Path: path, byName: map[string]int{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
@@ -99,26 +101,26 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 				sym = Symbol{Module: cols[2], Export: cols[3], Namespace: cols[4]}
 			}
 		default:
-			return nil, inputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
+			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
 		}
 		// Names, modules and namespaces are identifiers: a control character in one (a CR
 		// mid-line, an escape) is a corrupt file, and would not survive being written back.
 		if strings.ContainsFunc(strings.Join(cols, ""), unicode.IsControl) {
-			return nil, inputErrorf(path, "line %d: control character in a field", line)
+			return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
 		}
 		crc, err := parseCRC(cols[0])
 		if err != nil {
-			return nil, inputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
+			return nil, kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
 		}
 		sym.CRC, sym.Name = crc, cols[1]
 		if sym.Name == "" || strings.ContainsAny(sym.Name, " \x00") {
-			return nil, inputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
+			return nil, kmp.InputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
 		}
 		if sym.Module == "" {
-			return nil, inputErrorf(path, "line %d: symbol %s has no module", line, sym.Name)
+			return nil, kmp.InputErrorf(path, "line %d: symbol %s has no module", line, sym.Name)
 		}
 		if sym.Export != "" && !strings.HasPrefix(sym.Export, "EXPORT_") {
-			return nil, inputErrorf(path, "line %d: bad export type %q", line, truncate(sym.Export, 40))
+			return nil, kmp.InputErrorf(path, "line %d: bad export type %q", line, truncate(sym.Export, 40))
 		}
 		if i, dup := sv.byName[sym.Name]; dup {
 			sv.Symbols[i] = sym // modpost lets the last definition win
@@ -128,10 +130,10 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 		sv.Symbols = append(sv.Symbols, sym)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, inputErrorf(path, "line %d: %v", line+1, err)
+		return nil, kmp.InputErrorf(path, "line %d: %v", line+1, err)
 	}
 	if len(sv.Symbols) == 0 {
-		return nil, inputErrorf(path, "no symbols: not a Module.symvers file")
+		return nil, kmp.InputErrorf(path, "no symbols: not a Module.symvers file")
 	}
 	return sv, nil
 }

@@ -85,7 +85,7 @@ const maxDKMSDirectives = 16 << 20
 // A file that is not valid bash is an *InputError.
 func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf, err error) {
 	if _, err := os.Stat(path); err != nil {
-		return nil, inputErrorf(path, "cannot read dkms.conf: %v", kmp.UnwrapPathError(err))
+		return nil, kmp.InputErrorf(path, "cannot read dkms.conf: %v", kmp.UnwrapPathError(err))
 	}
 	// bash -n parses without running: a syntax error is reported before anything runs, which
 	// dkms itself does not do (it sources what parses and carries on).
@@ -99,14 +99,14 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 			return nil, context.Cause(ctx)
 		}
 		if checkCtx.Err() != nil {
-			return nil, inputErrorf(path, "checking dkms.conf's syntax did not finish within %v", DKMSEvalTimeout)
+			return nil, kmp.InputErrorf(path, "checking dkms.conf's syntax did not finish within %v", DKMSEvalTimeout)
 		}
 		msg := strings.TrimSpace(synErr.String())
 		msg = strings.TrimPrefix(msg, path+": ")
 		if i := strings.IndexByte(msg, '\n'); i >= 0 {
 			msg = msg[:i]
 		}
-		return nil, inputErrorf(path, "not valid bash: %s", msg)
+		return nil, kmp.InputErrorf(path, "not valid bash: %s", msg)
 	}
 
 	evalCtx, cancel := context.WithTimeout(ctx, DKMSEvalTimeout)
@@ -144,20 +144,20 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		return nil, context.Cause(ctx)
 	}
 	if evalCtx.Err() != nil {
-		return nil, inputErrorf(path, "evaluating dkms.conf did not finish within %v", DKMSEvalTimeout)
+		return nil, kmp.InputErrorf(path, "evaluating dkms.conf did not finish within %v", DKMSEvalTimeout)
 	}
 	if waitErr != nil {
 		if _, _, ran := proc.ExitCode(waitErr); !ran {
 			return nil, fmt.Errorf("running bash: %w", waitErr)
 		}
-		return nil, inputErrorf(path, "evaluating dkms.conf failed: %v: %s", waitErr, kmp.FirstLine(stderr.String()))
+		return nil, kmp.InputErrorf(path, "evaluating dkms.conf failed: %v: %s", waitErr, kmp.FirstLine(stderr.String()))
 	}
 	fi, err := outFile.Stat()
 	if err != nil {
 		return nil, err
 	}
 	if fi.Size() > maxDKMSDirectives {
-		return nil, inputErrorf(path, "evaluating dkms.conf: its directives take %d bytes, more than %d", fi.Size(), maxDKMSDirectives)
+		return nil, kmp.InputErrorf(path, "evaluating dkms.conf: its directives take %d bytes, more than %d", fi.Size(), maxDKMSDirectives)
 	}
 	var out bytes.Buffer
 	if _, err := out.ReadFrom(io.NewSectionReader(outFile, 0, maxDKMSDirectives)); err != nil {
@@ -377,7 +377,7 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 		}
 	}
 	if len(problems) > 0 {
-		return nil, inputErrorf(conf.Path, "%s", strings.Join(problems, "; "))
+		return nil, kmp.InputErrorf(conf.Path, "%s", strings.Join(problems, "; "))
 	}
 	if n == 0 {
 		p.Warnings = append(p.Warnings, fmt.Sprintf("%s: zero modules specified", conf.Path))

@@ -39,7 +39,7 @@ type SourceFile struct {
 func (s *Source) Files() ([]SourceFile, []byte, error) {
 	root, err := os.OpenRoot(s.Dir)
 	if err != nil {
-		return nil, nil, inputErrorf(s.Dir, "cannot open the source: %v", kmp.UnwrapPathError(err))
+		return nil, nil, kmp.InputErrorf(s.Dir, "cannot open the source: %v", kmp.UnwrapPathError(err))
 	}
 	defer root.Close()
 	var out []SourceFile
@@ -61,22 +61,22 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := root.Readlink(rel)
 			if err != nil {
-				return inputErrorf(p, "%v", kmp.UnwrapPathError(err))
+				return kmp.InputErrorf(p, "%v", kmp.UnwrapPathError(err))
 			}
 			resolved, err := resolveInRoot(root, rel)
 			if err != nil {
-				return inputErrorf(p, "symlink to %s %v; a source package cannot ship it", strconv.QuoteToASCII(t), err)
+				return kmp.InputErrorf(p, "symlink to %s %v; a source package cannot ship it", strconv.QuoteToASCII(t), err)
 			}
 			// os.Root's own resolution must agree that the chain stays inside.
 			if _, err := root.Stat(rel); err != nil {
-				return inputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), kmp.UnwrapPathError(err))
+				return kmp.InputErrorf(p, "symlink to %s: %v; a source package cannot ship it", strconv.QuoteToASCII(t), kmp.UnwrapPathError(err))
 			}
 			links = append(links, link{p, rel, t, resolved})
 			ship(rel)
 		case fi.Mode().IsRegular():
 			b, mode, err := readRegularInRoot(root, rel)
 			if err != nil {
-				return inputErrorf(p, "%v", err)
+				return kmp.InputErrorf(p, "%v", err)
 			}
 			if rel == "dkms.conf" {
 				conf = b
@@ -91,18 +91,18 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 	}
 	for _, l := range links {
 		if !shipped[l.resolved] {
-			return nil, nil, inputErrorf(l.path, "symlink to %s leads to %s, which the source package does not ship", strconv.QuoteToASCII(l.target), l.resolved)
+			return nil, nil, kmp.InputErrorf(l.path, "symlink to %s leads to %s, which the source package does not ship", strconv.QuoteToASCII(l.target), l.resolved)
 		}
 		target, err := filepath.Rel(path.Dir(l.rel), l.resolved)
 		if err != nil {
-			return nil, nil, inputErrorf(l.path, "%v", err)
+			return nil, nil, kmp.InputErrorf(l.path, "%v", err)
 		}
 		out = append(out, SourceFile{Path: l.rel, Mode: 0o777, Link: true, Target: filepath.ToSlash(target)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	if s.Kind == SourceDKMS {
 		if conf == nil {
-			return nil, nil, inputErrorf(s.File, "dkms.conf is not at the source root")
+			return nil, nil, kmp.InputErrorf(s.File, "dkms.conf is not at the source root")
 		}
 		return out, conf, nil
 	}
@@ -117,7 +117,7 @@ func (s *Source) Files() ([]SourceFile, []byte, error) {
 	for _, e := range extra {
 		for _, f := range out {
 			if f.Path == e.Path {
-				return nil, nil, inputErrorf(s.Dir, "%s exists, and the generated dkms.conf needs that name", e.Path)
+				return nil, nil, kmp.InputErrorf(s.Dir, "%s exists, and the generated dkms.conf needs that name", e.Path)
 			}
 		}
 		out = append(out, e)
@@ -168,7 +168,7 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 		if path.Dir(filepath.ToSlash(filepath.Clean(p.File))) != "patches" {
 			body, err := readSourceFile(filepath.Dir(s.path), p.File)
 			if err != nil {
-				return nil, nil, inputErrorf(s.path, "patches[%d]: %v", i, err)
+				return nil, nil, kmp.InputErrorf(s.path, "patches[%d]: %v", i, err)
 			}
 			extra = append(extra, SourceFile{Path: "patches/" + name, Mode: 0o644, Body: body})
 		}
@@ -191,7 +191,7 @@ func DKMSConfFromSpec(s *Spec) ([]byte, []SourceFile, error) {
 	}
 	mods := s.Modules
 	if len(mods) == 0 {
-		return nil, nil, inputErrorf(s.path, "a dkms.conf needs the module list: add modules: to %s", SpecFileName)
+		return nil, nil, kmp.InputErrorf(s.path, "a dkms.conf needs the module list: add modules: to %s", SpecFileName)
 	}
 	for i, m := range mods {
 		fmt.Fprintf(&b, "BUILT_MODULE_NAME[%d]=%s\n", i, kmp.ShellQuote(m.Name))

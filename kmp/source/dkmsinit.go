@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/kernel"
 )
 
@@ -18,7 +19,7 @@ import (
 // warning (as does anything a spec cannot say, such as BUILD_DEPENDS).
 func SpecFromDKMS(ctx context.Context, src *Source, trees []*kernel.KernelTree) (*Spec, []string, error) {
 	if src.Kind != SourceDKMS {
-		return nil, nil, inputErrorf(src.Dir, "no dkms.conf to convert (found %s)", src.Kind)
+		return nil, nil, kmp.InputErrorf(src.Dir, "no dkms.conf to convert (found %s)", src.Kind)
 	}
 	if len(trees) == 0 {
 		return nil, nil, fmt.Errorf("no kernel tree to evaluate dkms.conf for")

@@ -64,7 +64,7 @@ func OpenSource(path string) (*Source, error) {
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return nil, inputErrorf(path, "cannot open module source: %v", kmp.UnwrapPathError(err))
+		return nil, kmp.InputErrorf(path, "cannot open module source: %v", kmp.UnwrapPathError(err))
 	}
 	s := &Source{Dir: abs}
 	if !fi.IsDir() {
@@ -75,7 +75,7 @@ func OpenSource(path string) (*Source, error) {
 		case strings.HasSuffix(abs, ".yaml") || strings.HasSuffix(abs, ".yml"):
 			s.Kind, s.File = SourceSpec, abs
 		default:
-			return nil, inputErrorf(path, "not a module source: expected a directory, a kmpack.yaml or a dkms.conf")
+			return nil, kmp.InputErrorf(path, "not a module source: expected a directory, a kmpack.yaml or a dkms.conf")
 		}
 	} else if f := filepath.Join(abs, SpecFileName); exists(f) {
 		s.Kind, s.File = SourceSpec, f
@@ -84,7 +84,7 @@ func OpenSource(path string) (*Source, error) {
 	} else if exists(filepath.Join(abs, "Kbuild")) || exists(filepath.Join(abs, "Makefile")) {
 		s.Kind = SourceKbuild
 	} else {
-		return nil, inputErrorf(path, "not a module source: no kmpack.yaml, dkms.conf, Kbuild or Makefile")
+		return nil, kmp.InputErrorf(path, "not a module source: no kmpack.yaml, dkms.conf, Kbuild or Makefile")
 	}
 	switch s.Kind {
 	case SourceSpec:
@@ -151,10 +151,10 @@ func (s *Source) Identify(ctx context.Context, tree *kernel.KernelTree, jobs int
 		}
 	}
 	if err := ident.PackageName(s.Name); err != nil {
-		return inputErrorf(s.File, "PACKAGE_NAME: %v", err)
+		return kmp.InputErrorf(s.File, "PACKAGE_NAME: %v", err)
 	}
 	if err := ident.Version(s.Version); err != nil {
-		return inputErrorf(s.File, "PACKAGE_VERSION: %v", err)
+		return kmp.InputErrorf(s.File, "PACKAGE_VERSION: %v", err)
 	}
 	s.identified = true
 	return nil
@@ -197,7 +197,7 @@ func (s *Source) Plan(ctx context.Context, tree *kernel.KernelTree, ws *Workspac
 		return nil, err
 	}
 	if p.Name != s.Name || p.Version != s.Version {
-		return nil, inputErrorf(s.File, "PACKAGE_NAME/PACKAGE_VERSION change with the kernel (%s/%s for %s, %s/%s before)",
+		return nil, kmp.InputErrorf(s.File, "PACKAGE_NAME/PACKAGE_VERSION change with the kernel (%s/%s for %s, %s/%s before)",
 			p.Name, p.Version, tree.Release, s.Name, s.Version)
 	}
 	p.DKMSHooks = true

@@ -102,7 +102,7 @@ const SpecFileName = "kmpack.yaml"
 func ReadSpec(path string) (*Spec, error) {
 	b, err := readInDir(path, MaxSpecSize)
 	if err != nil {
-		return nil, inputErrorf(path, "cannot read spec: %v", err)
+		return nil, kmp.InputErrorf(path, "cannot read spec: %v", err)
 	}
 	return ParseSpec(path, b)
 }
@@ -128,28 +128,28 @@ func readInDir(path string, max int64) ([]byte, error) {
 
 // ParseSpec parses kmpack.yaml bytes; path is used in errors and to resolve relative paths.
 func ParseSpec(path string, b []byte) (s *Spec, err error) {
-	defer guard(path, &err)
+	defer kmp.Guard(path, &err)
 	s = &Spec{}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, inputErrorf(path, "empty spec")
+			return nil, kmp.InputErrorf(path, "empty spec")
 		}
 		msg := strings.TrimPrefix(err.Error(), "yaml: ")
 		msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
-		return nil, inputErrorf(path, "%s", strings.ReplaceAll(msg, "\n  ", "; "))
+		return nil, kmp.InputErrorf(path, "%s", strings.ReplaceAll(msg, "\n  ", "; "))
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, inputErrorf(path, "more than one YAML document")
+		return nil, kmp.InputErrorf(path, "more than one YAML document")
 	}
 	s.path = path
 	// A description's leading blank lines carry nothing in any package format, and YAML cannot
 	// write them back (a block scalar drops them): kmpack init must not change the spec.
 	s.Description = strings.TrimLeft(s.Description, "\n")
 	if err := s.validate(); err != nil {
-		return nil, inputErrorf(path, "%v", err)
+		return nil, kmp.InputErrorf(path, "%v", err)
 	}
 	return s, nil
 }

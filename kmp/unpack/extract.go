@@ -60,7 +60,7 @@ type unpackBudget struct {
 type createdLink struct{ rel, archive string }
 
 func (x *extractor) fail(name, format string, args ...any) error {
-	return inputErrorf(x.archive, "entry %q: %s", name, fmt.Sprintf(format, args...))
+	return kmp.InputErrorf(x.archive, "entry %q: %s", name, fmt.Sprintf(format, args...))
 }
 
 // clean validates an entry name and returns it relative to root ("" for the root itself).
@@ -293,7 +293,7 @@ func (x *extractor) Special(name, kind string) error {
 func checkLinks(root *os.Root, links []createdLink) error {
 	for _, l := range links {
 		if _, err := resolveInside(root, l.rel); err != nil {
-			return inputErrorf(l.archive, "symlink %q: %v", l.rel, err)
+			return kmp.InputErrorf(l.archive, "symlink %q: %v", l.rel, err)
 		}
 	}
 	return nil

@@ -43,7 +43,7 @@ func DetectPackage(path string) (PackageKind, error) {
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return "", inputErrorf(path, "not a regular file")
+		return "", kmp.InputErrorf(path, "not a regular file")
 	}
 	head := make([]byte, 8)
 	n, _ := io.ReadFull(f, head)
@@ -53,7 +53,7 @@ func DetectPackage(path string) (PackageKind, error) {
 	case n >= 4 && bytes.Equal(head[:4], []byte{0xed, 0xab, 0xee, 0xdb}):
 		return PackageRPM, nil
 	}
-	return "", inputErrorf(path, "not a .deb or .rpm package")
+	return "", kmp.InputErrorf(path, "not a .deb or .rpm package")
 }
 
 // PackageSet is package files unpacked together into one root in the cache.
@@ -287,7 +287,7 @@ func fileSHA256(path string) (string, int64, error) {
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return "", 0, inputErrorf(path, "not a regular file")
+		return "", 0, kmp.InputErrorf(path, "not a regular file")
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, f)
@@ -299,7 +299,7 @@ func fileSHA256(path string) (string, int64, error) {
 
 // unpackPackage extracts one package's files into root.
 func unpackPackage(path string, root *os.Root, budget *unpackBudget) (err error) {
-	defer guard(path, &err)
+	defer kmp.Guard(path, &err)
 	kind, err := DetectPackage(path)
 	if err != nil {
 		return err
@@ -326,7 +326,7 @@ func unpackDeb(path string, x *extractor) error {
 	defer f.Close()
 	r, err := newArReader(bufio.NewReader(f))
 	if err != nil {
-		return inputErrorf(path, "not a Debian package: %v", err)
+		return kmp.InputErrorf(path, "not a Debian package: %v", err)
 	}
 	sawBinary := false
 	for {
@@ -335,19 +335,19 @@ func unpackDeb(path string, x *extractor) error {
 			break
 		}
 		if err != nil {
-			return inputErrorf(path, "corrupt ar archive: %v", err)
+			return kmp.InputErrorf(path, "corrupt ar archive: %v", err)
 		}
 		name := h.Name
 		switch {
 		case name == "debian-binary":
 			b, _ := io.ReadAll(io.LimitReader(r, 64))
 			if !strings.HasPrefix(string(b), "2.") {
-				return inputErrorf(path, "unsupported deb format %q", strings.TrimSpace(string(b)))
+				return kmp.InputErrorf(path, "unsupported deb format %q", strings.TrimSpace(string(b)))
 			}
 			sawBinary = true
 		case strings.HasPrefix(name, "data.tar"):
 			if !sawBinary {
-				return inputErrorf(path, "data member before debian-binary: not a Debian package")
+				return kmp.InputErrorf(path, "data member before debian-binary: not a Debian package")
 			}
 			var c module.Compression
 			switch strings.TrimPrefix(name, "data.tar") {
@@ -362,17 +362,17 @@ func unpackDeb(path string, x *extractor) error {
 			case ".bz2":
 				return untar(path, bzip2.NewReader(io.LimitReader(r, h.Size)), x)
 			default:
-				return inputErrorf(path, "unsupported member %q", name)
+				return kmp.InputErrorf(path, "unsupported member %q", name)
 			}
 			dr, done, err := module.DecompressReader(io.LimitReader(r, h.Size), c)
 			if err != nil {
-				return inputErrorf(path, "member %q: %v", name, err)
+				return kmp.InputErrorf(path, "member %q: %v", name, err)
 			}
 			defer done()
 			return untar(path, dr, x)
 		}
 	}
-	return inputErrorf(path, "no data.tar member: not a Debian binary package")
+	return kmp.InputErrorf(path, "no data.tar member: not a Debian binary package")
 }
 
 func untar(path string, r io.Reader, x *extractor) error {
@@ -383,7 +383,7 @@ func untar(path string, r io.Reader, x *extractor) error {
 			return nil
 		}
 		if err != nil {
-			return inputErrorf(path, "corrupt data.tar: %v", err)
+			return kmp.InputErrorf(path, "corrupt data.tar: %v", err)
 		}
 		mode := fs.FileMode(h.Mode).Perm()
 		switch h.Typeflag {
@@ -417,18 +417,18 @@ func unpackRPM(path string, x *extractor) error {
 	}
 	defer f.Close()
 	if err := checkRPMHeaderSizes(f); err != nil {
-		return inputErrorf(path, "corrupt RPM header: %v", err)
+		return kmp.InputErrorf(path, "corrupt RPM header: %v", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 	rpm, err := rpmutils.ReadRpm(bufio.NewReader(f))
 	if err != nil {
-		return inputErrorf(path, "corrupt RPM header: %v", err)
+		return kmp.InputErrorf(path, "corrupt RPM header: %v", err)
 	}
 	pr, err := rpm.PayloadReaderExtended()
 	if err != nil {
-		return inputErrorf(path, "RPM payload: %v", err)
+		return kmp.InputErrorf(path, "RPM payload: %v", err)
 	}
 	// cpio stores a hard-link set's data with its last member; earlier members come empty.
 	pendingLinks := map[uint64][]string{}
@@ -439,7 +439,7 @@ func unpackRPM(path string, x *extractor) error {
 			return nil
 		}
 		if err != nil {
-			return inputErrorf(path, "corrupt RPM payload: %v", err)
+			return kmp.InputErrorf(path, "corrupt RPM payload: %v", err)
 		}
 		name := fi.Name()
 		mode := fs.FileMode(fi.Mode())
@@ -664,7 +664,7 @@ func OpenPackageTrees(cacheDir string, files []string) (*PackageSet, *kernel.Dis
 		if strings.Contains(strings.Join(files, " "), "common") && len(files) == 1 {
 			reason += " (a -common package needs its flavor's headers package too)"
 		}
-		return set, d, inputErrorf(strings.Join(files, ", "), "%s", reason)
+		return set, d, kmp.InputErrorf(strings.Join(files, ", "), "%s", reason)
 	}
 	return set, d, nil
 }
