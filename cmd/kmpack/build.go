@@ -41,8 +41,12 @@ that order), or the path of a kmpack.yaml or dkms.conf. It defaults to the curre
 Kernels come from --kernel (a tree directory, a glob, or .deb/.rpm files unpacked into the
 cache), else from the spec's kernels list, else from the trees installed on this machine.
 
-Each kernel builds in its own copy of the source; all builds share one job budget (--jobs)
-through a make jobserver. Results go to OUTPUT/modules/<release>/, logs to OUTPUT/logs/,
+Each kernel builds in its own copy of the source, which its commands see at dkms's own paths
+(/usr/src/<name>-<version>, /var/lib/dkms/<name>/<version>/build, /lib/modules/<release>/build)
+in a private mount namespace, with the host's /usr/src, /var/lib/dkms and /lib/modules
+read-only around it; nothing is mounted or written there on the host. Where namespaces are
+unavailable (or with --no-private-mounts) builds run in $TMPDIR workspaces, with a note. All
+builds share one job budget (--jobs) through a make jobserver. Results go to OUTPUT/modules/<release>/, logs to OUTPUT/logs/,
 and OUTPUT/manifest.json describes every kernel's outcome and module. A build whose inputs
 did not change is taken from the cache and not rebuilt.
 
@@ -67,6 +71,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything, ignoring cached results (fresh results replace the cache's)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "fail a kernel whose build takes longer than this (e.g. 30m; 0: no limit)"},
 			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
+			&cli.BoolFlag{Name: "no-private-mounts", Usage: "build in $TMPDIR workspaces instead of at dkms's paths in private mount namespaces"},
 			&cli.BoolFlag{Name: "ignore-build-depends", Usage: "build even when dkms.conf lists BUILD_DEPENDS"},
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
@@ -141,6 +146,7 @@ func runBuild(c *cli.Context) error {
 		Compression:        comp,
 		NoStrip:            c.Bool("no-strip"),
 		KeepWork:           c.Bool("keep-work"),
+		NoPrivateMounts:    c.Bool("no-private-mounts"),
 		Timeout:            c.Duration("timeout"),
 		IgnoreBuildDepends: c.Bool("ignore-build-depends"),
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },

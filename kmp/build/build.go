@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -49,6 +50,9 @@ type BuildOptions struct {
 	NoStrip bool
 	// IgnoreBuildDepends builds sources whose dkms.conf has BUILD_DEPENDS anyway.
 	IgnoreBuildDepends bool
+	// NoPrivateMounts builds in $TMPDIR workspaces even where private mount namespaces are
+	// available (see source.Workspace); without them that is what happens anyway, with a note.
+	NoPrivateMounts bool
 	// KeepWork keeps the workspaces of failed builds for inspection.
 	KeepWork bool
 	// Timeout, when set, bounds each kernel's build (patches, hooks, make, collection); a
@@ -151,8 +155,21 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	b := &builder{opts: opts, src: src, out: out, warned: map[string]bool{}, cancel: cancel, workTag: work.TagEnv()}
+	if b.bash, err = exec.LookPath("bash"); err != nil {
+		return nil, fmt.Errorf("build commands need bash: %w", err)
+	}
+	private := !opts.NoPrivateMounts
+	if private {
+		if err := probePrivateMounts(ctx, filepath.Join(work.Path, "probe"), trees[0]); err != nil {
+			private = false
+			b.warn(fmt.Sprintf("no private mount namespace for builds (%v): building in $TMPDIR workspaces instead of at dkms's paths; a source that embeds its build path (a configure step) or hard-codes /usr/src or /var/lib/dkms may build differently from dkms, and not reproducibly", err))
+		}
+	}
 	for _, t := range trees {
 		ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
+		if private {
+			ws = source.NewPrivateWorkspace(filepath.Join(work.Path, t.Release), t, src.Name, src.Version)
+		}
 		plan, err := src.Plan(ctx, t, ws, opts.Jobs)
 		if err != nil {
 			return nil, err
@@ -160,8 +177,13 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		for _, w := range plan.Warnings {
 			b.warn(w)
 		}
+		paths := manifest.PathsWorkspace
+		if ws.Private {
+			paths = manifest.PathsDKMS
+		}
 		b.jobs = append(b.jobs, &kernelJob{tree: t, ws: ws, plan: plan,
-			result: &manifest.KernelBuild{Release: t.Release, Tree: t.Dir, Flavor: t.Flavor, Arch: t.Arch, Status: manifest.StatusQueued, Modules: []*manifest.BuiltModule{}}})
+			result: &manifest.KernelBuild{Release: t.Release, Tree: t.Dir, Flavor: t.Flavor, Arch: t.Arch, Status: manifest.StatusQueued,
+				Paths: paths, Modules: []*manifest.BuiltModule{}}})
 	}
 	if b.srcHash, err = src.Hash(); err != nil {
 		return nil, fmt.Errorf("hashing the source: %w", err)
@@ -358,6 +380,7 @@ type builder struct {
 	cache   *os.Root
 	cancel  context.CancelCauseFunc
 	workTag string // proc.OwnerEnv=<workspace>, in every child's environment
+	bash    string // the shell that runs build commands, found on PATH once
 
 	mu     sync.Mutex
 	warned map[string]bool
@@ -371,6 +394,7 @@ type kernelJob struct {
 	result *manifest.KernelBuild
 	log    *os.File
 	output *cappedWriter // the commands' output into log
+	mounts *mountPlan    // the private mounts every command of a private workspace runs in
 	// temporary: a command of the build was killed by a signal (OOM killer, an operator).
 	temporary bool
 }
@@ -538,7 +562,7 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	}
 	// Workspace paths differ on every run; what the commands mean does not.
 	plan = bytes.ReplaceAll(plan, []byte(j.ws.Root), []byte("@WORKSPACE@"))
-	fmt.Fprintf(h, "plan %s\x00", plan)
+	fmt.Fprintf(h, "plan %s\x00paths %s\x00", plan, j.result.Paths)
 	fmt.Fprintf(h, "tree %s %s\x00", j.tree.Release, j.tree.Dir)
 	// The tree's identity is read through an os.Root at the tree: regular files only (a FIFO
 	// cannot block, a link cannot lead out), each bounded.
@@ -589,26 +613,34 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 	fmt.Fprintf(j.log, "kmpack (%s) build log for %s/%s for kernel %s (%s)\n", BuildEngineVersion, plan.Name, plan.Version, tree.Release, tree.Arch)
 	fmt.Fprintf(j.log, "kernel tree: %s\nworkspace: %s\n\n", tree.Dir, ws.Root)
 
-	if err := os.MkdirAll(filepath.Dir(ws.BuildDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(ws.HostBuildDir), 0o755); err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(ws.SourceDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(ws.HostSourceDir), 0o755); err != nil {
 		return "", err
 	}
-	if err := b.src.CopyTo(ws.SourceDir); err != nil {
+	if err := b.src.CopyTo(ws.HostSourceDir); err != nil {
 		return "", fmt.Errorf("copying the source: %w", err)
 	}
-	if err := os.Symlink(ws.SourceDir, filepath.Join(filepath.Dir(ws.BuildDir), "source")); err != nil {
+	// dkms's <name>/<version>/source link, to the source as the commands see it.
+	if err := os.Symlink(ws.SourceDir, filepath.Join(filepath.Dir(ws.HostBuildDir), "source")); err != nil {
 		return "", err
 	}
-	if err := b.src.CopyTo(ws.BuildDir); err != nil {
+	if err := b.src.CopyTo(ws.HostBuildDir); err != nil {
 		return "", fmt.Errorf("copying the source: %w", err)
+	}
+	if ws.Private {
+		if j.mounts, err = privateMounts(ws, tree); err != nil {
+			return "", fmt.Errorf("private build mounts: %w", err)
+		}
+		fmt.Fprintf(j.log, "private mounts: %s is %s, %s is %s, %s leads to %s (read-only)\n\n",
+			ws.SourceDir, ws.HostSourceDir, filepath.Dir(ws.BuildDir), filepath.Dir(ws.HostBuildDir), ws.KernelDir, tree.Dir)
 	}
 
 	for _, p := range plan.Patches {
 		// The patch is read through an os.Root on the build directory: a symlink in the
 		// source cannot make kmpack feed a host file to patch.
-		pf, err := kmp.OpenInside(ws.BuildDir, p)
+		pf, err := kmp.OpenInside(ws.HostBuildDir, p)
 		if err != nil {
 			return fmt.Sprintf("patch %s: %v", p, err), nil
 		}
@@ -638,7 +670,7 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 	if reason, err := b.hook(ctx, j, "POST_BUILD", plan.PostBuild); reason != "" || err != nil {
 		return reason, err
 	}
-	if sv, err := kmp.OpenInside(ws.BuildDir, "Module.symvers"); err == nil {
+	if sv, err := kmp.OpenInside(ws.HostBuildDir, "Module.symvers"); err == nil {
 		r.Symvers = filepath.Join("modules", tree.Release, "Module.symvers")
 		err := kmp.CopyFrom(sv, filepath.Join(b.stage, r.Symvers), 0o644)
 		sv.Close()
@@ -678,7 +710,7 @@ func (b *builder) hook(ctx context.Context, j *kernelJob, name, hook string) (st
 		if len(f) == 0 {
 			return "", nil
 		}
-		fi, err := kmp.StatInside(j.ws.BuildDir, f[0])
+		fi, err := kmp.StatInside(j.ws.HostBuildDir, f[0])
 		if err != nil || fi.Mode()&0o111 == 0 || fi.IsDir() {
 			msg := fmt.Sprintf("%s script %s is not executable: not run (as dkms does)", name, f[0])
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -714,7 +746,7 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	vars := []string{
 		"kernelver=" + kmp.ShellQuote(j.tree.Release),
 		"arch=" + kmp.ShellQuote(j.tree.Arch),
-		"kernel_source_dir=" + kmp.ShellQuote(j.tree.Dir),
+		"kernel_source_dir=" + kmp.ShellQuote(j.ws.Kernel(j.tree)),
 		"dkms_tree=" + kmp.ShellQuote(j.ws.DKMSTree),
 		"source_tree=" + kmp.ShellQuote(filepath.Dir(j.ws.SourceDir)),
 		"build_dir=" + kmp.ShellQuote(j.ws.BuildDir),
@@ -723,26 +755,48 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 		fmt.Sprintf("jobs=%d", b.opts.Jobs),
 	}
 	script := strings.Join(vars, "\n") + "\n" + command
-	cmd := proc.Command(ctx, "bash", "--noprofile", "--norc", "-c", script)
-	cmd.Dir = j.ws.BuildDir
-	cmd.Stdout, cmd.Stderr = j.output, j.output
-	if stdin != nil {
-		cmd.Stdin = stdin
-	}
-	cmd.ExtraFiles = b.js.files()
 	env := source.CleanBuildEnv(os.Environ())
 	env = append(env, "MAKEFLAGS="+b.js.makeflags(), "LC_ALL=C", b.workTag,
-		// Builds happen in a temporary workspace; its path must not end up in the modules.
-		"KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version,
 		// Kbuild's reproducible-build switch. Besides dating vmlinux, it stops 6.x kernels from
 		// running pahole with -j for module BTF, which (pahole < 1.27) orders types differently
 		// from run to run: without it a module's .BTF, and so its bytes, vary between builds.
 		"KBUILD_BUILD_TIMESTAMP="+buildTimestamp())
+	if !j.ws.Private {
+		// A workspace's path is random: it must not end up in the modules. (At dkms's
+		// paths the modules hold what dkms's would.)
+		env = append(env, "KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version)
+	}
 	if cc := j.tree.Compiler; cc.Available {
 		env = append(env, "CC="+cc.Command)
 	}
-	cmd.Env = env
-	err := proc.Run(cmd)
+	var cmd *exec.Cmd
+	var err error
+	if j.ws.Private {
+		var status, statusW *os.File
+		cmd, status, statusW, err = privateCommand(ctx, j.mounts, b.js.files(), env, b.bash, "--noprofile", "--norc", "-c", script)
+		if err != nil {
+			return 0, err
+		}
+		cmd.Stdout, cmd.Stderr = j.output, j.output
+		if stdin != nil {
+			cmd.Stdin = stdin
+		}
+		err = runPrivate(cmd, status, statusW)
+		var pm *privateMountError
+		if errors.As(err, &pm) && ctx.Err() == nil {
+			return 0, fmt.Errorf("%s: %w", what, err)
+		}
+	} else {
+		cmd = proc.Command(ctx, b.bash, "--noprofile", "--norc", "-c", script)
+		cmd.Dir = j.ws.BuildDir
+		cmd.Stdout, cmd.Stderr = j.output, j.output
+		if stdin != nil {
+			cmd.Stdin = stdin
+		}
+		cmd.ExtraFiles = b.js.files()
+		cmd.Env = env
+		err = proc.Run(cmd)
+	}
 	if ctx.Err() != nil {
 		fmt.Fprintf(j.log, "\n# stopped (process group killed): %v\n", context.Cause(ctx))
 		return 0, context.Cause(ctx)
@@ -773,7 +827,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 	var mods []found
 	if plan.AllModules {
 		var paths []string
-		err := filepath.WalkDir(ws.BuildDir, func(p string, d fs.DirEntry, err error) error {
+		err := filepath.WalkDir(ws.HostBuildDir, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && strings.HasSuffix(p, ".ko") {
 				paths = append(paths, p)
 			}
@@ -786,7 +840,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 		seen := map[string]string{}
 		for _, p := range paths {
 			name := strings.TrimSuffix(filepath.Base(p), ".ko")
-			rel, _ := filepath.Rel(ws.BuildDir, p)
+			rel, _ := filepath.Rel(ws.HostBuildDir, p)
 			if prev, dup := seen[name]; dup {
 				return fmt.Sprintf("two modules named %s.ko were built (%s and %s): list them in kmpack.yaml with distinct dest-name", name, prev, rel), nil
 			}
@@ -802,8 +856,8 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 			if m.Excluded != "" {
 				continue
 			}
-			p := filepath.Join(ws.BuildDir, m.BuiltLocation, m.BuiltName+".ko")
-			if _, err := kmp.StatInside(ws.BuildDir, filepath.Join(m.BuiltLocation, m.BuiltName+".ko")); err != nil {
+			p := filepath.Join(ws.HostBuildDir, m.BuiltLocation, m.BuiltName+".ko")
+			if _, err := kmp.StatInside(ws.HostBuildDir, filepath.Join(m.BuiltLocation, m.BuiltName+".ko")); err != nil {
 				return fmt.Sprintf("module #%d %s: the build did not produce %s", i, m.BuiltName,
 					filepath.Join(m.BuiltLocation, m.BuiltName+".ko")), nil
 			}
@@ -818,8 +872,8 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 	for _, f := range mods {
 		// Read through an os.Root on the build directory: a built "module" that is a symlink
 		// to a file outside it is not shipped.
-		built, _ := filepath.Rel(ws.BuildDir, f.path)
-		data, err := kmp.ReadInside(ws.BuildDir, built)
+		built, _ := filepath.Rel(ws.HostBuildDir, f.path)
+		data, err := kmp.ReadInside(ws.HostBuildDir, built)
 		if err != nil {
 			return fmt.Sprintf("module %s: %v", built, kmp.UnwrapPathError(err)), nil
 		}

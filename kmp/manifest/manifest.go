@@ -56,6 +56,12 @@ type BuildSummary struct {
 	Failed  int `json:"failed"`
 }
 
+// Where a kernel's build ran (KernelBuild.Paths).
+const (
+	PathsDKMS      = "dkms"
+	PathsWorkspace = "workspace"
+)
+
 // KernelBuild is one kernel's outcome.
 type KernelBuild struct {
 	Release string       `json:"release"`
@@ -76,6 +82,9 @@ type KernelBuild struct {
 	Duration float64  `json:"duration_seconds"`
 	Compiler string   `json:"compiler,omitempty"`
 	CacheKey string   `json:"cache_key,omitempty"`
+	// Paths is where the build's commands ran: PathsDKMS (dkms's own paths, in a private mount
+	// namespace) or PathsWorkspace (a $TMPDIR workspace, where namespaces are unavailable).
+	Paths string `json:"paths,omitempty"`
 	// Symvers is the Module.symvers the build wrote, relative to the output directory.
 	Symvers  string           `json:"symvers,omitempty"`
 	Modules  []*BuiltModule   `json:"modules"`

@@ -331,7 +331,7 @@ func dkmsPlan(conf *DKMSConf, tree *kernel.KernelTree, ws *Workspace) (*BuildPla
 	}
 	if makeCmd == "" {
 		// dkms leaves these unquoted; kmpack's workspace may live under a TMPDIR with spaces.
-		makeCmd = "make -C " + kmp.ShellQuote(tree.Dir) + " M=" + kmp.ShellQuote(ws.BuildDir)
+		makeCmd = "make -C " + kmp.ShellQuote(ws.Kernel(tree)) + " M=" + kmp.ShellQuote(ws.BuildDir)
 	}
 	if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
 		makeCmd += " LLVM=1"

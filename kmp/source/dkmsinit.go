@@ -37,7 +37,8 @@ func SpecFromDKMS(ctx context.Context, src *Source, trees []*kernel.KernelTree) 
 	var first *Spec
 	var firstConf *DKMSConf
 	for i, t := range trees {
-		ws := NewWorkspace(filepath.Join(tmp, t.Release), src.Name, src.Version)
+		// Evaluated with the paths a build sees (dkms's), which portable() writes back as variables.
+		ws := NewPrivateWorkspace(filepath.Join(tmp, t.Release), t, src.Name, src.Version)
 		conf, err := EvalDKMSConf(ctx, src.File, src.dkmsEnv(t, ws, 1))
 		if err != nil {
 			return nil, nil, err
@@ -80,10 +81,10 @@ func readFileString(p string) string {
 func specFromConf(conf *DKMSConf, plan *BuildPlan, t *kernel.KernelTree, ws *Workspace) *Spec {
 	s := &Spec{Name: plan.Name, Version: plan.Version, Release: "1"}
 	portable := func(v string) string {
-		return strings.NewReplacer(ws.BuildDir, "${build_dir}", ws.DKMSTree, "${dkms_tree}", t.Dir, "${kernel_source_dir}",
-			t.Release, "${kernelver}").Replace(v)
+		return strings.NewReplacer(ws.BuildDir, "${build_dir}", ws.DKMSTree, "${dkms_tree}", ws.Kernel(t), "${kernel_source_dir}",
+			t.Dir, "${kernel_source_dir}", t.Release, "${kernelver}").Replace(v)
 	}
-	defaultMake := "make -C " + t.Dir + " M=" + ws.BuildDir
+	defaultMake := "make -C " + ws.Kernel(t) + " M=" + ws.BuildDir
 	for _, i := range conf.Indexes("MAKE") {
 		cmd := conf.Get("MAKE", i)
 		if cmd == "" {

@@ -51,12 +51,39 @@ type PlannedModule struct {
 
 // Workspace is where one kernel's build happens. It mirrors dkms's tree so dkms.conf commands
 // that name $dkms_tree/$PACKAGE_NAME/$PACKAGE_VERSION/build find their files.
+//
+// KernelDir, DKMSTree, SourceDir and BuildDir are the paths the build's commands see. In a
+// private workspace (NewPrivateWorkspace) they are dkms's own, /lib/modules/<release>/build,
+// /var/lib/dkms, /usr/src/<name>-<version> and /var/lib/dkms/<name>/<version>/build, which
+// the build engine mounts, per kernel and out of the host's sight, over directories under Root:
+// sources that embed their build path (a configure step) or hard-code dkms's paths build as
+// under dkms, and identically on every run. HostSourceDir and HostBuildDir are where kmpack
+// itself reads and writes the same directories; without private mounts they are the same paths.
 type Workspace struct {
-	Root      string // everything of this kernel's build lives under here
-	DKMSTree  string // Root/dkms
-	SourceDir string // pristine copy of the source: Root/src/<name>-<version>
-	BuildDir  string // Root/dkms/<name>/<version>/build: where commands run
+	Root      string // everything of this kernel's build lives under here (a host path)
+	Private   bool   // the paths below are dkms's, mounted in a private mount namespace
+	KernelDir string // the kernel tree as commands see it ($kernel_source_dir); "" is the tree's own path
+	DKMSTree  string // Root/dkms, or /var/lib/dkms
+	SourceDir string // pristine copy of the source: Root/src/<name>-<version>, or /usr/src/<name>-<version>
+	BuildDir  string // DKMSTree/<name>/<version>/build: where commands run
+
+	HostSourceDir, HostBuildDir string
 }
+
+// Kernel is the path of tree as the workspace's commands see it.
+func (ws *Workspace) Kernel(tree *kernel.KernelTree) string {
+	if ws.KernelDir != "" {
+		return ws.KernelDir
+	}
+	return tree.Dir
+}
+
+// DKMS's own paths, which a private workspace shows its commands.
+const (
+	DKMSSourceTree = "/usr/src"
+	DKMSTreeDir    = "/var/lib/dkms"
+	ModulesDir     = "/lib/modules"
+)
 
 // Exclusion is a BUILD_EXCLUSIVE rule: the kernels (regex on the release, minimum and maximum
 // release), architectures (regex) and kernel config options (CONFIG_X, !CONFIG_Y) a module

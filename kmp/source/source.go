@@ -113,18 +113,44 @@ func kbuildName(dir string) string {
 	return n
 }
 
-// NewWorkspace lays out a build workspace under root for source name/version.
+// NewWorkspace lays out a build workspace under root for source name/version, whose commands
+// see the workspace's own paths.
 func NewWorkspace(root, name, version string) *Workspace {
 	ws := &Workspace{Root: root, DKMSTree: filepath.Join(root, "dkms")}
 	ws.SourceDir = filepath.Join(root, "src", name+"-"+version)
 	ws.BuildDir = filepath.Join(ws.DKMSTree, name, version, "build")
+	ws.HostSourceDir, ws.HostBuildDir = ws.SourceDir, ws.BuildDir
 	return ws
+}
+
+// NewPrivateWorkspace lays out a build workspace under root for source name/version and kernel
+// tree whose commands see dkms's paths (the build engine mounts them; see Workspace).
+// $kernel_source_dir is dkms's /lib/modules/<release>/build where that leads to the tree on
+// this host (a dkms.conf is evaluated on the host, before any mount), else the tree's own path;
+// in the build, /lib/modules/<release>/build leads to the tree either way.
+func NewPrivateWorkspace(root string, tree *kernel.KernelTree, name, version string) *Workspace {
+	ws := NewWorkspace(root, name, version)
+	ws.Private = true
+	ws.KernelDir = tree.Dir
+	if kb := filepath.Join(ModulesDir, tree.Release, "build"); sameDir(kb, tree.Dir) {
+		ws.KernelDir = kb
+	}
+	ws.DKMSTree = DKMSTreeDir
+	ws.SourceDir = filepath.Join(DKMSSourceTree, name+"-"+version)
+	ws.BuildDir = filepath.Join(DKMSTreeDir, name, version, "build")
+	return ws
+}
+
+func sameDir(a, b string) bool {
+	ra, err1 := filepath.EvalSymlinks(a)
+	rb, err2 := filepath.EvalSymlinks(b)
+	return err1 == nil && err2 == nil && ra == rb
 }
 
 func (s *Source) dkmsEnv(tree *kernel.KernelTree, ws *Workspace, jobs int) DKMSEnv {
 	cfg := filepath.Join(tree.Dir, ".config")
 	return DKMSEnv{
-		KernelVer: tree.Release, Arch: tree.Arch, KernelSourceDir: tree.Dir, KernelConfig: cfg,
+		KernelVer: tree.Release, Arch: tree.Arch, KernelSourceDir: ws.Kernel(tree), KernelConfig: cfg,
 		DKMSTree: ws.DKMSTree, SourceTree: filepath.Dir(ws.SourceDir), InstallTree: "/lib/modules",
 		Module: s.Name, ModuleVersion: s.Version, Jobs: jobs, Dir: s.Dir,
 	}
@@ -181,7 +207,7 @@ func (s *Source) Plan(ctx context.Context, tree *kernel.KernelTree, ws *Workspac
 	case SourceSpec:
 		return specPlan(s.Spec, tree, ws), nil
 	case SourceKbuild:
-		cmd := "make -C " + kmp.ShellQuote(tree.Dir) + " M=" + kmp.ShellQuote(ws.BuildDir) + " modules"
+		cmd := "make -C " + kmp.ShellQuote(ws.Kernel(tree)) + " M=" + kmp.ShellQuote(ws.BuildDir) + " modules"
 		if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
 			cmd += " LLVM=1"
 		}

@@ -358,7 +358,7 @@ func specPlan(s *Spec, tree *kernel.KernelTree, ws *Workspace) *BuildPlan {
 		}
 	}
 	if len(s.Build.Commands) == 0 {
-		cmd := "make -C " + kmp.ShellQuote(tree.Dir) + " M=" + kmp.ShellQuote(ws.BuildDir) + " modules"
+		cmd := "make -C " + kmp.ShellQuote(ws.Kernel(tree)) + " M=" + kmp.ShellQuote(ws.BuildDir) + " modules"
 		for _, a := range s.Build.MakeArgs {
 			cmd += " " + kmp.ShellQuote(a)
 		}
