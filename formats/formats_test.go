@@ -335,8 +335,8 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 	}{
 		{"rpm version with a space", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0 2" }, "suse", `version "1.0 2_k6.1.0_53" is not valid`},
 		{"deb version not starting with a digit", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "v1.0" }, "debian", `version "v1.0" is not valid`},
-		{"apk version with a dash", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0-2" }, "alpine", `version "1.0-2" is not valid`},
-		{"apk version", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"apk version with a word apk has no suffix for", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.foo" }, "alpine", `version "1.0.foo" is not valid`},
+		{"apk version not starting with a digit", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "v1.0" }, "alpine", `version "v1.0" is not valid`},
 		{"maintainer with a line break", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Maintainer = "X <x@y>\nPre-Depends: evil" }, "debian", `maintainer "X <x@y>\nPre-Depends: evil": line break`},
 		{"summary with a control character", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Summary = "a\x1b[2Jb" }, "suse", `summary "a\x1b[2Jb": control character`},
 		{"two modules on one path", func(_ *source.Source, m *manifest.Manifest) {
@@ -366,6 +366,34 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 				t.Errorf("a packages directory was written")
 			}
 		})
+	}
+}
+
+// Versions apk refused before it had a mapping (a Debian revision, a dotted pre-release word)
+// are written as the alpine profile maps them.
+func TestAPKVersionsWritten(t *testing.T) {
+	b := buildModule(t, "abi", testenv.Release53)
+	for version, want := range map[string]string{
+		"1.0-2":    "kmpack-abichange-modules-6.1.0-53-amd64-1.0_p2-r1.x86_64.apk",
+		"1.0.beta": "kmpack-abichange-modules-6.1.0-53-amd64-1.0_beta-r1.x86_64.apk",
+	} {
+		src, err := source.OpenSource(b.src.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := *src.Spec
+		spec.Version = version
+		src.Spec = &spec
+		out := filepath.Join(t.TempDir(), "out")
+		testenv.CopyTree(t, b.out, out)
+		written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
+			Profiles: []string{"alpine"}})
+		if err != nil {
+			t.Fatalf("%s: %v", version, err)
+		}
+		if got := find(t, written, "alpine", testenv.Release53); got != want {
+			t.Errorf("%s: wrote %s, want %s", version, got, want)
+		}
 	}
 }
 
@@ -629,11 +657,12 @@ func TestGzipModulesReadBack(t *testing.T) {
 
 // Names and versions dkms accepts become packages: tp_smapi 0.3.0-1 is the Debian package
 // tp-smapi-modules-<release> 0.3.0-1-1 and tp-smapi-dkms (as dh_dkms users name it), the KMP
-// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), with
-// the module file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real
-// dkms builds the source package's tree.
+// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), the
+// apk tp_smapi-modules-<release> 0.3.0_p1-r1 (as Alpine packagers write it), with the module
+// file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real dkms builds
+// the source package's tree.
 func TestPackageNamesAndVersionsMapped(t *testing.T) {
-	testenv.Need(t, "dpkg-deb", "rpm", "dkms")
+	testenv.Need(t, "dpkg-deb", "rpm", "dkms", "tar")
 	b := buildModule(t, "abi", testenv.Release53)
 	src, err := source.OpenSource(b.src.Dir)
 	if err != nil {
@@ -645,7 +674,7 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
 	testenv.CopyTree(t, b.out, out)
 	written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
-		Profiles: []string{"debian", "suse", "rhel", "arch"}})
+		Profiles: []string{"debian", "suse", "rhel", "arch", "alpine"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -657,6 +686,7 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 		{"rhel", testenv.Release53, "kmod-tp_smapi-0.3.0_1-1.6.1.0_53_amd64.x86_64.rpm"},
 		{"suse", "", "tp_smapi-dkms-0.3.0_1-1.noarch.rpm"},
 		{"arch", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_1-1-x86_64.pkg.tar.zst"},
+		{"alpine", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_p1-r1.x86_64.apk"},
 	} {
 		if got := find(t, written, c.profile, c.kernel); got != c.file {
 			t.Errorf("%s %q: %s, want %s", c.profile, c.kernel, got, c.file)
@@ -675,6 +705,17 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 	}
 	if got := mustRun(t, "rpm", "-qp", "--scripts", filepath.Join(dir, "tp_smapi-dkms-0.3.0_1-1.noarch.rpm")); !strings.Contains(got, `version="0.3.0-1"`) {
 		t.Errorf("dkms rpm scriptlets:\n%s", got)
+	}
+	// An apk is gzip streams of tar segments (control, then data); GNU tar reads them as one.
+	apk := filepath.Join(dir, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_p1-r1.x86_64.apk")
+	pkginfo := mustRun(t, "tar", "-xzOf", apk, "--ignore-zeros", ".PKGINFO")
+	for _, want := range []string{"\npkgname = tp_smapi-modules-6.1.0-53-amd64\n", "\npkgver = 0.3.0_p1-r1\n"} {
+		if !strings.Contains("\n"+pkginfo, want) {
+			t.Errorf(".PKGINFO lacks %q:\n%s", strings.TrimSpace(want), pkginfo)
+		}
+	}
+	if got := mustRun(t, "tar", "-tzf", apk, "--ignore-zeros"); !strings.Contains(got, "lib/modules/6.1.0-53-amd64/extra/tp_smapi/kmpack_abi.ko\n") {
+		t.Errorf("apk contents:\n%s", got)
 	}
 	root := t.TempDir()
 	mustRun(t, "dpkg-deb", "-x", filepath.Join(dir, "tp-smapi-dkms_0.3.0-1-1_all.deb"), root)
