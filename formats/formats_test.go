@@ -246,34 +246,76 @@ func TestPackagesAreReproducible(t *testing.T) {
 }
 
 // rpmlint and lintian, the distributions' own package checkers, find no errors; the warnings
-// kmpack keeps on purpose are filtered by scripts/rpmlint.toml and listed in the README.
+// kmpack keeps on purpose are filtered by scripts/rpmlint.toml and listed in the README. "No
+// errors" is only worth something if the checkers read the packages' payloads (rpmlint unpacks
+// one with rpm2cpio | cpio and ignores a failure; kmpack's rpms once unpacked to nothing), so
+// each run must also show it read every package and files inside: rpmlint's summary counts
+// every rpm and it reports each module as unstripped-binary-or-object (it looks at the file's
+// ELF contents, not the header's file list); lintian names each deb's changelog.Debian.gz
+// (initial-upload-closes-no-bugs, read from the changelog itself) and, in a classification tag,
+// each module file.
 func TestPackagesPassLinters(t *testing.T) {
-	testenv.Need(t, "rpmlint", "lintian")
+	testenv.Need(t, "rpmlint", "lintian", "rpm", "dpkg-deb")
 	b := buildModule(t, "abi", testenv.Release53, testenv.Release54)
 	dir, written := packageBuild(t, b, "suse", "rhel", "debian")
 	var rpms, debs []string
+	var rpmModules, debModules, changelogs []string
 	for _, w := range written {
+		pkg := filepath.Join(dir, w.File)
 		switch w.Format {
 		case "rpm":
-			rpms = append(rpms, filepath.Join(dir, w.File))
-		case "deb":
-			debs = append(debs, filepath.Join(dir, w.File))
-		}
-		if w.Format == "rpm" || w.Format == "deb" {
-			if out, err := run(t, map[string]string{"rpm": "rpm", "deb": "dpkg-deb"}[w.Format],
-				map[string][]string{"rpm": {"-K", filepath.Join(dir, w.File)}, "deb": {"--info", filepath.Join(dir, w.File)}}[w.Format]...); err != nil {
+			rpms = append(rpms, pkg)
+			if out, err := run(t, "rpm", "-K", pkg); err != nil {
 				t.Errorf("%s: %v\n%s", w.File, err, out)
+			}
+			for _, f := range strings.Fields(mustRun(t, "rpm", "-qlp", pkg)) {
+				if strings.HasSuffix(f, ".ko") {
+					rpmModules = append(rpmModules, f)
+				}
+			}
+		case "deb":
+			debs = append(debs, pkg)
+			name := strings.TrimSpace(mustRun(t, "dpkg-deb", "-f", pkg, "Package"))
+			changelogs = append(changelogs, "usr/share/doc/"+name+"/changelog.Debian.gz")
+			for _, line := range strings.Split(mustRun(t, "dpkg-deb", "-c", pkg), "\n") {
+				if f := strings.Fields(line); len(f) > 0 && strings.HasSuffix(f[len(f)-1], ".ko") {
+					debModules = append(debModules, strings.TrimPrefix(f[len(f)-1], "./"))
+				}
 			}
 		}
 	}
+	// Two kernels: the suse and rhel rpms and the debian debs carry two modules each.
+	if len(rpms) != 5 || len(rpmModules) != 4 || len(debs) != 3 || len(debModules) != 2 {
+		t.Fatalf("%d rpms with %d modules, %d debs with %d modules: want 5 with 4 and 3 with 2", len(rpms), len(rpmModules), len(debs), len(debModules))
+	}
+
 	config, _ := filepath.Abs("../scripts/rpmlint.toml")
 	out, err := run(t, "rpmlint", append([]string{"--config", config}, rpms...)...)
 	if err != nil || strings.Contains(out, ": E: ") {
 		t.Errorf("rpmlint: %v\n%s", err, out)
 	}
-	out, err = run(t, "lintian", append([]string{"--fail-on", "error"}, debs...)...)
-	if err != nil || strings.Contains(out, "E: ") {
+	if want := fmt.Sprintf("\n %d packages and 0 specfiles checked; 0 errors,", len(rpms)); !strings.Contains(out, want) {
+		t.Errorf("rpmlint did not check all %d packages (no %q):\n%s", len(rpms), strings.TrimSpace(want), out)
+	}
+	for _, ko := range rpmModules {
+		if !strings.Contains(out, ": W: unstripped-binary-or-object "+ko+"\n") {
+			t.Errorf("rpmlint did not read %s from the payload (no unstripped-binary-or-object for it):\n%s", ko, out)
+		}
+	}
+
+	out, err = run(t, "lintian", append([]string{"--fail-on", "error", "--display-level", "+classification"}, debs...)...)
+	if err != nil || strings.Contains("\n"+out, "\nE: ") {
 		t.Errorf("lintian: %v\n%s", err, out)
+	}
+	for _, f := range changelogs {
+		if !strings.Contains(out, ": initial-upload-closes-no-bugs ["+f+":1]\n") {
+			t.Errorf("lintian did not read %s (no initial-upload-closes-no-bugs for it):\n%s", f, out)
+		}
+	}
+	for _, ko := range debModules {
+		if !strings.Contains(out, " ["+ko+"]\n") {
+			t.Errorf("lintian names no tag on %s:\n%s", ko, out)
+		}
 	}
 }
 
