@@ -246,34 +246,76 @@ func TestPackagesAreReproducible(t *testing.T) {
 }
 
 // rpmlint and lintian, the distributions' own package checkers, find no errors; the warnings
-// kmpack keeps on purpose are filtered by scripts/rpmlint.toml and listed in the README.
+// kmpack keeps on purpose are filtered by scripts/rpmlint.toml and listed in the README. "No
+// errors" is only worth something if the checkers read the packages' payloads (rpmlint unpacks
+// one with rpm2cpio | cpio and ignores a failure; kmpack's rpms once unpacked to nothing), so
+// each run must also show it read every package and files inside: rpmlint's summary counts
+// every rpm and it reports each module as unstripped-binary-or-object (it looks at the file's
+// ELF contents, not the header's file list); lintian names each deb's changelog.Debian.gz
+// (initial-upload-closes-no-bugs, read from the changelog itself) and, in a classification tag,
+// each module file.
 func TestPackagesPassLinters(t *testing.T) {
-	testenv.Need(t, "rpmlint", "lintian")
+	testenv.Need(t, "rpmlint", "lintian", "rpm", "dpkg-deb")
 	b := buildModule(t, "abi", testenv.Release53, testenv.Release54)
 	dir, written := packageBuild(t, b, "suse", "rhel", "debian")
 	var rpms, debs []string
+	var rpmModules, debModules, changelogs []string
 	for _, w := range written {
+		pkg := filepath.Join(dir, w.File)
 		switch w.Format {
 		case "rpm":
-			rpms = append(rpms, filepath.Join(dir, w.File))
-		case "deb":
-			debs = append(debs, filepath.Join(dir, w.File))
-		}
-		if w.Format == "rpm" || w.Format == "deb" {
-			if out, err := run(t, map[string]string{"rpm": "rpm", "deb": "dpkg-deb"}[w.Format],
-				map[string][]string{"rpm": {"-K", filepath.Join(dir, w.File)}, "deb": {"--info", filepath.Join(dir, w.File)}}[w.Format]...); err != nil {
+			rpms = append(rpms, pkg)
+			if out, err := run(t, "rpm", "-K", pkg); err != nil {
 				t.Errorf("%s: %v\n%s", w.File, err, out)
+			}
+			for _, f := range strings.Fields(mustRun(t, "rpm", "-qlp", pkg)) {
+				if strings.HasSuffix(f, ".ko") {
+					rpmModules = append(rpmModules, f)
+				}
+			}
+		case "deb":
+			debs = append(debs, pkg)
+			name := strings.TrimSpace(mustRun(t, "dpkg-deb", "-f", pkg, "Package"))
+			changelogs = append(changelogs, "usr/share/doc/"+name+"/changelog.Debian.gz")
+			for _, line := range strings.Split(mustRun(t, "dpkg-deb", "-c", pkg), "\n") {
+				if f := strings.Fields(line); len(f) > 0 && strings.HasSuffix(f[len(f)-1], ".ko") {
+					debModules = append(debModules, strings.TrimPrefix(f[len(f)-1], "./"))
+				}
 			}
 		}
 	}
+	// Two kernels: the suse and rhel rpms and the debian debs carry two modules each.
+	if len(rpms) != 5 || len(rpmModules) != 4 || len(debs) != 3 || len(debModules) != 2 {
+		t.Fatalf("%d rpms with %d modules, %d debs with %d modules: want 5 with 4 and 3 with 2", len(rpms), len(rpmModules), len(debs), len(debModules))
+	}
+
 	config, _ := filepath.Abs("../scripts/rpmlint.toml")
 	out, err := run(t, "rpmlint", append([]string{"--config", config}, rpms...)...)
 	if err != nil || strings.Contains(out, ": E: ") {
 		t.Errorf("rpmlint: %v\n%s", err, out)
 	}
-	out, err = run(t, "lintian", append([]string{"--fail-on", "error"}, debs...)...)
-	if err != nil || strings.Contains(out, "E: ") {
+	if want := fmt.Sprintf("\n %d packages and 0 specfiles checked; 0 errors,", len(rpms)); !strings.Contains(out, want) {
+		t.Errorf("rpmlint did not check all %d packages (no %q):\n%s", len(rpms), strings.TrimSpace(want), out)
+	}
+	for _, ko := range rpmModules {
+		if !strings.Contains(out, ": W: unstripped-binary-or-object "+ko+"\n") {
+			t.Errorf("rpmlint did not read %s from the payload (no unstripped-binary-or-object for it):\n%s", ko, out)
+		}
+	}
+
+	out, err = run(t, "lintian", append([]string{"--fail-on", "error", "--display-level", "+classification"}, debs...)...)
+	if err != nil || strings.Contains("\n"+out, "\nE: ") {
 		t.Errorf("lintian: %v\n%s", err, out)
+	}
+	for _, f := range changelogs {
+		if !strings.Contains(out, ": initial-upload-closes-no-bugs ["+f+":1]\n") {
+			t.Errorf("lintian did not read %s (no initial-upload-closes-no-bugs for it):\n%s", f, out)
+		}
+	}
+	for _, ko := range debModules {
+		if !strings.Contains(out, " ["+ko+"]\n") {
+			t.Errorf("lintian names no tag on %s:\n%s", ko, out)
+		}
 	}
 }
 
@@ -335,8 +377,8 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 	}{
 		{"rpm version with a space", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0 2" }, "suse", `version "1.0 2_k6.1.0_53" is not valid`},
 		{"deb version not starting with a digit", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "v1.0" }, "debian", `version "v1.0" is not valid`},
-		{"apk version with a dash", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0-2" }, "alpine", `version "1.0-2" is not valid`},
-		{"apk version", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.beta" }, "alpine", `version "1.0.beta" is not valid`},
+		{"apk version with a word apk has no suffix for", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "1.0.foo" }, "alpine", `version "1.0.foo" is not valid`},
+		{"apk version not starting with a digit", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Version = "v1.0" }, "alpine", `version "v1.0" is not valid`},
 		{"maintainer with a line break", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Maintainer = "X <x@y>\nPre-Depends: evil" }, "debian", `maintainer "X <x@y>\nPre-Depends: evil": line break`},
 		{"summary with a control character", func(s *source.Source, _ *manifest.Manifest) { s.Spec.Summary = "a\x1b[2Jb" }, "suse", `summary "a\x1b[2Jb": control character`},
 		{"two modules on one path", func(_ *source.Source, m *manifest.Manifest) {
@@ -366,6 +408,34 @@ func TestInvalidPackagesWriteNothing(t *testing.T) {
 				t.Errorf("a packages directory was written")
 			}
 		})
+	}
+}
+
+// Versions apk refused before it had a mapping (a Debian revision, a dotted pre-release word)
+// are written as the alpine profile maps them.
+func TestAPKVersionsWritten(t *testing.T) {
+	b := buildModule(t, "abi", testenv.Release53)
+	for version, want := range map[string]string{
+		"1.0-2":    "kmpack-abichange-modules-6.1.0-53-amd64-1.0_p2-r1.x86_64.apk",
+		"1.0.beta": "kmpack-abichange-modules-6.1.0-53-amd64-1.0_beta-r1.x86_64.apk",
+	} {
+		src, err := source.OpenSource(b.src.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := *src.Spec
+		spec.Version = version
+		src.Spec = &spec
+		out := filepath.Join(t.TempDir(), "out")
+		testenv.CopyTree(t, b.out, out)
+		written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
+			Profiles: []string{"alpine"}})
+		if err != nil {
+			t.Fatalf("%s: %v", version, err)
+		}
+		if got := find(t, written, "alpine", testenv.Release53); got != want {
+			t.Errorf("%s: wrote %s, want %s", version, got, want)
+		}
 	}
 }
 
@@ -629,11 +699,12 @@ func TestGzipModulesReadBack(t *testing.T) {
 
 // Names and versions dkms accepts become packages: tp_smapi 0.3.0-1 is the Debian package
 // tp-smapi-modules-<release> 0.3.0-1-1 and tp-smapi-dkms (as dh_dkms users name it), the KMP
-// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), with
-// the module file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real
-// dkms builds the source package's tree.
+// tp_smapi-kmp-<flavor> 0.3.0_1_k<kver> and kmod-tp_smapi 0.3.0_1 (rpm versions have no -), the
+// apk tp_smapi-modules-<release> 0.3.0_p1-r1 (as Alpine packagers write it), with the module
+// file names, /usr/src/tp_smapi-0.3.0-1 and the dkms scriptlets' -v kept; the real dkms builds
+// the source package's tree.
 func TestPackageNamesAndVersionsMapped(t *testing.T) {
-	testenv.Need(t, "dpkg-deb", "rpm", "dkms")
+	testenv.Need(t, "dpkg-deb", "rpm", "dkms", "tar")
 	b := buildModule(t, "abi", testenv.Release53)
 	src, err := source.OpenSource(b.src.Dir)
 	if err != nil {
@@ -645,7 +716,7 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
 	testenv.CopyTree(t, b.out, out)
 	written, err := formats.PackageBuild(formats.Request{Source: src, Manifest: b.manifest, OutputDir: out, Trees: b.trees,
-		Profiles: []string{"debian", "suse", "rhel", "arch"}})
+		Profiles: []string{"debian", "suse", "rhel", "arch", "alpine"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -657,6 +728,7 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 		{"rhel", testenv.Release53, "kmod-tp_smapi-0.3.0_1-1.6.1.0_53_amd64.x86_64.rpm"},
 		{"suse", "", "tp_smapi-dkms-0.3.0_1-1.noarch.rpm"},
 		{"arch", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_1-1-x86_64.pkg.tar.zst"},
+		{"alpine", testenv.Release53, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_p1-r1.x86_64.apk"},
 	} {
 		if got := find(t, written, c.profile, c.kernel); got != c.file {
 			t.Errorf("%s %q: %s, want %s", c.profile, c.kernel, got, c.file)
@@ -675,6 +747,17 @@ func TestPackageNamesAndVersionsMapped(t *testing.T) {
 	}
 	if got := mustRun(t, "rpm", "-qp", "--scripts", filepath.Join(dir, "tp_smapi-dkms-0.3.0_1-1.noarch.rpm")); !strings.Contains(got, `version="0.3.0-1"`) {
 		t.Errorf("dkms rpm scriptlets:\n%s", got)
+	}
+	// An apk is gzip streams of tar segments (control, then data); GNU tar reads them as one.
+	apk := filepath.Join(dir, "tp_smapi-modules-6.1.0-53-amd64-0.3.0_p1-r1.x86_64.apk")
+	pkginfo := mustRun(t, "tar", "-xzOf", apk, "--ignore-zeros", ".PKGINFO")
+	for _, want := range []string{"\npkgname = tp_smapi-modules-6.1.0-53-amd64\n", "\npkgver = 0.3.0_p1-r1\n"} {
+		if !strings.Contains("\n"+pkginfo, want) {
+			t.Errorf(".PKGINFO lacks %q:\n%s", strings.TrimSpace(want), pkginfo)
+		}
+	}
+	if got := mustRun(t, "tar", "-tzf", apk, "--ignore-zeros"); !strings.Contains(got, "lib/modules/6.1.0-53-amd64/extra/tp_smapi/kmpack_abi.ko\n") {
+		t.Errorf("apk contents:\n%s", got)
 	}
 	root := t.TempDir()
 	mustRun(t, "dpkg-deb", "-x", filepath.Join(dir, "tp-smapi-dkms_0.3.0-1-1_all.deb"), root)

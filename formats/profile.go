@@ -166,14 +166,114 @@ func packageName(format, name string) string {
 
 // packageVersion maps a source's version as dkms accepts it to format: rpm and Arch versions may
 // not contain "-" (it separates the release), so 0.3.0-1 becomes 0.3.0_1; a Debian upstream
-// version may contain "-" (the package always has a revision), and apk's grammar has no mapping
-// that keeps the order, so both take it as it is (apk then refuses it, naming the version).
+// version may contain "-" (the package always has a revision), so Debian takes it as it is; apk
+// versions are mapped by apkVersion.
 func packageVersion(format, v string) string {
 	switch format {
 	case "rpm", "archlinux":
 		return strings.ReplaceAll(v, "-", "_")
+	case "apk":
+		return apkVersion(v)
 	}
 	return v
+}
+
+// apkSuffixes are the suffix words of apk's version grammar (apk-tools' version.c): alpha,
+// beta, pre and rc sort before the version they follow, the others after it.
+var apkSuffixes = []string{"alpha", "beta", "pre", "rc", "cvs", "svn", "git", "hg", "p"}
+
+// apkLeading is the part of a version apk takes as it is: digits and dots, then at most one
+// letter (taken only when no other letter follows it, see apkVersion).
+var apkLeading = regexp.MustCompile(`^[0-9]+(\.[0-9]+)*`)
+
+// apkHash is a git commit hash: hex digits, at least one a-f, seven or more.
+var apkHash = regexp.MustCompile(`^[0-9a-f]*[a-f][0-9a-f]*$`)
+
+// apkVersion writes a version as Alpine packagers write one in an APKBUILD's pkgver, which apk
+// only accepts as digit{.digit}...{letter}{_suffix{number}}...: lower-cased, the leading
+// digits and dots and an optional single letter are kept, and every further token (split on
+// - + ~ . _ and between letters and digits) becomes a suffix. A suffix word keeps the digits
+// that follow it (1.0~rc1 → 1.0_rc1, which apk sorts before 1.0 as dpkg sorts 1.0~rc1;
+// 1.0.beta → 1.0_beta); a number becomes _p<number> (0.3.0-1 → 0.3.0_p1, which apk sorts after
+// 0.3.0 as dpkg, rpm and sort -V sort 0.3.0-1; apk refuses 0.3.0_1); a git commit hash (hex
+// with a letter, 7 or more) is dropped, as aports keep it in _commit= rather than in pkgver
+// (0.0.1+git20190320.5ae3a3e-3.2 → 0.0.1_git20190320_p3_p2). A version this cannot map (one not
+// starting with a digit, a word that is no apk suffix, two separators in a row) is returned
+// as it is, for Validate to refuse with its message naming the version.
+func apkVersion(v string) string {
+	lv := strings.ToLower(v)
+	out := apkLeading.FindString(lv)
+	if out == "" {
+		return v
+	}
+	rest := lv[len(out):]
+	if rest != "" && isLower(rest[0]) && (len(rest) == 1 || !isLower(rest[1])) {
+		out, rest = out+rest[:1], rest[1:]
+	}
+	if rest == "" {
+		return out
+	}
+	if strings.IndexByte("-+~._", rest[0]) >= 0 {
+		rest = rest[1:]
+	}
+	var b strings.Builder
+	b.WriteString(out)
+	for _, field := range splitAny(rest, "-+~._") {
+		if field == "" {
+			return v
+		}
+		if len(field) >= 7 && apkHash.MatchString(field) {
+			continue
+		}
+		runs := letterDigitRuns(field)
+		for i := 0; i < len(runs); i++ {
+			switch {
+			case !isLower(runs[i][0]):
+				b.WriteString("_p" + runs[i])
+			case slices.Contains(apkSuffixes, runs[i]):
+				b.WriteString("_" + runs[i])
+				if i+1 < len(runs) {
+					i++
+					b.WriteString(runs[i])
+				}
+			default:
+				return v
+			}
+		}
+	}
+	if !formatRules["apk"].version.MatchString(b.String()) {
+		return v
+	}
+	return b.String()
+}
+
+func isLower(c byte) bool { return c >= 'a' && c <= 'z' }
+
+// splitAny splits s at every byte of seps, keeping empty fields.
+func splitAny(s, seps string) []string {
+	var fields []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(seps, s[i]) >= 0 {
+			fields, start = append(fields, s[start:i]), i+1
+		}
+	}
+	return append(fields, s[start:])
+}
+
+// letterDigitRuns splits s, lower-case letters and digits only, into its runs of letters and
+// of digits ("git20190320" → "git", "20190320").
+func letterDigitRuns(s string) []string {
+	var runs []string
+	for i := 0; i < len(s); {
+		j := i + 1
+		for j < len(s) && isLower(s[j]) == isLower(s[i]) {
+			j++
+		}
+		runs = append(runs, s[i:j])
+		i = j
+	}
+	return runs
 }
 
 // perKernelPackage is the <name>-modules-<release> package the debian, alpine and arch

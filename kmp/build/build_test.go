@@ -266,6 +266,39 @@ POST_BUILD=post.sh
 	}
 }
 
+// A PRE_BUILD or POST_BUILD script that exits non-zero fails the kernel's build, naming the
+// hook and its status, as dkms 3.1.5 and later do (Debian 12's dkms 3.0.10 ignores the status
+// and builds anyway); a failing PRE_BUILD stops the build before make runs.
+func TestBuildFailingHooks(t *testing.T) {
+	trees := testenv.KernelTrees(t, testenv.Release53)
+	for _, c := range []struct{ hook, want string }{
+		{`PRE_BUILD="fail.sh pre 3"`, "PRE_BUILD failed (exit 3)"},
+		{`POST_BUILD="fail.sh post 4"`, "POST_BUILD failed (exit 4)"},
+	} {
+		dir := dkmsSource(t, c.hook+"\n")
+		os.WriteFile(filepath.Join(dir, "fail.sh"), []byte("#!/bin/sh\necho \"$1 hook fails on purpose\"\nexit $2\n"), 0o755)
+		out := filepath.Join(t.TempDir(), "out")
+		m, err := runBuild(t, dir, trees, build.BuildOptions{OutputDir: out})
+		if !errors.Is(err, build.ErrBuildFailed) {
+			t.Fatalf("%s: error %v, want ErrBuildFailed", c.hook, err)
+		}
+		k := m.Kernels[0]
+		if k.Status != manifest.StatusFailed || k.Reason != c.want || len(k.Modules) != 0 {
+			t.Errorf("%s: %s %q %d modules, want failed %q", c.hook, k.Status, k.Reason, len(k.Modules), c.want)
+		}
+		log := string(testenv.MustRead(t, filepath.Join(out, k.Log)))
+		if !strings.Contains(log, "hook fails on purpose") {
+			t.Errorf("%s: the script's output is not in the log:\n%s", c.hook, log)
+		}
+		if ran := strings.Contains(log, "# building\n"); ran != strings.HasPrefix(c.hook, "POST") {
+			t.Errorf("%s: make ran: %v:\n%s", c.hook, ran, log)
+		}
+		if _, err := os.Stat(filepath.Join(out, "modules", testenv.Release53)); !os.IsNotExist(err) {
+			t.Errorf("%s: failed kernel left module output: %v", c.hook, err)
+		}
+	}
+}
+
 // Bad input stops before anything is written; an output directory kmpack did not make is
 // never replaced.
 func TestBuildBadInputWritesNothing(t *testing.T) {
