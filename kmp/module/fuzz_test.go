@@ -93,6 +93,14 @@ func FuzzModuleSignature(f *testing.F) {
 		if s != nil && (s.Size > len(data) || (s.IDType != "PKCS#7" && s.IDType != "X509" && s.IDType != "PGP")) {
 			t.Fatalf("signature %+v in a %d-byte file", s, len(data))
 		}
+		body, p7, err := module.SplitSignature("fuzz.ko", data)
+		testenv.CheckInputError(t, "fuzz.ko", err)
+		if err == nil && (s == nil) != (p7 == nil) {
+			t.Fatalf("SplitSignature gives a %d-byte blob for signature %+v", len(p7), s)
+		}
+		if err == nil && p7 != nil && len(body)+len(p7)+40 != len(data) {
+			t.Fatalf("SplitSignature: %d + %d + 40 bytes for a %d-byte file", len(body), len(p7), len(data))
+		}
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/asn1"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -46,6 +47,9 @@ func (h HexBytes) String() string {
 func (h HexBytes) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 
 const moduleSigMagic = "~Module signature appended~\n"
+
+// SignatureMagic is the marker that ends a signed module.
+const SignatureMagic = moduleSigMagic
 
 // Names indexed as the kernel's enum pkey_hash_algo / pkey_id_type / pkey_algo.
 var (
@@ -166,59 +170,170 @@ var (
 	}
 )
 
-// fillPKCS7 reads what modinfo shows of a PKCS#7 signature: the first signer's issuer CN,
-// certificate serial (as key id), digest algorithm and signature bytes.
-func (s *ModuleSignature) fillPKCS7(der []byte) error {
+// PKCS7 is what kmpack reads of a module's PKCS#7 SignedData: enough to show the signers (as
+// modinfo does) and to verify them (kmp/sign).
+type PKCS7 struct {
+	// ContentType is the encapsulated content's type; the kernel demands id-data.
+	ContentType asn1.ObjectIdentifier
+	// Detached is true when the SignedData carries no content (the module bytes are the content).
+	Detached bool
+	Signers  []PKCS7Signer
+}
+
+// PKCS7Signer is one SignerInfo.
+type PKCS7Signer struct {
+	// Issuer (DER Name) and Serial (the INTEGER's content octets, as encoded) identify the
+	// certificate, or SubjectKeyID does (sign-file -k); one of the two is set.
+	Issuer, Serial []byte
+	SubjectKeyID   []byte
+	// DigestAlgorithm and SignatureAlgorithm are the OIDs as written.
+	DigestAlgorithm, SignatureAlgorithm asn1.ObjectIdentifier
+	// HasSignedAttrs: the kernel refuses module signatures with authenticated attributes.
+	HasSignedAttrs bool
+	Signature      []byte
+}
+
+// ParsePKCS7 parses a DER ContentInfo holding a SignedData. It checks structure only, no
+// signature. Errors are plain (the caller names the file).
+func ParsePKCS7(der []byte) (p *PKCS7, err error) {
+	defer func() {
+		// encoding/asn1 should not panic, but this parses untrusted bytes.
+		if r := recover(); r != nil {
+			if os.Getenv("KMPACK_PANIC") != "" {
+				panic(r)
+			}
+			p, err = nil, fmt.Errorf("malformed PKCS#7 (parser failed: %v)", r)
+		}
+	}()
 	var ci pkcs7ContentInfo
 	rest, err := asn1.Unmarshal(der, &ci)
 	if err != nil {
-		return fmt.Errorf("ContentInfo: %v", err)
+		return nil, fmt.Errorf("ContentInfo: %v", err)
 	}
 	if len(rest) != 0 {
-		return fmt.Errorf("%d trailing bytes after ContentInfo", len(rest))
+		return nil, fmt.Errorf("%d trailing bytes after ContentInfo", len(rest))
 	}
 	if !ci.ContentType.Equal(oidSignedData) {
-		return fmt.Errorf("content type %v is not signedData", ci.ContentType)
+		return nil, fmt.Errorf("content type %v is not signedData", ci.ContentType)
 	}
 	var sd pkcs7SignedData
 	if _, err := asn1.Unmarshal(ci.Content.Bytes, &sd); err != nil {
-		return fmt.Errorf("SignedData: %v", err)
+		return nil, fmt.Errorf("SignedData: %v", err)
 	}
 	if len(sd.SignerInfos) == 0 {
-		return fmt.Errorf("no signer info")
+		return nil, fmt.Errorf("no signer info")
 	}
-	si := sd.SignerInfos[0]
-	var ias issuerAndSerial
-	if si.SID.Class == asn1.ClassContextSpecific && si.SID.Tag == 0 {
-		// CMS subjectKeyIdentifier (sign-file -k): no issuer, the key id is the identifier.
-		s.KeyID = HexBytes(si.SID.Bytes)
-	} else {
-		if _, err := asn1.Unmarshal(si.SID.FullBytes, &ias); err != nil {
-			return fmt.Errorf("issuerAndSerialNumber: %v", err)
+	p = &PKCS7{}
+	var eci struct {
+		ContentType asn1.ObjectIdentifier
+		Content     asn1.RawValue `asn1:"optional,explicit,tag:0"`
+	}
+	if _, err := asn1.Unmarshal(sd.ContentInfo.FullBytes, &eci); err != nil {
+		return nil, fmt.Errorf("encapsulated content info: %v", err)
+	}
+	p.ContentType = eci.ContentType
+	p.Detached = len(eci.Content.FullBytes) == 0
+	for _, si := range sd.SignerInfos {
+		s := PKCS7Signer{
+			DigestAlgorithm:    si.DigestAlgorithm.Algorithm,
+			SignatureAlgorithm: si.DigestEncryptionAlgorithm.Algorithm,
+			HasSignedAttrs:     len(si.AuthenticatedAttributes.FullBytes) != 0,
+			Signature:          si.EncryptedDigest,
 		}
-		if ias.Serial.Tag != asn1.TagInteger {
-			return fmt.Errorf("certificate serial is not an INTEGER")
+		if si.SID.Class == asn1.ClassContextSpecific && si.SID.Tag == 0 {
+			// CMS subjectKeyIdentifier (sign-file -k): no issuer, the key id is the identifier.
+			s.SubjectKeyID = si.SID.Bytes
+		} else {
+			var ias issuerAndSerial
+			if _, err := asn1.Unmarshal(si.SID.FullBytes, &ias); err != nil {
+				return nil, fmt.Errorf("issuerAndSerialNumber: %v", err)
+			}
+			if ias.Serial.Tag != asn1.TagInteger {
+				return nil, fmt.Errorf("certificate serial is not an INTEGER")
+			}
+			s.Issuer, s.Serial = ias.Issuer.FullBytes, ias.Serial.Bytes
 		}
-		serial := ias.Serial.Bytes
-		for len(serial) > 0 && serial[0] == 0 {
-			serial = serial[1:]
-		}
-		s.KeyID = HexBytes(serial)
-		cn, err := commonName(ias.Issuer.FullBytes)
+		p.Signers = append(p.Signers, s)
+	}
+	return p, nil
+}
+
+// IssuerCommonName is what modinfo prints as signer: the issuer's first commonName ("" for a
+// subjectKeyIdentifier signer).
+func (s *PKCS7Signer) IssuerCommonName() (string, error) {
+	if s.Issuer == nil {
+		return "", nil
+	}
+	return commonName(s.Issuer)
+}
+
+// KeyID is what modinfo prints as sig_key: the serial without leading zero octets, or the
+// subjectKeyIdentifier.
+func (s *PKCS7Signer) KeyID() HexBytes {
+	if s.Issuer == nil {
+		return HexBytes(s.SubjectKeyID)
+	}
+	serial := s.Serial
+	for len(serial) > 0 && serial[0] == 0 {
+		serial = serial[1:]
+	}
+	return HexBytes(serial)
+}
+
+// HashName is the digest algorithm's name ("sha256"), or its OID when unknown.
+func (s *PKCS7Signer) HashName() string {
+	oid := s.DigestAlgorithm.String()
+	if name, ok := hashOIDs[oid]; ok {
+		return name
+	}
+	return oid
+}
+
+// fillPKCS7 reads what modinfo shows of a PKCS#7 signature: the first signer's issuer CN,
+// certificate serial (as key id), digest algorithm and signature bytes.
+func (s *ModuleSignature) fillPKCS7(der []byte) error {
+	p, err := ParsePKCS7(der)
+	if err != nil {
+		return err
+	}
+	si := &p.Signers[0]
+	s.KeyID = si.KeyID()
+	if si.Issuer != nil {
+		cn, err := si.IssuerCommonName()
 		if err != nil {
 			return fmt.Errorf("issuer name: %v", err)
 		}
 		s.Signer = cn
 	}
-	oid := si.DigestAlgorithm.Algorithm.String()
-	if name, ok := hashOIDs[oid]; ok {
-		s.HashAlgo = name
-	} else {
-		s.HashAlgo = oid
-	}
-	s.Algo = keyAlgoOIDs[si.DigestEncryptionAlgorithm.Algorithm.String()]
-	s.Signature = HexBytes(si.EncryptedDigest)
+	s.HashAlgo = si.HashName()
+	s.Algo = keyAlgoOIDs[si.SignatureAlgorithm.String()]
+	s.Signature = HexBytes(si.Signature)
 	return nil
+}
+
+// SplitSignature splits a module image (uncompressed) into the bytes its appended PKCS#7
+// signature covers and the PKCS#7 DER blob. An unsigned module gives (data, nil, nil). A trailer
+// that is malformed, or a signature of the pre-4.3 X509/PGP kinds, is an *kmp.InputError.
+func SplitSignature(path string, data []byte) (body, pkcs7 []byte, err error) {
+	defer kmp.Guard(path, &err)
+	sig, err := parseAppendedSignature(path, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sig == nil {
+		return data, nil, nil
+	}
+	if sig.IDType != "PKCS#7" {
+		return nil, nil, kmp.InputErrorf(path, "signature of id type %s, not PKCS#7", sig.IDType)
+	}
+	end := len(data) - len(moduleSigMagic) - 12
+	h := data[end : end+12]
+	// As the kernel's mod_check_sig: every field but id_type and sig_len must be zero.
+	if h[0] != 0 || h[1] != 0 || h[3] != 0 || h[4] != 0 {
+		return nil, nil, kmp.InputErrorf(path, "signature header at offset %#x: PKCS#7 signature info has unexpected non-zero params", end)
+	}
+	start := end - int(binary.BigEndian.Uint32(h[8:]))
+	return data[:start], data[start:end], nil
 }
 
 // commonName returns the issuer's first commonName value, raw bytes as stored. Like libkmod
