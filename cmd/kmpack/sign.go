@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
+)
+
+// exitVerifyFailed: verify found a module whose signature does not check out.
+const exitVerifyFailed = 6
+
+func keygenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "keygen",
+		Usage: "make an RSA key and X.509 certificate for signing kernel modules",
+		Description: `Writes, in --out (default .), ` + sign.KeyFile + ` (PEM PKCS#8 private key, mode 0600),
+` + sign.CertPEMFile + ` (PEM certificate) and ` + sign.CertDERFile + ` (DER certificate, for mokutil --import):
+an RSA-4096 key, as the kernel's own build-time key, and a self-signed X.509 v3 certificate with
+basicConstraints CA:FALSE, keyUsage digitalSignature, extendedKeyUsage codeSigning and a
+subjectKeyIdentifier. It never replaces a file: if any of the three exists, nothing is written
+and the exit status is 3.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "out", Value: ".", Usage: "directory to write the key and certificates in"},
+			&cli.StringFlag{Name: "cn", Value: "kmpack module signing key", Usage: "the certificate's common name (modinfo shows it as signer)"},
+			&cli.IntFlag{Name: "days", Value: 3650, Usage: "validity of the certificate in days"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usagef("keygen: unexpected argument %q", c.Args().First())
+			}
+			if c.Int("days") <= 0 {
+				return usagef("keygen: --days must be positive")
+			}
+			kp, err := sign.Keygen(sign.KeygenOptions{Dir: c.String("out"), CN: c.String("cn"), Days: c.Int("days")})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("key:         %s\ncertificate: %s\n             %s\nserial:      %v\nexpires:     %s\n",
+				kp.Key, kp.CertPEM, kp.CertDER, module.HexBytes(kp.Cert.SerialNumber.Bytes()), kp.Cert.NotAfter.Format("2006-01-02"))
+			return nil
+		},
+	}
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check modules' appended signatures against a certificate",
+		ArgsUsage: "--cert CERT MODULE.ko[.gz|.xz|.zst] ...",
+		Description: `Verifies, in Go, each module's appended PKCS#7 signature over the module's bytes as the
+kernel would with only CERT (PEM or DER) trusted, and prints one line per module: "FILE: ok",
+or "FILE: REASON: detail", REASON being unsigned, signed by another key (naming the signer and
+key id), digest mismatch (changed after signing), signature not made by the certificate's key,
+or bad signature structure (what the kernel refuses).
+
+Exit status: 0 every module verifies; 6 at least one does not; 3 the certificate or a module file
+cannot be read or is malformed (takes precedence over 6).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "cert", Required: true, Usage: "the certificate (PEM or DER) the signatures must check out against"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return usagef("verify: no module files given")
+			}
+			cert, err := sign.LoadCertificate(c.String("cert"))
+			if err != nil {
+				return err
+			}
+			bad, failed := 0, 0
+			for _, f := range c.Args().Slice() {
+				data, _, err := module.ReadMaybeCompressed(f)
+				if err == nil {
+					err = sign.VerifyModule(f, data, cert)
+				}
+				var vf *sign.VerifyFailure
+				switch {
+				case err == nil:
+					fmt.Printf("%s: ok\n", f)
+				case errors.As(err, &vf):
+					fmt.Println(vf.Error())
+					failed++
+				default:
+					fmt.Fprintln(os.Stderr, "kmpack:", err)
+					bad++
+				}
+			}
+			switch {
+			case bad > 0:
+				return cli.Exit("", exitInput)
+			case failed > 0:
+				return cli.Exit("", exitVerifyFailed)
+			}
+			return nil
+		},
+	}
+}
