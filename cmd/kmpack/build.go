@@ -76,7 +76,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
 			&cli.StringSliceFlag{Name: "siblings", Usage: "also judge whether each kernel's modules load in these kernels (trees, symvers files, /lib/modules/<release>; see kmpack compat) and record it in the manifest"},
-		}, packagingFlags()...),
+		}, append(packagingFlags(), signingFlags()...)...),
 		Action: runBuild,
 	}
 }
@@ -94,6 +94,11 @@ func runBuild(c *cli.Context) error {
 	}
 	if j := c.Int("jobs"); j < 1 || j > build.MaxJobs {
 		return usagef("--jobs must be between 1 and %d, not %d", build.MaxJobs, j)
+	}
+	// Keys are loaded (and a passphrase checked) before anything is built or written.
+	signers, err := signersFromFlags(c)
+	if err != nil {
+		return err
 	}
 	var comp module.Compression
 	if v := c.String("compress"); v != "auto" {
@@ -141,6 +146,7 @@ func runBuild(c *cli.Context) error {
 		siblings = append(siblings, t)
 	}
 	opts := build.BuildOptions{
+		Signers:            signers,
 		Jobs:               c.Int("jobs"),
 		OutputDir:          c.String("output"),
 		Compression:        comp,

@@ -99,3 +99,53 @@ cannot be read or is malformed (takes precedence over 6).`,
 		},
 	}
 }
+
+// Signing options of kmpack build; the environment variables are for CI, where keys arrive
+// as files and a passphrase as a secret variable.
+func signingFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "sign-key", EnvVars: []string{"KMPACK_SIGN_KEY"}, Usage: "sign modules with this PEM private key (repeatable: a second key signs too, for key rotation)"},
+		&cli.StringSliceFlag{Name: "sign-cert", EnvVars: []string{"KMPACK_SIGN_CERT"}, Usage: "the certificate of each --sign-key, then of each --sign-command, in order (PEM or DER)"},
+		&cli.StringSliceFlag{Name: "sign-command", EnvVars: []string{"KMPACK_SIGN_COMMAND"}, Usage: "an external signer that gets only digests (see README, Signing); its certificate comes from --sign-cert"},
+		&cli.StringFlag{Name: "sign-passphrase-file", EnvVars: []string{"KMPACK_SIGN_PASSPHRASE_FILE"}, Usage: "read an encrypted --sign-key's passphrase from this file's first line (or set KMPACK_SIGN_PASSPHRASE)"},
+	}
+}
+
+// signersFromFlags loads build's signers: keys first, then commands, each paired with the
+// --sign-cert at its position.
+func signersFromFlags(c *cli.Context) ([]sign.Signer, error) {
+	keys, certs, cmds := c.StringSlice("sign-key"), c.StringSlice("sign-cert"), c.StringSlice("sign-command")
+	if len(keys)+len(cmds) == 0 {
+		if len(certs) > 0 {
+			return nil, usagef("--sign-cert without --sign-key or --sign-command")
+		}
+		return nil, nil
+	}
+	if len(certs) != len(keys)+len(cmds) {
+		return nil, usagef("%d --sign-cert for %d --sign-key and %d --sign-command: give one certificate for each, keys' first", len(certs), len(keys), len(cmds))
+	}
+	env := ""
+	if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
+		env = "KMPACK_SIGN_PASSPHRASE"
+	}
+	var signers []sign.Signer
+	for i, k := range keys {
+		pass, err := sign.ReadPassphrase(env, c.String("sign-passphrase-file"))
+		if err != nil {
+			return nil, err
+		}
+		s, err := sign.LoadKeyFile(k, certs[i], pass)
+		if err != nil {
+			return nil, err
+		}
+		signers = append(signers, *s)
+	}
+	for i, cmd := range cmds {
+		s, err := sign.NewCommandSigner(c.Context, cmd, certs[len(keys)+i], 0)
+		if err != nil {
+			return nil, err
+		}
+		signers = append(signers, *s)
+	}
+	return signers, nil
+}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
 )
 
 // TestKeygenAndVerify: keygen writes the three files (key 0600), refuses to run again with exit 3
@@ -56,5 +58,45 @@ func TestKeygenAndVerify(t *testing.T) {
 	_, stderr, code = kmpack(t, "verify", "--cert", filepath.Join(dir, "none.crt"), signed)
 	if code != 3 || !strings.Contains(stderr, "none.crt: no such file") {
 		t.Fatalf("verify with a missing certificate: exit %d, %q", code, stderr)
+	}
+}
+
+// build --sign-key/--sign-cert signs what it outputs (verify accepts it); an encrypted key takes
+// its passphrase from KMPACK_SIGN_PASSPHRASE; a wrong one, or a key without its certificate,
+// is refused before anything is built or written.
+func TestBuildSigns(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", dir, "--cn", "cli build key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
+	key, cert := filepath.Join(dir, "kmpack-signing.key"), filepath.Join(dir, "kmpack-signing.crt")
+	enc := filepath.Join(dir, "enc.key")
+	if out, err := exec.Command("openssl", "pkcs8", "-topk8", "-v2", "aes256", "-in", key, "-out", enc, "-passout", "pass:s3cret").CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v %s", err, out)
+	}
+	cache, out := t.TempDir(), filepath.Join(t.TempDir(), "out")
+	h53 := "/lib/modules/6.1.0-53-amd64/build"
+	src := testenv.ExampleSource(t, true)
+	t.Setenv("KMPACK_SIGN_PASSPHRASE", "wrong")
+	_, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, "--sign-key", enc, "--sign-cert", cert, src)
+	if code != exitInput || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "enc.key") {
+		t.Fatalf("wrong passphrase: exit %d, %q", code, stderr)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a refused build wrote its output")
+	}
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, "--sign-key", enc, src); code != exitUsage {
+		t.Fatalf("key without certificate: exit %d, %q", code, stderr)
+	}
+	t.Setenv("KMPACK_SIGN_PASSPHRASE", "s3cret")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, "--sign-key", enc, "--sign-cert", cert, src); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	mods, _ := filepath.Glob(filepath.Join(out, "modules", "*", "*.ko*"))
+	if len(mods) != 1 {
+		t.Fatalf("modules: %v", mods)
+	}
+	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, mods[0]); code != 0 {
+		t.Fatalf("verify: exit %d, %q %q", code, stdout, stderr)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/proc"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/kmp/source"
 )
 
@@ -53,6 +54,11 @@ type BuildOptions struct {
 	// NoPrivateMounts builds in $TMPDIR workspaces even where private mount namespaces are
 	// available (see source.Workspace); without them that is what happens anyway, with a note.
 	NoPrivateMounts bool
+	// Signers sign every module on its way into the output (strip, sign, compress, as
+	// modules_install does), with the kernel's CONFIG_MODULE_SIG_HASH; two signers give one
+	// signature with two signer infos. The cache keeps unsigned modules: changing a key
+	// re-signs without rebuilding.
+	Signers []sign.Signer
 	// KeepWork keeps the workspaces of failed builds for inspection.
 	KeepWork bool
 	// Timeout, when set, bounds each kernel's build (patches, hooks, make, collection); a
@@ -471,6 +477,11 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	r.CacheKey = key
 	if b.fromCache(j) {
+		if err := b.signModules(j); err != nil {
+			b.setFatal(err)
+			finish(manifest.StatusFailed, err.Error())
+			return
+		}
 		finish(r.Status, r.Reason)
 		return
 	}
@@ -520,6 +531,11 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	r.Status = manifest.StatusBuilt
 	b.storeCache(j)
+	if err := b.signModules(j); err != nil {
+		b.setFatal(err)
+		finish(manifest.StatusFailed, err.Error())
+		return
+	}
 	finish(manifest.StatusBuilt, "")
 }
 

@@ -119,4 +119,19 @@ type BuiltModule struct {
 	// Imports counts the symbols with a modversions CRC the module needs; Exports lists what it provides.
 	Imports int      `json:"imports"`
 	Exports []string `json:"exports,omitempty"`
+	// Signature is the module signature kmpack appended, if any.
+	Signature *ModuleSignature `json:"signature,omitempty"`
+}
+
+// ModuleSignature is who signed a module and with which hash.
+type ModuleSignature struct {
+	Hash    string            `json:"hash"`
+	Signers []ModuleSignerKey `json:"signers"`
+}
+
+// ModuleSignerKey is one signer: the certificate's subject common name (modinfo's signer) and
+// its serial in hex (modinfo's sig_key).
+type ModuleSignerKey struct {
+	Signer string `json:"signer"`
+	KeyID  string `json:"key_id"`
 }

@@ -1,0 +1,105 @@
+package build_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
+	"github.com/kmpack/kmpack/kmp/source"
+)
+
+func signerFor(t *testing.T, cn string) (*sign.Signer, *sign.KeyPair) {
+	t.Helper()
+	kp, err := sign.Keygen(sign.KeygenOptions{Dir: t.TempDir(), CN: cn, Days: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := sign.LoadKeyFile(kp.Key, kp.CertPEM, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, kp
+}
+
+// Modules are signed on their way out: byte-identical to the kernel tree's own sign-file run on
+// the unsigned module (strip, sign, then compress, as modules_install does), with the tree's
+// CONFIG_MODULE_SIG_HASH; the cache keeps the unsigned build, so a rebuild with another key
+// is taken from the cache and re-signed; the manifest names signer, key and hash.
+func TestBuildSignsModules(t *testing.T) {
+	testenv.Need(t, "make", "strip")
+	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release612)
+	cache := t.TempDir()
+	run := func(signers ...sign.Signer) (*manifest.Manifest, string) {
+		t.Helper()
+		src, err := source.OpenSource(testenv.ExampleSource(t, true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "out")
+		m, err := build.Build(context.Background(), src, trees, build.BuildOptions{Jobs: 2, CacheDir: cache, OutputDir: out, Signers: signers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m, out
+	}
+	plain, plainOut := run()
+	a, akp := signerFor(t, "kmpack test key A")
+	b, _ := signerFor(t, "kmpack test key B")
+	for i, signers := range [][]sign.Signer{{*a}, {*b}, {*a, *b}} {
+		m, out := run(signers...)
+		for k, kb := range m.Kernels {
+			if !kb.Cached {
+				t.Errorf("run %d, %s: rebuilt; signing must not change what the cache holds", i, kb.Release)
+			}
+			for j, bm := range kb.Modules {
+				data, _, err := module.ReadMaybeCompressed(filepath.Join(out, bm.File))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range signers {
+					if err := sign.VerifyModule(bm.File, data, s.Cert); err != nil {
+						t.Errorf("run %d, %s: %v", i, bm.File, err)
+					}
+				}
+				if bm.Signature == nil || len(bm.Signature.Signers) != len(signers) || bm.Signature.Hash != trees[k].Config["CONFIG_MODULE_SIG_HASH"] ||
+					bm.Signature.Signers[0].Signer != signers[0].Cert.Subject.CommonName {
+					t.Errorf("run %d, %s: manifest signature %+v", i, bm.File, bm.Signature)
+				}
+				info, err := module.ParseModule(bm.File, data)
+				if err != nil || info.Signature == nil || info.Signature.Signer != signers[0].Cert.Subject.CommonName ||
+					info.Signature.KeyID.String() != bm.Signature.Signers[0].KeyID {
+					t.Errorf("run %d, %s: module's signature %+v (%v), manifest %+v", i, bm.File, info.Signature, err, bm.Signature)
+				}
+				// The tree's own sign-file, on the unsigned module of the plain build.
+				if len(signers) == 1 && i == 0 {
+					unsigned, _, err := module.ReadMaybeCompressed(filepath.Join(plainOut, plain.Kernels[k].Modules[j].File))
+					if err != nil {
+						t.Fatal(err)
+					}
+					f := filepath.Join(t.TempDir(), "m.ko")
+					if err := os.WriteFile(f, unsigned, 0o644); err != nil {
+						t.Fatal(err)
+					}
+					signFile := filepath.Join(trees[k].Dir, "scripts/sign-file")
+					if out, err := exec.Command(signFile, trees[k].Config["CONFIG_MODULE_SIG_HASH"], akp.Key, akp.CertPEM, f).CombinedOutput(); err != nil {
+						t.Fatalf("%s: %v\n%s", signFile, err, out)
+					}
+					if !bytes.Equal(testenv.MustRead(t, f), data) {
+						t.Errorf("%s: kmpack's signed module differs from sign-file's", bm.File)
+					}
+					if bm.Compression != module.CompressNone && bytes.Equal(data, testenv.MustRead(t, filepath.Join(out, bm.File))) {
+						t.Errorf("%s: not compressed after signing", bm.File)
+					}
+				}
+			}
+		}
+	}
+}
