@@ -21,6 +21,15 @@ WANT=(
   acpi-call-dkms
   gost-crypto-dkms
   jool-dkms
+  # More *-dkms sources for what their dkms.conf exercises (kmp/build's TestBuildMatchesDKMS):
+  # configure embedding build paths, hard-coded dkms paths and a second source under /usr/src,
+  # BUILD_EXCLUSIVE set by shell logic, modules in subdirectories, a "-" in the version, a "_" in the name.
+  iptables-netflow-dkms
+  west-chamber-dkms
+  xtables-addons-dkms
+  ddcci-dkms
+  lime-forensics-dkms
+  tp-smapi-dkms
 )
 missing=()
 for p in "${WANT[@]}"; do

@@ -170,8 +170,11 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 // InstalledReleases are the kernels whose headers scripts/setup.sh installs.
 var InstalledReleases = []string{Release53, Release53Cloud, Release54, Release612}
 
-// Corpus names the Debian *-dkms packages scripts/testdata.sh downloads (shared/reference/corpus.md).
-var Corpus = []string{"acpi-call-dkms", "gost-crypto-dkms", "jool-dkms", "v4l2loopback-dkms"}
+// Corpus names the Debian *-dkms packages scripts/testdata.sh downloads: the four of
+// shared/reference/corpus.md and six more for what their dkms.conf exercises (see
+// kmp/build's TestBuildMatchesDKMS).
+var Corpus = []string{"acpi-call-dkms", "gost-crypto-dkms", "jool-dkms", "v4l2loopback-dkms",
+	"iptables-netflow-dkms", "west-chamber-dkms", "ddcci-dkms", "xtables-addons-dkms", "lime-forensics-dkms", "tp-smapi-dkms"}
 
 // CorpusSource returns a private copy (under dir) of the module source that a Debian *-dkms
 // package ships in /usr/src/<name>-<version>, with its dkms.conf.
