@@ -21,6 +21,10 @@ PACKAGES=(
   qemu-system-x86 busybox-static
   # kmpack man is checked by rendering it with man-db (groff).
   man-db groff-base
+  # Build dependencies of the corpus sources compared with dkms (what their -dkms packages
+  # depend on): iptables-netflow's configure and xtables-addons/west-chamber need iptables'
+  # headers and binary.
+  iptables libxtables-dev pkg-config
 )
 
 need=()
