@@ -1,6 +1,7 @@
 package weakupdates
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ const (
 	ReasonFlavor     = "flavor"           // another flavor of kernel (weak-updates never cross flavors)
 	ReasonNoVersions = "no-modversions"   // built without CRCs: only its own release can load it
 	ReasonDependency = "dependency"       // needs a module of the same package that cannot load
+	ReasonSignature  = "signature"        // the kernel enforces signatures and trusts no key that signed it
 )
 
 // Reason is one thing that stops a module from loading in a kernel.
@@ -105,6 +107,7 @@ func Check(mods []*module.ModuleInfo, t *Target) []Verdict {
 			}
 			checkNamespace(m, imp.Name, s.Namespace, add)
 		}
+		checkSignature(m, t, add)
 		v.Compatible = len(v.Reasons) == 0
 		verdicts[i] = v
 	}
@@ -126,6 +129,37 @@ func Check(mods []*module.ModuleInfo, t *Target) []Verdict {
 		}
 	}
 	return verdicts
+}
+
+// checkSignature: a kernel that enforces module signatures (CONFIG_MODULE_SIG_FORCE) loads a
+// module only when one of its signers is a key the kernel trusts, looked up as the kernel
+// looks it up (issuer and serial, or subject key id). Which keys the kernel trusts is what the
+// user says (Target.Trusted); without that, or when enforcement is unknown, nothing is judged.
+func checkSignature(m *module.ModuleInfo, t *Target, add func(Reason)) {
+	if t.SigEnforced != "yes" || t.Trusted == nil {
+		return
+	}
+	if m.Signature == nil {
+		add(Reason{Kind: ReasonSignature, Want: "signed", Have: "unsigned",
+			Detail: "the kernel enforces module signatures (CONFIG_MODULE_SIG_FORCE) and the module is unsigned"})
+		return
+	}
+	signers := m.Signature.Signers
+	if len(signers) == 0 {
+		signers = []module.SignerID{{Signer: m.Signature.Signer, KeyID: m.Signature.KeyID}}
+	}
+	var names []string
+	for _, s := range signers {
+		for _, c := range t.Trusted {
+			if s.Signer != "" && s.Signer == c.Issuer.CommonName && bytes.Equal(s.KeyID, c.SerialNumber.Bytes()) ||
+				s.Signer == "" && len(c.SubjectKeyId) > 0 && bytes.Equal(s.KeyID, c.SubjectKeyId) {
+				return
+			}
+		}
+		names = append(names, fmt.Sprintf("%q key id %s", s.Signer, s.KeyID))
+	}
+	add(Reason{Kind: ReasonSignature, Have: strings.Join(names, ", "),
+		Detail: "the kernel enforces module signatures (CONFIG_MODULE_SIG_FORCE) and trusts none of the module's signers: " + strings.Join(names, ", ")})
 }
 
 func crcReason(imp module.SymbolCRC, have uint64, provider string) Reason {

@@ -6,6 +6,7 @@ package weakupdates
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io/fs"
 	"os"
@@ -38,6 +39,12 @@ type Target struct {
 	// Extra are symbols other module packages provide in this kernel (weak-updates resolves
 	// packages that need each other); looked up after Symvers.
 	Extra map[string]module.Symbol `json:"-"`
+	// SigEnforced is "yes" when the kernel refuses unsigned modules and modules signed by keys
+	// it does not trust (CONFIG_MODULE_SIG_FORCE), "no" when it does not, "" when unknown.
+	SigEnforced string `json:"signatures_enforced,omitempty"`
+	// Trusted are the certificates the user says the kernel trusts (compat --trusted-cert);
+	// nil: signatures are not judged.
+	Trusted []*x509.Certificate `json:"-"`
 	// Notes say which checks could not be made and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -51,6 +58,11 @@ type TargetOptions struct {
 	CacheDir string
 	// NoProbe skips building the probe module: the struct module size is then not checked.
 	NoProbe bool
+	// Trusted are certificates the kernel trusts, for judging module signatures.
+	Trusted []*x509.Certificate
+	// EnforceSignatures judges signatures as for a kernel that enforces them whatever its
+	// config says: a machine booted with Secure Boot (lockdown) or module.sig_enforce=1.
+	EnforceSignatures bool
 }
 
 // OpenTarget reads a kernel from a devel tree, a symvers file (Module.symvers,
@@ -60,17 +72,38 @@ func OpenTarget(ctx context.Context, path string, opts TargetOptions) (*Target, 
 	if err != nil {
 		return nil, err
 	}
-	if !fi.IsDir() {
-		return targetFromSymvers(path, opts.Release)
+	var t *Target
+	switch {
+	case !fi.IsDir():
+		t, err = targetFromSymvers(path, opts.Release)
+	case isInstalledModulesDir(path):
+		t, err = targetFromInstalled(path)
+	default:
+		var tree *kernel.KernelTree
+		if tree, err = kernel.OpenKernelTree(path); err != nil {
+			return nil, err
+		}
+		t, err = TargetFromTree(ctx, tree, opts)
 	}
-	if isInstalledModulesDir(path) {
-		return targetFromInstalled(path)
-	}
-	tree, err := kernel.OpenKernelTree(path)
 	if err != nil {
 		return nil, err
 	}
-	return TargetFromTree(ctx, tree, opts)
+	t.Trusted = opts.Trusted
+	if opts.EnforceSignatures {
+		t.SigEnforced = "yes"
+	}
+	if t.Trusted != nil && t.SigEnforced == "" {
+		t.Notes = append(t.Notes, "module signatures not judged: whether this kernel enforces them is unknown (no kernel config here)")
+	}
+	return t, nil
+}
+
+// sigEnforced reads CONFIG_MODULE_SIG_FORCE from a kernel config.
+func sigEnforced(c kernel.KernelConfig) string {
+	if c.Enabled("CONFIG_MODULE_SIG_FORCE") {
+		return "yes"
+	}
+	return "no"
 }
 
 // TargetFromTree describes a devel tree's kernel. The tree records its symvers and config but
@@ -84,7 +117,7 @@ func TargetFromTree(ctx context.Context, tree *kernel.KernelTree, opts TargetOpt
 		return nil, err
 	}
 	t := &Target{Release: tree.Release, Flavor: kernel.FlavorFromRelease(tree.Release), Source: tree.Dir,
-		VermagicFlags: tree.VermagicFlags(), Symvers: sv}
+		VermagicFlags: tree.VermagicFlags(), Symvers: sv, SigEnforced: sigEnforced(tree.Config), Trusted: opts.Trusted}
 	if opts.NoProbe {
 		t.Notes = append(t.Notes, "struct module size not checked (probe build disabled)")
 		return t, nil
@@ -223,6 +256,12 @@ func installedTarget(r *os.Root, rootDir, modDir string, kernelRoot *os.Root) (*
 	release := path.Base(modDir)
 	dir := filepath.Join(rootDir, modDir)
 	t := &Target{Release: release, Flavor: kernel.FlavorFromRelease(release), Source: dir}
+	// The installed kernel's config, where distributions keep it.
+	if b, _, err := kmp.ReadRootFile(r, path.Join("boot", "config-"+release), 16<<20); err == nil {
+		if c, err := kernel.ParseKernelConfig(filepath.Join(rootDir, "boot", "config-"+release), b); err == nil {
+			t.SigEnforced = sigEnforced(c)
+		}
+	}
 	var tried []string
 	for _, p := range SymversLocations("/", release) {
 		b, _, err := kmp.ReadRootFile(r, rel(p), MaxModuleSize)

@@ -111,6 +111,9 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if signers, err = specSigners(c, src, signers); err != nil {
+		return err
+	}
 	profiles, err := packagingProfiles(c, src.Spec)
 	if err != nil {
 		return err

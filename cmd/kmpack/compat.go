@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/x509"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -27,11 +29,17 @@ names the kernel when the file name does not), or an installed /lib/modules/<rel
 devel tree kmpack builds a tiny probe module (cached) to learn the size of its struct module.
 
 Prints the module x kernel matrix and every reason a module cannot load; --json prints it as
-JSON, --html as one self-contained page. Exit status 0 whatever the verdicts, 3 for bad input.`,
+JSON, --html as one self-contained page. With --trusted-cert, a kernel that enforces module
+signatures (CONFIG_MODULE_SIG_FORCE in its config, or any with --enforce-signatures) cannot
+load a module that is unsigned or whose signers (issuer and serial, as the kernel looks keys
+up) are none of those certificates: reason "signature". Exit status 0 whatever the verdicts,
+3 for bad input.`,
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "kernel", Aliases: []string{"k"}, Required: true, Usage: "kernel tree, symvers file or /lib/modules/<release> (repeatable)"},
 			&cli.StringFlag{Name: "release", Usage: "kernel release of a symvers file whose name does not say it"},
 			&cli.BoolFlag{Name: "no-probe", Usage: "do not build the probe module (struct module size is then not checked)"},
+			&cli.StringSliceFlag{Name: "trusted-cert", Usage: "a certificate the kernels trust (PEM or DER, repeatable): a kernel that enforces module signatures gets a signature reason for a module none of whose signers it trusts"},
+			&cli.BoolFlag{Name: "enforce-signatures", Usage: "judge signatures as for kernels that enforce them whatever their config says (Secure Boot lockdown, module.sig_enforce=1)"},
 			jsonFlag,
 			&cli.BoolFlag{Name: "html", Usage: "print a self-contained HTML page"},
 		},
@@ -51,10 +59,22 @@ func runCompat(c *cli.Context) error {
 		}
 		mods = append(mods, m)
 	}
+	var trusted []*x509.Certificate
+	for _, p := range c.StringSlice("trusted-cert") {
+		cert, err := sign.LoadCertificate(p)
+		if err != nil {
+			return err
+		}
+		trusted = append(trusted, cert)
+	}
+	if c.Bool("enforce-signatures") && trusted == nil {
+		return usagef("--enforce-signatures needs --trusted-cert: which keys the kernels trust")
+	}
 	var targets []*weakupdates.Target
 	for _, k := range c.StringSlice("kernel") {
 		t, err := openTarget(c.Context, k, weakupdates.TargetOptions{
-			Release: c.String("release"), CacheDir: c.String("cache-dir"), NoProbe: c.Bool("no-probe")})
+			Release: c.String("release"), CacheDir: c.String("cache-dir"), NoProbe: c.Bool("no-probe"),
+			Trusted: trusted, EnforceSignatures: c.Bool("enforce-signatures")})
 		if err != nil {
 			return err
 		}

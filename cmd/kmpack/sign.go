@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/sign"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // exitVerifyFailed: verify found a module whose signature does not check out.
@@ -107,8 +110,40 @@ func signingFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "sign-key", EnvVars: []string{"KMPACK_SIGN_KEY"}, Usage: "sign modules with this PEM private key (repeatable: a second key signs too, for key rotation)"},
 		&cli.StringSliceFlag{Name: "sign-cert", EnvVars: []string{"KMPACK_SIGN_CERT"}, Usage: "the certificate of each --sign-key, then of each --sign-command, in order (PEM or DER)"},
 		&cli.StringSliceFlag{Name: "sign-command", EnvVars: []string{"KMPACK_SIGN_COMMAND"}, Usage: "an external signer that gets only digests (see README, Signing); its certificate comes from --sign-cert"},
+		&cli.BoolFlag{Name: "sign", EnvVars: []string{"KMPACK_SIGN"}, Usage: "sign with the keys kmpack.yaml's signing.keys names (a source cannot choose a key by itself)"},
 		&cli.StringFlag{Name: "sign-passphrase-file", EnvVars: []string{"KMPACK_SIGN_PASSPHRASE_FILE"}, Usage: "read an encrypted --sign-key's passphrase from this file's first line (or set KMPACK_SIGN_PASSPHRASE)"},
 	}
+}
+
+// specSigners are the signers kmpack.yaml names, used only with --sign; and a build that would
+// sign nothing while the spec says signing.required is an input error.
+func specSigners(c *cli.Context, src *source.Source, signers []sign.Signer) ([]sign.Signer, error) {
+	if src.Spec == nil {
+		if c.Bool("sign") {
+			return nil, usagef("--sign uses kmpack.yaml's signing.keys; %s has no kmpack.yaml", src.Dir)
+		}
+		return signers, nil
+	}
+	sp := src.Spec.Signing
+	if len(signers) == 0 && c.Bool("sign") {
+		if len(sp.Keys) == 0 {
+			return nil, kmp.InputErrorf(src.Spec.Path(), "--sign: signing.keys names no key")
+		}
+		var keys, certs []string
+		for _, k := range sp.Keys {
+			for _, p := range []*string{&k.Key, &k.Cert} {
+				if !filepath.IsAbs(*p) {
+					*p = filepath.Join(src.Dir, *p)
+				}
+			}
+			keys, certs = append(keys, k.Key), append(certs, k.Cert)
+		}
+		return loadSigners(c, keys, certs, nil)
+	}
+	if len(signers) == 0 && sp.Required {
+		return nil, kmp.InputErrorf(src.Spec.Path(), "signing.required: no key to sign with (--sign-key/--sign-cert, or --sign to use signing.keys)")
+	}
+	return signers, nil
 }
 
 // signersFromFlags loads build's signers: keys first, then commands, each paired with the
@@ -124,6 +159,12 @@ func signersFromFlags(c *cli.Context) ([]sign.Signer, error) {
 	if len(certs) != len(keys)+len(cmds) {
 		return nil, usagef("%d --sign-cert for %d --sign-key and %d --sign-command: give one certificate for each, keys' first", len(certs), len(keys), len(cmds))
 	}
+	return loadSigners(c, keys, certs, cmds)
+}
+
+// loadSigners loads key files (paired with certs[i]) and signer commands (with the certs after
+// the keys').
+func loadSigners(c *cli.Context, keys, certs, cmds []string) ([]sign.Signer, error) {
 	env := ""
 	if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
 		env = "KMPACK_SIGN_PASSPHRASE"

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp/sign"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 // TestKeygenAndVerify: keygen writes the three files (key 0600), refuses to run again with exit 3
@@ -98,5 +102,111 @@ func TestBuildSigns(t *testing.T) {
 	}
 	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, mods[0]); code != 0 {
 		t.Fatalf("verify: exit %d, %q %q", code, stdout, stderr)
+	}
+
+	// kmpack.yaml's signing: required refuses an unsigned build; its keys (relative to the
+	// spec) sign only with --sign.
+	spec := filepath.Join(src, "kmpack.yaml")
+	y, err := os.ReadFile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(src, "keys"), 0o755)
+	for _, f := range []string{"kmpack-signing.key", "kmpack-signing.crt"} {
+		os.WriteFile(filepath.Join(src, "keys", f), testenv.MustRead(t, filepath.Join(dir, f)), 0o600)
+	}
+	y = append(y, []byte("signing:\n  required: true\n  keys:\n    - key: keys/kmpack-signing.key\n      cert: keys/kmpack-signing.crt\n")...)
+	if err := os.WriteFile(spec, y, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out2 := filepath.Join(t.TempDir(), "out")
+	_, stderr, code = kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out2, src)
+	if code != exitInput || !strings.Contains(stderr, "kmpack.yaml: signing.required") {
+		t.Fatalf("required signing without a key: exit %d, %q", code, stderr)
+	}
+	if _, err := os.Stat(out2); err == nil {
+		t.Fatal("a refused build wrote its output")
+	}
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "--sign", "-k", h53, "-o", out2, src); code != 0 {
+		t.Fatalf("build --sign: exit %d: %s", code, stderr)
+	}
+	mods, _ = filepath.Glob(filepath.Join(out2, "modules", "*", "*.ko*"))
+	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, mods[0]); len(mods) != 1 || code != 0 {
+		t.Fatalf("verify: %v exit %d, %q %q", mods, code, stdout, stderr)
+	}
+}
+
+// compat --trusted-cert: for a kernel that enforces signatures, an unsigned module and one
+// signed only by an untrusted key get a "signature" reason; a module signed by the trusted key,
+// alone or beside another, loads. Debian's config does not force signatures, so without
+// --enforce-signatures nothing is judged.
+func TestCompatTrustedCert(t *testing.T) {
+	dir := t.TempDir()
+	var keys, certs []string
+	for _, n := range []string{"a", "b"} {
+		d := filepath.Join(dir, n)
+		if _, stderr, code := kmpack(t, "keygen", "--out", d, "--cn", "compat key "+n); code != 0 {
+			t.Fatalf("keygen: %s", stderr)
+		}
+		keys, certs = append(keys, filepath.Join(d, "kmpack-signing.key")), append(certs, filepath.Join(d, "kmpack-signing.crt"))
+	}
+	hello := "../../testdata/ko/kmpack_hello-6.1.0-53.ko"
+	signed := func(name string, idx ...int) string {
+		data, err := os.ReadFile(hello)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var signers []sign.Signer
+		for _, i := range idx {
+			s, err := sign.LoadKeyFile(keys[i], certs[i], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			signers = append(signers, *s)
+		}
+		if len(signers) > 0 {
+			if data, err = sign.SignModule(data, crypto.SHA256, signers...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := filepath.Join(dir, name, "kmpack_hello.ko")
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	mods := []string{signed("none"), signed("A", 0), signed("B", 1), signed("AB", 1, 0)}
+	want := []string{"signature", "", "signature", ""}
+	h53 := "/lib/modules/6.1.0-53-amd64/build"
+	for _, enforce := range []bool{true, false} {
+		for i, m := range mods {
+			args := []string{"compat", "--json", "--no-probe", "-k", h53, "--trusted-cert", certs[0], m}
+			if enforce {
+				args = append(args, "--enforce-signatures")
+			}
+			stdout, stderr, code := kmpack(t, args...)
+			if code != 0 {
+				t.Fatalf("compat: exit %d: %s", code, stderr)
+			}
+			var mx weakupdates.Matrix
+			if err := json.Unmarshal([]byte(stdout), &mx); err != nil || len(mx.Cells) != 1 || len(mx.Cells[0]) != 1 {
+				t.Fatalf("compat output: %v\n%s", err, stdout)
+			}
+			var kinds []string
+			for _, r := range mx.Cells[0][0].Reasons {
+				kinds = append(kinds, r.Kind)
+			}
+			w := want[i]
+			if !enforce {
+				w = ""
+			}
+			if strings.Join(kinds, ",") != w {
+				t.Errorf("enforce=%v %s: reasons %v, want %q\n%s", enforce, m, kinds, w, stdout)
+			}
+			if i == 2 && enforce && !strings.Contains(stdout, `compat key b`) {
+				t.Errorf("the reason does not name the untrusted signer:\n%s", stdout)
+			}
+		}
 	}
 }

@@ -26,8 +26,18 @@ type ModuleSignature struct {
 	// Algo is the public-key algorithm ("RSA", "ECDSA", ...), from the PKCS#7 signer info when there is one.
 	Algo      string   `json:"algo,omitempty"`
 	Signature HexBytes `json:"signature"`
+	// Signers are every PKCS#7 signer (key rotation signs with two); the fields above are the
+	// first's, as modinfo shows them.
+	Signers []SignerID `json:"signers,omitempty"`
 	// Size is the number of bytes appended to the ELF image, magic included.
 	Size int `json:"size"`
+}
+
+// SignerID names a signer's key the way the kernel looks it up: the certificate's issuer
+// common name and serial (KeyID), or a subject key identifier (Signer then empty).
+type SignerID struct {
+	Signer string   `json:"signer,omitempty"`
+	KeyID  HexBytes `json:"key_id"`
 }
 
 // HexBytes prints as colon-separated upper-case hex, as modinfo does.
@@ -308,6 +318,15 @@ func (s *ModuleSignature) fillPKCS7(der []byte) error {
 	s.HashAlgo = si.HashName()
 	s.Algo = keyAlgoOIDs[si.SignatureAlgorithm.String()]
 	s.Signature = HexBytes(si.Signature)
+	for i := range p.Signers {
+		id := SignerID{KeyID: p.Signers[i].KeyID()}
+		if p.Signers[i].Issuer != nil {
+			if cn, err := p.Signers[i].IssuerCommonName(); err == nil {
+				id.Signer = cn
+			}
+		}
+		s.Signers = append(s.Signers, id)
+	}
 	return nil
 }
 

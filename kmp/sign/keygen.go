@@ -72,6 +72,10 @@ func Keygen(opt KeygenOptions) (*KeyPair, error) {
 	if opt.Now.IsZero() {
 		opt.Now = time.Now()
 	}
+	// A missing directory is made, private: it is where a private key is about to live.
+	if err := os.MkdirAll(opt.Dir, 0o700); err != nil {
+		return nil, kmp.InputErrorf(opt.Dir, "%v", kmp.UnwrapPathError(err))
+	}
 	kp := &KeyPair{
 		Key:     filepath.Join(opt.Dir, KeyFile),
 		CertPEM: filepath.Join(opt.Dir, CertPEMFile),

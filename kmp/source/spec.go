@@ -49,8 +49,27 @@ type Spec struct {
 	// Formats and Profile choose the packages (deb, rpm, ...) and conventions (suse, rhel, debian).
 	Formats []string `yaml:"formats,omitempty" json:"formats,omitempty"`
 	Profile string   `yaml:"profile,omitempty" json:"profile,omitempty"`
+	// Signing says whether modules must be signed and with which keys.
+	Signing SpecSigning `yaml:"signing,omitempty" json:"signing"`
 
 	path string
+}
+
+// SpecSigning is kmpack.yaml's signing section. A source names its keys, but a file kmpack
+// reads cannot make it sign with a key of the build host by itself: Keys are used only when
+// the operator says so (kmpack build --sign), and there is no signer command here (a file
+// names no program to run).
+type SpecSigning struct {
+	// Required makes a build that would sign nothing an error.
+	Required bool `yaml:"required,omitempty" json:"required,omitempty"`
+	// Keys are key/certificate pairs: paths relative to kmpack.yaml's directory or absolute.
+	Keys []SpecSigningKey `yaml:"keys,omitempty" json:"keys,omitempty"`
+}
+
+// SpecSigningKey is one signer of SpecSigning.
+type SpecSigningKey struct {
+	Key  string `yaml:"key" json:"key"`
+	Cert string `yaml:"cert" json:"cert"`
 }
 
 // SpecModule is one module of a Spec.
@@ -231,6 +250,16 @@ func (s *Spec) checkPackaging() error {
 }
 
 func (s *Spec) validate() error {
+	for i, k := range s.Signing.Keys {
+		if k.Key == "" || k.Cert == "" {
+			return fmt.Errorf("signing.keys[%d]: key and cert are both required", i)
+		}
+		for _, v := range []string{k.Key, k.Cert} {
+			if err := CheckText(fmt.Sprintf("signing.keys[%d]", i), v, 4096, false); err != nil {
+				return err
+			}
+		}
+	}
 	if s.Name == "" {
 		return fmt.Errorf("name: required")
 	}
@@ -417,3 +446,6 @@ func WriteSpec(w io.Writer, s *Spec) error {
 	}
 	return enc.Close()
 }
+
+// Path is the file the spec was read from.
+func (s *Spec) Path() string { return s.path }
