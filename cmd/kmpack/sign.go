@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -147,5 +148,28 @@ func signersFromFlags(c *cli.Context) ([]sign.Signer, error) {
 		}
 		signers = append(signers, *s)
 	}
+	if err := checkCertificates(signers, certs); err != nil {
+		return nil, err
+	}
 	return signers, nil
+}
+
+// checkCertificates refuses a certificate no kernel accepts module signatures from and warns,
+// once per certificate, about what some kernels or policies mind (sign.CheckCertificate).
+func checkCertificates(signers []sign.Signer, names []string) error {
+	now := time.Now()
+	for i, s := range signers {
+		name := s.Name
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		warnings, err := sign.CheckCertificate(name, s.Cert, now)
+		if err != nil {
+			return err
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(os.Stderr, "kmpack: warning:", w)
+		}
+	}
+	return nil
 }

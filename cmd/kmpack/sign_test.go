@@ -1,13 +1,19 @@
 package main
 
 import (
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp/sign"
 )
 
 // TestKeygenAndVerify: keygen writes the three files (key 0600), refuses to run again with exit 3
@@ -91,6 +97,60 @@ func TestBuildSigns(t *testing.T) {
 	t.Setenv("KMPACK_SIGN_PASSPHRASE", "s3cret")
 	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, "--sign-key", enc, "--sign-cert", cert, src); code != 0 {
 		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	mods, _ := filepath.Glob(filepath.Join(out, "modules", "*", "*.ko*"))
+	if len(mods) != 1 {
+		t.Fatalf("modules: %v", mods)
+	}
+	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, mods[0]); code != 0 {
+		t.Fatalf("verify: exit %d, %q %q", code, stdout, stderr)
+	}
+}
+
+// An expired certificate without extendedKeyUsage is warned about, not refused (kernels check
+// neither for module signatures): the build signs with it, one warning line each, and verify
+// accepts the modules.
+func TestBuildWarnsAboutCertificate(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", dir, "--cn", "expired key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
+	key := filepath.Join(dir, "kmpack-signing.key")
+	data, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, err := sign.ParsePrivateKey(key, data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "expired key"},
+		NotBefore:    time.Now().AddDate(-3, 0, 0),
+		NotAfter:     time.Now().AddDate(-1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, priv.Public(), priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := filepath.Join(dir, "expired.der")
+	if err := os.WriteFile(cert, der, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	_, stderr, code := kmpack(t, "build", "-q", "-k", "/lib/modules/6.1.0-53-amd64/build", "-o", out, "--sign-key", key, "--sign-cert", cert, testenv.ExampleSource(t, true))
+	if code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"kmpack: warning: " + cert + `: the certificate "expired key" expired on `,
+		"kmpack: warning: " + cert + `: the certificate "expired key" has no extendedKeyUsage: SUSE kernels`,
+	} {
+		if strings.Count(stderr, want) != 1 {
+			t.Errorf("stderr lacks one %q:\n%s", want, stderr)
+		}
 	}
 	mods, _ := filepath.Glob(filepath.Join(out, "modules", "*", "*.ko*"))
 	if len(mods) != 1 {
