@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/sign"
+	"github.com/kmpack/kmpack/kmp/sign/pkcs11"
 	"github.com/kmpack/kmpack/kmp/source"
 )
 
@@ -107,10 +109,11 @@ cannot be read or is malformed (takes precedence over 6).`,
 // as files and a passphrase as a secret variable.
 func signingFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringSliceFlag{Name: "sign-key", EnvVars: []string{"KMPACK_SIGN_KEY"}, Usage: "sign modules with this PEM private key (repeatable: a second key signs too, for key rotation)"},
+		&cli.StringSliceFlag{Name: "sign-key", EnvVars: []string{"KMPACK_SIGN_KEY"}, Usage: "sign modules with this PEM private key or pkcs11: URI (repeatable: a second key signs too, for key rotation)"},
 		&cli.StringSliceFlag{Name: "sign-cert", EnvVars: []string{"KMPACK_SIGN_CERT"}, Usage: "the certificate of each --sign-key, then of each --sign-command, in order (PEM or DER)"},
 		&cli.StringSliceFlag{Name: "sign-command", EnvVars: []string{"KMPACK_SIGN_COMMAND"}, Usage: "an external signer that gets only digests (see README, Signing); its certificate comes from --sign-cert"},
 		&cli.BoolFlag{Name: "sign", EnvVars: []string{"KMPACK_SIGN"}, Usage: "sign with the keys kmpack.yaml's signing.keys names (a source cannot choose a key by itself)"},
+		&cli.StringFlag{Name: "pkcs11-module", EnvVars: []string{"KMPACK_PKCS11_MODULE"}, Value: pkcs11.DefaultModule, Usage: "the PKCS#11 module for a pkcs11: --sign-key without module-path (its PIN: pin-source=file:PATH in the URI, or $" + pkcs11.EnvPIN + ")"},
 		&cli.StringFlag{Name: "sign-passphrase-file", EnvVars: []string{"KMPACK_SIGN_PASSPHRASE_FILE"}, Usage: "read an encrypted --sign-key's passphrase from this file's first line (or set KMPACK_SIGN_PASSPHRASE)"},
 	}
 }
@@ -132,13 +135,13 @@ func specSigners(c *cli.Context, src *source.Source, signers []sign.Signer) ([]s
 		var keys, certs []string
 		for _, k := range sp.Keys {
 			for _, p := range []*string{&k.Key, &k.Cert} {
-				if !filepath.IsAbs(*p) {
+				if !filepath.IsAbs(*p) && !pkcs11.IsURI(*p) {
 					*p = filepath.Join(src.Dir, *p)
 				}
 			}
 			keys, certs = append(keys, k.Key), append(certs, k.Cert)
 		}
-		return loadSigners(c, keys, certs, nil)
+		return loadSigners(c, keys, certs, nil, false)
 	}
 	if len(signers) == 0 && sp.Required {
 		return nil, kmp.InputErrorf(src.Spec.Path(), "signing.required: no key to sign with (--sign-key/--sign-cert, or --sign to use signing.keys)")
@@ -147,7 +150,9 @@ func specSigners(c *cli.Context, src *source.Source, signers []sign.Signer) ([]s
 }
 
 // signersFromFlags loads build's signers: keys first, then commands, each paired with the
-// --sign-cert at its position.
+// --sign-cert at its position. A pkcs11: key may go without one, reading its certificate from
+// its token: when there are as many --sign-cert as file keys and commands, the pkcs11: keys take
+// theirs from their tokens and the others pair in order.
 func signersFromFlags(c *cli.Context) ([]sign.Signer, error) {
 	keys, certs, cmds := c.StringSlice("sign-key"), c.StringSlice("sign-cert"), c.StringSlice("sign-command")
 	if len(keys)+len(cmds) == 0 {
@@ -156,37 +161,89 @@ func signersFromFlags(c *cli.Context) ([]sign.Signer, error) {
 		}
 		return nil, nil
 	}
-	if len(certs) != len(keys)+len(cmds) {
-		return nil, usagef("%d --sign-cert for %d --sign-key and %d --sign-command: give one certificate for each, keys' first", len(certs), len(keys), len(cmds))
+	tokenKeys := 0
+	for _, k := range keys {
+		if pkcs11.IsURI(k) {
+			tokenKeys++
+		}
 	}
-	return loadSigners(c, keys, certs, cmds)
+	fromToken := tokenKeys > 0 && len(certs) == len(keys)+len(cmds)-tokenKeys
+	if len(certs) != len(keys)+len(cmds) && !fromToken {
+		return nil, usagef("%d --sign-cert for %d --sign-key and %d --sign-command: give one certificate for each, keys' first (a pkcs11: key may take its certificate from its token)", len(certs), len(keys), len(cmds))
+	}
+	return loadSigners(c, keys, certs, cmds, fromToken)
 }
 
-// loadSigners loads key files (paired with certs[i]) and signer commands (with the certs after
-// the keys').
-func loadSigners(c *cli.Context, keys, certs, cmds []string) ([]sign.Signer, error) {
+// loadSigners loads keys (files or pkcs11: URIs) and signer commands, pairing each with the
+// certificate at its position; with fromToken, pkcs11: keys take theirs from their tokens.
+func loadSigners(c *cli.Context, keys, certs, cmds []string, fromToken bool) ([]sign.Signer, error) {
+	next := 0
+	certFor := func(tokenKey bool) string {
+		if tokenKey && fromToken {
+			return ""
+		}
+		next++
+		return certs[next-1]
+	}
 	env := ""
 	if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
 		env = "KMPACK_SIGN_PASSPHRASE"
 	}
 	var signers []sign.Signer
-	for i, k := range keys {
+	var names []string
+	for _, k := range keys {
+		if pkcs11.IsURI(k) {
+			cert := certFor(true)
+			s, err := pkcs11.Open(k, pkcs11.Options{Module: c.String("pkcs11-module"), CertPath: cert, Warn: warn})
+			if err != nil {
+				return nil, err
+			}
+			signers, names = append(signers, *s), append(names, cert)
+			continue
+		}
 		pass, err := sign.ReadPassphrase(env, c.String("sign-passphrase-file"))
 		if err != nil {
 			return nil, err
 		}
-		s, err := sign.LoadKeyFile(k, certs[i], pass)
+		cert := certFor(false)
+		s, err := sign.LoadKeyFile(k, cert, pass)
 		if err != nil {
 			return nil, err
 		}
-		signers = append(signers, *s)
+		signers, names = append(signers, *s), append(names, cert)
 	}
-	for i, cmd := range cmds {
-		s, err := sign.NewCommandSigner(c.Context, cmd, certs[len(keys)+i], 0)
+	for _, cmd := range cmds {
+		cert := certFor(false)
+		s, err := sign.NewCommandSigner(c.Context, cmd, cert, 0)
 		if err != nil {
 			return nil, err
 		}
-		signers = append(signers, *s)
+		signers, names = append(signers, *s), append(names, cert)
+	}
+	if err := checkCertificates(signers, names); err != nil {
+		return nil, err
 	}
 	return signers, nil
+}
+
+func warn(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) }
+
+// checkCertificates refuses a certificate no kernel accepts module signatures from and warns,
+// once per certificate, about what some kernels or policies mind (sign.CheckCertificate).
+func checkCertificates(signers []sign.Signer, names []string) error {
+	now := time.Now()
+	for i, s := range signers {
+		name := s.Name
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		warnings, err := sign.CheckCertificate(name, s.Cert, now)
+		if err != nil {
+			return err
+		}
+		for _, w := range warnings {
+			warn(w)
+		}
+	}
+	return nil
 }

@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp/sign"
@@ -208,5 +214,123 @@ func TestCompatTrustedCert(t *testing.T) {
 				t.Errorf("the reason does not name the untrusted signer:\n%s", stdout)
 			}
 		}
+	}
+}
+
+// An expired certificate without extendedKeyUsage is warned about, not refused (kernels check
+// neither for module signatures): the build signs with it, one warning line each, and verify
+// accepts the modules.
+func TestBuildWarnsAboutCertificate(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", dir, "--cn", "expired key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
+	key := filepath.Join(dir, "kmpack-signing.key")
+	data, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, err := sign.ParsePrivateKey(key, data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "expired key"},
+		NotBefore:    time.Now().AddDate(-3, 0, 0),
+		NotAfter:     time.Now().AddDate(-1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, priv.Public(), priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := filepath.Join(dir, "expired.der")
+	if err := os.WriteFile(cert, der, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	_, stderr, code := kmpack(t, "build", "-q", "-k", "/lib/modules/6.1.0-53-amd64/build", "-o", out, "--sign-key", key, "--sign-cert", cert, testenv.ExampleSource(t, true))
+	if code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"kmpack: warning: " + cert + `: the certificate "expired key" expired on `,
+		"kmpack: warning: " + cert + `: the certificate "expired key" has no extendedKeyUsage: SUSE kernels`,
+	} {
+		if strings.Count(stderr, want) != 1 {
+			t.Errorf("stderr lacks one %q:\n%s", want, stderr)
+		}
+	}
+	mods, _ := filepath.Glob(filepath.Join(out, "modules", "*", "*.ko*"))
+	if len(mods) != 1 {
+		t.Fatalf("modules: %v", mods)
+	}
+	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, mods[0]); code != 0 {
+		t.Fatalf("verify: exit %d, %q %q", code, stdout, stderr)
+	}
+}
+
+// build --sign-key pkcs11:... signs with a key on a softhsm2 token (imported from kmpack keygen),
+// its certificate read from the token, to the same bytes as the PEM key; a wrong PIN, a missing
+// token or object and an unloadable module are exit 3 with one line naming the URI (never the
+// PIN) and nothing written.
+func TestBuildSignsWithToken(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", dir, "--cn", "cli token key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
+	key, cert := filepath.Join(dir, "kmpack-signing.key"), filepath.Join(dir, "kmpack-signing.crt")
+	testenv.SoftHSMToken(t, "kmpack", "1234", "modsign", key, filepath.Join(dir, "kmpack-signing.der"))
+	cache := t.TempDir()
+	h53 := "/lib/modules/6.1.0-53-amd64/build"
+	src := testenv.ExampleSource(t, true)
+	build := func(out string, args ...string) (string, int) {
+		_, stderr, code := kmpackIn(t, cache, append([]string{"build", "-q", "-k", h53, "-o", out}, append(args, src)...)...)
+		return stderr, code
+	}
+	pemOut, tokOut := filepath.Join(t.TempDir(), "pem"), filepath.Join(t.TempDir(), "token")
+	if stderr, code := build(pemOut, "--sign-key", key, "--sign-cert", cert); code != 0 {
+		t.Fatalf("build with the PEM key: exit %d: %s", code, stderr)
+	}
+	uri := "pkcs11:token=kmpack;object=modsign;type=private"
+	t.Setenv("KMPACK_PKCS11_PIN", "1234")
+	if stderr, code := build(tokOut, "--sign-key", uri); code != 0 {
+		t.Fatalf("build with the token: exit %d: %s", code, stderr)
+	}
+	pemMods, _ := filepath.Glob(filepath.Join(pemOut, "modules", "*", "*.ko*"))
+	tokMods, _ := filepath.Glob(filepath.Join(tokOut, "modules", "*", "*.ko*"))
+	if len(pemMods) != 1 || len(tokMods) != 1 {
+		t.Fatalf("modules: %v %v", pemMods, tokMods)
+	}
+	if !bytes.Equal(testenv.MustRead(t, pemMods[0]), testenv.MustRead(t, tokMods[0])) {
+		t.Fatal("the token-signed module differs from the PEM-signed one")
+	}
+	if stdout, stderr, code := kmpack(t, "verify", "--cert", cert, tokMods[0]); code != 0 {
+		t.Fatalf("verify: exit %d, %q %q", code, stdout, stderr)
+	}
+
+	bad := []struct {
+		name, pin string
+		args      []string
+		want      string
+	}{
+		{"wrong PIN", "9876", []string{"--sign-key", uri}, uri + `: wrong PIN for token "kmpack"`},
+		{"missing token", "1234", []string{"--sign-key", "pkcs11:token=gone;object=modsign"}, `pkcs11:token=gone;object=modsign: no such token`},
+		{"missing object", "1234", []string{"--sign-key", "pkcs11:token=kmpack;object=gone", "--sign-cert", cert}, `pkcs11:token=kmpack;object=gone: no private key object=gone`},
+		{"unloadable module", "1234", []string{"--sign-key", uri, "--pkcs11-module", "/etc/hostname"}, uri + `: cannot load /etc/hostname as a PKCS#11 module`},
+	}
+	for _, c := range bad {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("KMPACK_PKCS11_PIN", c.pin)
+			out := filepath.Join(t.TempDir(), "out")
+			stderr, code := build(out, c.args...)
+			if code != exitInput || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) || strings.Contains(stderr, c.pin) {
+				t.Fatalf("exit %d, %q", code, stderr)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Fatal("a refused build wrote its output")
+			}
+		})
 	}
 }

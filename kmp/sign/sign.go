@@ -242,3 +242,25 @@ func issuerAndSerial(cert *x509.Certificate) (issuer, serial []byte, err error) 
 	}
 	return cert.RawIssuer, s, nil
 }
+
+// DigestInfo returns the DER DigestInfo {AlgorithmIdentifier{hash OID, NULL}, digest} that an RSA
+// PKCS#1 v1.5 signature covers, as rsa.SignPKCS1v15 builds it: what a signer that only does the
+// raw RSA operation (a PKCS#11 token's CKM_RSA_PKCS) must be given.
+func DigestInfo(hash crypto.Hash, digest []byte) ([]byte, error) {
+	oid, ok := hashOID(hash)
+	if !ok {
+		return nil, fmt.Errorf("hash %v is not one module signatures use", hash)
+	}
+	if len(digest) != hash.Size() {
+		return nil, fmt.Errorf("a %d-byte digest for %s, which has %d", len(digest), HashName(hash), hash.Size())
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oid)
+			b.AddASN1NULL()
+		})
+		b.AddASN1OctetString(digest)
+	})
+	return b.Bytes()
+}
