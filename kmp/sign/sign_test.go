@@ -31,7 +31,7 @@ var (
 )
 
 // testKeys makes two key pairs with Keygen, once per test binary (4096-bit keys take a while).
-func testKeys(t *testing.T) [2]*sign.KeyPair {
+func testKeys(t testing.TB) [2]*sign.KeyPair {
 	t.Helper()
 	keysOnce.Do(func() {
 		keysDir, keysErr = os.MkdirTemp("", "kmpack-sign-test-")
@@ -65,7 +65,7 @@ func TestMain(m *testing.M) {
 
 // unsignedModules are real modules without a signature: kmpack's hello built against 6.1.0-53,
 // and Debian 6.12's crc7 (.ko.xz) with its signature cut off.
-func unsignedModules(t *testing.T) map[string][]byte {
+func unsignedModules(t testing.TB) map[string][]byte {
 	t.Helper()
 	hello := testenv.MustRead(t, "../../testdata/ko/kmpack_hello-6.1.0-53.ko")
 	crc7, _, err := module.ReadMaybeCompressed("../../testdata/ko/crc7-6.12.ko.xz")
@@ -88,7 +88,7 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-func fileSigner(t *testing.T, kp *sign.KeyPair) sign.Signer {
+func fileSigner(t testing.TB, kp *sign.KeyPair) sign.Signer {
 	t.Helper()
 	s, err := sign.LoadKeyFile(kp.Key, kp.CertPEM, nil)
 	if err != nil {
@@ -291,4 +291,36 @@ func checkInputError(t *testing.T, path string, err error) {
 		t.Fatalf("want a one-line InputError naming %s, got %T %q", path, err, err)
 	}
 	t.Logf("%v", err)
+}
+
+// BenchmarkSignModule is what signing adds per module (RSA-4096 private-key operation plus the
+// hash over the module), for a small module (kmpack_hello) and a larger one, with sign-file
+// beside it for comparison: `go test -bench SignModule -run XXX ./kmp/sign`.
+func BenchmarkSignModule(b *testing.B) {
+	keys := testKeys(b)
+	s := fileSigner(b, keys[0])
+	mods := unsignedModules(b)
+	for _, name := range []string{"kmpack_hello.ko", "crc7.ko"} {
+		mod := mods[name]
+		b.Run("kmpack/"+name, func(b *testing.B) {
+			b.SetBytes(int64(len(mod)))
+			for b.Loop() {
+				if _, err := sign.SignModule(mod, crypto.SHA256, s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("sign-file/"+name, func(b *testing.B) {
+			dir := b.TempDir()
+			f := filepath.Join(dir, "m.ko")
+			for b.Loop() {
+				if err := os.WriteFile(f, mod, 0o644); err != nil {
+					b.Fatal(err)
+				}
+				if out, err := exec.Command("/usr/lib/linux-kbuild-6.1/scripts/sign-file", "sha256", keys[0].Key, keys[0].CertPEM, f).CombinedOutput(); err != nil {
+					b.Fatalf("sign-file: %v %s", err, out)
+				}
+			}
+		})
+	}
 }
