@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +25,16 @@ import (
 const (
 	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	// With Secure Boot (SMM), and a store with Debian's PK, Microsoft's KEK and db, SB on.
+	ovmfCodeSecboot = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+	ovmfVarsMS      = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
 )
+
+// shimLock is the vendor GUID of shim's variables (MokList).
+var shimLock = efivars.MustGUID("605dab50-e046-4300-abb6-3dd810dd8b23")
+
+// busybox insmod exits with the errno of the failed syscall: 129 is EKEYREJECTED.
+const loadedFmt = "loaded: in /proc/modules, greeting=%d"
 
 // signCase is one kmpack build of the hello module that the guest insmods.
 type signCase struct {
@@ -34,16 +45,21 @@ type signCase struct {
 }
 
 // TestSignedModulesInRealKernel proves kmpack's module signatures in Debian's real 6.1 kernel
-// enforcing signatures (module.sig_enforce=1): a certificate made by kmpack keygen goes into UEFI
-// db of a copy of OVMF's variable store, the kernel is booted directly by OVMF (no Secure Boot:
-// Debian's kernel loads db certificates into its .platform keyring and consults it for modules;
-// shared/reference/secure-boot.md §3, §4.1), and busybox insmod tries builds of the hello module:
-// unsigned, signed by an untrusted key, by the trusted key, and by two keys of which only one is
-// trusted, with the trusted signer first and second in the PKCS#7's SignerInfos. What counts is
-// what the kernel did: insmod's exit and error, /proc/modules, and the kernel's log.
+// enforcing signatures. Key T, made by kmpack keygen, is trusted two ways, booted at once
+// (shared/reference/secure-boot.md §3, §4):
+//   - qemu-db: T's certificate in UEFI db of a copy of OVMF's variable store, the kernel booted
+//     directly by OVMF without Secure Boot and with module.sig_enforce=1 (Debian's kernel loads db
+//     certificates into its .platform keyring and consults it for modules);
+//   - qemu-mok: the real Secure Boot chain, Microsoft-signed shim -> Debian's signed grub ->
+//     Debian's signed kernel, with T's certificate in shim's MokList (no option on the command
+//     line: Secure Boot locks the kernel down, which enforces signatures).
+//
+// In each, busybox insmod tries builds of the hello module: unsigned, signed by an untrusted key,
+// by T, and by two keys of which only T is trusted, with T's SignerInfo first and second. What
+// counts is what the kernel did: insmod's exit and error, /proc/modules, and the kernel's log.
 func TestSignedModulesInRealKernel(t *testing.T) {
 	testenv.Need(t, "qemu-system-x86_64", "busybox", "cpio", "gzip")
-	for _, f := range []string{ovmfCode, ovmfVars} {
+	for _, f := range []string{ovmfCode, ovmfVars, ovmfCodeSecboot, ovmfVarsMS} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("%v: run scripts/setup.sh (package ovmf)", err)
 		}
@@ -67,17 +83,15 @@ func TestSignedModulesInRealKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// busybox insmod exits with the errno of the failed syscall: 129 is EKEYREJECTED.
-	const loaded = "loaded: in /proc/modules, greeting=%d"
 	cases := []*signCase{
 		{dir: "unsigned", label: "unsigned", greeting: 1,
 			expected: "refused (exit 129): Key was rejected by service; Loading of unsigned module is rejected"},
 		{dir: "untrusted", label: "key A (untrusted)", keys: []string{"A"}, greeting: 2,
 			expected: "refused (exit 129): Key was rejected by service; Loading of module with unavailable key is rejected"},
-		{dir: "trusted", label: "key T (trusted)", keys: []string{"T"}, greeting: 3, expected: fmt.Sprintf(loaded, 3)},
+		{dir: "trusted", label: "key T (trusted)", keys: []string{"T"}, greeting: 3, expected: fmt.Sprintf(loadedFmt, 3)},
 		// Key rotation: two signers, only T trusted; given in both orders on the command line.
-		{dir: "dual-ta", keys: []string{"T", "A"}, greeting: 4, expected: fmt.Sprintf(loaded, 4)},
-		{dir: "dual-zt", keys: []string{"Z", "T"}, greeting: 5, expected: fmt.Sprintf(loaded, 5)},
+		{dir: "dual-ta", keys: []string{"T", "A"}, greeting: 4, expected: fmt.Sprintf(loadedFmt, 4)},
+		{dir: "dual-zt", keys: []string{"Z", "T"}, greeting: 5, expected: fmt.Sprintf(loadedFmt, 5)},
 	}
 
 	// kmpack build for 6.1.0-53, once per case; the cache keeps the unsigned build, so the signed
@@ -129,25 +143,10 @@ func TestSignedModulesInRealKernel(t *testing.T) {
 	}
 	t.Logf("keys made and %d builds signed in %.0fs", len(cases), time.Since(start).Seconds())
 
-	// T's certificate into db of a copy of OVMF's store.
 	der, err := os.ReadFile(filepath.Join(keyDir, "T", sign.CertDERFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	owner := efivars.MustGUID("6b6d7061-636b-6532-6573-69676e000001") // any GUID names the owner
-	store, err = efivars.Set(store, "db", efivars.ImageSecurityDatabase, efivars.DBAttributes, efivars.X509SignatureList(owner, der))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vars := filepath.Join(t.TempDir(), "OVMF_VARS_4M.fd")
-	if err := os.WriteFile(vars, store, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
 	var tries strings.Builder
 	for _, c := range cases {
 		fmt.Fprintf(&tries, "try %s %d\n", c.dir, c.greeting)
@@ -161,8 +160,10 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mount -t securityfs securityfs /sys/kernel/security
 echo "E2E kernel $(uname -r)"
 echo "E2E enforce $(cat /sys/module/module/parameters/sig_enforce)"
+echo "E2E lockdown $(cat /sys/kernel/security/lockdown)"
 dmesg -c | sed 's/^/E2E boot /'
 try() {
 	if insmod /sig/$1/kmpack_hello.ko greeting=$2 2>/tmp/err; then rc=0; else rc=$?; fi
@@ -181,14 +182,81 @@ poweroff -f
 	if err != nil {
 		t.Fatal(err)
 	}
+	// linux-image-6.1.0-53-amd64's vmlinuz is the one Debian signs for Secure Boot.
 	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
-	bootStart := time.Now()
-	lines, err := guest(k, "-machine", "q35", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
-		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet module.sig_enforce=1")
+
+	esp := secureBootESP(t, vmlinuz, initrd)
+
+	// Both ways to trust T, booted at once.
+	setups := []trustSetup{
+		{where: "qemu-db", vars: ovmfVars, variable: "db", vendor: efivars.ImageSecurityDatabase, attrs: efivars.DBAttributes,
+			source: "UEFI:db", lockdown: "[none] integrity confidentiality",
+			args: func(vars string) []string {
+				return []string{"-machine", "q35",
+					"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
+					"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+					"-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet module.sig_enforce=1"}
+			}},
+		{where: "qemu-mok", vars: ovmfVarsMS, variable: "MokList", vendor: shimLock, attrs: efivars.NonVolatile | efivars.BootserviceAccess,
+			source: "UEFI:MokListRT (MOKvar table)", lockdown: "none [integrity] confidentiality",
+			args: func(vars string) []string {
+				return []string{"-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+					"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCodeSecboot,
+					"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+					"-drive", "file=fat:" + esp + ",format=raw,if=virtio,readonly=on"}
+			}},
+	}
+	var rows []result
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, su := range setups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := su.run(t, k, der, cases, trusted)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("%s: %v", su.where, err)
+			}
+			rows = append(rows, r...)
+		}()
+	}
+	wg.Wait()
+	report(t, rows, start)
+}
+
+// trustSetup is one way to make the kernel trust T: which OVMF store gets T's certificate in
+// which variable, how qemu boots, and what the kernel must say about it.
+type trustSetup struct {
+	where, vars, variable string
+	vendor                efivars.GUID
+	attrs                 uint32
+	// source is how the kernel names where it loaded T from; lockdown its lockdown state.
+	source, lockdown string
+	args             func(vars string) []string
+}
+
+// run writes T's certificate (DER) into a copy of the setup's variable store, boots the kernel
+// and returns the table rows: enforcement, T loaded from the expected source, each case.
+func (su trustSetup) run(t *testing.T, k string, der []byte, cases []*signCase, trusted *x509.Certificate) ([]result, error) {
+	store, err := os.ReadFile(su.vars)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
+	}
+	owner := efivars.MustGUID("6b6d7061-636b-6532-6573-69676e000001") // any GUID names the owner
+	store, err = efivars.Set(store, su.variable, su.vendor, su.attrs, efivars.X509SignatureList(owner, der))
+	if err != nil {
+		return nil, err
+	}
+	vars := filepath.Join(t.TempDir(), "OVMF_VARS_4M.fd") // the firmware writes to it
+	if err := os.WriteFile(vars, store, 0o644); err != nil {
+		return nil, err
+	}
+	bootStart := time.Now()
+	lines, err := guest(k, append([]string{"-m", "512", "-nographic", "-no-reboot", "-nic", "none"}, su.args(vars)...)...)
+	if err != nil {
+		return nil, err
 	}
 	bootTime := time.Since(bootStart)
 
@@ -198,7 +266,7 @@ poweroff -f
 	for _, l := range lines {
 		kind, rest, _ := strings.Cut(l, " ")
 		c, msg, _ := strings.Cut(rest, " ")
-		if kind == "boot" || kind == "enforce" || kind == "tainted" || kind == "uptime" {
+		if kind != "rc" && kind != "err" && kind != "proc" && kind != "dmesg" {
 			c, msg = "", rest
 		}
 		if got[kind] == nil {
@@ -206,16 +274,17 @@ poweroff -f
 		}
 		got[kind][c] = append(got[kind][c], stamp.ReplaceAllString(msg, ""))
 	}
-	t.Logf("OVMF boot of %s with %d insmods: %.0fs (the kernel's share: %s s of uptime)", k, len(cases), bootTime.Seconds(), strings.Join(got["uptime"][""], ""))
+	t.Logf("%s: boot of %s with %d insmods: %.0fs (the kernel's share: %s s of uptime)", su.where, k, len(cases), bootTime.Seconds(), strings.Join(got["uptime"][""], ""))
 	var rows []result
 	row := func(what, expected, observed string) {
-		rows = append(rows, result{"qemu-sig", k, what, expected, observed})
+		rows = append(rows, result{su.where, k, what, expected, observed})
 	}
 
-	// The kernel enforces signatures and trusts T through db.
+	// Secure Boot (lockdown) only through shim; signatures enforced either way; T trusted.
+	row("lockdown", su.lockdown, strings.Join(got["lockdown"][""], " "))
 	row("sig_enforce", "Y", strings.Join(got["enforce"][""], " "))
 	wantCert := fmt.Sprintf("Loaded X.509 cert 'kmpack e2e key T: %x'", trusted.SubjectKeyId)
-	row("db cert", "UEFI:db: "+wantCert, dbCert(got["boot"][""]))
+	row("T's cert", su.source+": "+wantCert, loadedCert(got["boot"][""]))
 	for _, c := range cases {
 		rc, proc := strings.Join(got["rc"][c.dir], " "), len(got["proc"][c.dir]) > 0
 		var obs string
@@ -223,7 +292,7 @@ poweroff -f
 		case rc == "0" && proc:
 			log := fmt.Sprintf("kmpack-hello: loaded, greeting=%d", c.greeting)
 			if slices.ContainsFunc(got["dmesg"][c.dir], func(l string) bool { return strings.Contains(l, log) }) {
-				obs = fmt.Sprintf(loaded, c.greeting)
+				obs = fmt.Sprintf(loadedFmt, c.greeting)
 			} else {
 				obs = "loaded, but the log lacks " + log
 			}
@@ -253,19 +322,49 @@ poweroff -f
 	var taint int
 	fmt.Sscan(strings.Join(got["tainted"][""], ""), &taint)
 	row("taint", "no E (unsigned module) taint", map[bool]string{true: "no E (unsigned module) taint", false: fmt.Sprintf("tainted %d", taint)}[taint&8192 == 0 && len(got["tainted"][""]) > 0])
-	report(t, rows, start)
+	return rows, nil
 }
 
-// dbCert finds the certificate the kernel loaded from db: integrity's "Loading X.509
-// certificate: UEFI:db" line, then the "Loaded X.509 cert" line naming a kmpack key.
-func dbCert(boot []string) string {
+// loadedCert finds the kmpack certificate the kernel loaded at boot: integrity's "Loading X.509
+// certificate: SOURCE" line, then the "Loaded X.509 cert" line naming it; it returns "SOURCE:
+// Loaded X.509 cert '...'".
+func loadedCert(boot []string) string {
+	const loading = "Loading X.509 certificate: "
 	for i, l := range boot {
 		if j := strings.Index(l, "Loaded X.509 cert 'kmpack"); j >= 0 {
-			if i > 0 && strings.HasSuffix(boot[i-1], "Loading X.509 certificate: UEFI:db") {
-				return "UEFI:db: " + l[j:]
+			if i > 0 && strings.Contains(boot[i-1], loading) {
+				_, src, _ := strings.Cut(boot[i-1], loading)
+				return src + ": " + l[j:]
 			}
-			return "not from db: " + l[j:]
+			return "from an unnamed source: " + l[j:]
 		}
 	}
 	return "no kmpack certificate loaded"
+}
+
+// secureBootESP makes the EFI system partition of the Secure Boot chain as a directory (qemu
+// serves it as a FAT disk): Microsoft-signed shim as the removable-media loader, its MokManager,
+// Debian's signed grub with a grub.cfg that boots the kernel and initramfs at once. No fallback
+// (fbx64.efi), so shim starts grub.
+func secureBootESP(t *testing.T, vmlinuz, initrd string) string {
+	esp := t.TempDir()
+	boot := filepath.Join(esp, "EFI/BOOT")
+	os.MkdirAll(boot, 0o755)
+	files := map[string]string{
+		filepath.Join(testenv.UnpackedDeb(t, "shim-signed"), "usr/lib/shim/shimx64.efi.signed"):                             "EFI/BOOT/BOOTX64.EFI",
+		filepath.Join(testenv.UnpackedDeb(t, "shim-helpers-amd64-signed"), "usr/lib/shim/mmx64.efi.signed"):                 "EFI/BOOT/mmx64.efi",
+		filepath.Join(testenv.UnpackedDeb(t, "grub-efi-amd64-signed"), "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"): "EFI/BOOT/grubx64.efi",
+		vmlinuz: "vmlinuz",
+		initrd:  "initrd.gz",
+	}
+	for src, dst := range files {
+		if err := os.WriteFile(filepath.Join(esp, dst), testenv.MustRead(t, src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := "set timeout=0\nlinux /vmlinuz console=ttyS0 panic=-1 quiet\ninitrd /initrd.gz\nboot\n"
+	if err := os.WriteFile(filepath.Join(boot, "grub.cfg"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return esp
 }
