@@ -270,23 +270,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		}
 	}
 
-	// The table, then the verdict.
-	slices.SortStableFunc(results, func(a, b result) int { return strings.Compare(a.where+a.kernel, b.where+b.kernel) })
-	var table strings.Builder
-	fmt.Fprintf(&table, "%-9s %-15s %-18s %-36s %s\n", "where", "kernel", "module", "expected", "observed")
-	bad := 0
-	for _, r := range results {
-		mark := ""
-		if r.expected != r.observed {
-			mark, bad = "   <-- DISAGREES", bad+1
-		}
-		fmt.Fprintf(&table, "%-9s %-15s %-18s %-36s %s%s\n", r.where, r.kernel, r.module, r.expected, r.observed, mark)
-	}
-	fmt.Fprintf(&table, "%d checks, %d disagree, %.0fs\n", len(results), bad, time.Since(start).Seconds())
-	fmt.Print(table.String())
-	if bad > 0 {
-		t.Errorf("end-to-end results:\n%s", table.String())
-	}
+	report(t, results, start)
 }
 
 // boot makes kernel k's initramfs from root (busybox, the modules the probes need with their
@@ -392,42 +376,15 @@ dmesg | grep -E 'kmpack|v4l2loopback|disagrees|Unknown symbol' | sed 's/^/E2E dm
 echo "E2E end"
 poweroff -f
 `
-	os.MkdirAll(filepath.Join(stage, "bin"), 0o755)
-	bb, err := os.ReadFile("/bin/busybox")
+	initrd, err := initramfs(t, stage, initScript)
 	if err != nil {
 		return nil, err
 	}
-	os.WriteFile(filepath.Join(stage, "bin/busybox"), bb, 0o755)
-	os.WriteFile(filepath.Join(stage, "init"), []byte(initScript), 0o755)
-	initrd := filepath.Join(t.TempDir(), "initrd.gz")
-	if out, err := exec.Command("sh", "-c", `cd "$1" && find . | cpio -o -H newc --quiet | gzip -1 > "$2"`, "sh", stage, initrd).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("initramfs: %v: %s", err, out)
-	}
-
 	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-nographic", "-no-reboot", "-m", "512",
+	lines, err := guest(k, "-nographic", "-no-reboot", "-m", "512",
 		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
-	console, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	var lines []string
-	sc := bufio.NewScanner(console)
-	for sc.Scan() {
-		// The kernel's own console output may share a line with the guest's.
-		if _, l, ok := strings.Cut(strings.TrimRight(sc.Text(), "\r"), "E2E "); ok {
-			lines = append(lines, l)
-		}
-	}
-	io.Copy(io.Discard, console)
-	cmd.Wait()
-	if !slices.Contains(lines, "end") || !slices.Contains(lines, "kernel "+k) {
-		return nil, fmt.Errorf("the guest did not run to its end (timeout or panic); console:\n%s", strings.Join(lines, "\n"))
 	}
 
 	var rows []result
@@ -503,4 +460,71 @@ poweroff -f
 		check("v4l2 deps", has("videodev") && has("mc") && video, "videodev, mc loaded; /dev/video0", loaded)
 	}
 	return rows, nil
+}
+
+// initramfs packs stage, with /bin/busybox (the host's static one) and init as /init, into a
+// gzipped newc cpio and returns its path.
+func initramfs(t *testing.T, stage, init string) (string, error) {
+	os.MkdirAll(filepath.Join(stage, "bin"), 0o755)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return "", err
+	}
+	os.WriteFile(filepath.Join(stage, "bin/busybox"), bb, 0o755)
+	os.WriteFile(filepath.Join(stage, "init"), []byte(init), 0o755)
+	initrd := filepath.Join(t.TempDir(), "initrd.gz")
+	if out, err := exec.Command("sh", "-c", `cd "$1" && find . | cpio -o -H newc --quiet | gzip -1 > "$2"`, "sh", stage, initrd).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("initramfs: %v: %s", err, out)
+	}
+	return initrd, nil
+}
+
+// guest runs qemu-system-x86_64 with args until the guest powers off (at most 3 minutes) and
+// returns what the guest printed after "E2E " on each console line. The guest must print
+// "E2E kernel K" and, last, "E2E end".
+func guest(k string, args ...string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	console, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	var lines []string
+	sc := bufio.NewScanner(console)
+	for sc.Scan() {
+		// The kernel's own console output may share a line with the guest's.
+		if _, l, ok := strings.Cut(strings.TrimRight(sc.Text(), "\r"), "E2E "); ok {
+			lines = append(lines, l)
+		}
+	}
+	io.Copy(io.Discard, console)
+	cmd.Wait()
+	if !slices.Contains(lines, "end") || !slices.Contains(lines, "kernel "+k) {
+		return nil, fmt.Errorf("the guest did not run to its end (timeout or panic); console:\n%s", strings.Join(lines, "\n"))
+	}
+	return lines, nil
+}
+
+// report prints the result table (expected, observed) and fails the test on any disagreement.
+func report(t *testing.T, results []result, start time.Time) {
+	slices.SortStableFunc(results, func(a, b result) int { return strings.Compare(a.where+a.kernel, b.where+b.kernel) })
+	var table strings.Builder
+	fmt.Fprintf(&table, "%-9s %-15s %-18s %-36s %s\n", "where", "kernel", "module", "expected", "observed")
+	bad := 0
+	for _, r := range results {
+		mark := ""
+		if r.expected != r.observed {
+			mark, bad = "   <-- DISAGREES", bad+1
+		}
+		fmt.Fprintf(&table, "%-9s %-15s %-18s %-36s %s%s\n", r.where, r.kernel, r.module, r.expected, r.observed, mark)
+	}
+	fmt.Fprintf(&table, "%d checks, %d disagree, %.0fs\n", len(results), bad, time.Since(start).Seconds())
+	fmt.Print(table.String())
+	if bad > 0 {
+		t.Errorf("end-to-end results:\n%s", table.String())
+	}
 }

@@ -3,8 +3,11 @@
 # Debian's v4l2loopback-dkms source for the 6.1.0-53 and -54 amd64 kernels, the debs and the
 # runtime package installed with the real dpkg into a root holding both kernels, each kernel
 # booted under qemu with an initramfs made from that root, and the RPMs installed with the real
-# rpm and resolved with depmod and modprobe. Prints the kernel x module table (expected,
-# observed) and fails on any disagreement. Part of scripts/test.sh (and so of CI).
+# rpm and resolved with depmod and modprobe. Then the signature proof: the 6.1.0-53 kernel, booted
+# by OVMF with kmpack keygen's certificate in UEFI db and module.sig_enforce=1, and through
+# shim -> grub under Secure Boot with it in MokList, must refuse unsigned and untrusted builds
+# and load trusted and two-signer ones. Prints the kernel x module
+# tables (expected, observed) and fails on any disagreement. Part of scripts/test.sh (and so of CI).
 # Usage: scripts/e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

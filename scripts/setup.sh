@@ -17,8 +17,9 @@ KERNEL_HEADERS=(
 PACKAGES=(
   build-essential gcc-12 make bc kmod rpm dpkg-dev fakeroot xz-utils zstd gzip cpio
   ca-certificates git patch binutils dkms openssl rpmlint lintian "${KERNEL_HEADERS[@]}"
-  # The end-to-end suite boots Debian's kernels with a busybox initramfs.
-  qemu-system-x86 busybox-static
+  # The end-to-end suite boots Debian's kernels with a busybox initramfs; the signature proof
+  # boots through OVMF (UEFI firmware) with a certificate in db of a copy of its variable store.
+  qemu-system-x86 busybox-static ovmf
   # kmpack man is checked by rendering it with man-db (groff).
   man-db groff-base
   # Build dependencies of the corpus sources compared with dkms (what their -dkms packages

@@ -30,6 +30,11 @@ WANT=(
   ddcci-dkms
   lime-forensics-dkms
   tp-smapi-dkms
+  # The Secure Boot chain the e2e signature proof boots: Microsoft-signed shim (and its MokManager),
+  # Debian's signed grub; the kernel is linux-image-6.1.0-53-amd64's Debian-signed vmlinuz.
+  shim-signed
+  shim-helpers-amd64-signed
+  grub-efi-amd64-signed
 )
 missing=()
 for p in "${WANT[@]}"; do
