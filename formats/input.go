@@ -56,6 +56,9 @@ type Input struct {
 	Meta    Metadata
 	Kernels []Kernel
 	Source  *Source
+	// Certs are the certificates that sign the modules: the suse, rhel and debian profiles
+	// ship them in a package the packages of signed modules require.
+	Certs []Cert
 	// MTime stamps every file and the packages' build time (SOURCE_DATE_EPOCH).
 	MTime time.Time
 }

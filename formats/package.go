@@ -115,6 +115,8 @@ type Package struct {
 	// sourceRoot is a source package's /usr/src/<name>-<version> (the source's own name and
 	// version, which the package's may not be).
 	sourceRoot string
+	// certDir is where a certificate package installs its certificates.
+	certDir string
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

@@ -95,12 +95,21 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		if err != nil {
 			return nil, err
 		}
+		var kernelPkgs []*Package
 		for i := range in.Kernels {
 			p, err := prof.KernelPackage(in, &in.Kernels[i], opts)
 			if err != nil {
 				return nil, fmt.Errorf("%s package for %s: %w", name, in.Kernels[i].Release, err)
 			}
-			out = append(out, p)
+			kernelPkgs = append(kernelPkgs, p)
+		}
+		out = append(out, kernelPkgs...)
+		cert, err := addCertPackage(prof, in, kernelPkgs)
+		if err != nil {
+			return nil, err
+		}
+		if cert != nil {
+			out = append(out, cert)
 		}
 		if !opts.NoSource && in.Source != nil {
 			p, err := prof.SourcePackage(in, opts)
