@@ -71,6 +71,8 @@ type Options struct {
 	NoSource bool
 	// Runtime, when set, adds the kmpack runtime package the debian profile's packages depend on.
 	Runtime *Runtime
+	// Signing, when set, signs RPMs (OpenPGP) and apk packages (RSA).
+	Signing *PackageSigning
 }
 
 // SourceDateEpoch returns SOURCE_DATE_EPOCH as a time, or the current time when it is unset.

@@ -117,6 +117,8 @@ type Package struct {
 	sourceRoot string
 	// certDir is where a certificate package installs its certificates.
 	certDir string
+	// signing are the keys that sign the package file (rpm, apk), if any.
+	signing *PackageSigning
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

@@ -133,6 +133,7 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 	for _, p := range out {
 		p.Format = profiles[p.Profile].Format()
 		p.MTime = in.MTime
+		p.signing = opts.Signing
 		if synopsis, long, ok := strings.Cut(p.Description, "\n"); ok && p.Format == "deb" {
 			p.Description = synopsis + "\n" + fill(long, 79)
 		} else {
