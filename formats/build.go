@@ -79,7 +79,11 @@ func PackageBuild(req Request) ([]Written, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &Input{Meta: MetadataFor(req.Source, req.Manifest), Kernels: kernels, MTime: mtime}
+	certs, err := CertsFromBuild(req.OutputDir, req.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	in := &Input{Meta: MetadataFor(req.Source, req.Manifest), Kernels: kernels, Certs: certs, MTime: mtime}
 	if !req.Options.NoSource {
 		files, conf, err := req.Source.Files()
 		if err != nil {

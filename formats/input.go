@@ -56,6 +56,9 @@ type Input struct {
 	Meta    Metadata
 	Kernels []Kernel
 	Source  *Source
+	// Certs are the certificates that sign the modules: the suse, rhel and debian profiles
+	// ship them in a package the packages of signed modules require.
+	Certs []Cert
 	// MTime stamps every file and the packages' build time (SOURCE_DATE_EPOCH).
 	MTime time.Time
 }
@@ -68,6 +71,8 @@ type Options struct {
 	NoSource bool
 	// Runtime, when set, adds the kmpack runtime package the debian profile's packages depend on.
 	Runtime *Runtime
+	// Signing, when set, signs RPMs (OpenPGP) and apk packages (RSA).
+	Signing *PackageSigning
 }
 
 // SourceDateEpoch returns SOURCE_DATE_EPOCH as a time, or the current time when it is unset.

@@ -118,6 +118,10 @@ func (e nfpmEmitter) Write(p *Package, w io.Writer) error {
 		return fmt.Errorf("%s: %s packages have no post-transaction scriptlet", p.Name, e.format)
 	}
 
+	if e.format == "apk" && p.signing != nil && p.signing.APK != nil {
+		info.APK.Signature.SignFn = p.signing.APK.sign
+		info.APK.Signature.KeyName = p.signing.APK.Name
+	}
 	packager, err := nfpm.Get(e.format)
 	if err != nil {
 		return err

@@ -115,6 +115,10 @@ type Package struct {
 	// sourceRoot is a source package's /usr/src/<name>-<version> (the source's own name and
 	// version, which the package's may not be).
 	sourceRoot string
+	// certDir is where a certificate package installs its certificates.
+	certDir string
+	// signing are the keys that sign the package file (rpm, apk), if any.
+	signing *PackageSigning
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

@@ -95,12 +95,21 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		if err != nil {
 			return nil, err
 		}
+		var kernelPkgs []*Package
 		for i := range in.Kernels {
 			p, err := prof.KernelPackage(in, &in.Kernels[i], opts)
 			if err != nil {
 				return nil, fmt.Errorf("%s package for %s: %w", name, in.Kernels[i].Release, err)
 			}
-			out = append(out, p)
+			kernelPkgs = append(kernelPkgs, p)
+		}
+		out = append(out, kernelPkgs...)
+		cert, err := addCertPackage(prof, in, kernelPkgs)
+		if err != nil {
+			return nil, err
+		}
+		if cert != nil {
+			out = append(out, cert)
 		}
 		if !opts.NoSource && in.Source != nil {
 			p, err := prof.SourcePackage(in, opts)
@@ -124,6 +133,7 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 	for _, p := range out {
 		p.Format = profiles[p.Profile].Format()
 		p.MTime = in.MTime
+		p.signing = opts.Signing
 		if synopsis, long, ok := strings.Cut(p.Description, "\n"); ok && p.Format == "deb" {
 			p.Description = synopsis + "\n" + fill(long, 79)
 		} else {

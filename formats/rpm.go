@@ -185,6 +185,9 @@ func (e rpmEmitter) Write(p *Package, w io.Writer) error {
 	r.AddCustomTag(tagChangelogTime, rpmpack.EntryInt32([]int32{int32(p.MTime.Unix())}))
 	r.AddCustomTag(tagChangelogName, rpmpack.EntryStringSlice([]string{fmt.Sprintf("%s - %s-%s", p.Maintainer, p.Version, p.Release)}))
 	r.AddCustomTag(tagChangelogText, rpmpack.EntryStringSlice([]string{"- Built by kmpack."}))
+	if p.signing != nil && p.signing.RPM != nil {
+		r.SetPGPSigner(p.signing.RPM.signer(p.MTime))
+	}
 	return r.Write(w)
 }
 

@@ -19,9 +19,10 @@ func TestScriptletsQuoteEveryValue(t *testing.T) {
 	hostile := `x'y"z$(` + inject + ")`" + inject + "`;" + inject + ";\n" + inject + " # $HOME * \\"
 	data := map[string]any{"Op": "post", "Why": "a reason", "NeedsInitrd": true}
 	for _, k := range []string{"Kernel", "Name", "Package", "Version", "Runtime", "Binary", "Command", "Release",
-		"KernelVersion", "Flavor", "UsrMerged", "Arch", "ModuleDir", "StateDir"} {
+		"KernelVersion", "Flavor", "UsrMerged", "Arch", "ModuleDir", "StateDir", "CertDir", "CertIDList"} {
 		data[k] = hostile
 	}
+	data["Certs"], data["CertIDs"] = []string{hostile, hostile + "2"}, []string{hostile}
 	n := 0
 	for _, tmpl := range scriptTemplates.Templates() {
 		name := tmpl.Name()

@@ -100,6 +100,9 @@ func allowedRoots(p *Package) []string {
 		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc, "/usr/share/man/man1",
 			"/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d"}
 	}
+	if p.certDir != "" {
+		return []string{p.certDir, doc}
+	}
 	if p.Kernel == "" {
 		root := p.sourceRoot
 		if root == "" {

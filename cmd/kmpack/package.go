@@ -19,6 +19,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/kmp/source"
 )
 
@@ -31,7 +32,48 @@ func packagingFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "usrmerge", Usage: "suse: install modules under /usr/lib/modules (Tumbleweed, SLE 16)"},
 		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
+		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
+		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
+		&cli.StringFlag{Name: "apk-key", EnvVars: []string{"KMPACK_APK_KEY"}, Usage: "sign apk packages with this RSA PEM private key (abuild-keygen's NAME.rsa)"},
+		&cli.StringFlag{Name: "apk-key-name", EnvVars: []string{"KMPACK_APK_KEY_NAME"}, Usage: "the public key's name in /etc/apk/keys (default: the --apk-key file's, NAME.rsa.pub)"},
+		&cli.StringFlag{Name: "apk-passphrase-file", EnvVars: []string{"KMPACK_APK_PASSPHRASE_FILE"}, Usage: "read an encrypted --apk-key's passphrase from this file's first line (or set KMPACK_APK_PASSPHRASE)"},
 	}
+}
+
+// packageSigning loads the package signing keys of --gpg-key and --apk-key, passphrases as for
+// --sign-key: from an environment variable or a file, never from the command line.
+func packageSigning(c *cli.Context) (*formats.PackageSigning, error) {
+	var s formats.PackageSigning
+	passphrase := func(env, file string) ([]byte, error) {
+		if _, ok := os.LookupEnv(env); !ok {
+			env = ""
+		}
+		return sign.ReadPassphrase(env, c.String(file))
+	}
+	if f := c.String("gpg-key"); f != "" {
+		pass, err := passphrase("KMPACK_GPG_PASSPHRASE", "gpg-passphrase-file")
+		if err != nil {
+			return nil, err
+		}
+		if s.RPM, err = formats.LoadPGPKey(f, pass); err != nil {
+			return nil, err
+		}
+	}
+	if f := c.String("apk-key"); f != "" {
+		pass, err := passphrase("KMPACK_APK_PASSPHRASE", "apk-passphrase-file")
+		if err != nil {
+			return nil, err
+		}
+		if s.APK, err = formats.LoadAPKKey(f, c.String("apk-key-name"), pass); err != nil {
+			return nil, err
+		}
+	} else if c.String("apk-key-name") != "" {
+		return nil, usagef("--apk-key-name without --apk-key")
+	}
+	if s.RPM == nil && s.APK == nil {
+		return nil, nil
+	}
+	return &s, nil
 }
 
 // selfRuntime is this kmpack as the runtime package carries it.
@@ -112,6 +154,11 @@ func splitList(vals []string) []string {
 // input (exit 3); the packages directory is only replaced when every package was written.
 func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, w io.Writer) error {
 	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")}
+	signing, err := packageSigning(c)
+	if err != nil {
+		return err
+	}
+	opts.Signing = signing
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
 		rt, err := selfRuntime()
 		if err != nil {

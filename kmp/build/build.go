@@ -273,6 +273,9 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			}
 		}
 	}
+	if m.Certificates, err = b.writeCertificates(); err != nil {
+		return nil, err
+	}
 	if opts.Siblings != nil {
 		for _, k := range m.Kernels {
 			if k.Status != manifest.StatusBuilt {

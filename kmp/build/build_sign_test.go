@@ -55,6 +55,22 @@ func TestBuildSignsModules(t *testing.T) {
 	b, _ := signerFor(t, "kmpack test key B")
 	for i, signers := range [][]sign.Signer{{*a}, {*b}, {*a, *b}} {
 		m, out := run(signers...)
+		// The certificates are in the output, for packaging, named as the modules name them.
+		if len(m.Certificates) != len(signers) {
+			t.Errorf("run %d: manifest certificates %+v", i, m.Certificates)
+		}
+		for ci, c := range m.Certificates {
+			if ci >= len(signers) {
+				break
+			}
+			if !bytes.Equal(testenv.MustRead(t, filepath.Join(out, c.File)), signers[ci].Cert.Raw) ||
+				c.KeyID != m.Kernels[0].Modules[0].Signature.Signers[ci].KeyID {
+				t.Errorf("run %d: certificate %+v is not signer %d's", i, c, ci)
+			}
+		}
+		if _, err := manifest.Read(out); err != nil {
+			t.Errorf("run %d: %v", i, err)
+		}
 		for k, kb := range m.Kernels {
 			if !kb.Cached {
 				t.Errorf("run %d, %s: rebuilt; signing must not change what the cache holds", i, kb.Release)

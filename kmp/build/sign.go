@@ -63,3 +63,34 @@ func (b *builder) signModules(j *kernelJob) error {
 	}
 	return nil
 }
+
+// writeCertificates writes each signer's certificate (DER) into the stage's certs/ directory,
+// named by its serial as the modules' signature records name it, so that packaging (now or a
+// later kmpack package) can ship the certificates the modules need trusted.
+func (b *builder) writeCertificates() ([]manifest.Certificate, error) {
+	var out []manifest.Certificate
+	seen := map[string]bool{}
+	for _, s := range b.opts.Signers {
+		serial := s.Cert.SerialNumber.Bytes()
+		name := hex.EncodeToString(serial)
+		if name == "" {
+			name = "00"
+		}
+		sum := sha256.Sum256(s.Cert.Raw)
+		if seen[name] {
+			// Two certificates with one serial: keep both apart by fingerprint.
+			name += "-" + hex.EncodeToString(sum[:4])
+		}
+		seen[name] = true
+		rel := "certs/" + name + ".der"
+		if err := os.MkdirAll(b.stagePath("certs"), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(b.stagePath(rel), s.Cert.Raw, 0o644); err != nil {
+			return nil, err
+		}
+		out = append(out, manifest.Certificate{File: rel, KeyID: module.HexBytes(serial).String(),
+			Signer: s.Cert.Issuer.CommonName, SHA256: hex.EncodeToString(sum[:])})
+	}
+	return out, nil
+}

@@ -36,6 +36,20 @@ type Manifest struct {
 	Source        ManifestSource `json:"source"`
 	Kernels       []*KernelBuild `json:"kernels"`
 	Summary       BuildSummary   `json:"summary"`
+	// Certificates are the build's signing certificates, DER, in certs/: packaging ships them
+	// to the machines that must trust the modules (kmpack package reads them from here).
+	Certificates []Certificate `json:"certificates,omitempty"`
+}
+
+// Certificate is one signer's certificate as the build wrote it.
+type Certificate struct {
+	// File is the DER certificate relative to the output directory: certs/<serial in hex>.der.
+	File string `json:"file"`
+	// KeyID and Signer are what the modules' signature records name (ModuleSignerKey).
+	KeyID  string `json:"key_id"`
+	Signer string `json:"signer"`
+	// SHA256 is the DER certificate's fingerprint.
+	SHA256 string `json:"sha256"`
 }
 
 // ManifestSource identifies what was built.

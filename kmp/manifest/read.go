@@ -69,5 +69,11 @@ func Read(dir string) (*Manifest, error) {
 			return nil, kmp.InputErrorf(p, "kernel %s: symvers %q is not one kmpack writes", k.Release, k.Symvers)
 		}
 	}
+	for _, c := range m.Certificates {
+		base := path.Base(c.File)
+		if ident.PathComponent(base) != nil || c.File != path.Join("certs", base) || path.Ext(base) != ".der" {
+			return nil, kmp.InputErrorf(p, "certificate file %q is not one kmpack writes", c.File)
+		}
+	}
 	return &m, nil
 }

@@ -189,3 +189,17 @@ func ParsePrivateKey(path string, data, passphrase []byte) (key crypto.Signer, e
 		return rk, nil
 	}
 }
+
+// LoadPrivateKey reads a PEM private key file (as LoadKeyFile, without a certificate): for
+// signing what is not a module, such as apk packages.
+func LoadPrivateKey(path string, passphrase []byte) (crypto.Signer, error) {
+	data, err := readSmall(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePrivateKey(path, data, passphrase)
+}
+
+// ReadKeyFile reads a small key file (at most 1 MiB, a regular file) for other key formats
+// (OpenPGP); every refusal is an InputError.
+func ReadKeyFile(path string) ([]byte, error) { return readSmall(path) }
