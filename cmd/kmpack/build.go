@@ -118,6 +118,12 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(profiles) > 0 {
+		// Package signing keys too are checked before anything is built.
+		if _, err := packageSigning(c); err != nil {
+			return err
+		}
+	}
 	kernelArgs := c.StringSlice("kernel")
 	root := "/"
 	if len(kernelArgs) == 0 && src.Spec != nil {
