@@ -3,9 +3,11 @@ package build_test
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
@@ -117,5 +119,40 @@ func TestBuildSignsModules(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A kernel configured without CONFIG_MODULE_SIG checks no signature: its modules are left
+// unsigned, with a note, while the other kernels' are signed.
+func TestBuildSkipsSigningForUnsigningKernels(t *testing.T) {
+	testenv.Need(t, "make", "strip")
+	trees := testenv.KernelTrees(t, testenv.Release53, testenv.Release54)
+	cfg := maps.Clone(trees[1].Config)
+	delete(cfg, "CONFIG_MODULE_SIG")
+	trees[1].Config = cfg
+	s, _ := signerFor(t, "kmpack test key")
+	src, err := source.OpenSource(testenv.ExampleSource(t, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	out := filepath.Join(t.TempDir(), "out")
+	m, err := build.Build(context.Background(), src, trees, build.BuildOptions{Jobs: 2, OutputDir: out, Signers: []sign.Signer{*s},
+		Warn: func(w string) { warnings = append(warnings, w) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range m.Kernels {
+		data, _, err := module.ReadMaybeCompressed(filepath.Join(out, k.Modules[0].File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed := module.HasSignatureMagic(data)
+		if signed != (i == 0) || (k.Modules[0].Signature != nil) != (i == 0) {
+			t.Errorf("%s: signed %v, manifest %+v", k.Release, signed, k.Modules[0].Signature)
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], testenv.Release54+" is configured without CONFIG_MODULE_SIG") {
+		t.Errorf("warnings: %q", warnings)
 	}
 }
