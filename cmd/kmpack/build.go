@@ -156,6 +156,7 @@ func runBuild(c *cli.Context) error {
 	}
 	opts := build.BuildOptions{
 		Signers:            signers,
+		Secrets:            secretFiles(c, src),
 		Jobs:               c.Int("jobs"),
 		OutputDir:          c.String("output"),
 		Compression:        comp,

@@ -132,16 +132,24 @@ func specSigners(c *cli.Context, src *source.Source, signers []sign.Signer) ([]s
 		if len(sp.Keys) == 0 {
 			return nil, kmp.InputErrorf(src.Spec.Path(), "--sign: signing.keys names no key")
 		}
-		var keys, certs []string
-		for _, k := range sp.Keys {
-			for _, p := range []*string{&k.Key, &k.Cert} {
-				if !filepath.IsAbs(*p) && !pkcs11.IsURI(*p) {
-					*p = filepath.Join(src.Dir, *p)
-				}
-			}
-			keys, certs = append(keys, k.Key), append(certs, k.Cert)
+		env := ""
+		if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
+			env = "KMPACK_SIGN_PASSPHRASE"
 		}
-		return loadSigners(c, keys, certs, nil, false)
+		var out []sign.Signer
+		var names []string
+		for _, k := range sp.Keys {
+			pass, err := sign.ReadPassphrase(env, c.String("sign-passphrase-file"))
+			if err != nil {
+				return nil, err
+			}
+			s, err := sign.LoadKeyInDir(src.Dir, k.Key, k.Cert, pass)
+			if err != nil {
+				return nil, err
+			}
+			out, names = append(out, *s), append(names, filepath.Join(src.Dir, k.Cert))
+		}
+		return out, checkCertificates(out, names)
 	}
 	if len(signers) == 0 && sp.Required {
 		return nil, kmp.InputErrorf(src.Spec.Path(), "signing.required: no key to sign with (--sign-key/--sign-cert, or --sign to use signing.keys)")
@@ -246,4 +254,33 @@ func checkCertificates(signers []sign.Signer, names []string) error {
 		}
 	}
 	return nil
+}
+
+// secretFiles are the files a build's commands must not read: signing keys, package signing
+// keys and passphrase files (build.BuildOptions.Secrets).
+func secretFiles(c *cli.Context, src *source.Source) []string {
+	var out []string
+	add := func(p string) {
+		if p == "" || pkcs11.IsURI(p) {
+			return
+		}
+		if a, err := filepath.Abs(p); err == nil {
+			out = append(out, a)
+		}
+	}
+	for _, k := range c.StringSlice("sign-key") {
+		add(k)
+	}
+	for _, f := range []string{"sign-passphrase-file", "gpg-key", "gpg-passphrase-file", "apk-key", "apk-passphrase-file"} {
+		add(c.String(f))
+	}
+	if src.Spec != nil {
+		for _, k := range src.Spec.Signing.Keys {
+			if !filepath.IsAbs(k.Key) {
+				k.Key = filepath.Join(src.Dir, k.Key)
+			}
+			add(k.Key)
+		}
+	}
+	return out
 }

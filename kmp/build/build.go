@@ -59,6 +59,10 @@ type BuildOptions struct {
 	// signature with two signer infos. The cache keeps unsigned modules: changing a key
 	// re-signs without rebuilding.
 	Signers []sign.Signer
+	// Secrets are files a build must not read (signing keys, passphrase and PIN files): in a
+	// private mount namespace they read as empty. (Without one, a build running as the same
+	// user can read them: use a PKCS#11 token or a signer command there.)
+	Secrets []string
 	// KeepWork keeps the workspaces of failed builds for inspection.
 	KeepWork bool
 	// Timeout, when set, bounds each kernel's build (patches, hooks, make, collection); a
@@ -130,7 +134,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			return nil, err
 		}
 	}
-	excl := []string{out}
+	excl := append([]string{out}, opts.Secrets...) // signing keys kept in the source are no build input
 	if opts.CacheDir != "" {
 		if c, err := filepath.Abs(opts.CacheDir); err == nil {
 			excl = append(excl, c)
@@ -170,6 +174,12 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			private = false
 			b.warn(fmt.Sprintf("no private mount namespace for builds (%v): building in $TMPDIR workspaces instead of at dkms's paths; a source that embeds its build path (a configure step) or hard-codes /usr/src or /var/lib/dkms may build differently from dkms, and not reproducibly", err))
 		}
+	}
+	if len(opts.Signers) > 0 && !private && b.opts.CacheDir != "" && !b.opts.Refresh {
+		// Without private mounts a build can write the cache, and what it planted there would
+		// be signed with the vendor's key: signed builds then rebuild everything.
+		b.opts.Refresh = true
+		b.warn("signing without private mount namespaces: cached builds are not reused (a build could have planted modules in the cache); every kernel is rebuilt")
 	}
 	for _, t := range trees {
 		ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
@@ -649,7 +659,13 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 		return "", fmt.Errorf("copying the source: %w", err)
 	}
 	if ws.Private {
-		if j.mounts, err = privateMounts(ws, tree); err != nil {
+		protect := []string{b.stage}
+		if b.opts.CacheDir != "" {
+			if c, err := filepath.Abs(b.opts.CacheDir); err == nil {
+				protect = append(protect, c)
+			}
+		}
+		if j.mounts, err = privateMounts(ws, tree, protect, b.opts.Secrets); err != nil {
 			return "", fmt.Errorf("private build mounts: %w", err)
 		}
 		fmt.Fprintf(j.log, "private mounts: %s is %s, %s is %s, %s leads to %s (read-only)\n\n",

@@ -14,6 +14,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/kmp/unpack"
 )
@@ -174,5 +175,62 @@ func TestNoPrivateMountsUsesWorkspaces(t *testing.T) {
 	sort.Strings(got)
 	if strings.Join(got, " ") != "dkms workspace" || keys["dkms"] == keys["workspace"] {
 		t.Errorf("paths/keys: %v", keys)
+	}
+}
+
+// A build's commands get none of kmpack's secrets: no KMPACK_* variable (passphrases, PINs),
+// the signing key reads as empty, and the build cache and the staged output are read-only, so
+// a build cannot plant a module that kmpack would take from the cache and sign.
+func TestBuildCannotReachSecretsOrCache(t *testing.T) {
+	testenv.Need(t, "make", "strip")
+	s, kp := signerFor(t, "kmpack secret test key")
+	cache := t.TempDir()
+	t.Setenv("KMPACK_SIGN_PASSPHRASE", "hunter2-secret")
+	dir := filepath.Join(t.TempDir(), "kmpack-secrets-1.0")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	check := `#!/bin/sh
+if env | grep -q hunter2-secret; then echo "secret in the environment" >&2; exit 1; fi
+if env | grep -v '^KMPACK_WORK=' | grep -q '^KMPACK_'; then echo "KMPACK_ variable in the environment" >&2; exit 1; fi
+test -e '` + kp.Key + `' || { echo "key file not there at all" >&2; exit 1; }
+if test -s '` + kp.Key + `'; then echo "signing key readable" >&2; exit 1; fi
+if touch '` + cache + `/planted' 2>/dev/null; then echo "cache writable" >&2; exit 1; fi
+echo checked > checked.txt
+`
+	for name, body := range map[string]string{
+		"kmpack.yaml":      "name: kmpack-secrets\nversion: \"1.0\"\nbuild:\n  pre-build: ./check.sh\n  commands:\n    - run: test -s checked.txt && make -C ${kernel_source_dir} M=${build_dir} modules\n",
+		"check.sh":         check,
+		"Kbuild":           "obj-m := kmpack_secrets.o\n",
+		"kmpack_secrets.c": "#include <linux/module.h>\nMODULE_LICENSE(\"GPL\");\n",
+	} {
+		mode := os.FileMode(0o644)
+		if name == "check.sh" {
+			mode = 0o755
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := source.OpenSource(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := build.Build(context.Background(), src, testenv.KernelTrees(t, testenv.Release53), build.BuildOptions{Jobs: 2,
+		OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache, Signers: []sign.Signer{*s}, Secrets: []string{kp.Key}})
+	if err != nil {
+		for _, k := range m.Kernels {
+			t.Logf("%s: %s\n%s", k.Reason, k.Paths, strings.Join(k.LogTail, "\n"))
+		}
+		t.Fatal(err)
+	}
+	if m.Kernels[0].Paths != manifest.PathsDKMS || m.Kernels[0].Modules[0].Signature == nil {
+		t.Fatalf("paths %s, signature %+v", m.Kernels[0].Paths, m.Kernels[0].Modules[0].Signature)
+	}
+	if _, err := os.Stat(filepath.Join(cache, "planted")); err == nil {
+		t.Error("the build wrote into the cache")
+	}
+	if len(testenv.MustRead(t, kp.Key)) == 0 {
+		t.Error("the key file on the host is empty")
 	}
 }

@@ -135,8 +135,11 @@ func overlayEscape(p string) string {
 }
 
 // privateMounts lays out, under ws.Root, the stubs that make ws's mount points exist, and
-// returns the mounts that show the workspace's host directories at its private paths.
-func privateMounts(ws *source.Workspace, tree *kernel.KernelTree) (*mountPlan, error) {
+// returns the mounts that show the workspace's host directories at its private paths. The
+// protect directories (the build cache, the output being staged) are read-only in the
+// namespace, so a build cannot plant modules that a later build, or this one's signing, would
+// take as kmpack's; the hide files (signing keys, passphrase files) read as empty there.
+func privateMounts(ws *source.Workspace, tree *kernel.KernelTree, protect, hide []string) (*mountPlan, error) {
 	plan := &mountPlan{Dir: ws.BuildDir}
 	// Every mount point is a directory in a read-only view of the host directory above it;
 	// when the host lacks that directory (no /var/lib/dkms without dkms), the view is of its
@@ -149,6 +152,10 @@ func privateMounts(ws *source.Workspace, tree *kernel.KernelTree) (*mountPlan, e
 		for d := dir; ; d = filepath.Dir(d) {
 			fi, err := os.Stat(d)
 			if err == nil && fi.IsDir() {
+				if d == "/" {
+					// A read-only overlay on / would hide /proc, /dev and /tmp.
+					return "", fmt.Errorf("%s: no such directory, nor any parent below /", dir)
+				}
 				return d, nil
 			}
 			if err != nil && !errors.Is(err, os.ErrNotExist) || d == "/" {
@@ -201,6 +208,31 @@ func privateMounts(ws *source.Workspace, tree *kernel.KernelTree) (*mountPlan, e
 	if real, err := filepath.EvalSymlinks(kbuild); err != nil || real != tree.Dir {
 		if err := stub(kbuild, tree.Dir); err != nil {
 			return nil, err
+		}
+	}
+	for _, d := range protect {
+		if d == "" {
+			continue
+		}
+		if rel, err := filepath.Rel(d, ws.Root); err == nil && kmp.LexicallyInside(rel) {
+			continue // the workspace itself lives there: the build must write it
+		}
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			plan.Binds = append(plan.Binds, bindMount{Source: d, Target: d, ReadOnly: true})
+		}
+	}
+	if len(hide) > 0 {
+		empty := filepath.Join(ws.Root, "mounts", "empty")
+		if err := os.MkdirAll(filepath.Dir(empty), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(empty, nil, 0o444); err != nil {
+			return nil, err
+		}
+		for _, f := range hide {
+			if fi, err := os.Stat(f); err == nil && fi.Mode().IsRegular() {
+				plan.Binds = append(plan.Binds, bindMount{Source: empty, Target: f, ReadOnly: true})
+			}
 		}
 	}
 	sort.Slice(order, func(a, b int) bool { return len(order[a]) < len(order[b]) }) // parents first
@@ -292,7 +324,7 @@ func probePrivateMounts(ctx context.Context, root string, tree *kernel.KernelTre
 			return err
 		}
 	}
-	plan, err := privateMounts(ws, tree)
+	plan, err := privateMounts(ws, tree, nil, nil)
 	if err != nil {
 		return err
 	}

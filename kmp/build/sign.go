@@ -46,6 +46,15 @@ func (b *builder) signModules(j *kernelJob) error {
 		if err != nil {
 			return err
 		}
+		if module.HasSignatureMagic(raw) {
+			// The build signed it itself: the signature kmpack makes replaces that one.
+			body, _, err := module.SplitSignature(p, raw)
+			if err != nil {
+				return err
+			}
+			raw = body
+			b.warn(fmt.Sprintf("%s for %s came signed from its build: that signature is replaced", m.Name, t.Release))
+		}
 		signed, err := sign.SignModule(raw, hash, b.opts.Signers...)
 		if err != nil {
 			return fmt.Errorf("signing %s for %s: %w", m.Name, t.Release, err)

@@ -7,7 +7,6 @@ import (
 	"crypto/rsa"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"time"
@@ -72,14 +71,15 @@ func NewCommandSigner(ctx context.Context, command, certPath string, timeout tim
 	return &Signer{
 		Cert: cert,
 		Key:  &commandKey{ctx: ctx, command: command, certPath: certPath, pub: pub, cn: cert.Subject.CommonName, timeout: timeout},
-		Name: "signer command " + fmt.Sprintf("%q", command),
+		// Named by its certificate, not its text: a command line often carries a token.
+		Name: "signer command for " + certPath,
 	}, nil
 }
 
 func (k *commandKey) Public() crypto.PublicKey { return k.pub }
 
 func (k *commandKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	name := "signer command " + fmt.Sprintf("%q", k.command)
+	name := "signer command for " + k.certPath
 	ctx, cancel := context.WithTimeout(k.ctx, k.timeout)
 	defer cancel()
 	cmd := proc.Command(ctx, "/bin/sh", "-c", k.command)

@@ -8,7 +8,9 @@ import (
 	"encoding/pem"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/youmark/pkcs8"
 
@@ -20,7 +22,8 @@ const maxKeyFile = 1 << 20
 
 // readSmall reads a regular file of at most maxKeyFile bytes; every refusal is an InputError.
 func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// Non-blocking: a FIFO named as a key must not hang kmpack (the mode is checked below).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, kmp.InputErrorf(path, "%v", kmp.UnwrapPathError(err))
 	}
@@ -40,6 +43,48 @@ func readSmall(path string) ([]byte, error) {
 		return nil, kmp.InputErrorf(path, "larger than %d bytes", maxKeyFile)
 	}
 	return data, nil
+}
+
+// LoadKeyInDir is LoadKeyFile for a key and certificate named by a file kmpack reads
+// (kmpack.yaml's signing.keys): both must be regular files inside dir, reached through an
+// os.Root without any link out of it, so that the file cannot name a key of the host.
+func LoadKeyInDir(dir, keyRel, certRel string, passphrase []byte) (*Signer, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, kmp.InputErrorf(dir, "%v", kmp.UnwrapPathError(err))
+	}
+	defer root.Close()
+	read := func(rel string) (string, []byte, error) {
+		p := filepath.Join(dir, rel)
+		if filepath.IsAbs(rel) || !kmp.LexicallyInside(filepath.ToSlash(rel)) {
+			return p, nil, kmp.InputErrorf(p, "not inside %s: a signing key named by kmpack.yaml must be a file of the source", dir)
+		}
+		b, _, err := kmp.ReadRootFile(root, rel, maxKeyFile)
+		if err != nil {
+			return p, nil, kmp.InputErrorf(p, "%v", kmp.UnwrapPathError(err))
+		}
+		return p, b, nil
+	}
+	keyPath, keyData, err := read(keyRel)
+	if err != nil {
+		return nil, err
+	}
+	certPath, certData, err := read(certRel)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ParsePrivateKey(keyPath, keyData, passphrase)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := ParseCertificate(certPath, certData)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPair(keyPath, certPath, key, cert); err != nil {
+		return nil, err
+	}
+	return &Signer{Cert: cert, Key: key, Name: keyPath}, nil
 }
 
 // LoadCertificate reads an X.509 certificate, PEM (the first CERTIFICATE block, so the kernel's

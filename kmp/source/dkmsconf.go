@@ -179,7 +179,8 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 	return conf, nil
 }
 
-// CleanBuildEnv drops what dkms unsets at start-up (CC CXX CFLAGS CXXFLAGS LDFLAGS) and any
+// CleanBuildEnv drops what dkms unsets at start-up (CC CXX CFLAGS CXXFLAGS LDFLAGS), kmpack's
+// own KMPACK_* variables, and any
 // dkms.conf directive name, so a caller's environment cannot leak into a build.
 func CleanBuildEnv(env []string) []string {
 	drop := map[string]bool{"CC": true, "CXX": true, "CFLAGS": true, "CXXFLAGS": true, "LDFLAGS": true,
@@ -190,7 +191,9 @@ func CleanBuildEnv(env []string) []string {
 	var out []string
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
-		if !drop[k] && !strings.HasPrefix(k, "KMPACK_DKMS_") {
+		// Every KMPACK_* variable is kmpack's own, some secret (KMPACK_SIGN_PASSPHRASE,
+		// KMPACK_PKCS11_PIN, a signer command's token): none reaches a build or a dkms.conf.
+		if !drop[k] && !strings.HasPrefix(k, "KMPACK_") {
 			out = append(out, kv)
 		}
 	}

@@ -62,7 +62,8 @@ type Spec struct {
 type SpecSigning struct {
 	// Required makes a build that would sign nothing an error.
 	Required bool `yaml:"required,omitempty" json:"required,omitempty"`
-	// Keys are key/certificate pairs: paths relative to kmpack.yaml's directory or absolute.
+	// Keys are key/certificate pairs: files inside the source, relative to kmpack.yaml's
+	// directory (a CI job decrypts them there); they are never copied into a build.
 	Keys []SpecSigningKey `yaml:"keys,omitempty" json:"keys,omitempty"`
 }
 
@@ -257,6 +258,10 @@ func (s *Spec) validate() error {
 		for _, v := range []string{k.Key, k.Cert} {
 			if err := CheckText(fmt.Sprintf("signing.keys[%d]", i), v, 4096, false); err != nil {
 				return err
+			}
+			// A source names only its own files: never a key of the host, nor a token.
+			if filepath.IsAbs(v) || !kmp.LexicallyInside(filepath.ToSlash(v)) || strings.Contains(v, ":") {
+				return fmt.Errorf("signing.keys[%d]: %s is not a path inside the source (kmpack.yaml cannot name a key of the host; give such keys with --sign-key)", i, strconv.QuoteToASCII(v))
 			}
 		}
 	}
