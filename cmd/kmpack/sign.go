@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -269,6 +270,9 @@ func secretFiles(c *cli.Context, src *source.Source) []string {
 		}
 	}
 	for _, k := range c.StringSlice("sign-key") {
+		if u, err := pkcs11.ParseURI(k); pkcs11.IsURI(k) && err == nil && u.PINSource != "" {
+			add(strings.TrimPrefix(u.PINSource, "file:")) // the token's PIN file
+		}
 		add(k)
 	}
 	for _, f := range []string{"sign-passphrase-file", "gpg-key", "gpg-passphrase-file", "apk-key", "apk-passphrase-file"} {
