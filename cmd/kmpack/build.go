@@ -128,8 +128,8 @@ func runBuild(c *cli.Context) error {
 	kernelArgs := c.StringSlice("kernel")
 	root := "/"
 	repoSpecs := c.StringSlice("kernel-repo")
-	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("latest")) {
-		return usagef("--flavor, --release and --latest select kernels from a --kernel-repo")
+	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("latest") || c.IsSet("keyring")) {
+		return usagef("--flavor, --release, --latest and --keyring apply to a --kernel-repo")
 	}
 	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
 		for _, k := range src.Spec.Kernels {

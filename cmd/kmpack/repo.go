@@ -19,6 +19,7 @@ func repoSelectFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "flavor", Usage: "with a repository: only kernels of this flavor (repeatable; amd64, cloud-amd64, default, rt, ...)"},
 		&cli.StringFlag{Name: "release", Usage: "with a repository: only kernel releases matching this regular expression"},
 		&cli.IntFlag{Name: "latest", Usage: "with a repository: only the N newest kernels of each flavor"},
+		&cli.StringFlag{Name: "keyring", Usage: "with a repository: verify its metadata (InRelease or Release.gpg, repomd.xml.asc) with this OpenPGP keyring, binary or armored (an apt source's own signed-by= wins)"},
 	}
 }
 
@@ -50,6 +51,9 @@ func repoKernels(c *cli.Context, specs []string) ([]repoResult, *repo.Fetcher, e
 		src, err := repo.ParseSource(spec)
 		if err != nil {
 			return nil, nil, err
+		}
+		if src.Keyring == "" {
+			src.Keyring = c.String("keyring")
 		}
 		idx, err := repo.Load(c.Context, f, src)
 		if err != nil {

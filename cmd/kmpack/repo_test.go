@@ -49,6 +49,16 @@ func TestKernelsRepo(t *testing.T) {
 	if r.PoolHits() != 0 {
 		t.Fatal("listing downloaded packages")
 	}
+	home, public := testenv.GPGKey(t, "archive")
+	r.Sign(t, home)
+	out, stderr, code = kmpackIn(t, cache, "kernels", "--json", "--keyring", public, "--repo", r.Source())
+	if code != 0 || !strings.Contains(out, `"verified": true`) {
+		t.Fatalf("exit %d: %s %s", code, out, stderr)
+	}
+	_, stderr, code = kmpackIn(t, cache, "kernels", "--keyring", testenv.Debs(t, "linux-kbuild-6.1")[0], "--repo", r.Source())
+	if code != exitInput || !strings.Contains(stderr, "not an OpenPGP keyring") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
 	out, _, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--release", "^nomatch$")
 	if code != 0 || !strings.Contains(out, "no kernel matches") {
 		t.Fatalf("exit %d: %s", code, out)

@@ -96,3 +96,43 @@ func (r *AptRepo) PoolHits() int {
 	}
 	return n
 }
+
+// GPGKey makes a throwaway OpenPGP signing key with gpg --batch (no network) in its own home
+// and returns that home and the armored public key file.
+func GPGKey(t testing.TB, name string) (home, public string) {
+	t.Helper()
+	Need(t, "gpg")
+	home = t.TempDir()
+	gpgIn(t, home, "--quick-gen-key", name+" <"+name+"@example.invalid>", "ed25519", "sign", "never")
+	public = filepath.Join(t.TempDir(), name+".asc")
+	if err := os.WriteFile(public, gpgIn(t, home, "--armor", "--export"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return home, public
+}
+
+func gpgIn(t testing.TB, home string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command("gpg", append([]string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
+	out, err := cmd.Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		t.Fatalf("gpg %v: %v %s", args, err, msg)
+	}
+	return out
+}
+
+// Sign writes dists/bookworm/InRelease (clearsigned) and Release.gpg (detached, armored) with
+// the key in gpg home.
+func (r *AptRepo) Sign(t testing.TB, home string) {
+	t.Helper()
+	rel := filepath.Join(r.Dir, "dists/bookworm/Release")
+	for _, f := range []string{rel + ".gpg", filepath.Join(r.Dir, "dists/bookworm/InRelease")} {
+		os.Remove(f)
+	}
+	gpgIn(t, home, "--clearsign", "--output", filepath.Join(r.Dir, "dists/bookworm/InRelease"), rel)
+	gpgIn(t, home, "--armor", "--detach-sign", "--output", rel+".gpg", rel)
+}

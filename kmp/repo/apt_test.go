@@ -143,3 +143,60 @@ func TestAptRepositoryHostileFilename(t *testing.T) {
 		t.Fatal("index not matching Release accepted")
 	}
 }
+
+func TestAptRepositorySigned(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	home, public := testenv.GPGKey(t, "archive")
+	_, other := testenv.GPGKey(t, "other")
+	r.Sign(t, home)
+	load := func(spec string) (*repo.Index, error) {
+		s, err := repo.ParseSource(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return repo.Load(context.Background(), &repo.Fetcher{CacheDir: t.TempDir()}, s)
+	}
+	withKey := func(key string) string {
+		return "deb [arch=amd64 signed-by=" + key + "] " + r.Srv.URL + " bookworm main"
+	}
+	inRelease := r.Srv.URL + "/dists/bookworm/InRelease"
+
+	idx, err := load(withKey(public))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !idx.Verified || len(idx.Notes) != 0 || len(idx.Kernels) != 1 {
+		t.Fatalf("%+v", idx)
+	}
+	idx, err = load(r.Source())
+	if err != nil || idx.Verified || !strings.Contains(idx.Notes[0], inRelease+": signature not verified") {
+		t.Fatalf("%v %+v", err, idx)
+	}
+	_, err = load(withKey(other))
+	testenv.CheckInputError(t, inRelease, err)
+	if err == nil || !strings.Contains(err.Error(), "signature not valid") {
+		t.Fatalf("signed by another key: %v", err)
+	}
+	t.Log(err)
+
+	// Tampered: a Release line changed inside the signed text.
+	path := filepath.Join(r.Dir, "dists/bookworm/InRelease")
+	b := testenv.MustRead(t, path)
+	if err := os.WriteFile(path, []byte(strings.Replace(string(b), "Origin: kmpack-test", "Origin: kmpack-evil", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = load(withKey(public))
+	testenv.CheckInputError(t, inRelease, err)
+	if err == nil {
+		t.Fatal("tampered InRelease accepted")
+	}
+
+	// Without InRelease: Release + Release.gpg.
+	os.Remove(path)
+	if idx, err = load(withKey(public)); err != nil || !idx.Verified {
+		t.Fatalf("Release.gpg: %v %+v", err, idx)
+	}
+	if _, err = load(withKey(other)); err == nil {
+		t.Fatal("Release.gpg by another key accepted")
+	}
+}

@@ -27,6 +27,9 @@ type Source struct {
 	Suite      string
 	Components []string
 	Arch       string // Debian architecture (apt) or rpm arch; "" = the host's
+	// Keyring verifies the metadata (InRelease, Release.gpg, repomd.xml.asc) when set:
+	// apt's signed-by= option, or the caller's --keyring.
+	Keyring string
 }
 
 // ParseSource parses a repository given by the user.
@@ -54,8 +57,10 @@ func ParseSource(spec string) (*Source, error) {
 				switch k {
 				case "arch":
 					s.Arch = v
+				case "signed-by":
+					s.Keyring = v
 				default:
-					return nil, kmp.InputErrorf(spec, "unsupported option %q (kmpack knows arch=)", k)
+					return nil, kmp.InputErrorf(spec, "unsupported option %q (kmpack knows arch= and signed-by=)", k)
 				}
 			}
 		}
@@ -146,6 +151,7 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	dists := joinURL(s.Base, "dists/"+s.Suite)
 	u := dists + "/InRelease"
 	data, err := f.GetSmall(ctx, u, MaxReleaseBytes)
+	inRelease := err == nil
 	if IsNotFound(err) {
 		u = dists + "/Release"
 		data, err = f.GetSmall(ctx, u, MaxReleaseBytes)
@@ -153,11 +159,33 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
+	idx := &Index{}
+	if s.Keyring == "" {
+		idx.Notes = []string{unverifiedNote(u)}
+	} else {
+		kr, err := ReadKeyring(s.Keyring)
+		if err != nil {
+			return nil, err
+		}
+		if inRelease {
+			if data, err = verifyClearsigned(u, data, kr); err != nil {
+				return nil, err
+			}
+		} else {
+			sig, err := f.GetSmall(ctx, u+".gpg", MaxReleaseBytes)
+			if err != nil {
+				return nil, err
+			}
+			if err := verifyDetached(u+".gpg", data, sig, kr); err != nil {
+				return nil, err
+			}
+		}
+		idx.Verified = true
+	}
 	rel, err := ParseRelease(u, data)
 	if err != nil {
 		return nil, err
 	}
-	idx := &Index{Notes: []string{u + ": signature not verified (no keyring given)"}}
 	arch := s.Arch
 	if arch == "" {
 		arch = debArch()
@@ -199,6 +227,23 @@ func loadRPMMD(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
+	idx := &Index{}
+	if s.Keyring == "" {
+		idx.Notes = []string{unverifiedNote(u)}
+	} else {
+		kr, err := ReadKeyring(s.Keyring)
+		if err != nil {
+			return nil, err
+		}
+		sig, err := f.GetSmall(ctx, u+".asc", MaxReleaseBytes)
+		if err != nil {
+			return nil, err
+		}
+		if err := verifyDetached(u+".asc", data, sig, kr); err != nil {
+			return nil, err
+		}
+		idx.Verified = true
+	}
 	md, err := ParseRepomd(u, bytes.NewReader(data))
 	if err != nil {
 		return nil, err
@@ -220,7 +265,6 @@ func loadRPMMD(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	if arch == "" {
 		arch = rpmArch()
 	}
-	idx := &Index{Notes: []string{u + ": signature not verified (no keyring given)"}}
 	idx.Kernels, idx.Skipped = RPMKernels(p.([]RPMPackage), arch)
 	return idx, nil
 }
