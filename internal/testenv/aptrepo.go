@@ -14,9 +14,13 @@ import (
 	"testing"
 )
 
+// RepoReleases are the kernels whose real header packages the test apt repository holds, oldest
+// first: ReleaseDebOnly and the next two ABIs (scripts/testdata.sh downloads them).
+var RepoReleases = []string{ReleaseDebOnly, "6.1.0-56-amd64", "6.1.0-57-amd64"}
+
 // AptRepo is a Debian archive made in the test with dpkg-scanpackages from the real header
-// packages of ReleaseDebOnly (headers, -common, linux-kbuild-6.1), served over HTTP on
-// 127.0.0.1, counting requests per path.
+// packages of RepoReleases (headers and -common of each, one linux-kbuild-6.1 for all), served
+// over HTTP on 127.0.0.1, counting requests per path.
 type AptRepo struct {
 	Dir  string
 	Srv  *httptest.Server
@@ -33,7 +37,11 @@ func NewAptRepo(t testing.TB) *AptRepo {
 	if err := os.MkdirAll(pool, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, deb := range Debs(t, "linux-headers-"+ReleaseDebOnly, "linux-headers-6.1.0-55-common", "linux-kbuild-6.1") {
+	debs := []string{"linux-kbuild-6.1"}
+	for _, rel := range RepoReleases {
+		debs = append(debs, "linux-headers-"+rel, "linux-headers-"+strings.TrimSuffix(rel, "-amd64")+"-common")
+	}
+	for _, deb := range Debs(t, debs...) {
 		if err := os.WriteFile(filepath.Join(pool, filepath.Base(deb)), MustRead(t, deb), 0o644); err != nil {
 			t.Fatal(err)
 		}

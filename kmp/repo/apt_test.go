@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,10 +34,14 @@ func TestAptRepositoryEndToEnd(t *testing.T) {
 		return idx
 	}
 	idx := load()
-	if len(idx.Kernels) != 1 || len(idx.Skipped) != 0 {
+	if len(idx.Kernels) != 3 || len(idx.Skipped) != 0 {
 		t.Fatalf("kernels %+v skipped %+v", idx.Kernels, idx.Skipped)
 	}
-	k := idx.Kernels[0]
+	latest := repo.Select(idx.Kernels, repo.Selector{Flavors: []string{"amd64"}, Latest: 2})
+	if len(latest) != 2 || latest[0].Release != testenv.RepoReleases[2] || latest[1].Release != testenv.RepoReleases[1] {
+		t.Fatalf("latest 2: %+v", latest)
+	}
+	k := repo.Select(idx.Kernels, repo.Selector{Release: regexp.MustCompile("^" + regexp.QuoteMeta(testenv.ReleaseDebOnly) + "$")})[0]
 	if k.Release != testenv.ReleaseDebOnly || k.Flavor != "amd64" || len(k.Packages) != 3 || k.Packages[2].Name != "linux-kbuild-6.1" ||
 		!strings.HasPrefix(k.Packages[0].URL, r.Srv.URL+"/pool/main/l/linux/") || k.Size < 1<<20 {
 		t.Fatalf("%+v", k)
@@ -49,25 +55,33 @@ func TestAptRepositoryEndToEnd(t *testing.T) {
 	var files []string
 	for run := 0; run < 2; run++ {
 		var err error
-		files, err = (&repo.Fetcher{CacheDir: cache}).FetchAll(ctx, load().Kernels[0].Packages)
+		var pkgs []repo.Package
+		for _, k := range repo.Select(load().Kernels, repo.Selector{Latest: 2}) {
+			pkgs = append(pkgs, k.Packages...)
+		}
+		files, err = (&repo.Fetcher{CacheDir: cache}).FetchAll(ctx, pkgs)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.PoolHits() != 3 {
-			t.Fatalf("run %d: %d package downloads, want 3 in all", run, r.PoolHits())
+		// Two kernels of three packages each, sharing linux-kbuild-6.1: five files.
+		if r.PoolHits() != 5 || len(files) != 6 || files[2] != files[5] {
+			t.Fatalf("run %d: %d package downloads, want 5 in all; files %v", run, r.PoolHits(), files)
 		}
 	}
-	for i, f := range files {
-		if filepath.Base(f) != k.Packages[i].SHA256 {
-			t.Fatalf("%s is not stored by its checksum", f)
+	uniq := []string{}
+	for _, f := range files {
+		if !slices.Contains(uniq, f) {
+			uniq = append(uniq, f)
 		}
 	}
-	set, err := unpack.UnpackPackages(cache, files)
+	set, err := unpack.UnpackPackages(cache, uniq)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(set.Root, "usr/src/linux-headers-"+testenv.ReleaseDebOnly, "Module.symvers")); err != nil {
-		t.Fatal(err)
+	for _, rel := range testenv.RepoReleases[1:] {
+		if _, err := os.Stat(filepath.Join(set.Root, "usr/src/linux-headers-"+rel, "Module.symvers")); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -86,7 +100,8 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.FetchAll(context.Background(), idx.Kernels[0].Packages)
+	k := repo.Select(idx.Kernels, repo.Selector{Release: regexp.MustCompile("^" + regexp.QuoteMeta(testenv.ReleaseDebOnly) + "$")})[0]
+	_, err = f.FetchAll(context.Background(), k.Packages)
 	u := r.Srv.URL + "/pool/main/l/linux/" + filepath.Base(deb)
 	if err == nil {
 		t.Fatal("corrupted package accepted")
@@ -96,7 +111,7 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(err)
-	if _, err := os.Stat(filepath.Join(f.ObjectsDir(), idx.Kernels[0].Packages[0].SHA256)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(f.ObjectsDir(), k.Packages[0].SHA256)); !os.IsNotExist(err) {
 		t.Fatalf("corrupted package in the cache: %v", err)
 	}
 	parts, _ := filepath.Glob(filepath.Join(f.ObjectsDir(), ".part-*"))
@@ -108,7 +123,7 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 	if err := os.WriteFile(served, b[:len(b)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.Fetch(context.Background(), u, idx.Kernels[0].Packages[0].SHA256, idx.Kernels[0].Packages[0].Size)
+	_, err = f.Fetch(context.Background(), u, k.Packages[0].SHA256, k.Packages[0].Size)
 	testenv.CheckInputError(t, u, err)
 	if err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Fatal(err)
@@ -116,7 +131,7 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 	if err := os.Remove(served); err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.Fetch(context.Background(), u, idx.Kernels[0].Packages[0].SHA256, idx.Kernels[0].Packages[0].Size)
+	_, err = f.Fetch(context.Background(), u, k.Packages[0].SHA256, k.Packages[0].Size)
 	if err == nil || err.Error() != u+": HTTP 404 Not Found" {
 		t.Fatal(err)
 	}
@@ -165,7 +180,7 @@ func TestAptRepositorySigned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !idx.Verified || len(idx.Notes) != 0 || len(idx.Kernels) != 1 {
+	if !idx.Verified || len(idx.Notes) != 0 || len(idx.Kernels) != 3 {
 		t.Fatalf("%+v", idx)
 	}
 	idx, err = load(r.Source())
