@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -375,4 +376,26 @@ func clearsignedText(data []byte) ([]byte, error) {
 		out.WriteByte('\n')
 	}
 	return nil, errors.New("no signature block")
+}
+
+// CheckValidUntil refuses a Release whose Valid-Until is past (a mirror replaying old metadata,
+// as apt refuses it) or unreadable.
+func (r *Release) CheckValidUntil(name string, now time.Time) error {
+	if r.ValidUntil == "" {
+		return nil
+	}
+	var t time.Time
+	var err error
+	for _, layout := range []string{time.RFC1123, time.RFC1123Z, "Mon, 2 Jan 2006 15:04:05 MST", "Mon, 2 Jan 2006 15:04:05 -0700"} {
+		if t, err = time.Parse(layout, r.ValidUntil); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return kmp.InputErrorf(name, "Valid-Until %q is not a date", truncate(r.ValidUntil, 60))
+	}
+	if now.After(t) {
+		return kmp.InputErrorf(name, "expired: Valid-Until %s", r.ValidUntil)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp/repo"
@@ -91,6 +92,14 @@ func TestParseRelease(t *testing.T) {
 	}
 	if s := rel.SHA256["updates/main/binary-amd64/Packages.xz"]; s.Size != 8790396 {
 		t.Fatalf("%+v", rel.SHA256)
+	}
+	if err := rel.CheckValidUntil("Release", time.Date(2026, 12, 5, 2, 52, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	err = rel.CheckValidUntil("Release", time.Date(2026, 12, 5, 2, 54, 0, 0, time.UTC))
+	testenv.CheckInputError(t, "Release", err)
+	if err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatal(err)
 	}
 	_, err = repo.ParseRelease("Release", []byte(strings.Replace(release, "updates/main/binary-amd64/Packages\n", "../../x\n", 1)))
 	testenv.CheckInputError(t, "Release", err)

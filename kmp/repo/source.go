@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -184,6 +185,9 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	}
 	rel, err := ParseRelease(u, data)
 	if err != nil {
+		return nil, err
+	}
+	if err := rel.CheckValidUntil(u, time.Now()); err != nil {
 		return nil, err
 	}
 	arch := s.Arch
