@@ -62,8 +62,8 @@ func debPkg(p DebPackage) Package {
 }
 
 // DebianKernels finds the kernels a Debian/Ubuntu index offers: each linux-headers-<release>
-// that depends on a linux-headers-<abi>-common[-featureset] package, with that package (the
-// version it pins) and the newest linux-kbuild-* that satisfies its dependency. arch limits the
+// that depends on a linux-headers-<abi>-common[-featureset] package (Ubuntu: linux-headers-<abi>)
+// where <release> is <abi>-<flavor>, with that package (the version it pins) and the newest linux-kbuild-* that satisfies its dependency. arch limits the
 // result to one architecture ("" for all).
 func DebianKernels(pkgs []DebPackage, arch string) ([]Kernel, []Skipped) {
 	byName := map[string][]DebPackage{}
@@ -105,10 +105,17 @@ func DebianKernels(pkgs []DebPackage, arch string) ([]Kernel, []Skipped) {
 			release := strings.TrimPrefix(name, "linux-headers-")
 			var common *Dependency
 			var kbuild *Dependency
+			var abi string
 			for i, d := range h.Depends {
 				switch {
-				case strings.HasPrefix(d.Name, "linux-headers-") && strings.Contains(d.Name, "-common"):
-					common = &h.Depends[i]
+				case strings.HasPrefix(d.Name, "linux-headers-") && d.Name != name:
+					// Debian: linux-headers-<abi>-common[-<featureset>]; Ubuntu: linux-headers-<abi>
+					// (arch all). Metas (linux-headers-amd64 -> linux-headers-6.1.0-57-amd64)
+					// depend on a package whose ABI is not a prefix of their own name.
+					a, _, _ := strings.Cut(strings.TrimPrefix(d.Name, "linux-headers-"), "-common")
+					if strings.HasPrefix(release, a+"-") && common == nil {
+						common, abi = &h.Depends[i], a
+					}
 				case strings.HasPrefix(d.Name, "linux-kbuild-"):
 					kbuild = &h.Depends[i]
 				}
@@ -116,9 +123,8 @@ func DebianKernels(pkgs []DebPackage, arch string) ([]Kernel, []Skipped) {
 			if common == nil {
 				continue // a meta package (linux-headers-amd64) or not a kernel headers package
 			}
-			abi, _, _ := strings.Cut(strings.TrimPrefix(common.Name, "linux-headers-"), "-common")
-			if !strings.HasPrefix(release, abi+"-") || ident.KernelRelease(release) != nil {
-				skipped = append(skipped, Skipped{name, fmt.Sprintf("release %q does not start with its -common package's ABI %q", release, abi)})
+			if ident.KernelRelease(release) != nil || ident.Flavor(strings.TrimPrefix(release, abi+"-")) != nil {
+				skipped = append(skipped, Skipped{name, fmt.Sprintf("release %q is not a valid kernel release and flavor", truncate(release, 80))})
 				continue
 			}
 			k := Kernel{Release: release, Flavor: strings.TrimPrefix(release, abi+"-"), Format: "deb", Layout: "debian",

@@ -92,3 +92,24 @@ func TestRPMKernels(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// Ubuntu's shape (askubuntu.com/questions/1121638; exact Depends unverified here): the arch-all
+// part is linux-headers-<abi> without -common, no kbuild package, metas -generic.
+func TestUbuntuKernels(t *testing.T) {
+	var pkgs []repo.DebPackage
+	add := func(name, arch string, deps ...repo.Dependency) {
+		pkgs = append(pkgs, repo.DebPackage{Package: name, Version: "5.15.0-91.101", Architecture: arch, Filename: "pool/" + name + ".deb", Size: 1, SHA256: sha('b'), Depends: deps})
+	}
+	add("linux-headers-5.15.0-91", "all")
+	add("linux-headers-5.15.0-91-generic", "amd64", repo.Dependency{Name: "linux-headers-5.15.0-91"}, repo.Dependency{Name: "libc6", Op: ">=", Version: "2.34"})
+	add("linux-headers-5.15.0-91-lowlatency", "amd64", repo.Dependency{Name: "linux-headers-5.15.0-91"})
+	add("linux-headers-generic", "amd64", repo.Dependency{Name: "linux-headers-5.15.0-91-generic", Op: "=", Version: "5.15.0-91.101"})
+	ks, skipped := repo.DebianKernels(pkgs, "amd64")
+	got := ""
+	for _, k := range repo.Select(ks, repo.Selector{}) {
+		got += fmt.Sprintf("%s/%s/%d;", k.Flavor, k.Release, len(k.Packages))
+	}
+	if got != "generic/5.15.0-91-generic/2;lowlatency/5.15.0-91-lowlatency/2;" || len(skipped) != 0 {
+		t.Fatal(got, skipped)
+	}
+}
