@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp/repo"
@@ -96,6 +97,16 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 	}
 	cache := t.TempDir()
 	f := &repo.Fetcher{CacheDir: cache}
+	// A download a killed kmpack left a day ago is removed; one in progress elsewhere is not.
+	stale, fresh := filepath.Join(f.ObjectsDir(), ".part-1"), filepath.Join(f.ObjectsDir(), ".part-2")
+	os.MkdirAll(f.ObjectsDir(), 0o755)
+	for _, p := range []string{stale, fresh} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-25 * time.Hour)
+	os.Chtimes(stale, old, old)
 	idx, err := repo.Load(context.Background(), f, aptSource(t, r))
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +126,7 @@ func TestAptRepositoryCorruptPackage(t *testing.T) {
 		t.Fatalf("corrupted package in the cache: %v", err)
 	}
 	parts, _ := filepath.Glob(filepath.Join(f.ObjectsDir(), ".part-*"))
-	if len(parts) != 0 {
+	if len(parts) != 1 || parts[0] != fresh {
 		t.Fatalf("partial downloads left: %v", parts)
 	}
 

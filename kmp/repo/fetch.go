@@ -28,6 +28,21 @@ type Fetcher struct {
 	Parallel int          // concurrent downloads; 0 means 4
 	Progress io.Writer    // nil: silent
 	mu       sync.Mutex
+	sweep    sync.Once
+}
+
+// staleAfter is the age after which a temporary download is a crash's leftover, not another
+// kmpack's download in progress.
+const staleAfter = 24 * time.Hour
+
+// removeStale deletes temporary downloads a killed kmpack left behind.
+func (f *Fetcher) removeStale() {
+	m, _ := filepath.Glob(filepath.Join(f.ObjectsDir(), ".part-*"))
+	for _, p := range m {
+		if fi, err := os.Lstat(p); err == nil && time.Since(fi.ModTime()) > staleAfter {
+			os.Remove(p)
+		}
+	}
 }
 
 // ObjectsDir is where fetched files live.
@@ -142,6 +157,7 @@ func (f *Fetcher) Fetch(ctx context.Context, u, sum string, size int64) (string,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	f.sweep.Do(f.removeStale)
 	r, err := f.open(ctx, u)
 	if err != nil {
 		return "", err
