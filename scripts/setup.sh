@@ -26,6 +26,8 @@ PACKAGES=(
   # depend on): iptables-netflow's configure and xtables-addons/west-chamber need iptables'
   # headers and binary.
   iptables libxtables-dev pkg-config
+  # rpm-md repositories for the kmp/repo tests (createrepo_c writes repodata/ as dnf and zypper read it).
+  createrepo-c
   # A real PKCS#11 token for the signing tests (softhsm2) and the tool that stores a
   # certificate on it (opensc's pkcs11-tool).
   softhsm2 opensc

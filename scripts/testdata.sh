@@ -16,6 +16,11 @@ WANT=(
   linux-headers-6.1.0-55-amd64
   linux-headers-6.1.0-55-common
   linux-kbuild-6.1
+  # Two more ABIs of the same series, for the test apt repository (kmp/repo, kmpack build --kernel-repo --latest 2).
+  linux-headers-6.1.0-56-amd64
+  linux-headers-6.1.0-56-common
+  linux-headers-6.1.0-57-amd64
+  linux-headers-6.1.0-57-common
   # Real out-of-tree module sources with their dkms.conf (shared/reference/corpus.md).
   v4l2loopback-dkms
   acpi-call-dkms

@@ -76,7 +76,8 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
 			&cli.StringSliceFlag{Name: "siblings", Usage: "also judge whether each kernel's modules load in these kernels (trees, symvers files, /lib/modules/<release>; see kmpack compat) and record it in the manifest"},
-		}, append(packagingFlags(), signingFlags()...)...),
+			&cli.StringSliceFlag{Name: "kernel-repo", Usage: "also build against kernels from this repository, downloaded and unpacked into the cache (repeatable; see kmpack kernels --repo, and --flavor, --release, --latest)"},
+		}, append(append(packagingFlags(), signingFlags()...), repoSelectFlags()...)...),
 		Action: runBuild,
 	}
 }
@@ -126,13 +127,24 @@ func runBuild(c *cli.Context) error {
 	}
 	kernelArgs := c.StringSlice("kernel")
 	root := "/"
-	if len(kernelArgs) == 0 && src.Spec != nil {
+	repoSpecs := c.StringSlice("kernel-repo")
+	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("latest") || c.IsSet("keyring")) {
+		return usagef("--flavor, --release, --latest and --keyring apply to a --kernel-repo")
+	}
+	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
 		for _, k := range src.Spec.Kernels {
 			if !filepath.IsAbs(k) {
 				k = filepath.Join(src.Dir, k)
 			}
 			kernelArgs = append(kernelArgs, k)
 		}
+	}
+	if len(repoSpecs) > 0 {
+		files, err := fetchRepoKernels(c, repoSpecs)
+		if err != nil {
+			return err
+		}
+		kernelArgs = append(kernelArgs, files...)
 	}
 	found, err := unpack.FindKernels(c.String("cache-dir"), root, kernelArgs)
 	if err != nil {

@@ -23,14 +23,34 @@ func kernelsCommand() *cli.Command {
 DIR is a tree to describe. PACKAGE is a .deb or .rpm: all package files given are unpacked
 together, without root and without touching the system, into a content-addressed cache
 (--cache-dir), once. A Debian flavor needs linux-headers-<abi>-<flavor>, linux-headers-<abi>-common
-and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL kernel-devel.`,
-		Flags: []cli.Flag{
+and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL kernel-devel.
+
+With --repo, lists the kernels a repository offers (selected by --flavor, --release, --latest),
+with the packages each needs and their sizes, downloading only metadata. REPO is an apt source
+in sources.list one-line form ('deb [arch=amd64] http://deb.debian.org/debian bookworm main') or
+an rpm-md base URL (the directory holding repodata/); http, https and file URLs.`,
+		Flags: append([]cli.Flag{
 			jsonFlag,
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "system root to discover trees under"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "also list candidates that are not usable trees, and why"},
 			&cli.BoolFlag{Name: "dirs", Usage: "print only the trees' directories, one per line (for scripts)"},
-		},
+			&cli.StringSliceFlag{Name: "repo", Usage: "list the kernels this repository offers (repeatable; see above)"},
+		}, repoSelectFlags()...),
 		Action: func(c *cli.Context) error {
+			if specs := c.StringSlice("repo"); len(specs) > 0 {
+				if c.Args().Len() > 0 {
+					return cli.Exit("--repo lists a repository's kernels: give no DIR or PACKAGE with it", exitUsage)
+				}
+				res, _, err := repoKernels(c, specs)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					return writeJSON(os.Stdout, map[string]any{"repositories": res})
+				}
+				printRepoKernels(os.Stdout, res)
+				return nil
+			}
 			res, err := unpack.FindKernels(c.String("cache-dir"), c.String("root"), c.Args().Slice())
 			if err != nil {
 				return err

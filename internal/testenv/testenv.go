@@ -127,6 +127,8 @@ func Need(t testing.TB, cmds ...string) {
 // RPMSpec describes a binary RPM for BuildRPM: the files under Stage become the payload.
 type RPMSpec struct {
 	Name, Version, Arch string
+	Release             string // default "1"
+	Provides            []string
 	Stage               string
 	// Files are %files lines; the default claims every top-level directory staged.
 	Files []string
@@ -148,10 +150,18 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 			files = append(files, "/"+e.Name())
 		}
 	}
-	text := "Name: " + spec.Name + "\nVersion: " + spec.Version + "\nRelease: 1\nSummary: kmpack test package\n" +
+	rel := spec.Release
+	if rel == "" {
+		rel = "1"
+	}
+	provides := ""
+	for _, p := range spec.Provides {
+		provides += "Provides: " + p + "\n"
+	}
+	text := "Name: " + spec.Name + "\nVersion: " + spec.Version + "\nRelease: " + rel + "\nSummary: kmpack test package\n" +
 		"License: GPL-2.0-only\nBuildArch: " + spec.Arch + "\nAutoReqProv: no\n" +
 		"%define debug_package %{nil}\n%define __os_install_post %{nil}\n%define _build_id_links none\n" +
-		"%define _binary_payload w3.zstdio\n%define _binaries_in_noarch_packages_terminate_build 0\n%description\nkmpack test package\n" +
+		provides + "%define _binary_payload w3.zstdio\n%define _binaries_in_noarch_packages_terminate_build 0\n%description\nkmpack test package\n" +
 		"%install\ncp -a " + spec.Stage + "/. %{buildroot}/\n%files\n"
 	for _, f := range files {
 		text += f + "\n"
@@ -164,7 +174,7 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("rpmbuild %s: %v\n%s", spec.Name, err, out)
 	}
-	return filepath.Join(outDir, spec.Name+"-"+spec.Version+"-1."+spec.Arch+".rpm")
+	return filepath.Join(outDir, spec.Name+"-"+spec.Version+"-"+rel+"."+spec.Arch+".rpm")
 }
 
 // InstalledReleases are the kernels whose headers scripts/setup.sh installs.

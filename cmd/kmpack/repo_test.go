@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp/manifest"
+)
+
+func TestKernelsRepo(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	cache := t.TempDir()
+	out, stderr, code := kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--flavor", "amd64", "--latest", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"6.1.0-57-amd64  (debian layout, flavor amd64, amd64, ", "6.1.0-56-amd64  (debian layout", "linux-headers-6.1.0-56-common 6.1.192-2", "linux-kbuild-6.1 6.1.192-3", "signature not verified"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("no %q in\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, testenv.ReleaseDebOnly) || strings.Index(out, "6.1.0-57-amd64") > strings.Index(out, "6.1.0-56-amd64") {
+		t.Fatalf("--latest 2 is not the two newest, newest first:\n%s", out)
+	}
+	out, stderr, code = kmpackIn(t, cache, "kernels", "--json", "--repo", r.Source())
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var res struct {
+		Repositories []struct {
+			Repo     string
+			Verified bool
+			Kernels  []struct {
+				Release, Flavor string
+				Size            int64
+				Packages        []struct {
+					Name, URL string
+					Size      int64
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Repositories) != 1 || len(res.Repositories[0].Kernels) != 3 || len(res.Repositories[0].Kernels[0].Packages) != 3 || res.Repositories[0].Verified {
+		t.Fatalf("%s", out)
+	}
+	if r.PoolHits() != 0 {
+		t.Fatal("listing downloaded packages")
+	}
+	home, public := testenv.GPGKey(t, "archive")
+	r.Sign(t, home)
+	out, stderr, code = kmpackIn(t, cache, "kernels", "--json", "--keyring", public, "--repo", r.Source())
+	if code != 0 || !strings.Contains(out, `"verified": true`) {
+		t.Fatalf("exit %d: %s %s", code, out, stderr)
+	}
+	_, stderr, code = kmpackIn(t, cache, "kernels", "--keyring", testenv.Debs(t, "linux-kbuild-6.1")[0], "--repo", r.Source())
+	if code != exitInput || !strings.Contains(stderr, "not an OpenPGP keyring") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	out, _, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--release", "^nomatch$")
+	if code != 0 || !strings.Contains(out, "no kernel matches") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	_, stderr, code = kmpackIn(t, cache, "kernels", "--repo", "deb "+r.Srv.URL+"/nothere bookworm main")
+	if code == 0 || !strings.Contains(stderr, r.Srv.URL+"/nothere/dists/bookworm/Release: HTTP 404") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Fatalf("exit %d: %q", code, stderr)
+	}
+}
+
+func TestBuildKernelRepo(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	cache := t.TempDir()
+	for run := 0; run < 2; run++ {
+		outDir := filepath.Join(t.TempDir(), "out")
+		stdout, stderr, code := kmpackIn(t, cache, "build", "--json", "--kernel-repo", r.Source(), "--flavor", "amd64", "--latest", "2", "-o", outDir, testenv.ExampleSource(t, true))
+		var m manifest.Manifest
+		if err := json.Unmarshal([]byte(stdout), &m); err != nil || code != 0 {
+			t.Fatalf("run %d: exit %d %v: %s", run, code, err, stderr)
+		}
+		var built []string
+		for _, k := range m.Kernels {
+			if len(k.Modules) == 1 {
+				built = append(built, k.Release)
+			}
+		}
+		sort.Strings(built)
+		if strings.Join(built, " ") != "6.1.0-56-amd64 6.1.0-57-amd64" || len(m.Kernels) != 2 {
+			t.Fatalf("run %d: built %v: %s", run, built, testenv.Truncate(stdout, 3000))
+		}
+		// Two kernels of three packages, sharing linux-kbuild-6.1: five downloads, in the first run only.
+		if r.PoolHits() != 5 {
+			t.Fatalf("run %d: %d package downloads, want 5 in all", run, r.PoolHits())
+		}
+		if !strings.Contains(stderr, "signature not verified") {
+			t.Fatalf("no note that the metadata was not verified: %s", stderr)
+		}
+	}
+}
