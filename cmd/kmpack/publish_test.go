@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/internal/testenv"
+)
+
+// snapshot maps every file under dir to its content.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			b, _ := os.ReadFile(p)
+			rel, _ := filepath.Rel(dir, p)
+			files[rel] = string(b)
+		}
+		return nil
+	})
+	return files
+}
+
+func sameFiles(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// aptRoot is a root apt-get installs into with this machine's apt and dpkg: its own
+// configuration through APT_CONFIG (so the host's apt.conf.d is not read), dpkg --root with
+// maintainer scripts run chroot-less ($DPKG_ROOT set), the host's kmod and libc6 recorded as
+// installed.
+type aptRoot struct {
+	t          *testing.T
+	root, conf string
+}
+
+func newAptRoot(t *testing.T, source string) *aptRoot {
+	t.Helper()
+	r := &aptRoot{t: t, root: testenv.DpkgRoot(t)}
+	for _, d := range []string{"etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "etc/apt/trusted.gpg.d",
+		"var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/log"} {
+		os.MkdirAll(filepath.Join(r.root, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(r.root, "etc/apt/sources.list"), []byte(source+"\n"), 0o644)
+	r.conf = filepath.Join(t.TempDir(), "apt.conf")
+	conf := `Dir "` + r.root + `/";
+Dir::State::status "` + r.root + `/var/lib/dpkg/status";
+APT::Architecture "amd64";
+APT::Sandbox::User "root";
+DPkg::Options { "--root=` + r.root + `"; "--force-script-chrootless"; "--log=` + r.root + `/var/log/dpkg.log"; };
+`
+	os.WriteFile(r.conf, []byte(conf), 0o644)
+	// Never let dpkg install into this machine: the configuration apt uses must name the root.
+	out, err := r.cmd("apt-config", "dump").Output()
+	if err != nil || !strings.Contains(string(out), `"--root=`+r.root+`"`) {
+		t.Fatalf("apt-config dump does not pass --root to dpkg: %v\n%s", err, out)
+	}
+	return r
+}
+
+func (r *aptRoot) cmd(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), "APT_CONFIG="+r.conf, "DEBIAN_FRONTEND=noninteractive")
+	return cmd
+}
+
+func (r *aptRoot) apt(args ...string) (string, error) {
+	out, err := r.cmd("apt-get", append([]string{"-q", "-y"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// recordsOnly drops the relations of the packages recorded in the root's status (the host's
+// kmod and libc6, a kernel image): the root holds those records, not their dependency
+// closures, and apt would try to repair them.
+func (r *aptRoot) recordsOnly() {
+	r.t.Helper()
+	status := filepath.Join(r.root, "var/lib/dpkg/status")
+	var keep []string
+	skipping := false
+	for _, l := range strings.Split(string(testenv.MustRead(r.t, status)), "\n") {
+		if strings.HasPrefix(l, " ") && skipping {
+			continue
+		}
+		name, _, _ := strings.Cut(l, ":")
+		switch name {
+		case "Depends", "Pre-Depends", "Recommends", "Suggests", "Breaks", "Conflicts":
+			skipping = true
+			continue
+		}
+		skipping = false
+		keep = append(keep, l)
+	}
+	if err := os.WriteFile(status, []byte(strings.Join(keep, "\n")), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// installed is dpkg-query's status of pkg in the root ("" when unknown).
+func (r *aptRoot) installed(pkg string) string {
+	out, _ := exec.Command("dpkg-query", "--root", r.root, "-W", "-f", "${db:Status-Abbrev}", pkg).Output()
+	return strings.TrimSpace(string(out))
+}
+
+// The apt repository kmpack publishes, judged by the real apt: with the key given as
+// signed-by, apt-get update accepts the signed InRelease and apt-get installs the module
+// package and the kmpack runtime into a root holding the kernel (dpkg records them installed,
+// the module is on disk); without the key, apt-get update refuses the repository; a root
+// without the kernel image cannot install the module package. Publishing twice changes no
+// byte; publishing more keeps what is there; a package file that is not what packages.json
+// says is a one-line error naming it, and the repository is left as it was.
+func TestPublishAptJudgedByApt(t *testing.T) {
+	testenv.Need(t, "apt-get", "apt-config", "dpkg", "dpkg-query", "gpg", "depmod")
+	r53 := testenv.Release53
+	cache := t.TempDir()
+	// Packages and metadata dated alike: the runtime package built twice is the same file.
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	debs := buildDebs(t, cache, testenv.TestModuleSource(t, "hello"), r53)
+	out := filepath.Dir(filepath.Dir(debs["kmpack"]))
+	secret, _, keyring := testenv.GPGKey(t, "s3cret")
+	t.Setenv("KMPACK_GPG_PASSPHRASE", "s3cret")
+	repo := filepath.Join(t.TempDir(), "repo")
+
+	publish := func(outputs ...string) (string, string, int) {
+		return kmpackIn(t, cache, append([]string{"publish", "--repo", repo, "--gpg-key", secret}, outputs...)...)
+	}
+	if stdout, stderr, code := publish(out); code != 0 {
+		t.Fatalf("publish: exit %d: %s%s", code, stdout, stderr)
+	}
+	first := snapshot(t, repo)
+	for _, f := range []string{"dists/kmpack/InRelease", "dists/kmpack/Release.gpg", "dists/kmpack/main/binary-amd64/Packages.gz"} {
+		if _, ok := first[f]; !ok {
+			t.Errorf("the repository lacks %s", f)
+		}
+	}
+	// gpgv, given the key, checks InRelease and Release.gpg as apt does.
+	for _, args := range [][]string{{"dists/kmpack/InRelease"}, {"dists/kmpack/Release.gpg", "dists/kmpack/Release"}} {
+		cmd := exec.Command("gpgv", append([]string{"--keyring", keyring}, args...)...)
+		cmd.Dir = repo
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("gpgv %v: %v\n%s", args, err, o)
+		}
+	}
+	// Twice: not a byte changes.
+	if stdout, stderr, code := publish(out); code != 0 || !strings.Contains(stdout, "unchanged") {
+		t.Fatalf("second publish: exit %d: %s%s", code, stdout, stderr)
+	}
+	if !sameFiles(first, snapshot(t, repo)) {
+		t.Errorf("publishing the same packages again changed the repository")
+	}
+
+	// apt with the key: update accepts the signature, install works.
+	pkg := "kmpack-hello-modules-" + r53
+	signed := newAptRoot(t, "deb [signed-by="+keyring+"] file:"+repo+" kmpack main")
+	testenv.InstallKernel(t, signed.root, r53)
+	signed.recordsOnly()
+	if o, err := signed.apt("update"); err != nil || strings.Contains(o, "W:") {
+		t.Fatalf("apt-get update with the key: %v\n%s", err, o)
+	}
+	if o, err := signed.apt("install", pkg); err != nil {
+		t.Fatalf("apt-get install %s: %v\n%s", pkg, err, o)
+	}
+	for _, p := range []string{pkg, "kmpack"} {
+		if s := signed.installed(p); s != "ii" {
+			t.Errorf("dpkg status of %s in the root: %q, want ii", p, s)
+		}
+	}
+	ko := filepath.Join(signed.root, "lib/modules", r53, "updates/kmpack-hello/kmpack_hello.ko")
+	if _, err := os.Stat(ko); err != nil {
+		t.Errorf("the module is not in the root: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(signed.root, formats.RuntimeBinary)); err != nil {
+		t.Errorf("the runtime is not in the root: %v", err)
+	}
+
+	// A root without the kernel image: apt refuses the module package, naming the image.
+	noKernel := newAptRoot(t, "deb [signed-by="+keyring+"] file:"+repo+" kmpack main")
+	noKernel.recordsOnly()
+	noKernel.apt("update")
+	if o, err := noKernel.apt("install", pkg); err == nil || !strings.Contains(o, "Depends: linux-image-"+r53) {
+		t.Errorf("apt-get install without the kernel image: %v, want the unmet Depends\n%s", err, o)
+	}
+	if s := noKernel.installed(pkg); s == "ii" {
+		t.Errorf("installed without its kernel")
+	}
+
+	// apt without the key refuses the repository.
+	unsigned := newAptRoot(t, "deb file:"+repo+" kmpack main")
+	if o, err := unsigned.apt("update"); err == nil || !strings.Contains(o, "NO_PUBKEY") || !strings.Contains(o, "is not signed") {
+		t.Errorf("apt-get update without the key: %v, want NO_PUBKEY and 'is not signed'\n%s", err, o)
+	}
+
+	// Hostile OUTPUTs: a package file changed after packaging, a file that is no .deb though
+	// the index says it is. One line naming the file, exit 3, the repository untouched.
+	bad := filepath.Join(t.TempDir(), "bad")
+	testenv.CopyTree(t, out, bad)
+	badDeb := filepath.Join(bad, formats.PackagesDir, filepath.Base(debs[pkg]))
+	os.WriteFile(badDeb, []byte("!<arch>\nnot a deb"), 0o644)
+	fake := filepath.Join(t.TempDir(), "fake")
+	testenv.CopyTree(t, out, fake)
+	fakeDeb := filepath.Join(fake, formats.PackagesDir, filepath.Base(debs[pkg]))
+	os.WriteFile(fakeDeb, []byte("!<arch>\nnot a deb"), 0o644)
+	reindex(t, fake)
+	for _, c := range []struct{ dir, file string }{{bad, badDeb}, {fake, fakeDeb}} {
+		stdout, stderr, code := publish(c.dir)
+		if code != 3 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.file) || stdout != "" {
+			t.Errorf("publish of %s: exit %d, stderr %q, stdout %q; want exit 3 and one line naming it", c.file, code, stderr, stdout)
+		}
+		if !sameFiles(first, snapshot(t, repo)) {
+			t.Errorf("a refused publication changed the repository")
+		}
+	}
+
+	// More packages: what was there stays, byte for byte, and apt sees both versions.
+	more := buildDebs(t, cache, withVersion(t, testenv.TestModuleSource(t, "hello"), "1.1"), r53)
+	if stdout, stderr, code := publish(filepath.Dir(filepath.Dir(more[pkg]))); code != 0 {
+		t.Fatalf("publish 1.1: exit %d: %s%s", code, stdout, stderr)
+	}
+	now := snapshot(t, repo)
+	for f, b := range first {
+		if strings.HasPrefix(f, "pool/") && now[f] != b {
+			t.Errorf("%s changed or vanished", f)
+		}
+	}
+	if o, err := signed.apt("update"); err != nil {
+		t.Fatalf("apt-get update after adding: %v\n%s", err, o)
+	}
+	policy, _ := signed.cmd("apt-cache", "madison", pkg).Output()
+	if !strings.Contains(string(policy), "1.0-1") || !strings.Contains(string(policy), "1.1-1") {
+		t.Errorf("apt-cache madison %s after adding 1.1: %s", pkg, policy)
+	}
+	if o, err := signed.apt("install", pkg); err != nil || signed.installed(pkg) != "ii" {
+		t.Errorf("apt-get upgrade to 1.1: %v\n%s", err, o)
+	}
+	v, _ := exec.Command("dpkg-query", "--root", signed.root, "-W", "-f", "${Version}", pkg).Output()
+	if string(v) != "1.1-1" {
+		t.Errorf("installed version after the upgrade: %q", v)
+	}
+}
+
+// reindex rewrites an OUTPUT's packages.json with its files' current sizes and sha256.
+func reindex(t *testing.T, out string) {
+	t.Helper()
+	index := filepath.Join(out, formats.PackagesDir, "packages.json")
+	var written []formats.Written
+	if err := json.Unmarshal(testenv.MustRead(t, index), &written); err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range written {
+		b := testenv.MustRead(t, filepath.Join(out, formats.PackagesDir, w.File))
+		written[i].Size = int64(len(b))
+		written[i].SHA256 = sha256hex(b)
+	}
+	b, _ := json.Marshal(written)
+	os.WriteFile(index, bytes.TrimSpace(b), 0o644)
+}
+
+func sha256hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
