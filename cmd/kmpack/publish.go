@@ -57,7 +57,7 @@ func runPublish(c *cli.Context) error {
 		return err
 	}
 	for _, s := range res.Skipped {
-		fmt.Fprintf(c.App.ErrWriter, "kmpack: %s: not published (apt repositories only so far)\n", s)
+		fmt.Fprintf(c.App.ErrWriter, "kmpack: %s: not published (no repository writer for this format yet)\n", s)
 	}
 	for _, a := range res.Added {
 		fmt.Fprintf(c.App.Writer, "added %s\n", a)
@@ -65,7 +65,7 @@ func runPublish(c *cli.Context) error {
 	if res.Packages > 0 && !res.Changed {
 		fmt.Fprintf(c.App.Writer, "%s: unchanged (%d packages)\n", o.Dir, res.Packages)
 	} else if res.Changed {
-		fmt.Fprintf(c.App.Writer, "%s: %d packages in dists/%s\n", o.Dir, res.Packages, o.Suite)
+		fmt.Fprintf(c.App.Writer, "%s: %d packages\n", o.Dir, res.Packages)
 	}
 	return nil
 }

@@ -276,3 +276,118 @@ func sha256hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+// fakeKernelRPM is a package that provides, as a Red Hat kernel does, kernel(SYM) = CRC for
+// each of syms with the CRCs of release's real Module.symvers, and the tools the kmod's
+// scriptlets require.
+func fakeKernelRPM(t *testing.T, release string, syms []string, out string) string {
+	t.Helper()
+	crcs := map[string]string{}
+	for _, l := range strings.Split(string(testenv.MustRead(t, filepath.Join(testenv.HeadersDir(t, release), "Module.symvers"))), "\n") {
+		if f := strings.Split(l, "\t"); len(f) >= 2 {
+			crcs[f[1]] = f[0]
+		}
+	}
+	provides := []string{"/usr/sbin/depmod", "/usr/sbin/weak-modules"}
+	for _, s := range syms {
+		if crcs[s] == "" {
+			t.Fatalf("%s: no CRC for %s", release, s)
+		}
+		provides = append(provides, "kernel("+s+") = "+crcs[s])
+	}
+	stage := t.TempDir()
+	os.MkdirAll(filepath.Join(stage, "boot"), 0o755)
+	os.WriteFile(filepath.Join(stage, "boot", "config-"+release), []byte("# fake\n"), 0o644)
+	name := "fake-kernel-" + strings.NewReplacer("+", "_", "~", "_").Replace(release)
+	return testenv.BuildRPM(t, testenv.RPMSpec{Name: name, Version: "1", Arch: "noarch", Stage: stage, Provides: provides}, out)
+}
+
+// The rpm-md repository kmpack publishes, judged by the real dnf (--installroot): with the
+// key, dnf checks repomd.xml.asc and installs the rhel kmod into a root whose kernel provides
+// the kernel() symbols at the CRCs the module was built against; in a root whose kernel has
+// other CRCs, dnf refuses it naming the kernel() requirement; a repomd.xml changed after
+// signing is refused.
+func TestPublishRPMMDJudgedByDnf(t *testing.T) {
+	testenv.Need(t, "dnf", "rpm", "rpmbuild", "gpgconf")
+	r53, other := testenv.Release53, testenv.Release612
+	cache := t.TempDir()
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-o", out, "--profile", "rhel", "--no-source-package",
+		"-k", testenv.HeadersDir(t, r53), testenv.TestModuleSource(t, "hello")); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	secret, public, _ := testenv.GPGKey(t, "s3cret")
+	t.Setenv("KMPACK_GPG_PASSPHRASE", "s3cret")
+	repo := filepath.Join(t.TempDir(), "repo")
+	if stdout, stderr, code := kmpackIn(t, cache, "publish", "--repo", repo, "--gpg-key", secret, out); code != 0 {
+		t.Fatalf("publish: exit %d: %s%s", code, stdout, stderr)
+	}
+	first := snapshot(t, repo)
+	if stdout, _, code := kmpackIn(t, cache, "publish", "--repo", repo, "--gpg-key", secret, out); code != 0 || !strings.Contains(stdout, "unchanged") || !sameFiles(first, snapshot(t, repo)) {
+		t.Errorf("second publish: exit %d %s, or the repository changed", code, stdout)
+	}
+	kmods, _ := filepath.Glob(filepath.Join(repo, "rpms/x86_64/kmod-kmpack-hello-*.rpm"))
+	if len(kmods) != 1 {
+		t.Fatalf("kmod in the repository: %v", kmods)
+	}
+	reqs, err := exec.Command("rpm", "-qp", "--requires", kmods[0]).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var syms []string
+	for _, l := range strings.Split(string(reqs), "\n") {
+		if s, ok := strings.CutPrefix(l, "kernel("); ok {
+			syms = append(syms, s[:strings.Index(s, ")")])
+		}
+	}
+	kernels := t.TempDir()
+	good, bad := fakeKernelRPM(t, r53, syms, kernels), fakeKernelRPM(t, other, syms, kernels)
+
+	dnf := func(root string, args ...string) (string, error) {
+		base := []string{"-y", "--installroot=" + root, "--releasever=9", "--refresh", "--repofrompath=kmpack,file://" + repo,
+			"--repo=kmpack", "--setopt=kmpack.gpgcheck=0", "--setopt=kmpack.repo_gpgcheck=1", "--setopt=kmpack.gpgkey=file://" + public,
+			"--setopt=skip_if_unavailable=False", "--setopt=tsflags=noscripts"}
+		cmd := exec.Command("dnf", append(base, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+root)
+		o, err := cmd.CombinedOutput()
+		// repo_gpgcheck leaves a gpg-agent behind for the root's keyring.
+		rings, _ := filepath.Glob(filepath.Join(root, "var/cache/dnf/*/pubring"))
+		for _, r := range rings {
+			exec.Command("gpgconf", "--homedir", r, "--kill", "gpg-agent").Run()
+		}
+		return string(o), err
+	}
+	rpmQ := func(root, pkg string) bool {
+		cmd := exec.Command("rpm", "--root", root, "-q", pkg)
+		cmd.Env = append(os.Environ(), "HOME="+root)
+		return cmd.Run() == nil
+	}
+	pkg := "kmod-kmpack-hello"
+	root := t.TempDir()
+	if o, err := dnf(root, "install", good); err != nil {
+		t.Fatalf("dnf install the kernel: %v\n%s", err, o)
+	}
+	if o, err := dnf(root, "install", pkg); err != nil || !rpmQ(root, pkg) {
+		t.Fatalf("dnf install %s: %v\n%s", pkg, err, o)
+	}
+	ko, _ := filepath.Glob(filepath.Join(root, "lib/modules", r53, "extra/*/kmpack_hello.ko*"))
+	if len(ko) != 1 {
+		t.Errorf("the module is not in the root: %v", ko)
+	}
+
+	otherRoot := t.TempDir()
+	if o, err := dnf(otherRoot, "install", bad); err != nil {
+		t.Fatalf("dnf install the other kernel: %v\n%s", err, o)
+	}
+	if o, err := dnf(otherRoot, "install", pkg); err == nil || !strings.Contains(o, "nothing provides kernel(") || rpmQ(otherRoot, pkg) {
+		t.Errorf("dnf install %s against other CRCs: %v, want 'nothing provides kernel(...)'\n%s", pkg, err, o)
+	}
+
+	// repomd.xml changed after signing: refused.
+	md := filepath.Join(repo, "repodata/repomd.xml")
+	os.WriteFile(md, append(testenv.MustRead(t, md), ' '), 0o644)
+	if o, err := dnf(t.TempDir(), "install", pkg); err == nil || !strings.Contains(o, "GPG signature verification error") {
+		t.Errorf("dnf with a repomd.xml changed after signing: %v\n%s", err, o)
+	}
+}

@@ -88,7 +88,7 @@ func validVersion(v string) bool {
 	if v == "" || len(v) > 128 || v[0] < '0' || v[0] > '9' {
 		return false
 	}
-	return strings.Trim(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+~-:") == ""
+	return strings.Trim(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+~-:") == ""
 }
 
 // poolPath is where a package lies in the pool, as Debian's archive lays it out.

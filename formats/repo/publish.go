@@ -161,19 +161,39 @@ func Publish(pkgs []Package, o Options) (Result, error) {
 		}
 	}
 	var res Result
-	var debs []Package
+	var debs, rpms []Package
 	for _, p := range pkgs {
-		if p.Format == "deb" {
+		switch p.Format {
+		case "deb":
 			debs = append(debs, p)
-		} else {
+		case "rpm":
+			rpms = append(rpms, p)
+		default:
 			res.Skipped = append(res.Skipped, p.Path)
 		}
 	}
-	if len(debs) == 0 {
+	if len(debs)+len(rpms) == 0 {
 		return res, nil
 	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-		return res, err
+	// Everything is read and checked before anything is written: the RPMs' headers first,
+	// then the apt publication, then the rpm-md one.
+	for _, p := range rpms {
+		if _, err := readRPM(p.Path); err != nil {
+			return res, err
+		}
 	}
-	return publishApt(debs, o, res)
+	var err error
+	if len(debs) > 0 {
+		if res, err = publishApt(debs, o, res); err != nil {
+			return res, err
+		}
+	}
+	if len(rpms) > 0 {
+		changed := res.Changed
+		if res, err = publishRPM(rpms, o, res); err != nil {
+			return res, err
+		}
+		res.Changed = res.Changed || changed
+	}
+	return res, nil
 }

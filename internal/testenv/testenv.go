@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -130,6 +131,8 @@ type RPMSpec struct {
 	Stage               string
 	// Files are %files lines; the default claims every top-level directory staged.
 	Files []string
+	// Provides are Provides: lines ("kernel(_printk) = 0x92997ed8").
+	Provides []string
 }
 
 // BuildRPM builds an RPM with the real rpmbuild (no dependency generation, no stripping) and
@@ -149,7 +152,7 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 		}
 	}
 	text := "Name: " + spec.Name + "\nVersion: " + spec.Version + "\nRelease: 1\nSummary: kmpack test package\n" +
-		"License: GPL-2.0-only\nBuildArch: " + spec.Arch + "\nAutoReqProv: no\n" +
+		"License: GPL-2.0-only\nBuildArch: " + spec.Arch + "\nAutoReqProv: no\n" + provides(spec.Provides) +
 		"%define debug_package %{nil}\n%define __os_install_post %{nil}\n%define _build_id_links none\n" +
 		"%define _binary_payload w3.zstdio\n%define _binaries_in_noarch_packages_terminate_build 0\n%description\nkmpack test package\n" +
 		"%install\ncp -a " + spec.Stage + "/. %{buildroot}/\n%files\n"
@@ -165,6 +168,14 @@ func BuildRPM(t testing.TB, spec RPMSpec, outDir string) string {
 		t.Fatalf("rpmbuild %s: %v\n%s", spec.Name, err, out)
 	}
 	return filepath.Join(outDir, spec.Name+"-"+spec.Version+"-1."+spec.Arch+".rpm")
+}
+
+func provides(p []string) string {
+	var b strings.Builder
+	for _, l := range p {
+		b.WriteString("Provides: " + l + "\n")
+	}
+	return b.String()
 }
 
 // InstalledReleases are the kernels whose headers scripts/setup.sh installs.

@@ -8,6 +8,8 @@ import (
 	"path"
 	"strings"
 
+	rpmutils "github.com/sassoftware/go-rpmutils"
+
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/module"
 )
@@ -93,4 +95,29 @@ func DebControl(file string) (control []byte, err error) {
 			}
 		}
 	}
+}
+
+// RPMHeader reads an RPM's signature and main headers, after checking their sizes against
+// rpm's own limits (go-rpmutils allocates what a header claims). A file that is not an RPM is
+// an InputError naming file.
+func RPMHeader(file string) (h *rpmutils.RpmHeader, err error) {
+	defer kmp.Guard(file, &err)
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, kmp.InputErrorf(file, "not a regular file")
+	}
+	if err := checkRPMHeaderSizes(f); err != nil {
+		return nil, kmp.InputErrorf(file, "not an RPM: %v", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	if h, err = rpmutils.ReadHeader(bufio.NewReader(f)); err != nil {
+		return nil, kmp.InputErrorf(file, "corrupt RPM header: %v", err)
+	}
+	return h, nil
 }
