@@ -27,6 +27,7 @@ The metadata is dated by SOURCE_DATE_EPOCH (default: now).`,
 			&cli.StringFlag{Name: "component", Value: "main", Usage: "apt: the component"},
 			&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign the metadata with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 			&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
+			jsonFlag,
 		},
 		Action: runPublish,
 	}
@@ -55,6 +56,21 @@ func runPublish(c *cli.Context) error {
 	res, err := repo.Publish(pkgs, o)
 	if err != nil {
 		return err
+	}
+	if c.Bool("json") {
+		if res.Added == nil {
+			res.Added = []string{}
+		}
+		if res.Skipped == nil {
+			res.Skipped = []string{}
+		}
+		return writeJSON(c.App.Writer, struct {
+			Repo     string   `json:"repo"`
+			Changed  bool     `json:"changed"`
+			Packages int      `json:"packages"`
+			Added    []string `json:"added"`
+			Skipped  []string `json:"skipped"`
+		}{o.Dir, res.Changed, res.Packages, res.Added, res.Skipped})
 	}
 	for _, s := range res.Skipped {
 		fmt.Fprintf(c.App.ErrWriter, "kmpack: %s: not published (no repository writer for this format yet)\n", s)

@@ -159,7 +159,7 @@ func TestPublishAptJudgedByApt(t *testing.T) {
 		}
 	}
 	// Twice: not a byte changes.
-	if stdout, stderr, code := publish(out); code != 0 || !strings.Contains(stdout, "unchanged") {
+	if stdout, stderr, code := publish(out, "--json"); code != 0 || !strings.Contains(stdout, `"changed": false`) || !strings.Contains(stdout, `"packages": 2`) {
 		t.Fatalf("second publish: exit %d: %s%s", code, stdout, stderr)
 	}
 	if !sameFiles(first, snapshot(t, repo)) {
