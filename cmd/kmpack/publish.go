@@ -17,7 +17,9 @@ func publishCommand() *cli.Command {
 		Description: `Copies the packages listed in each OUTPUT's packages/packages.json (checked against their
 recorded sizes and sha256) into the repository DIR and rewrites its metadata: Debian packages
 into an apt repository (pool/<component>/..., dists/<suite>/<component>/binary-<arch>/Packages
-and Packages.gz, Release; with --gpg-key also InRelease and Release.gpg). What the repository
+and Packages.gz, Release; with --gpg-key also InRelease and Release.gpg), RPMs into rpm-md
+(rpms/<arch>/..., repodata/ with repomd.xml; with --gpg-key repomd.xml.asc and .key), Arch
+packages into archlinux/ with the database pacman reads (NAME.db, NAME.files). What the repository
 already holds is kept; publishing the same packages again writes nothing. New metadata is
 written beside the old and swapped in at the end: a failure leaves the repository as it was.
 The metadata is dated by SOURCE_DATE_EPOCH (default: now).`,
@@ -25,6 +27,7 @@ The metadata is dated by SOURCE_DATE_EPOCH (default: now).`,
 			&cli.StringFlag{Name: "repo", Usage: "the repository's root directory (created if missing)", Required: true},
 			&cli.StringFlag{Name: "suite", Value: "kmpack", Usage: "apt: the suite (dists/SUITE; sources.list: deb URL SUITE COMPONENT)"},
 			&cli.StringFlag{Name: "component", Value: "main", Usage: "apt: the component"},
+			&cli.StringFlag{Name: "arch-db", Value: "kmpack", Usage: "Arch: the database's name (archlinux/NAME.db; pacman.conf's [NAME] section)"},
 			&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign the metadata with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 			&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
 			jsonFlag,
@@ -41,7 +44,7 @@ func runPublish(c *cli.Context) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	o := repo.Options{Dir: c.String("repo"), Suite: c.String("suite"), Component: c.String("component"), Date: date}
+	o := repo.Options{Dir: c.String("repo"), Suite: c.String("suite"), Component: c.String("component"), ArchDB: c.String("arch-db"), Date: date}
 	signing, err := packageSigning(c)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -389,5 +390,92 @@ func TestPublishRPMMDJudgedByDnf(t *testing.T) {
 	os.WriteFile(md, append(testenv.MustRead(t, md), ' '), 0o644)
 	if o, err := dnf(t.TempDir(), "install", pkg); err == nil || !strings.Contains(o, "GPG signature verification error") {
 		t.Errorf("dnf with a repomd.xml changed after signing: %v\n%s", err, o)
+	}
+}
+
+// pacmanRoot is a root pacman installs into, with its own configuration naming the published
+// database; withKernel records a "linux" package as installed (pacman's local database).
+func pacmanRoot(t *testing.T, repo string, withKernel bool) func(args ...string) (string, error) {
+	t.Helper()
+	root := t.TempDir()
+	local := filepath.Join(root, "var/lib/pacman/local")
+	os.MkdirAll(local, 0o755)
+	os.WriteFile(filepath.Join(local, "ALPM_DB_VERSION"), []byte("9\n"), 0o644)
+	if withKernel {
+		os.MkdirAll(filepath.Join(local, "linux-6.1.0-1"), 0o755)
+		os.WriteFile(filepath.Join(local, "linux-6.1.0-1/desc"), []byte("%NAME%\nlinux\n\n%VERSION%\n6.1.0-1\n\n"), 0o644)
+		os.WriteFile(filepath.Join(local, "linux-6.1.0-1/files"), []byte("%FILES%\n\n"), 0o644)
+	}
+	conf := filepath.Join(t.TempDir(), "pacman.conf")
+	os.WriteFile(conf, []byte("[options]\nArchitecture = x86_64\nSigLevel = Never\n[kmpack]\nServer = file://"+repo+"/archlinux\n"), 0o644)
+	return func(args ...string) (string, error) {
+		base := []string{"--root", root, "--dbpath", filepath.Join(root, "var/lib/pacman"), "--config", conf,
+			"--cachedir", filepath.Join(root, "var/cache/pacman/pkg"), "--logfile", filepath.Join(root, "var/log/pacman.log"),
+			"--hookdir", filepath.Join(root, "etc/pacman.d/hooks"), "--gpgdir", filepath.Join(root, "etc/pacman.d/gnupg"), "--noconfirm"}
+		out, err := exec.Command("pacman", append(base, args...)...).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "error:") {
+			err = fmt.Errorf("pacman printed an error")
+		}
+		if len(args) > 0 && args[0] == "-Q" {
+			return string(out), err
+		}
+		return string(out) + "\n[root " + root + "]", err
+	}
+}
+
+// The Arch database kmpack publishes, judged by the real pacman (--root): -Sy reads it, -S
+// installs the module package (after checking its sha256 against the database) into a root
+// whose local database holds the kernel, and refuses it in a root without; a package file
+// changed after publishing is refused as corrupted.
+func TestPublishArchJudgedByPacman(t *testing.T) {
+	testenv.Need(t, "pacman")
+	r53 := testenv.Release53
+	cache := t.TempDir()
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-o", out, "--profile", "arch", "--no-source-package",
+		"-k", testenv.HeadersDir(t, r53), testenv.TestModuleSource(t, "hello")); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	repo := filepath.Join(t.TempDir(), "repo")
+	if stdout, stderr, code := kmpackIn(t, cache, "publish", "--repo", repo, out); code != 0 {
+		t.Fatalf("publish: exit %d: %s%s", code, stdout, stderr)
+	}
+	first := snapshot(t, repo)
+	if stdout, _, code := kmpackIn(t, cache, "publish", "--repo", repo, out); code != 0 || !strings.Contains(stdout, "unchanged") || !sameFiles(first, snapshot(t, repo)) {
+		t.Errorf("second publish: exit %d %s, or the repository changed", code, stdout)
+	}
+	pkg := "kmpack-hello-modules-" + r53
+	pacman := pacmanRoot(t, repo, true)
+	if o, err := pacman("-Sy"); err != nil {
+		t.Fatalf("pacman -Sy: %v\n%s", err, o)
+	}
+	if o, err := pacman("-S", pkg); err != nil {
+		t.Fatalf("pacman -S %s: %v\n%s", pkg, err, o)
+	}
+	if o, err := pacman("-Q", pkg); err != nil || strings.TrimSpace(o) != pkg+" 1.0-1" {
+		t.Errorf("pacman -Q %s: %v %q", pkg, err, o)
+	}
+	if o, _ := pacman("-Ql", pkg); !strings.Contains(o, "/usr/lib/modules/"+r53+"/updates/kmpack-hello/kmpack_hello.ko") {
+		t.Errorf("pacman -Ql %s: %s", pkg, o)
+	}
+
+	noKernel := pacmanRoot(t, repo, false)
+	noKernel("-Sy")
+	if o, err := noKernel("-S", pkg); err == nil || !strings.Contains(o, "unable to satisfy dependency 'linux'") {
+		t.Errorf("pacman -S without the kernel: %v, want the unsatisfied dependency\n%s", err, o)
+	}
+
+	files, _ := filepath.Glob(filepath.Join(repo, "archlinux/*.pkg.tar.zst"))
+	if len(files) != 1 {
+		t.Fatalf("packages in the repository: %v", files)
+	}
+	b := testenv.MustRead(t, files[0])
+	b[len(b)-1] ^= 1
+	os.WriteFile(files[0], b, 0o644)
+	corrupt := pacmanRoot(t, repo, true)
+	corrupt("-Sy")
+	if o, err := corrupt("-S", pkg); err == nil || !strings.Contains(o, "corrupted") {
+		t.Errorf("pacman -S of a changed package file: %v, want it refused as corrupted\n%s", err, o)
 	}
 }

@@ -31,6 +31,9 @@ type Options struct {
 	// Suite and Component name the apt distribution (dists/<Suite>/<Component>); default
 	// "kmpack" and "main".
 	Suite, Component string
+	// ArchDB names the Arch database (archlinux/<ArchDB>.db, pacman.conf's [section]);
+	// default "kmpack".
+	ArchDB string
 	// Key signs the metadata (InRelease and Release.gpg); nil leaves it unsigned.
 	Key *formats.PGPKey
 	// Date dates the metadata and its signatures (SOURCE_DATE_EPOCH).
@@ -161,24 +164,34 @@ func Publish(pkgs []Package, o Options) (Result, error) {
 		}
 	}
 	var res Result
-	var debs, rpms []Package
+	var debs, rpms, arch []Package
 	for _, p := range pkgs {
 		switch p.Format {
 		case "deb":
 			debs = append(debs, p)
 		case "rpm":
 			rpms = append(rpms, p)
+		case "archlinux":
+			arch = append(arch, p)
 		default:
 			res.Skipped = append(res.Skipped, p.Path)
 		}
 	}
-	if len(debs)+len(rpms) == 0 {
+	if o.ArchDB != "" && !word.MatchString(o.ArchDB) {
+		return Result{}, kmp.InputErrorf(o.ArchDB, "the Arch database name is 1-64 bytes of A-Z a-z 0-9 . _ + - starting with a letter or digit")
+	}
+	if len(debs)+len(rpms)+len(arch) == 0 {
 		return res, nil
 	}
 	// Everything is read and checked before anything is written: the RPMs' headers first,
 	// then the apt publication, then the rpm-md one.
 	for _, p := range rpms {
 		if _, err := readRPM(p.Path); err != nil {
+			return res, err
+		}
+	}
+	for _, p := range arch {
+		if _, err := readArchPkg(p.Path); err != nil {
 			return res, err
 		}
 	}
@@ -191,6 +204,13 @@ func Publish(pkgs []Package, o Options) (Result, error) {
 	if len(rpms) > 0 {
 		changed := res.Changed
 		if res, err = publishRPM(rpms, o, res); err != nil {
+			return res, err
+		}
+		res.Changed = res.Changed || changed
+	}
+	if len(arch) > 0 {
+		changed := res.Changed
+		if res, err = publishArch(arch, o, res); err != nil {
 			return res, err
 		}
 		res.Changed = res.Changed || changed

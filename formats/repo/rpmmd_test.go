@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"compress/gzip"
 	"encoding/xml"
 	"io"
@@ -97,4 +98,32 @@ func TestPublishRPMMD(t *testing.T) {
 	if err == nil || !equalMaps(before, snapshotDir(t, dir)) {
 		t.Errorf("a fake RPM: %v, or the repository changed", err)
 	}
+}
+
+// Files that are not Arch packages though their names say so: one-line errors naming them.
+func TestReadArchPkgRefuses(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{
+		"garbage.pkg.tar.zst": []byte("not zstd"),
+		"empty.pkg.tar":       make([]byte, 1024),
+		"noinfo.pkg.tar.gz":   gzipBytes([]byte("x")),
+		"name.zip":            []byte("PK"),
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o644)
+		_, err := readArchPkg(p)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		testenv.CheckInputError(t, p, err)
+	}
+}
+
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	zw.Close()
+	return buf.Bytes()
 }
