@@ -278,10 +278,8 @@ func sha256hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// fakeKernelRPM is a package that provides, as a Red Hat kernel does, kernel(SYM) = CRC for
-// each of syms with the CRCs of release's real Module.symvers, and the tools the kmod's
-// scriptlets require.
-func fakeKernelRPM(t *testing.T, release string, syms []string, out string) string {
+// symvers maps the exports of release's real Module.symvers to their CRCs (0x-prefixed).
+func symvers(t *testing.T, release string) map[string]string {
 	t.Helper()
 	crcs := map[string]string{}
 	for _, l := range strings.Split(string(testenv.MustRead(t, filepath.Join(testenv.HeadersDir(t, release), "Module.symvers"))), "\n") {
@@ -289,18 +287,54 @@ func fakeKernelRPM(t *testing.T, release string, syms []string, out string) stri
 			crcs[f[1]] = f[0]
 		}
 	}
-	provides := []string{"/usr/sbin/depmod", "/usr/sbin/weak-modules"}
+	return crcs
+}
+
+// fakeKernelRPM is a package that provides, as a Red Hat kernel does, kernel(SYM) = CRC for
+// each of syms with the CRCs of release's real Module.symvers (with suse, as a SUSE kernel
+// does, ksym(amd64:SYM) = CRC), and what the module packages' scriptlets require.
+func fakeKernelRPM(t *testing.T, release string, syms []string, out string, suse bool) string {
+	t.Helper()
+	crcs := symvers(t, release)
+	provides := []string{"/usr/sbin/depmod", "/usr/sbin/weak-modules", "/bin/sh", "coreutils", "grep", "suse-kernel-rpm-scriptlets"}
 	for _, s := range syms {
 		if crcs[s] == "" {
 			t.Fatalf("%s: no CRC for %s", release, s)
 		}
-		provides = append(provides, "kernel("+s+") = "+crcs[s])
+		if suse {
+			provides = append(provides, "ksym(amd64:"+s+") = "+strings.TrimPrefix(crcs[s], "0x"))
+		} else {
+			provides = append(provides, "kernel("+s+") = "+crcs[s])
+		}
 	}
 	stage := t.TempDir()
 	os.MkdirAll(filepath.Join(stage, "boot"), 0o755)
 	os.WriteFile(filepath.Join(stage, "boot", "config-"+release), []byte("# fake\n"), 0o644)
 	name := "fake-kernel-" + strings.NewReplacer("+", "_", "~", "_").Replace(release)
 	return testenv.BuildRPM(t, testenv.RPMSpec{Name: name, Version: "1", Arch: "noarch", Stage: stage, Provides: provides}, out)
+}
+
+// importedSymbols are the symbols an RPM requires as kernel(SYM) or ksym(FLAVOR:SYM), read
+// with rpm -qp.
+func importedSymbols(t *testing.T, rpmFile string) []string {
+	t.Helper()
+	reqs, err := exec.Command("rpm", "-qp", "--requires", rpmFile).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var syms []string
+	for _, l := range strings.Split(string(reqs), "\n") {
+		if s, ok := strings.CutPrefix(l, "kernel("); ok {
+			syms = append(syms, s[:strings.Index(s, ")")])
+		} else if s, ok := strings.CutPrefix(l, "ksym("); ok {
+			s = s[:strings.Index(s, ")")]
+			syms = append(syms, s[strings.Index(s, ":")+1:])
+		}
+	}
+	if len(syms) == 0 {
+		t.Fatalf("%s requires no kernel symbols", rpmFile)
+	}
+	return syms
 }
 
 // The rpm-md repository kmpack publishes, judged by the real dnf (--installroot): with the
@@ -332,18 +366,9 @@ func TestPublishRPMMDJudgedByDnf(t *testing.T) {
 	if len(kmods) != 1 {
 		t.Fatalf("kmod in the repository: %v", kmods)
 	}
-	reqs, err := exec.Command("rpm", "-qp", "--requires", kmods[0]).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var syms []string
-	for _, l := range strings.Split(string(reqs), "\n") {
-		if s, ok := strings.CutPrefix(l, "kernel("); ok {
-			syms = append(syms, s[:strings.Index(s, ")")])
-		}
-	}
+	syms := importedSymbols(t, kmods[0])
 	kernels := t.TempDir()
-	good, bad := fakeKernelRPM(t, r53, syms, kernels), fakeKernelRPM(t, other, syms, kernels)
+	good, bad := fakeKernelRPM(t, r53, syms, kernels, false), fakeKernelRPM(t, other, syms, kernels, false)
 
 	dnf := func(root string, args ...string) (string, error) {
 		base := []string{"-y", "--installroot=" + root, "--releasever=9", "--refresh", "--repofrompath=kmpack,file://" + repo,
@@ -477,5 +502,102 @@ func TestPublishArchJudgedByPacman(t *testing.T) {
 	corrupt("-Sy")
 	if o, err := corrupt("-S", pkg); err == nil || !strings.Contains(o, "corrupted") {
 		t.Errorf("pacman -S of a changed package file: %v, want it refused as corrupted\n%s", err, o)
+	}
+}
+
+// The rpm-md repository kmpack publishes, judged by the real zypper (--root), as SUSE users
+// install a KMP: the repository holds the builds for 6.1.0-53 and 6.12; the root's (test-built)
+// kernel package provides ksym(amd64:SYM) = CRC for the module's imports with 53's real CRCs.
+// zypper checks repomd.xml.asc with the key it imports from repomd.xml.key, installs the 53
+// build asked for by its <name>-kmp-<flavor>-k<kver> provide, and refuses the 6.12 build,
+// naming the ksym() requirement 53's kernel does not provide.
+func TestPublishRPMMDJudgedByZypper(t *testing.T) {
+	testenv.Need(t, "zypper", "rpm", "rpmbuild", "busybox")
+	r53, r612 := testenv.Release53, testenv.Release612
+	cache := t.TempDir()
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-o", out, "--profile", "suse", "--no-source-package",
+		"-k", testenv.HeadersDir(t, r53), "-k", testenv.HeadersDir(t, r612), testenv.TestModuleSource(t, "hello")); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	secret, _, _ := testenv.GPGKey(t, "s3cret")
+	t.Setenv("KMPACK_GPG_PASSPHRASE", "s3cret")
+	repo := filepath.Join(t.TempDir(), "repo")
+	if stdout, stderr, code := kmpackIn(t, cache, "publish", "--repo", repo, "--gpg-key", secret, out); code != 0 {
+		t.Fatalf("publish: exit %d: %s%s", code, stdout, stderr)
+	}
+	kmp53, _ := filepath.Glob(filepath.Join(repo, "rpms/x86_64/kmpack-hello-kmp-amd64-*_k6.1.0_53-1.x86_64.rpm"))
+	kmp612, _ := filepath.Glob(filepath.Join(repo, "rpms/x86_64/kmpack-hello-kmp-amd64-*_k6.12*.rpm"))
+	if len(kmp53) != 1 || len(kmp612) != 1 {
+		t.Fatalf("KMPs in the repository: %v %v", kmp53, kmp612)
+	}
+	kernel := fakeKernelRPM(t, r53, importedSymbols(t, kmp53[0]), t.TempDir(), true)
+
+	root := t.TempDir()
+	zypper := func(args ...string) (string, int) {
+		cmd := exec.Command("zypper", append([]string{"--root", root, "-n"}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME=/root", "ZYPP_MODALIAS_SYSFS="+filepath.Join(root, "no-modaliases"))
+		o, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(o), code
+	}
+	installed := func(pkg string) bool {
+		cmd := exec.Command("rpm", "--root", root, "-q", pkg)
+		cmd.Env = append(os.Environ(), "HOME=/root")
+		return cmd.Run() == nil
+	}
+	os.WriteFile(filepath.Join(root, "no-modaliases"), nil, 0o644)
+	// The KMP's scriptlets run for real, chrooted into the root, with a static busybox as
+	// /bin/sh; they find SUSE's kernel-scriptlets tools absent and say so.
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	if err := exec.Command("cp", "/bin/busybox", filepath.Join(root, "bin/busybox")).Run(); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("busybox", filepath.Join(root, "bin/sh"))
+	if o, code := zypper("ar", "-t", "rpm-md", "file://"+repo, "kmpack"); code != 0 {
+		t.Fatalf("zypper ar: %d\n%s", code, o)
+	}
+	if o, code := zypper("--gpg-auto-import-keys", "ref"); code != 0 || !strings.Contains(o, "gpg-pubkey") {
+		t.Fatalf("zypper ref (importing repomd.xml.key, checking repomd.xml.asc): %d\n%s", code, o)
+	}
+	// The test kernel is an unsigned local file: only its installation skips signature checks.
+	if o, code := zypper("--no-gpg-checks", "in", "--no-recommends", kernel); code != 0 {
+		t.Fatalf("zypper in the kernel: %d\n%s", code, o)
+	}
+	want53 := "kmpack-hello-kmp-amd64-k6.1.0_53"
+	if o, code := zypper("in", "--no-recommends", want53); code != 0 || !installed("kmpack-hello-kmp-amd64") ||
+		!strings.Contains(o, "Cannot execute /usr/lib/module-init-tools/kernel-scriptlets/kmp-post") {
+		t.Fatalf("zypper in %s: %d, want it installed and its %%post run\n%s", want53, code, o)
+	}
+	if _, err := os.Stat(filepath.Join(root, "lib/modules", r53, "updates/kmpack_hello.ko")); err != nil {
+		ko, _ := filepath.Glob(filepath.Join(root, "lib/modules", r53, "*/*kmpack_hello.ko*"))
+		if len(ko) == 0 {
+			t.Errorf("the module is not in the root")
+		}
+	}
+	q, _ := exec.Command("rpm", "--root", root, "-q", "--qf", "%{VERSION}", "kmpack-hello-kmp-amd64").Output()
+	if string(q) != "1.0_k6.1.0_53" {
+		t.Errorf("installed KMP version %q, want the 53 build", q)
+	}
+	want612 := "kmpack-hello-kmp-amd64-k" + strings.TrimSuffix(r612, "-amd64")
+	crcs := symvers(t, r612)
+	o, code := zypper("in", "--no-recommends", want612)
+	if code == 0 || code == 107 || !strings.Contains(o, "nothing provides ksym(amd64:") {
+		t.Errorf("zypper in %s against 53's symbols: %d, want the missing ksym() named\n%s", want612, code, o)
+	}
+	named := false
+	for _, s := range importedSymbols(t, kmp612[0]) {
+		if strings.Contains(o, "ksym(amd64:"+s+") = "+strings.TrimPrefix(crcs[s], "0x")) {
+			named = true
+		}
+	}
+	if !named {
+		t.Errorf("zypper's refusal names no ksym() of 6.12's CRCs:\n%s", o)
 	}
 }
