@@ -136,12 +136,20 @@ func scanPool(root string) ([]*deb, error) {
 		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".deb") {
 			return nil
 		}
+		if !fileName.MatchString(e.Name()) {
+			return kmp.InputErrorf(p, "a package file name kmpack does not write")
+		}
 		d, err := readDeb(p)
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
 		d.filename = filepath.ToSlash(rel)
+		for _, c := range strings.Split(d.filename, "/") {
+			if !fileName.MatchString(c) {
+				return kmp.InputErrorf(p, "a pool path kmpack does not write")
+			}
+		}
 		debs = append(debs, d)
 		return nil
 	})

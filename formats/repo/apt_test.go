@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp"
 )
 
 // debWith is a Debian package whose control.tar.gz holds control.
@@ -123,3 +124,26 @@ func equalMaps(a, b map[string]string) bool {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// A packages.json naming a file whose name would break an index line is refused, naming the
+// index; so is a file in the repository's pool under such a name.
+func TestHostileNames(t *testing.T) {
+	out := t.TempDir()
+	pk := filepath.Join(out, "packages")
+	os.MkdirAll(pk, 0o755)
+	index := filepath.Join(pk, "packages.json")
+	os.WriteFile(index, []byte(`[{"file":"a\nFilename: x.deb","format":"deb"}]`), 0o644)
+	_, err := Collect([]string{out})
+	testenv.CheckInputError(t, index, err)
+	if err == nil {
+		t.Errorf("a file name with a line break was accepted")
+	}
+	repo := t.TempDir()
+	bad := filepath.Join(repo, "pool/main/h/evil\nName: x/hello_1_amd64.deb")
+	os.MkdirAll(filepath.Dir(bad), 0o755)
+	os.WriteFile(bad, debWith(goodControl), 0o644)
+	_, err = scanPool(repo)
+	if err == nil || !kmp.IsInputError(err) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "a pool path kmpack does not write") {
+		t.Errorf("a pool path with a line break: %v", err)
+	}
+}

@@ -187,8 +187,8 @@ func scanArch(root string) ([]*archPkg, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		if !e.Type().IsRegular() {
-			return nil, kmp.InputErrorf(p, "not a regular file in the repository")
+		if !e.Type().IsRegular() || !fileName.MatchString(e.Name()) {
+			return nil, kmp.InputErrorf(p, "not a regular file, or a name kmpack does not write")
 		}
 		a, err := readArchPkg(p)
 		if err != nil {

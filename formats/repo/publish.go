@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/kmpack/kmpack/formats"
@@ -61,6 +60,9 @@ type Result struct {
 
 var word = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
 
+// fileName is what a package file may be called: its name goes into index lines and paths.
+var fileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$`)
+
 // Collect reads the packages.json of each OUTPUT (a build output directory, or its packages
 // directory) and checks every file listed against its recorded size and sha256: a file that
 // is not what the index claims is an InputError naming it.
@@ -89,8 +91,8 @@ func Collect(outputs []string) ([]Package, error) {
 			return nil, kmp.InputErrorf(index, "not a package index: %v", err)
 		}
 		for _, w := range written {
-			if w.File == "" || w.File != filepath.Base(w.File) || strings.HasPrefix(w.File, ".") {
-				return nil, kmp.InputErrorf(index, "bad file name %q", w.File)
+			if !fileName.MatchString(w.File) {
+				return nil, kmp.InputErrorf(index, "bad file name %q (1-255 bytes of A-Z a-z 0-9 . _ + ~ -, starting with a letter or digit)", w.File)
 			}
 			p := filepath.Join(dir, w.File)
 			if err := checkFile(p, w.Size, w.SHA256); err != nil {

@@ -285,8 +285,8 @@ func scanRPMs(root string) ([]*rpmPkg, error) {
 		if e.IsDir() || strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".rpm") {
 			return nil
 		}
-		if !e.Type().IsRegular() {
-			return kmp.InputErrorf(p, "not a regular file in the repository")
+		if !e.Type().IsRegular() || !fileName.MatchString(e.Name()) {
+			return kmp.InputErrorf(p, "not a regular file, or a name kmpack does not write")
 		}
 		r, err := readRPM(p)
 		if err != nil {
