@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -185,19 +187,48 @@ func Publish(pkgs []Package, o Options) (Result, error) {
 	if len(debs)+len(rpms)+len(arch) == 0 {
 		return res, nil
 	}
-	// Everything is read and checked before anything is written: the RPMs' headers first,
-	// then the apt publication, then the rpm-md one.
-	for _, p := range rpms {
-		if _, err := readRPM(p.Path); err != nil {
-			return res, err
+	// Every new package is read and checked against its packages.json entry before anything
+	// is written (each format's publication reads them again, with the repository's own).
+	for _, p := range pkgs {
+		var name, arch string
+		switch p.Format {
+		case "deb":
+			d, err := readDeb(p.Path)
+			if err != nil {
+				return res, err
+			}
+			name, arch = d.name, d.arch
+		case "rpm":
+			r, err := readRPM(p.Path)
+			if err != nil {
+				return res, err
+			}
+			name, arch = r.primary.Name, r.primary.Arch
+		case "archlinux":
+			a, err := readArchPkg(p.Path)
+			if err != nil {
+				return res, err
+			}
+			name, arch = a.one("pkgname"), a.one("arch")
+		default:
+			continue
+		}
+		if name != p.Name || arch != p.Arch {
+			return res, kmp.InputErrorf(p.Path, "is package %s (%s), packages.json says %s (%s)", name, arch, p.Name, p.Arch)
 		}
 	}
-	for _, p := range arch {
-		if _, err := readArchPkg(p.Path); err != nil {
-			return res, err
-		}
+	// One publication at a time per repository.
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return res, err
 	}
-	var err error
+	lock, err := os.OpenFile(filepath.Join(o.Dir, ".kmpack-publish.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return res, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return res, fmt.Errorf("locking %s: %w", o.Dir, err)
+	}
 	if len(debs) > 0 {
 		if res, err = publishApt(debs, o, res); err != nil {
 			return res, err
