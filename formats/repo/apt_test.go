@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -145,5 +147,34 @@ func TestHostileNames(t *testing.T) {
 	_, err = scanPool(repo)
 	if err == nil || !kmp.IsInputError(err) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "a pool path kmpack does not write") {
 		t.Errorf("a pool path with a line break: %v", err)
+	}
+}
+
+// A publication that fails while writing leaves the repository as it was: the package files
+// it had copied in are removed, the old metadata stays.
+func TestFailedPublicationLeavesRepository(t *testing.T) {
+	src := t.TempDir()
+	mk := func(name string) Package {
+		p := filepath.Join(src, name+"_1_amd64.deb")
+		os.WriteFile(p, debWith("Package: "+name+"\nVersion: 1\nArchitecture: amd64\n"), 0o644)
+		return Package{Path: p, Written: formats.Written{Name: name, Arch: "amd64", Format: "deb"}}
+	}
+	repo := filepath.Join(t.TempDir(), "repo")
+	o := Options{Dir: repo, Date: time.Unix(1700000000, 0)}
+	if _, err := Publish([]Package{mk("first")}, o); err != nil {
+		t.Fatal(err)
+	}
+	// The second new package's place in the pool is taken by a directory: its copy fails
+	// after the first new package was copied.
+	os.MkdirAll(filepath.Join(repo, "pool/main/z/zeta/zeta_1_amd64.deb/x"), 0o755)
+	before := snapshotDir(t, repo)
+	if _, err := Publish([]Package{mk("alpha"), mk("zeta")}, o); err == nil {
+		t.Fatal("publication into a blocked pool path succeeded")
+	}
+	if after := snapshotDir(t, repo); !equalMaps(before, after) {
+		t.Errorf("the failed publication changed the repository")
+	}
+	if _, err := os.Stat(filepath.Join(repo, "pool/main/a/alpha/alpha_1_amd64.deb")); err == nil {
+		t.Errorf("the package copied before the failure stayed")
 	}
 }
