@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -277,11 +278,20 @@ func publishArch(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].file < all[j].file })
 	res.Packages += len(all)
-	db, err := archDB(all, o.Date, false)
+	// The database's entries are dated by the newest package's build date, so the same
+	// packages give the same bytes whatever the date of the publication.
+	var newest int64
+	for _, a := range all {
+		if n, err := strconv.ParseInt(a.one("builddate"), 10, 64); err == nil && n > newest && n < 1<<33 {
+			newest = n
+		}
+	}
+	date := time.Unix(newest, 0)
+	db, err := archDB(all, date, false)
 	if err != nil {
 		return res, err
 	}
-	files, err := archDB(all, o.Date, true)
+	files, err := archDB(all, date, true)
 	if err != nil {
 		return res, err
 	}
