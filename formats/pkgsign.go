@@ -13,6 +13,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -131,4 +132,66 @@ func (k *APKKey) sign(digest io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	return rsa.SignPKCS1v15(rand.Reader, k.key, crypto.SHA1, d)
+}
+
+// signConfig is the configuration of deterministic signatures dated at when (or the key's
+// creation, if later): RSA PKCS#1 v1.5 and EdDSA signatures with no salt notation are the
+// same bytes for the same input.
+func (k *PGPKey) signConfig(when time.Time) *packet.Config {
+	if c := k.entity.PrimaryKey.CreationTime; when.Before(c) {
+		when = c
+	}
+	deterministic := false
+	return &packet.Config{DefaultHash: crypto.SHA256, Time: func() time.Time { return when },
+		NonDeterministicSignaturesViaNotation: &deterministic}
+}
+
+// ClearSign returns data clear-signed (as apt's InRelease is: gpg --clearsign), dated at when.
+func (k *PGPKey) ClearSign(data []byte, when time.Time) ([]byte, error) {
+	cfg := k.signConfig(when)
+	sk, ok := k.entity.SigningKey(cfg.Now())
+	if !ok || sk.PrivateKey == nil {
+		return nil, fmt.Errorf("the OpenPGP key %s has no usable signing key", k.KeyID())
+	}
+	var buf bytes.Buffer
+	w, err := clearsign.Encode(&buf, sk.PrivateKey, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("OpenPGP clear signature: %w", err)
+	}
+	if _, err := w.Write(data); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("OpenPGP clear signature: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// DetachSignArmored returns the armored detached signature of data (gpg -abs), dated at when:
+// apt's Release.gpg, rpm-md's repomd.xml.asc.
+func (k *PGPKey) DetachSignArmored(data []byte, when time.Time) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := openpgp.ArmoredDetachSign(&buf, k.entity, bytes.NewReader(data), k.signConfig(when)); err != nil {
+		return nil, fmt.Errorf("OpenPGP signature: %w", err)
+	}
+	buf.WriteByte('\n')
+	return buf.Bytes(), nil
+}
+
+// PublicKeyArmored is the key's public part, armored (gpg --armor --export), for
+// repomd.xml.key and users' keyrings.
+func (k *PGPKey) PublicKeyArmored() ([]byte, error) {
+	var buf bytes.Buffer
+	w, err := armor.Encode(&buf, openpgp.PublicKeyType, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.entity.Serialize(w); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	buf.WriteByte('\n')
+	return buf.Bytes(), nil
 }

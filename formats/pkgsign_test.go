@@ -6,7 +6,6 @@ import (
 	"compress/gzip"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,25 +14,9 @@ import (
 	"github.com/kmpack/kmpack/internal/testenv"
 )
 
-// gpgKey makes a throwaway OpenPGP key with gpg --batch (no network) and returns the exported
-// secret key (protected with passphrase when it is not empty) and public key files.
+// gpgKey makes a throwaway OpenPGP key (testenv.GPGKey).
 func gpgKey(t *testing.T, passphrase string) (secret, public string) {
-	t.Helper()
-	testenv.Need(t, "gpg")
-	home := t.TempDir()
-	gpg := func(args ...string) []byte {
-		cmd := exec.Command("gpg", append([]string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase", passphrase}, args...)...)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("gpg %v: %v", args, err)
-		}
-		return out
-	}
-	gpg("--quick-gen-key", "kmpack test <kmpack-test@example.invalid>", "rsa2048", "sign", "never")
-	dir := t.TempDir()
-	secret, public = filepath.Join(dir, "secret.asc"), filepath.Join(dir, "public.asc")
-	os.WriteFile(secret, gpg("--armor", "--export-secret-keys"), 0o600)
-	os.WriteFile(public, gpg("--armor", "--export"), 0o644)
+	secret, public, _ = testenv.GPGKey(t, passphrase)
 	return secret, public
 }
 

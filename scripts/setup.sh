@@ -31,6 +31,9 @@ PACKAGES=(
   # A real PKCS#11 token for the signing tests (softhsm2) and the tool that stores a
   # certificate on it (opensc's pkcs11-tool).
   softhsm2 opensc
+  # The package managers that judge kmpack publish's repositories: apt (here already), dnf, zypper
+  # and pacman install from them into test roots; gpgv checks the signed metadata.
+  dnf zypper pacman-package-manager gpgv
 )
 
 need=()

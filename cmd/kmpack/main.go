@@ -127,6 +127,7 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			buildCommand(),
 			initCommand(),
 			packageCommand(),
+			publishCommand(),
 			ksymsCommand(),
 			compatCommand(),
 			keygenCommand(),

@@ -53,7 +53,7 @@ func TestKernelsRepo(t *testing.T) {
 	if r.PoolHits() != 0 {
 		t.Fatal("listing downloaded packages")
 	}
-	home, public := testenv.GPGKey(t, "archive")
+	home, public := testenv.GPGHome(t, "archive")
 	r.Sign(t, home)
 	out, stderr, code = kmpackIn(t, cache, "kernels", "--json", "--keyring", public, "--repo", r.Source())
 	if code != 0 || !strings.Contains(out, `"verified": true`) {

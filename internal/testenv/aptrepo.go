@@ -105,12 +105,13 @@ func (r *AptRepo) PoolHits() int {
 	return n
 }
 
-// GPGKey makes a throwaway OpenPGP signing key with gpg --batch (no network) in its own home
+// GPGHome makes a throwaway OpenPGP signing key with gpg --batch (no network) in its own home
 // and returns that home and the armored public key file.
-func GPGKey(t testing.TB, name string) (home, public string) {
+func GPGHome(t testing.TB, name string) (home, public string) {
 	t.Helper()
 	Need(t, "gpg")
 	home = t.TempDir()
+	t.Cleanup(func() { exec.Command("gpgconf", "--homedir", home, "--kill", "gpg-agent").Run() })
 	gpgIn(t, home, "--quick-gen-key", name+" <"+name+"@example.invalid>", "ed25519", "sign", "never")
 	public = filepath.Join(t.TempDir(), name+".asc")
 	if err := os.WriteFile(public, gpgIn(t, home, "--armor", "--export"), 0o644); err != nil {

@@ -128,10 +128,11 @@ func Need(t testing.TB, cmds ...string) {
 type RPMSpec struct {
 	Name, Version, Arch string
 	Release             string // default "1"
-	Provides            []string
 	Stage               string
 	// Files are %files lines; the default claims every top-level directory staged.
 	Files []string
+	// Provides are Provides: lines ("kernel(_printk) = 0x92997ed8").
+	Provides []string
 }
 
 // BuildRPM builds an RPM with the real rpmbuild (no dependency generation, no stripping) and

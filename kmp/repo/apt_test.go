@@ -172,8 +172,8 @@ func TestAptRepositoryHostileFilename(t *testing.T) {
 
 func TestAptRepositorySigned(t *testing.T) {
 	r := testenv.NewAptRepo(t)
-	home, public := testenv.GPGKey(t, "archive")
-	_, other := testenv.GPGKey(t, "other")
+	home, public := testenv.GPGHome(t, "archive")
+	_, other := testenv.GPGHome(t, "other")
 	r.Sign(t, home)
 	load := func(spec string) (*repo.Index, error) {
 		s, err := repo.ParseSource(spec)

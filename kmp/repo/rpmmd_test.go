@@ -99,8 +99,8 @@ func TestRPMMDRepository(t *testing.T) {
 	}
 
 	// repomd.xml signed: verified with the key, refused with another.
-	home, public := testenv.GPGKey(t, "repo")
-	_, other := testenv.GPGKey(t, "other")
+	home, public := testenv.GPGHome(t, "repo")
+	_, other := testenv.GPGHome(t, "other")
 	out, err := exec.Command("gpg", "--homedir", home, "--batch", "--armor", "--detach-sign", "--output", filepath.Join(dir, "repodata/repomd.xml.asc"), filepath.Join(dir, "repodata/repomd.xml")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("gpg: %v %s", err, out)
