@@ -161,15 +161,7 @@ func publishApt(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	byFile := map[string]*deb{}
-	for _, d := range existing {
-		byFile[d.filename] = d
-	}
-	type addition struct {
-		src string
-		d   *deb
-	}
-	var add []addition
+	m := newMerger(existing)
 	for _, p := range pkgs {
 		d, err := readDeb(p.Path)
 		if err != nil {
@@ -179,19 +171,14 @@ func publishApt(pkgs []Package, o Options, res Result) (_ Result, err error) {
 			return res, kmp.InputErrorf(p.Path, "is package %s (%s), packages.json says %s (%s)", d.name, d.arch, p.Name, p.Arch)
 		}
 		d.filename = poolPath(o.Component, d.name, filepath.Base(p.Path))
-		if old, ok := byFile[d.filename]; ok {
-			if old.h != d.h {
-				return res, kmp.InputErrorf(p.Path, "%s is already in the repository with other content (a package file is published once)", d.filename)
-			}
-			continue
+		if err := m.offer(p.Path, d); err != nil {
+			return res, err
 		}
-		byFile[d.filename] = d
-		add = append(add, addition{p.Path, d})
 	}
-	all := make([]*deb, 0, len(byFile))
+	all := make([]*deb, 0, len(m.byFile))
 	type nva struct{ n, v, a string }
 	seen := map[nva]string{}
-	for _, d := range byFile {
+	for _, d := range m.byFile {
 		k := nva{d.name, d.version, d.arch}
 		if f, dup := seen[k]; dup {
 			return res, kmp.InputErrorf(d.filename, "package %s %s (%s) is also %s", d.name, d.version, d.arch, f)
@@ -215,48 +202,21 @@ func publishApt(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	}
 	res.Packages = len(all)
 	suiteDir := filepath.Join(o.Dir, "dists", o.Suite)
-	if len(add) == 0 && sameIndexes(suiteDir, files) {
+	if len(m.add) == 0 && sameIndexes(suiteDir, files) {
 		return res, nil
 	}
-
-	// Copy the new package files in (unreferenced until the metadata swap), then write the
-	// metadata aside and swap it in. On failure, the added files are removed again.
-	var added []string
-	defer func() {
-		if err != nil {
-			for _, a := range added {
-				os.Remove(filepath.Join(o.Dir, a))
-			}
-		}
-	}()
-	for _, a := range add {
-		if err := copyFile(a.src, filepath.Join(o.Dir, a.d.filename)); err != nil {
-			return res, err
-		}
-		added = append(added, a.d.filename)
-	}
-	dists := filepath.Join(o.Dir, "dists")
-	if err := os.MkdirAll(dists, 0o755); err != nil {
-		return res, err
-	}
-	stage, err := os.MkdirTemp(dists, "."+o.Suite+".new-")
+	// Copy the new package files in, then write the metadata aside and swap it in. On
+	// failure, the added files are removed again.
+	added, undo, err := m.copyIn(o.Dir)
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(stage)
-	if err := os.Chmod(stage, 0o755); err != nil {
-		return res, err
-	}
-	for _, name := range sortedKeys(files) {
-		p := filepath.Join(stage, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return res, err
+	defer func() {
+		if err != nil {
+			undo()
 		}
-		if err := writeSynced(p, files[name]); err != nil {
-			return res, err
-		}
-	}
-	if err := swapDir(stage, suiteDir); err != nil {
+	}()
+	if err := swapInFiles(suiteDir, files); err != nil {
 		return res, err
 	}
 	res.Added, res.Changed = added, true

@@ -239,15 +239,7 @@ func publishArch(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	byFile := map[string]*archPkg{}
-	for _, a := range existing {
-		byFile[a.file] = a
-	}
-	type addition struct {
-		src string
-		a   *archPkg
-	}
-	var add []addition
+	m := newMerger(existing)
 	for _, p := range pkgs {
 		a, err := readArchPkg(p.Path)
 		if err != nil {
@@ -257,18 +249,13 @@ func publishArch(pkgs []Package, o Options, res Result) (_ Result, err error) {
 			return res, kmp.InputErrorf(p.Path, "is package %s (%s), packages.json says %s (%s)", a.one("pkgname"), a.one("arch"), p.Name, p.Arch)
 		}
 		a.file = "archlinux/" + filepath.Base(p.Path)
-		if old, ok := byFile[a.file]; ok {
-			if old.h != a.h {
-				return res, kmp.InputErrorf(p.Path, "%s is already in the repository with other content (a package file is published once)", a.file)
-			}
-			continue
+		if err := m.offer(p.Path, a); err != nil {
+			return res, err
 		}
-		byFile[a.file] = a
-		add = append(add, addition{p.Path, a})
 	}
 	var all []*archPkg
 	seen := map[string]string{}
-	for _, a := range byFile {
+	for _, a := range m.byFile {
 		k := a.one("pkgname") + "-" + a.one("pkgver")
 		if f, dup := seen[k]; dup {
 			return res, kmp.InputErrorf(a.file, "package %s is also %s (pacman's database holds one entry per name and version)", k, f)
@@ -301,7 +288,7 @@ func publishArch(pkgs []Package, o Options, res Result) (_ Result, err error) {
 		name = "kmpack"
 	}
 	meta := map[string][]byte{name + ".db": db, name + ".db.tar.gz": db, name + ".files": files, name + ".files.tar.gz": files}
-	if len(add) == 0 {
+	if len(m.add) == 0 {
 		same := true
 		for n, b := range meta {
 			if old, err := os.ReadFile(filepath.Join(dir, n)); err != nil || !bytes.Equal(old, b) {
@@ -312,20 +299,15 @@ func publishArch(pkgs []Package, o Options, res Result) (_ Result, err error) {
 			return res, nil
 		}
 	}
-	var added []string
+	added, undo, err := m.copyIn(o.Dir)
+	if err != nil {
+		return res, err
+	}
 	defer func() {
 		if err != nil {
-			for _, a := range added {
-				os.Remove(filepath.Join(o.Dir, a))
-			}
+			undo()
 		}
 	}()
-	for _, a := range add {
-		if err := copyFile(a.src, filepath.Join(o.Dir, a.a.file)); err != nil {
-			return res, err
-		}
-		added = append(added, a.a.file)
-	}
 	// Each database file is replaced by a rename; the .db goes last, so pacman never reads a
 	// database naming a package that is not there yet.
 	for _, n := range []string{name + ".files.tar.gz", name + ".files", name + ".db.tar.gz", name + ".db"} {

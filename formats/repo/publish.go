@@ -250,3 +250,99 @@ func Publish(pkgs []Package, o Options) (Result, error) {
 	}
 	return res, nil
 }
+
+// repoPkg is what every format's package record tells the publication: where its file is in
+// the repository, and its digests.
+type repoPkg interface {
+	repoFile() string
+	sums() hashes
+}
+
+func (d *deb) repoFile() string     { return d.filename }
+func (d *deb) sums() hashes         { return d.h }
+func (r *rpmPkg) repoFile() string  { return r.file }
+func (r *rpmPkg) sums() hashes      { return r.h }
+func (a *archPkg) repoFile() string { return a.file }
+func (a *archPkg) sums() hashes     { return a.h }
+
+// addition is a package file to copy into the repository, and its record.
+type addition[T repoPkg] struct {
+	src string
+	p   T
+}
+
+// merger merges the packages offered for publication into those the repository holds, by
+// their path in it.
+type merger[T repoPkg] struct {
+	byFile map[string]T
+	add    []addition[T]
+}
+
+func newMerger[T repoPkg](existing []T) *merger[T] {
+	m := &merger[T]{byFile: map[string]T{}}
+	for _, e := range existing {
+		m.byFile[e.repoFile()] = e
+	}
+	return m
+}
+
+// offer adds p (read from src): a path already published must hold the same content, and is
+// then not copied again.
+func (m *merger[T]) offer(src string, p T) error {
+	f := p.repoFile()
+	if old, ok := m.byFile[f]; ok {
+		if old.sums() != p.sums() {
+			return kmp.InputErrorf(src, "%s is already in the repository with other content (a package file is published once)", f)
+		}
+		return nil
+	}
+	m.byFile[f] = p
+	m.add = append(m.add, addition[T]{src, p})
+	return nil
+}
+
+// copyIn copies the new package files into the repository at dir (unreferenced until the
+// metadata is swapped in). undo removes them again, for a publication that fails later; a
+// failing copy has undone itself.
+func (m *merger[T]) copyIn(dir string) (added []string, undo func(), err error) {
+	undo = func() {
+		for _, a := range added {
+			os.Remove(filepath.Join(dir, a))
+		}
+	}
+	for _, a := range m.add {
+		if err := copyFile(a.src, filepath.Join(dir, a.p.repoFile())); err != nil {
+			undo()
+			return nil, func() {}, err
+		}
+		added = append(added, a.p.repoFile())
+	}
+	return added, undo, nil
+}
+
+// swapInFiles writes files (names relative to target) into a new directory beside target,
+// synced, and swaps it in for target as a whole.
+func swapInFiles(target string, files map[string][]byte) error {
+	parent := filepath.Dir(target)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	stage, err := os.MkdirTemp(parent, "."+filepath.Base(target)+".new-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return err
+	}
+	for _, name := range sortedKeys(files) {
+		p := filepath.Join(stage, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := writeSynced(p, files[name]); err != nil {
+			return err
+		}
+	}
+	return swapDir(stage, target)
+}

@@ -305,15 +305,7 @@ func publishRPM(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	byFile := map[string]*rpmPkg{}
-	for _, r := range existing {
-		byFile[r.file] = r
-	}
-	type addition struct {
-		src string
-		r   *rpmPkg
-	}
-	var add []addition
+	m := newMerger(existing)
 	for _, p := range pkgs {
 		r, err := readRPM(p.Path)
 		if err != nil {
@@ -323,18 +315,13 @@ func publishRPM(pkgs []Package, o Options, res Result) (_ Result, err error) {
 			return res, kmp.InputErrorf(p.Path, "is package %s (%s), packages.json says %s (%s)", r.primary.Name, r.primary.Arch, p.Name, p.Arch)
 		}
 		r.file = "rpms/" + r.primary.Arch + "/" + filepath.Base(p.Path)
-		if old, ok := byFile[r.file]; ok {
-			if old.h != r.h {
-				return res, kmp.InputErrorf(p.Path, "%s is already in the repository with other content (a package file is published once)", r.file)
-			}
-			continue
+		if err := m.offer(p.Path, r); err != nil {
+			return res, err
 		}
-		byFile[r.file] = r
-		add = append(add, addition{p.Path, r})
 	}
-	all := make([]*rpmPkg, 0, len(byFile))
+	all := make([]*rpmPkg, 0, len(m.byFile))
 	seen := map[string]string{}
-	for _, r := range byFile {
+	for _, r := range m.byFile {
 		v := r.primary.Version
 		k := fmt.Sprintf("%s-%s:%s-%s.%s", r.primary.Name, v.Epoch, v.Ver, v.Rel, r.primary.Arch)
 		if f, dup := seen[k]; dup {
@@ -351,40 +338,19 @@ func publishRPM(pkgs []Package, o Options, res Result) (_ Result, err error) {
 	}
 	res.Packages += len(all)
 	repodata := filepath.Join(o.Dir, "repodata")
-	if len(add) == 0 && sameNames(repodata, files) {
+	if len(m.add) == 0 && sameNames(repodata, files) {
 		return res, nil
 	}
-	var added []string
-	defer func() {
-		if err != nil {
-			for _, a := range added {
-				os.Remove(filepath.Join(o.Dir, a))
-			}
-		}
-	}()
-	for _, a := range add {
-		if err := copyFile(a.src, filepath.Join(o.Dir, a.r.file)); err != nil {
-			return res, err
-		}
-		added = append(added, a.r.file)
-	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
-		return res, err
-	}
-	stage, err := os.MkdirTemp(o.Dir, ".repodata.new-")
+	added, undo, err := m.copyIn(o.Dir)
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(stage)
-	if err := os.Chmod(stage, 0o755); err != nil {
-		return res, err
-	}
-	for _, name := range sortedKeys(files) {
-		if err := writeSynced(filepath.Join(stage, name), files[name]); err != nil {
-			return res, err
+	defer func() {
+		if err != nil {
+			undo()
 		}
-	}
-	if err := swapDir(stage, repodata); err != nil {
+	}()
+	if err := swapInFiles(repodata, files); err != nil {
 		return res, err
 	}
 	res.Added, res.Changed = append(res.Added, added...), true
