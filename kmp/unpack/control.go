@@ -54,17 +54,8 @@ func DebControl(file string) (control []byte, err error) {
 			if !sawBinary {
 				return nil, kmp.InputErrorf(file, "control member before debian-binary: not a Debian package")
 			}
-			var c module.Compression
-			switch strings.TrimPrefix(h.Name, "control.tar") {
-			case "":
-				c = module.CompressNone
-			case ".gz":
-				c = module.CompressGzip
-			case ".xz":
-				c = module.CompressXZ
-			case ".zst":
-				c = module.CompressZstd
-			default:
+			c, ok := debTarCompression(strings.TrimPrefix(h.Name, "control.tar"))
+			if !ok {
 				return nil, kmp.InputErrorf(file, "unsupported member %q", h.Name)
 			}
 			dr, done, err := module.DecompressReader(io.LimitReader(r, h.Size), c)

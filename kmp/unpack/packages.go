@@ -349,19 +349,12 @@ func unpackDeb(path string, x *extractor) error {
 			if !sawBinary {
 				return kmp.InputErrorf(path, "data member before debian-binary: not a Debian package")
 			}
-			var c module.Compression
-			switch strings.TrimPrefix(name, "data.tar") {
-			case "":
-				c = module.CompressNone
-			case ".gz":
-				c = module.CompressGzip
-			case ".xz":
-				c = module.CompressXZ
-			case ".zst":
-				c = module.CompressZstd
-			case ".bz2":
+			suffix := strings.TrimPrefix(name, "data.tar")
+			if suffix == ".bz2" {
 				return untar(path, bzip2.NewReader(io.LimitReader(r, h.Size)), x)
-			default:
+			}
+			c, ok := debTarCompression(suffix)
+			if !ok {
 				return kmp.InputErrorf(path, "unsupported member %q", name)
 			}
 			dr, done, err := module.DecompressReader(io.LimitReader(r, h.Size), c)
@@ -373,6 +366,22 @@ func unpackDeb(path string, x *extractor) error {
 		}
 	}
 	return kmp.InputErrorf(path, "no data.tar member: not a Debian binary package")
+}
+
+// debTarCompression is the compression of a .deb's control.tar or data.tar member, from its
+// name's suffix after ".tar" ("", ".gz", ".xz", ".zst").
+func debTarCompression(suffix string) (module.Compression, bool) {
+	switch suffix {
+	case "":
+		return module.CompressNone, true
+	case ".gz":
+		return module.CompressGzip, true
+	case ".xz":
+		return module.CompressXZ, true
+	case ".zst":
+		return module.CompressZstd, true
+	}
+	return "", false
 }
 
 func untar(path string, r io.Reader, x *extractor) error {
