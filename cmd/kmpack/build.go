@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -119,9 +120,10 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var pkgSigning *formats.PackageSigning
 	if len(profiles) > 0 {
-		// Package signing keys too are checked before anything is built.
-		if _, err := packageSigning(c); err != nil {
+		// Package signing keys too are loaded, and checked, before anything is built.
+		if pkgSigning, err = packageSigning(c); err != nil {
 			return err
 		}
 	}
@@ -221,7 +223,7 @@ func runBuild(c *cli.Context) error {
 		if c.Bool("json") {
 			w = os.Stderr
 		}
-		return writePackages(c, src, m, opts.OutputDir, found.Trees, profiles, w)
+		return writePackages(c, src, m, opts.OutputDir, found.Trees, profiles, pkgSigning, w)
 	}
 	return nil
 }

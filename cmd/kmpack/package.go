@@ -19,7 +19,6 @@ import (
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
-	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/kmp/source"
 )
 
@@ -44,14 +43,8 @@ func packagingFlags() []cli.Flag {
 // --sign-key: from an environment variable or a file, never from the command line.
 func packageSigning(c *cli.Context) (*formats.PackageSigning, error) {
 	var s formats.PackageSigning
-	passphrase := func(env, file string) ([]byte, error) {
-		if _, ok := os.LookupEnv(env); !ok {
-			env = ""
-		}
-		return sign.ReadPassphrase(env, c.String(file))
-	}
 	if f := c.String("gpg-key"); f != "" {
-		pass, err := passphrase("KMPACK_GPG_PASSPHRASE", "gpg-passphrase-file")
+		pass, err := passphrase(c, "KMPACK_GPG_PASSPHRASE", "gpg-passphrase-file")
 		if err != nil {
 			return nil, err
 		}
@@ -60,7 +53,7 @@ func packageSigning(c *cli.Context) (*formats.PackageSigning, error) {
 		}
 	}
 	if f := c.String("apk-key"); f != "" {
-		pass, err := passphrase("KMPACK_APK_PASSPHRASE", "apk-passphrase-file")
+		pass, err := passphrase(c, "KMPACK_APK_PASSPHRASE", "apk-passphrase-file")
 		if err != nil {
 			return nil, err
 		}
@@ -152,13 +145,8 @@ func splitList(vals []string) []string {
 
 // writePackages packages a build and prints what was written. Metadata a format forbids is bad
 // input (exit 3); the packages directory is only replaced when every package was written.
-func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, w io.Writer) error {
-	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package")}
-	signing, err := packageSigning(c)
-	if err != nil {
-		return err
-	}
-	opts.Signing = signing
+func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, signing *formats.PackageSigning, w io.Writer) error {
+	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing}
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
 		rt, err := selfRuntime()
 		if err != nil {
@@ -239,6 +227,10 @@ func runPackage(c *cli.Context) error {
 	if len(profiles) == 0 {
 		return usagef("no packages asked for: give --format or --profile (or formats/profile in kmpack.yaml)")
 	}
+	signing, err := packageSigning(c)
+	if err != nil {
+		return err
+	}
 	var trees []*kernel.KernelTree
 	for _, k := range m.Kernels {
 		if k.Status != manifest.StatusBuilt {
@@ -254,7 +246,7 @@ func runPackage(c *cli.Context) error {
 	if c.Bool("json") {
 		w = nil
 	}
-	if err := writePackages(c, src, &m, outDir, trees, profiles, w); err != nil {
+	if err := writePackages(c, src, &m, outDir, trees, profiles, signing, w); err != nil {
 		return err
 	}
 	if c.Bool("json") {

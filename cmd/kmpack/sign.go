@@ -133,14 +133,10 @@ func specSigners(c *cli.Context, src *source.Source, signers []sign.Signer) ([]s
 		if len(sp.Keys) == 0 {
 			return nil, kmp.InputErrorf(src.Spec.Path(), "--sign: signing.keys names no key")
 		}
-		env := ""
-		if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
-			env = "KMPACK_SIGN_PASSPHRASE"
-		}
 		var out []sign.Signer
 		var names []string
 		for _, k := range sp.Keys {
-			pass, err := sign.ReadPassphrase(env, c.String("sign-passphrase-file"))
+			pass, err := passphrase(c, "KMPACK_SIGN_PASSPHRASE", "sign-passphrase-file")
 			if err != nil {
 				return nil, err
 			}
@@ -194,10 +190,6 @@ func loadSigners(c *cli.Context, keys, certs, cmds []string, fromToken bool) ([]
 		next++
 		return certs[next-1]
 	}
-	env := ""
-	if _, ok := os.LookupEnv("KMPACK_SIGN_PASSPHRASE"); ok {
-		env = "KMPACK_SIGN_PASSPHRASE"
-	}
 	var signers []sign.Signer
 	var names []string
 	for _, k := range keys {
@@ -210,7 +202,7 @@ func loadSigners(c *cli.Context, keys, certs, cmds []string, fromToken bool) ([]
 			signers, names = append(signers, *s), append(names, cert)
 			continue
 		}
-		pass, err := sign.ReadPassphrase(env, c.String("sign-passphrase-file"))
+		pass, err := passphrase(c, "KMPACK_SIGN_PASSPHRASE", "sign-passphrase-file")
 		if err != nil {
 			return nil, err
 		}
@@ -255,6 +247,15 @@ func checkCertificates(signers []sign.Signer, names []string) error {
 		}
 	}
 	return nil
+}
+
+// passphrase is an encrypted key's passphrase: the environment variable env when it is set,
+// else the first line of the file fileFlag names, else nil (never from the command line).
+func passphrase(c *cli.Context, env, fileFlag string) ([]byte, error) {
+	if _, ok := os.LookupEnv(env); !ok {
+		env = ""
+	}
+	return sign.ReadPassphrase(env, c.String(fileFlag))
 }
 
 // secretFiles are the files a build's commands must not read: signing keys, package signing
