@@ -150,3 +150,29 @@ func HashEntry(h io.Writer, root *os.Root, rel string, fi fs.FileInfo) error {
 	}
 	return nil
 }
+
+// ReadRegularFile reads a file the operator names by path (a signing key, a passphrase or PIN
+// file): only a regular file, opened non-blocking (a FIFO in its place cannot hang kmpack) and
+// checked once open, at most max bytes. Errors carry no path: the caller names the file.
+func ReadRegularFile(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, UnwrapPathError(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, UnwrapPathError(err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", FileKind(fi.Mode()))
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, UnwrapPathError(err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return b, nil
+}

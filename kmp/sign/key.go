@@ -6,11 +6,9 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/youmark/pkcs8"
 
@@ -22,25 +20,9 @@ const maxKeyFile = 1 << 20
 
 // readSmall reads a regular file of at most maxKeyFile bytes; every refusal is an InputError.
 func readSmall(path string) ([]byte, error) {
-	// Non-blocking: a FIFO named as a key must not hang kmpack (the mode is checked below).
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	data, err := kmp.ReadRegularFile(path, maxKeyFile)
 	if err != nil {
-		return nil, kmp.InputErrorf(path, "%v", kmp.UnwrapPathError(err))
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, kmp.InputErrorf(path, "%v", kmp.UnwrapPathError(err))
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, kmp.InputErrorf(path, "not a regular file (%s)", kmp.FileKind(fi.Mode()))
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return nil, kmp.InputErrorf(path, "%v", kmp.UnwrapPathError(err))
-	}
-	if len(data) > maxKeyFile {
-		return nil, kmp.InputErrorf(path, "larger than %d bytes", maxKeyFile)
+		return nil, kmp.InputErrorf(path, "%v", err)
 	}
 	return data, nil
 }

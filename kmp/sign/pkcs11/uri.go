@@ -8,8 +8,6 @@
 package pkcs11
 
 import (
-	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -124,26 +122,7 @@ func (u *URI) pin(warn func(string)) (string, bool, error) {
 }
 
 func readPINFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, kmp.UnwrapPathError(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, kmp.FileKind(fi.Mode()))
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxPINFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxPINFile {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxPINFile)
-	}
-	return data, nil
+	return kmp.ReadRegularFile(path, maxPINFile)
 }
 
 // module picks the PKCS#11 module: the URI's module-path (a file), else opt's, else DefaultModule.
