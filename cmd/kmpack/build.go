@@ -130,19 +130,18 @@ func runBuild(c *cli.Context) error {
 	kernelArgs := c.StringSlice("kernel")
 	root := "/"
 	repoSpecs := c.StringSlice("kernel-repo")
-	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("latest") || c.IsSet("keyring")) {
-		return usagef("--flavor, --release, --latest and --keyring apply to a --kernel-repo")
+	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("versions") || c.IsSet("latest") || c.IsSet("keyring")) {
+		return usagef("--flavor, --release, --versions, --latest and --keyring apply to a --kernel-repo")
+	}
+	queries, err := repoQueries(c, repoSpecs)
+	if err != nil {
+		return err
 	}
 	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
-		for _, k := range src.Spec.Kernels {
-			if !filepath.IsAbs(k) {
-				k = filepath.Join(src.Dir, k)
-			}
-			kernelArgs = append(kernelArgs, k)
-		}
+		kernelArgs, queries = src.Spec.KernelSources()
 	}
-	if len(repoSpecs) > 0 {
-		files, err := fetchRepoKernels(c, repoSpecs)
+	if len(queries) > 0 {
+		files, err := fetchRepoKernels(c, queries)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kmpack/kmpack/kmp/repo"
 	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
@@ -41,7 +42,11 @@ an rpm-md base URL (the directory holding repodata/); http, https and file URLs.
 				if c.Args().Len() > 0 {
 					return cli.Exit("--repo lists a repository's kernels: give no DIR or PACKAGE with it", exitUsage)
 				}
-				res, _, err := repoKernels(c, specs)
+				qs, err := repoQueries(c, specs)
+				if err != nil {
+					return err
+				}
+				res, err := repo.Resolve(c.Context, repoFetcher(c), qs)
 				if err != nil {
 					return err
 				}

@@ -5,11 +5,9 @@ import (
 	"io"
 	"os"
 	"regexp"
-	"sort"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/repo"
 )
 
@@ -18,53 +16,51 @@ func repoSelectFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "flavor", Usage: "with a repository: only kernels of this flavor (repeatable; amd64, cloud-amd64, default, rt, ...)"},
 		&cli.StringFlag{Name: "release", Usage: "with a repository: only kernel releases matching this regular expression"},
+		&cli.StringFlag{Name: "versions", Usage: "with a repository: only kernels whose headers/devel package version is in this range, in dpkg's or rpm's order ('>=6.1.140, <6.1.160')"},
 		&cli.IntFlag{Name: "latest", Usage: "with a repository: only the N newest kernels of each flavor"},
 		&cli.StringFlag{Name: "keyring", Usage: "with a repository: verify its metadata (InRelease or Release.gpg, repomd.xml.asc) with this OpenPGP keyring, binary or armored (an apt source's own signed-by= wins)"},
 	}
 }
 
-// repoResult is one repository's selected kernels, as `kmpack kernels --repo --json` prints it.
-type repoResult struct {
-	Repo     string         `json:"repo"`
-	Verified bool           `json:"verified"`
-	Notes    []string       `json:"notes,omitempty"`
-	Kernels  []repo.Kernel  `json:"kernels"`
-	Skipped  []repo.Skipped `json:"skipped,omitempty"`
-}
-
-// repoKernels reads each repository and selects kernels; nothing is downloaded but metadata.
-func repoKernels(c *cli.Context, specs []string) ([]repoResult, *repo.Fetcher, error) {
+// repoQueries builds the queries of --repo / --kernel-repo from the selection flags.
+func repoQueries(c *cli.Context, specs []string) ([]repo.Query, error) {
 	sel := repo.Selector{Flavors: c.StringSlice("flavor"), Latest: c.Int("latest")}
 	if c.Int("latest") < 0 {
-		return nil, nil, cli.Exit("--latest must be at least 1", exitUsage)
+		return nil, cli.Exit("--latest must be at least 1", exitUsage)
 	}
 	if re := c.String("release"); re != "" {
 		r, err := regexp.Compile(re)
 		if err != nil {
-			return nil, nil, cli.Exit(fmt.Sprintf("--release: %v", err), exitUsage)
+			return nil, cli.Exit(fmt.Sprintf("--release: %v", err), exitUsage)
 		}
 		sel.Release = r
 	}
-	f := &repo.Fetcher{CacheDir: c.String("cache-dir"), Progress: os.Stderr}
-	var out []repoResult
+	if v := c.String("versions"); v != "" {
+		vr, err := repo.ParseVersionRange(v)
+		if err != nil {
+			return nil, cli.Exit(fmt.Sprintf("--versions: %v", err), exitUsage)
+		}
+		sel.Versions = &vr
+	}
+	var qs []repo.Query
 	for _, spec := range specs {
 		src, err := repo.ParseSource(spec)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if src.Keyring == "" {
 			src.Keyring = c.String("keyring")
 		}
-		idx, err := repo.Load(c.Context, f, src)
-		if err != nil {
-			return nil, nil, err
-		}
-		out = append(out, repoResult{Repo: spec, Verified: idx.Verified, Notes: idx.Notes, Kernels: repo.Select(idx.Kernels, sel), Skipped: idx.Skipped})
+		qs = append(qs, repo.Query{Source: src, Selector: sel})
 	}
-	return out, f, nil
+	return qs, nil
 }
 
-func printRepoKernels(w io.Writer, res []repoResult) {
+func repoFetcher(c *cli.Context) *repo.Fetcher {
+	return &repo.Fetcher{CacheDir: c.String("cache-dir"), Progress: os.Stderr}
+}
+
+func printRepoKernels(w io.Writer, res []repo.Result) {
 	for i, r := range res {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -92,38 +88,18 @@ func mib(n int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
-// fetchRepoKernels downloads the packages of the selected kernels into the cache and returns
-// their files (each once), for unpack.FindKernels.
-func fetchRepoKernels(c *cli.Context, specs []string) ([]string, error) {
-	res, f, err := repoKernels(c, specs)
+// fetchRepoKernels downloads the packages of the kernels qs select into the cache and returns
+// their files, for unpack.FindKernels.
+func fetchRepoKernels(c *cli.Context, qs []repo.Query) ([]string, error) {
+	f := repoFetcher(c)
+	res, err := repo.Resolve(c.Context, f, qs)
 	if err != nil {
 		return nil, err
 	}
-	var pkgs []repo.Package
 	for _, r := range res {
 		for _, n := range r.Notes {
 			fmt.Fprintf(os.Stderr, "kmpack: note: %s\n", n)
 		}
-		if len(r.Kernels) == 0 {
-			return nil, kmp.InputErrorf(r.Repo, "no kernel matches the selection")
-		}
-		for _, k := range r.Kernels {
-			fmt.Fprintf(os.Stderr, "kmpack: %s from %s (%s)\n", k.Release, r.Repo, mib(k.Size))
-			pkgs = append(pkgs, k.Packages...)
-		}
 	}
-	files, err := f.FetchAll(c.Context, pkgs)
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var out []string
-	for _, p := range files {
-		if !seen[p] {
-			seen[p] = true
-			out = append(out, p)
-		}
-	}
-	sort.Strings(out)
-	return out, nil
+	return repo.FetchKernels(c.Context, f, res)
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -63,6 +65,14 @@ func TestKernelsRepo(t *testing.T) {
 	if code != exitInput || !strings.Contains(stderr, "not an OpenPGP keyring") {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
+	out, _, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--flavor", "amd64", "--versions", ">=6.1.192-2, <6.1.192-3")
+	if code != 0 || !strings.Contains(out, "6.1.0-56-amd64  (") || strings.Contains(out, "6.1.0-57-amd64  (") || strings.Contains(out, "6.1.0-55-amd64  (") {
+		t.Fatalf("--versions: exit %d: %s", code, out)
+	}
+	_, stderr, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--versions", "6.1")
+	if code != exitUsage || !strings.Contains(stderr, "--versions: version range") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
 	out, _, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--release", "^nomatch$")
 	if code != 0 || !strings.Contains(out, "no kernel matches") {
 		t.Fatalf("exit %d: %s", code, out)
@@ -100,5 +110,57 @@ func TestBuildKernelRepo(t *testing.T) {
 		if !strings.Contains(stderr, "signature not verified") {
 			t.Fatalf("no note that the metadata was not verified: %s", stderr)
 		}
+	}
+}
+
+// kmpack.yaml names a repository (http, its keyring a file of the source) and selects from it:
+// `kmpack build` with no kernel arguments builds exactly that selection.
+func TestBuildSpecKernelRepo(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	home, public := testenv.GPGHome(t, "archive")
+	r.Sign(t, home)
+	src := testenv.ExampleSource(t, true)
+	keyring, err := os.ReadFile(public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(src, "keys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "keys", "archive.gpg"), keyring, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := filepath.Join(src, "kmpack.yaml")
+	orig, err := os.ReadFile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := fmt.Sprintf("kernels:\n  - repo: %s\n    flavor: amd64\n    versions: '<6.1.192-3'\n    latest: 1\n    keyring: keys/archive.gpg\n", r.Source())
+	if err := os.WriteFile(spec, append(orig, entry...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	stdout, stderr, code := kmpackIn(t, cache, "build", "--json", "-o", filepath.Join(t.TempDir(), "out"), src)
+	var m manifest.Manifest
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil || code != 0 {
+		t.Fatalf("exit %d %v: %s", code, err, stderr)
+	}
+	// 57 is 6.1.192-3: the range leaves 56 as the newest.
+	if len(m.Kernels) != 1 || m.Kernels[0].Release != "6.1.0-56-amd64" || len(m.Kernels[0].Modules) != 1 {
+		t.Fatalf("%s", testenv.Truncate(stdout, 3000))
+	}
+	if strings.Contains(stderr, "signature not verified") || r.PoolHits() != 3 {
+		t.Fatalf("%d package downloads; %s", r.PoolHits(), stderr)
+	}
+	// The keyring is read from the source, beneath it: a link out of the source is refused.
+	if err := os.Remove(filepath.Join(src, "keys", "archive.gpg")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(public, filepath.Join(src, "keys", "archive.gpg")); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code = kmpackIn(t, cache, "build", "-o", filepath.Join(t.TempDir(), "out"), src)
+	if code != exitInput || !strings.Contains(stderr, "keys/archive.gpg") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }

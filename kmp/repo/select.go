@@ -289,7 +289,9 @@ func RPMKernels(pkgs []RPMPackage, arch string) ([]Kernel, []Skipped) {
 type Selector struct {
 	Flavors []string       // empty: all
 	Release *regexp.Regexp // nil: all
-	Latest  int            // 0: all; else the N newest per flavor
+	// Versions limits the kernels' package versions (the headers or devel package's); nil: all.
+	Versions *VersionRange
+	Latest   int // 0: all; else the N newest per flavor
 }
 
 // Select applies s to ks and returns the kernels newest first within each flavor, flavors in
@@ -301,6 +303,9 @@ func Select(ks []Kernel, s Selector) []Kernel {
 			continue
 		}
 		if s.Release != nil && !s.Release.MatchString(k.Release) {
+			continue
+		}
+		if s.Versions != nil && !s.Versions.contains(k) {
 			continue
 		}
 		out = append(out, k)

@@ -113,3 +113,42 @@ func TestUbuntuKernels(t *testing.T) {
 		t.Fatal(got, skipped)
 	}
 }
+
+func TestVersionRange(t *testing.T) {
+	ks, _ := repo.DebianKernels(debIndex(), "amd64")
+	sel := func(s string) string {
+		vr, err := repo.ParseVersionRange(s)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		return releases(repo.Select(ks, repo.Selector{Flavors: []string{"amd64"}, Versions: &vr}))
+	}
+	// dpkg's order: 6.1.192-2 < 6.1.192-3 < 6.12.117-1~deb12u1.
+	for in, want := range map[string]string{
+		">=6.1.192-2, <6.12":     "6.1.0-57-amd64 6.1.0-56-amd64",
+		">6.1.192-1,<=6.1.192-2": "6.1.0-56-amd64",
+		"=6.1.192-1":             "6.1.0-55-amd64",
+		"== 6.1.192-3":           "6.1.0-57-amd64",
+		">=6.12~":                "6.12.117+deb12-amd64",
+		"<6.1.192-1":             "",
+	} {
+		if got := sel(in); got != want {
+			t.Errorf("%s: %q, want %q", in, got, want)
+		}
+	}
+	// rpm's order for rpm kernels: 427.13.1 > 427.9.1.
+	mk := func(rel string) repo.RPMPackage {
+		return repo.RPMPackage{Name: "kernel-devel", Arch: "x86_64", Version: "5.14.0", Release: rel, Href: "k.rpm", SHA256: sha('c'), Size: 1,
+			Provides: []repo.RPMEntry{{Name: "kernel-devel-uname-r", Ver: "5.14.0", Rel: rel + ".x86_64"}}}
+	}
+	rks, _ := repo.RPMKernels([]repo.RPMPackage{mk("427.9.1.el9_4"), mk("427.13.1.el9_4")}, "")
+	vr, _ := repo.ParseVersionRange(">5.14.0-427.10")
+	if got := releases(repo.Select(rks, repo.Selector{Versions: &vr})); got != "5.14.0-427.13.1.el9_4.x86_64" {
+		t.Fatal(got)
+	}
+	for _, bad := range []string{"", "6.1", ">=", ">= 6.1 6.2", ">=6.1,", "~>6.1"} {
+		if _, err := repo.ParseVersionRange(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

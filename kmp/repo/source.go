@@ -31,6 +31,21 @@ type Source struct {
 	// Keyring verifies the metadata (InRelease, Release.gpg, repomd.xml.asc) when set:
 	// apt's signed-by= option, or the caller's --keyring.
 	Keyring string
+	// KeyringDir, when set, is the directory Keyring is relative to and read beneath (a keyring
+	// kmpack.yaml names is a file of the source).
+	KeyringDir string
+}
+
+// CheckFromFile refuses what a repository named by a file (kmpack.yaml) may not do that one
+// the operator names may: read the build host's files (file: URLs, apt's signed-by= path).
+func (s *Source) CheckFromFile() error {
+	if u, err := url.Parse(s.Base); err != nil || u.Scheme != "http" && u.Scheme != "https" {
+		return kmp.InputErrorf(s.Spec, "a repository in a file must be an http or https URL")
+	}
+	if s.Keyring != "" {
+		return kmp.InputErrorf(s.Spec, "signed-by= names a file of the build host: give the keyring as a file of the source (keyring:)")
+	}
+	return nil
 }
 
 // ParseSource parses a repository given by the user.
@@ -161,13 +176,13 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 		return nil, err
 	}
 	idx := &Index{}
-	if s.Keyring == "" {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, err
+	}
+	if kr == nil {
 		idx.Notes = []string{unverifiedNote(u)}
 	} else {
-		kr, err := ReadKeyring(s.Keyring)
-		if err != nil {
-			return nil, err
-		}
 		if inRelease {
 			if data, err = verifyClearsigned(u, data, kr); err != nil {
 				return nil, err
@@ -232,13 +247,13 @@ func loadRPMMD(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 		return nil, err
 	}
 	idx := &Index{}
-	if s.Keyring == "" {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, err
+	}
+	if kr == nil {
 		idx.Notes = []string{unverifiedNote(u)}
 	} else {
-		kr, err := ReadKeyring(s.Keyring)
-		if err != nil {
-			return nil, err
-		}
 		sig, err := f.GetSmall(ctx, u+".asc", MaxReleaseBytes)
 		if err != nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
@@ -16,32 +17,55 @@ const MaxKeyringBytes = 16 << 20
 
 // ReadKeyring reads an OpenPGP keyring file, binary (as /usr/share/keyrings/*.gpg) or armored
 // (as gpg --armor --export writes, or repomd.xml.key).
-func ReadKeyring(path string) (kr openpgp.EntityList, err error) {
-	defer kmp.Guard(path, &err)
-	fh, err := os.Open(path)
+func ReadKeyring(path string) (openpgp.EntityList, error) {
+	data, err := kmp.ReadRegularFile(path, MaxKeyringBytes)
 	if err != nil {
-		return nil, kmp.InputErrorf(path, "%v", kmp.UnwrapPathError(err))
+		return nil, kmp.InputErrorf(path, "%v", err)
 	}
-	defer fh.Close()
-	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() > MaxKeyringBytes {
-		return nil, kmp.InputErrorf(path, "not a regular file of at most %d bytes", MaxKeyringBytes)
-	}
-	data, err := os.ReadFile(path)
+	return ParseKeyring(path, data)
+}
+
+// readKeyringIn reads a keyring that a file (kmpack.yaml) names, relative to dir and beneath it.
+func readKeyringIn(dir, rel string) (openpgp.EntityList, error) {
+	name := filepath.Join(dir, rel)
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, err
+		return nil, kmp.InputErrorf(name, "%v", kmp.UnwrapPathError(err))
 	}
+	defer root.Close()
+	data, _, err := kmp.ReadRootFile(root, rel, MaxKeyringBytes)
+	if err != nil {
+		return nil, kmp.InputErrorf(name, "%v", kmp.UnwrapPathError(err))
+	}
+	return ParseKeyring(name, data)
+}
+
+// ParseKeyring parses keyring bytes, binary or armored; name is used in errors.
+func ParseKeyring(name string, data []byte) (kr openpgp.EntityList, err error) {
+	defer kmp.Guard(name, &err)
 	if bytes.Contains(data, []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----")) {
 		kr, err = openpgp.ReadArmoredKeyRing(bytes.NewReader(data))
 	} else {
 		kr, err = openpgp.ReadKeyRing(bytes.NewReader(data))
 	}
 	if err != nil {
-		return nil, kmp.InputErrorf(path, "not an OpenPGP keyring: %v", err)
+		return nil, kmp.InputErrorf(name, "not an OpenPGP keyring: %v", err)
 	}
 	if len(kr) == 0 {
-		return nil, kmp.InputErrorf(path, "no keys")
+		return nil, kmp.InputErrorf(name, "no keys")
 	}
 	return kr, nil
+}
+
+// keyring loads s's keyring; nil when it has none.
+func (s *Source) keyring() (openpgp.EntityList, error) {
+	switch {
+	case s.Keyring == "":
+		return nil, nil
+	case s.KeyringDir != "":
+		return readKeyringIn(s.KeyringDir, s.Keyring)
+	}
+	return ReadKeyring(s.Keyring)
 }
 
 // verifyClearsigned checks an InRelease against kr and returns the text that was signed.

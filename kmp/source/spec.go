@@ -43,9 +43,9 @@ type Spec struct {
 	Build          SpecBuild   `yaml:"build,omitempty" json:"build"`
 	Patches        []SpecPatch `yaml:"patches,omitempty" json:"patches,omitempty"`
 	BuildExclusive Exclusion   `yaml:"build-exclusive,omitempty" json:"build_exclusive"`
-	// Kernels are the kernel trees or package files to build against when the command line
-	// names none: directories, globs, .deb/.rpm files (relative to the spec's directory).
-	Kernels []string `yaml:"kernels,omitempty" json:"kernels,omitempty"`
+	// Kernels are what to build against when the command line names none: directories, globs,
+	// .deb/.rpm files (relative to the spec's directory), and repositories.
+	Kernels []SpecKernel `yaml:"kernels,omitempty" json:"kernels,omitempty"`
 	// Formats and Profile choose the packages (deb, rpm, ...) and conventions (suse, rhel, debian).
 	Formats []string `yaml:"formats,omitempty" json:"formats,omitempty"`
 	Profile string   `yaml:"profile,omitempty" json:"profile,omitempty"`
@@ -263,6 +263,14 @@ func (s *Spec) validate() error {
 			if filepath.IsAbs(v) || !kmp.LexicallyInside(filepath.ToSlash(v)) || strings.Contains(v, ":") {
 				return fmt.Errorf("signing.keys[%d]: %s is not a path inside the source (kmpack.yaml cannot name a key of the host; give such keys with --sign-key)", i, strconv.QuoteToASCII(v))
 			}
+		}
+	}
+	if len(s.Kernels) > 256 {
+		return fmt.Errorf("kernels: more than 256 entries")
+	}
+	for i := range s.Kernels {
+		if err := s.Kernels[i].validate(fmt.Sprintf("kernels[%d]", i)); err != nil {
+			return err
 		}
 	}
 	if s.Name == "" {

@@ -1,6 +1,7 @@
 package source_test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,6 +109,21 @@ func TestParseSpecErrors(t *testing.T) {
 		"unknown profile":        {"name: a\nversion: '1'\nprofile: windows\n", `profile: unknown packaging profile "windows"`},
 		"rpm without profile":    {"name: a\nversion: '1'\nformats: [deb, rpm]\n", "rpm needs a profile"},
 		"profile not in formats": {"name: a\nversion: '1'\nformats: [deb]\nprofile: suse\n", "suse makes rpm packages"},
+		// kernels: entries naming repositories come from a file: no host files, no other schemes.
+		"kernel repo file URL":     {"name: a\nversion: '1'\nkernels:\n  - repo: file:///srv/repo\n", "kernels[0].repo: a repository in a file must be an http or https URL"},
+		"kernel repo apt file URL": {"name: a\nversion: '1'\nkernels:\n  - repo: deb file:///srv/debian bookworm main\n", "must be an http or https URL"},
+		"kernel repo signed-by":    {"name: a\nversion: '1'\nkernels:\n  - repo: deb [signed-by=/etc/apt/trusted.gpg] http://h/debian bookworm main\n", "signed-by= names a file of the build host"},
+		"kernel keyring outside":   {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    keyring: ../../etc/k.gpg\n", "kernels[0].keyring: \"../../etc/k.gpg\" is not a path inside the source"},
+		"kernel keyring absolute":  {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    keyring: /etc/k.gpg\n", "is not a path inside the source"},
+		"kernel bad release":       {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    release: '(('\n", "kernels[0].release: "},
+		"kernel bad versions":      {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    versions: '~6'\n", "kernels[0].versions: "},
+		"kernel negative latest":   {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    latest: -1\n", "kernels[0].latest"},
+		"kernel path and repo":     {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    path: /usr/src\n", "path and repo are two entries"},
+		"kernel path selection":    {"name: a\nversion: '1'\nkernels:\n  - path: /usr/src\n    latest: 2\n", "select from a repo:"},
+		"kernel unknown key":       {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    flavour: amd64\n", `field "flavour" not found in a kernels entry`},
+		"kernel empty entry":       {"name: a\nversion: '1'\nkernels:\n  - {}\n", "kernels[0]: a path or a repo"},
+		"kernel sequence entry":    {"name: a\nversion: '1'\nkernels:\n  - [a, b]\n", "a kernels entry is a path or a mapping"},
+		"kernel repo bad scheme":   {"name: a\nversion: '1'\nkernels:\n  - repo: ftp://h/repo\n", "kernels[0].repo: "},
 	}
 	for name, c := range cases {
 		_, err := source.ParseSpec("kmpack.yaml", []byte(c.yaml))
@@ -137,6 +153,50 @@ func TestParseSpecAccepts(t *testing.T) {
 		if _, err := source.ParseSpec("kmpack.yaml", []byte("name: "+name+"\nversion: '1'\n")); err != nil {
 			t.Errorf("name %s: %v", name, err)
 		}
+	}
+}
+
+func TestSpecKernels(t *testing.T) {
+	s, err := source.ParseSpec("/src/kmpack.yaml", []byte(`name: a
+version: '1'
+kernels:
+  - /usr/src/linux-headers-*
+  - kernels/linux-headers-6.1.0-53-amd64_6.1.158-1_amd64.deb
+  - path: trees/x
+  - repo: deb [arch=amd64] https://deb.debian.org/debian bookworm main
+    flavor: amd64
+    release: '^6\.1\.'
+    versions: '>=6.1.140'
+    latest: 2
+    keyring: keys/debian.gpg
+  - repo: https://download.opensuse.org/update/leap/15.6/sle/
+    flavor: [default, rt]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, qs := s.KernelSources()
+	if strings.Join(paths, " ") != "/usr/src/linux-headers-* /src/kernels/linux-headers-6.1.0-53-amd64_6.1.158-1_amd64.deb /src/trees/x" {
+		t.Fatal(paths)
+	}
+	if len(qs) != 2 {
+		t.Fatal(qs)
+	}
+	d, o := qs[0], qs[1]
+	if d.Source.Kind != "apt" || d.Source.Arch != "amd64" || d.Source.Keyring != "keys/debian.gpg" || d.Source.KeyringDir != "/src" ||
+		strings.Join(d.Selector.Flavors, ",") != "amd64" || d.Selector.Latest != 2 || d.Selector.Release.String() != `^6\.1\.` || d.Selector.Versions.String() != ">=6.1.140" {
+		t.Fatalf("%+v %+v", d.Source, d.Selector)
+	}
+	if o.Source.Kind != "rpm-md" || o.Source.Keyring != "" || strings.Join(o.Selector.Flavors, ",") != "default,rt" || o.Selector.Latest != 0 {
+		t.Fatalf("%+v %+v", o.Source, o.Selector)
+	}
+	// A path-only entry is written back as the string it was.
+	var buf bytes.Buffer
+	if err := source.WriteSpec(&buf, &source.Spec{Name: "a", Version: "1", Kernels: []source.SpecKernel{{Path: "/usr/src/x"}, {Repo: "http://h/r", Latest: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "kernels:\n  - /usr/src/x\n  - repo: http://h/r\n    latest: 1\n") {
+		t.Fatal(buf.String())
 	}
 }
 
