@@ -62,7 +62,7 @@ func CertsFromBuild(outDir string, m *manifest.Manifest) ([]Cert, error) {
 			continue
 		}
 		p := filepath.Join(outDir, filepath.FromSlash(c.File))
-		der, err := readBuiltModule(root, c.File, p)
+		der, err := manifest.ReadOutputFile(root, c.File, p)
 		if err != nil {
 			return nil, err
 		}

@@ -1,16 +1,13 @@
 package formats
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -173,54 +170,14 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 			}
 			k.Symvers = sv
 		}
-		for _, bm := range kb.Modules {
-			p := filepath.Join(outDir, filepath.FromSlash(bm.File))
-			body, err := readBuiltModule(root, bm.File, p)
-			if err != nil {
-				return nil, err
-			}
-			data, _, err := module.Decompress(p, body)
-			if err != nil {
-				return nil, err
-			}
-			info, err := module.ParseModule(p, data)
-			if err != nil {
-				return nil, err
-			}
-			k.Modules = append(k.Modules, Module{Info: info, FileName: filepath.Base(p), Body: body})
+		files, err := manifest.ReadModules(root, outDir, kb)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			k.Modules = append(k.Modules, Module{Info: f.Info, FileName: filepath.Base(f.Path), Body: f.Body})
 		}
 		out = append(out, k)
 	}
 	return out, nil
-}
-
-// readBuiltModule reads a module file of a build output through root: the files kmpack writes
-// there are regular files, so a symlink, FIFO, device or directory in their place (or a path
-// leaving the output directory) is refused as bad input rather than followed or blocked on.
-func readBuiltModule(root *os.Root, rel, p string) ([]byte, error) {
-	name := filepath.FromSlash(rel)
-	fi, err := root.Lstat(name)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-		return nil, fmt.Errorf("%s: %w", p, err)
-	} else if err != nil {
-		// Typically a path that leaves the output directory.
-		return nil, kmp.InputErrorf(p, "%w", unwrapPathError(err))
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, kmp.InputErrorf(p, "not a regular file (%s): kmpack writes module files as regular files", fi.Mode().Type())
-	}
-	body, _, err := kmp.ReadRootFile(root, name, module.MaxInputFile)
-	if err != nil {
-		return nil, kmp.InputErrorf(p, "%w", unwrapPathError(err))
-	}
-	return body, nil
-}
-
-// unwrapPathError drops an *fs.PathError's operation and path, which the InputError repeats.
-func unwrapPathError(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }

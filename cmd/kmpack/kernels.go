@@ -5,11 +5,13 @@ import (
 	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/kmp/repo"
 	"github.com/kmpack/kmpack/kmp/unpack"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 func kernelsCommand() *cli.Command {
@@ -29,61 +31,132 @@ and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL ke
 With --repo, lists the kernels a repository offers (selected by --flavor, --release, --latest),
 with the packages each needs and their sizes, downloading only metadata. REPO is an apt source
 in sources.list one-line form ('deb [arch=amd64] http://deb.debian.org/debian bookworm main') or
-an rpm-md base URL (the directory holding repodata/); http, https and file URLs.`,
+an rpm-md base URL (the directory holding repodata/); http, https and file URLs.
+
+With --builds OUT (repeatable, outputs of one source), each kernel found (trees, package files,
+or a repository's selection, whose devel packages are then downloaded into the cache, once) is
+judged against the builds: "built" (OUT has a build for it), "loads" (a build for another
+kernel whose modules all load there: weak-updates serves it; same flavor first, newest first),
+or "none" (with the closest build's first reason).`,
 		Flags: append([]cli.Flag{
 			jsonFlag,
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "system root to discover trees under"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "also list candidates that are not usable trees, and why"},
 			&cli.BoolFlag{Name: "dirs", Usage: "print only the trees' directories, one per line (for scripts)"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "list the kernels this repository offers (repeatable; see above)"},
+			&cli.StringSliceFlag{Name: "builds", Usage: "also say, for each kernel, whether these build outputs (kmpack build -o, repeatable) serve it: built for it, or a build of another kernel loads there (the compat check), or none"},
 		}, repoSelectFlags()...),
-		Action: func(c *cli.Context) error {
-			if specs := c.StringSlice("repo"); len(specs) > 0 {
-				if c.Args().Len() > 0 {
-					return cli.Exit("--repo lists a repository's kernels: give no DIR or PACKAGE with it", exitUsage)
-				}
-				qs, err := repoQueries(c, specs)
-				if err != nil {
-					return err
-				}
-				res, err := repo.Resolve(c.Context, repoFetcher(c), qs)
-				if err != nil {
-					return err
-				}
-				if c.Bool("json") {
-					return writeJSON(os.Stdout, map[string]any{"repositories": res})
-				}
-				printRepoKernels(os.Stdout, res)
-				return nil
+		Action: runKernels,
+	}
+}
+
+func runKernels(c *cli.Context) error {
+	outputs := c.StringSlice("builds")
+	var repoRes []repo.Result
+	var res *unpack.Found
+	if specs := c.StringSlice("repo"); len(specs) > 0 {
+		if c.Args().Len() > 0 {
+			return cli.Exit("--repo lists a repository's kernels: give no DIR or PACKAGE with it", exitUsage)
+		}
+		qs, err := repoQueries(c, specs)
+		if err != nil {
+			return err
+		}
+		f := repoFetcher(c)
+		if repoRes, err = repo.Resolve(c.Context, f, qs); err != nil {
+			return err
+		}
+		if len(outputs) == 0 {
+			if c.Bool("json") {
+				return writeJSON(os.Stdout, map[string]any{"repositories": repoRes})
 			}
-			res, err := unpack.FindKernels(c.String("cache-dir"), c.String("root"), c.Args().Slice())
+			printRepoKernels(os.Stdout, repoRes)
+			return nil
+		}
+		// Judging builds needs each kernel's symbol versions: its devel packages.
+		files, err := repo.FetchKernels(c.Context, f, repoRes)
+		if err != nil {
+			return err
+		}
+		if res, err = unpack.FindKernels(c.String("cache-dir"), "/", files); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if res, err = unpack.FindKernels(c.String("cache-dir"), c.String("root"), c.Args().Slice()); err != nil {
+			return err
+		}
+	}
+	var coverage []weakupdates.KernelCoverage
+	if len(outputs) > 0 && len(res.Errors) == 0 {
+		var targets []*weakupdates.Target
+		for _, t := range res.Trees {
+			tg, err := openTarget(c.Context, t.Dir, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
 			if err != nil {
 				return err
 			}
-			switch {
-			case c.Bool("json"):
-				if err := writeJSON(os.Stdout, res); err != nil {
-					return err
-				}
-			case c.Bool("dirs"):
-				for _, t := range res.Trees {
-					fmt.Println(t.Dir)
-				}
-			default:
-				printKernels(os.Stdout, res, c.Bool("verbose"))
-			}
-			for _, e := range res.Errors {
-				fmt.Fprintln(os.Stderr, "kmpack:", e)
-			}
-			if len(res.Errors) > 0 {
-				return cli.Exit("", exitInput)
-			}
-			if len(res.Trees) == 0 {
-				return cli.Exit("no kernel devel trees found (install linux-headers-*, kernel-devel, or pass package files)", exitInput)
-			}
-			return nil
-		},
+			targets = append(targets, tg)
+		}
+		var err error
+		if coverage, err = weakupdates.Coverage(targets, outputs); err != nil {
+			return err
+		}
 	}
+	switch {
+	case c.Bool("json") && repoRes != nil:
+		if err := writeJSON(os.Stdout, map[string]any{"repositories": repoRes, "coverage": coverage}); err != nil {
+			return err
+		}
+	case c.Bool("json") && coverage != nil:
+		if err := writeJSON(os.Stdout, struct {
+			*unpack.Found
+			Coverage []weakupdates.KernelCoverage `json:"coverage"`
+		}{res, coverage}); err != nil {
+			return err
+		}
+	case c.Bool("json"):
+		if err := writeJSON(os.Stdout, res); err != nil {
+			return err
+		}
+	case c.Bool("dirs"):
+		for _, t := range res.Trees {
+			fmt.Println(t.Dir)
+		}
+	case repoRes != nil:
+		printRepoKernels(os.Stdout, repoRes)
+	default:
+		printKernels(os.Stdout, res, c.Bool("verbose"))
+	}
+	if coverage != nil && !c.Bool("json") {
+		printCoverage(os.Stdout, coverage)
+	}
+	for _, e := range res.Errors {
+		fmt.Fprintln(os.Stderr, "kmpack:", e)
+	}
+	if len(res.Errors) > 0 {
+		return cli.Exit("", exitInput)
+	}
+	if len(res.Trees) == 0 {
+		return cli.Exit("no kernel devel trees found (install linux-headers-*, kernel-devel, or pass package files)", exitInput)
+	}
+	return nil
+}
+
+// printCoverage is the table of `kmpack kernels --builds`.
+func printCoverage(w io.Writer, cov []weakupdates.KernelCoverage) {
+	fmt.Fprintln(w, "\nexisting builds (--builds):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, kc := range cov {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", kc.Release, kc.Status, kc.Describe())
+	}
+	tw.Flush()
+	n := 0
+	for _, kc := range cov {
+		if kc.Status == weakupdates.CoverageNone {
+			n++
+		}
+	}
+	fmt.Fprintf(w, "%d of %d kernels need a build of their own\n", n, len(cov))
 }
 
 func yesNo(b bool) string {

@@ -164,3 +164,62 @@ func TestBuildSpecKernelRepo(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }
+
+// kernels --builds: which of a repository's kernels existing builds serve, by the compat check.
+func TestKernelsBuildsCoverage(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	cache := t.TempDir()
+	src := testenv.ExampleSource(t, true)
+	out57, out612 := filepath.Join(t.TempDir(), "out57"), filepath.Join(t.TempDir(), "out612")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "--kernel-repo", r.Source(), "--flavor", "amd64", "--latest", "1", "-o", out57, src); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", testenv.HeadersDir(t, testenv.Release612), "-o", out612, src); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	stdout, stderr, code := kmpackIn(t, cache, "kernels", "--json", "--repo", r.Source(), "--flavor", "amd64", "--builds", out57)
+	var res struct {
+		Coverage []struct{ Release, Status, Output, Build string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil || code != 0 {
+		t.Fatalf("exit %d %v: %s", code, err, stderr)
+	}
+	var got []string
+	for _, c := range res.Coverage {
+		if c.Output != out57 {
+			t.Errorf("%+v", c)
+		}
+		got = append(got, c.Release+" "+c.Status+" "+c.Build)
+	}
+	if strings.Join(got, "; ") != "6.1.0-55-amd64 loads 6.1.0-57-amd64; 6.1.0-56-amd64 loads 6.1.0-57-amd64; 6.1.0-57-amd64 built 6.1.0-57-amd64" {
+		t.Fatalf("%v", got)
+	}
+	// A 6.12 build serves none of them, and says why (struct module, module_layout).
+	stdout, stderr, code = kmpackIn(t, cache, "kernels", "--repo", r.Source(), "--flavor", "amd64", "--builds", out612)
+	if code != 0 || !strings.Contains(stdout, "3 of 3 kernels need a build of their own") || !strings.Contains(stdout, "no build loads; closest "+testenv.Release612+": kmpack_hello ") {
+		t.Fatalf("exit %d: %s %s", code, stdout, stderr)
+	}
+	// Trees work too. Of three builds the one that loads is named: the newer 6.12 and 57 ones do
+	// not load in 54 (57's imports param_ops_int with another CRC), 53's does.
+	out53 := filepath.Join(t.TempDir(), "out53")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", testenv.HeadersDir(t, testenv.Release53), "-o", out53, src); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	stdout, stderr, code = kmpackIn(t, cache, "kernels", "--builds", out57, "--builds", out612, "--builds", out53, testenv.HeadersDir(t, testenv.Release54))
+	if code != 0 || !strings.Contains(stdout, testenv.Release54+"  loads  loads the build for "+testenv.Release53+" ("+out53+")") || !strings.Contains(stdout, "0 of 1 kernels need a build") {
+		t.Fatalf("exit %d: %s %s", code, stdout, stderr)
+	}
+	stdout, _, _ = kmpackIn(t, cache, "kernels", "--builds", out57, testenv.HeadersDir(t, testenv.Release53))
+	if !strings.Contains(stdout, "closest 6.1.0-57-amd64: kmpack_hello crc: param_ops_int: built against CRC") {
+		t.Fatalf("%s", stdout)
+	}
+	// Outputs of different sources are not one package's builds.
+	other := filepath.Join(t.TempDir(), "other")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", testenv.HeadersDir(t, testenv.Release53), "-o", other, testenv.TestModuleSource(t, "pair")); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	_, stderr, code = kmpackIn(t, cache, "kernels", "--builds", out53, "--builds", other, testenv.HeadersDir(t, testenv.Release53))
+	if code != exitInput || !strings.Contains(stderr, other+": a build of ") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
