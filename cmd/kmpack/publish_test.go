@@ -166,6 +166,12 @@ func TestPublishAptJudgedByApt(t *testing.T) {
 	if !sameFiles(first, snapshot(t, repo)) {
 		t.Errorf("publishing the same packages again changed the repository")
 	}
+	// Without SOURCE_DATE_EPOCH (metadata would be dated now) too: nothing to write, nothing written.
+	t.Setenv("SOURCE_DATE_EPOCH", "")
+	if stdout, stderr, code := publish(out); code != 0 || !strings.Contains(stdout, "unchanged") || !sameFiles(first, snapshot(t, repo)) {
+		t.Fatalf("publish without SOURCE_DATE_EPOCH: exit %d: %s%s", code, stdout, stderr)
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 
 	// apt with the key: update accepts the signature, install works.
 	pkg := "kmpack-hello-modules-" + r53
@@ -599,5 +605,17 @@ func TestPublishRPMMDJudgedByZypper(t *testing.T) {
 	}
 	if !named {
 		t.Errorf("zypper's refusal names no ksym() of 6.12's CRCs:\n%s", o)
+	}
+	// A repomd.xml changed after signing: zypper's refresh refuses it.
+	md := filepath.Join(repo, "repodata/repomd.xml")
+	b, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(md, append(b, "<!-- changed -->\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if o, code := zypper("ref", "-f", "kmpack"); code == 0 || !strings.Contains(strings.ToLower(o), "signature verification failed") {
+		t.Errorf("zypper ref with a repomd.xml changed after signing: %d, want a refusal naming the signature\n%s", code, o)
 	}
 }
