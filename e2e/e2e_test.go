@@ -38,6 +38,9 @@ type testPackage struct {
 	installed []string
 	probe     string
 	params    []string
+	// classes builds it with build --classes: kernels its first build loads in are served by
+	// that build (a debian package of their own carrying it), not built for.
+	classes bool
 	// built is filled in: the build's packages by (profile, kernel), and its module files by kernel.
 	built   map[[2]string]formats.Written
 	outDir  string
@@ -64,6 +67,57 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+// servedSource is the hello module renamed kmpack_served (package kmpack-served).
+func servedSource(t *testing.T) string {
+	dir := testenv.TestModuleSource(t, "hello")
+	for _, f := range []string{"kmpack.yaml", "Kbuild"} {
+		p := filepath.Join(dir, f)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = []byte(strings.NewReplacer("kmpack-hello", "kmpack-served", "kmpack_hello", "kmpack_served").Replace(string(b)))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func debFile0(t *testing.T, p *testPackage, kernel string) string {
+	w, ok := p.built[[2]string{"debian", kernel}]
+	if !ok {
+		t.Fatalf("no debian package for %s in %v", kernel, p.built)
+	}
+	return filepath.Join(p.outDir, formats.PackagesDir, w.File)
+}
+
+// checkServed checks a --classes build of two kernels: the older built, the newer served by it
+// (the manifest says so, with compatible verdicts), its debian package carrying the older build,
+// and no suse or rhel package for it (weak-updates serves it there).
+func checkServed(t *testing.T, p *testPackage, m *manifest.Manifest, deb54, r53, r54 string) {
+	k53, k54 := m.Kernel(r53), m.Kernel(r54)
+	if k53 == nil || k54 == nil || k53.Status != manifest.StatusBuilt || k54.Status != manifest.StatusServed || k54.ServedBy != r53 ||
+		len(k54.Serving) == 0 || !k54.Serving[0].Compatible || m.Summary.Served != 1 || m.Summary.Built != 1 {
+		t.Fatalf("--classes: want %s built and %s served by it: %+v %+v", r53, r54, k53, k54)
+	}
+	x := t.TempDir()
+	run(t, "dpkg-deb", "-x", deb54, x)
+	ko := filepath.Join(x, "lib/modules", r54, "updates/kmpack-served/kmpack_served.ko")
+	mi, err := module.ReadModule(ko)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(mi.Vermagic, r53+" ") {
+		t.Fatalf("the served kernel's package carries vermagic %q, want the %s build's", mi.Vermagic, r53)
+	}
+	for _, prof := range []string{"suse", "rhel"} {
+		if _, ok := p.built[[2]string{prof, r54}]; ok {
+			t.Errorf("%s: a package for the served kernel %s (weak-updates serves it)", prof, r54)
+		}
+	}
+}
+
 func TestPackagesLoadInRealKernels(t *testing.T) {
 	testenv.Need(t, "qemu-system-x86_64", "busybox", "cpio", "gzip", "dpkg", "rpm", "depmod", "modprobe")
 	start := time.Now()
@@ -83,6 +137,10 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		// b uses a symbol a exports: built for 54 only, both must load in 53, a first.
 		"kmpack-pair": {source: func(t *testing.T) string { return testenv.TestModuleSource(t, "pair") },
 			installed: []string{r54}, probe: "kmpack_pair_b"},
+		// hello as kmpack_served, built with --classes: built for 53 only, 54 is served by that
+		// build; its debian package for 54 carries the 53 build (vermagic 6.1.0-53-amd64), which
+		// 54 must load from updates/ (with modversions the kernel ignores the release in vermagic).
+		"kmpack-served": {source: servedSource, installed: []string{r53, r54}, probe: "kmpack_served", classes: true},
 		// Debian's v4l2loopback-dkms source: needs the kernel's videodev and mc; installed for both.
 		"v4l2loopback": {source: func(t *testing.T) string { return testenv.CorpusSource(t, "v4l2loopback-dkms", t.TempDir()) },
 			installed: []string{r53, r54}, probe: "v4l2loopback"},
@@ -94,6 +152,9 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		p := pkgs[name]
 		p.outDir = filepath.Join(t.TempDir(), "out")
 		args := []string{"--cache-dir", cache, "build", "-q", "-o", p.outDir, "--profile", "debian,suse,rhel", "--no-source-package"}
+		if p.classes {
+			args = append(args, "--classes")
+		}
 		for _, k := range kernels {
 			args = append(args, "-k", testenv.HeadersDir(t, k))
 		}
@@ -116,6 +177,9 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.modules = map[string][]string{}
+		if p.classes {
+			checkServed(t, p, &m, debFile0(t, p, r54), r53, r54)
+		}
 		for _, kb := range m.Kernels {
 			for _, bm := range kb.Modules {
 				p.modules[kb.Release] = append(p.modules[kb.Release], filepath.Join(p.outDir, bm.File))

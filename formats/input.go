@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -32,6 +33,10 @@ type Kernel struct {
 	// from ksym() requirements; others may leave it nil.
 	Symvers *module.Symvers
 	Modules []Module
+	// ServedBy is set for a kernel not built for (build --classes): Modules are the build of
+	// the kernel ServedBy, which load in this one. Profiles package it or leave it to
+	// weak-updates (Options.Served).
+	ServedBy string
 }
 
 // Module is one module file as it installs.
@@ -70,6 +75,29 @@ type Options struct {
 	Runtime *Runtime
 	// Signing, when set, signs RPMs (OpenPGP) and apk packages (RSA).
 	Signing *PackageSigning
+	// Served says what a kernel served by another kernel's build gets: ServedPackage (a
+	// package of its own carrying that build), ServedWeakUpdates (none: the build's package
+	// reaches it through weak-updates), or "" for each profile's default (ServedDefault).
+	Served string
+}
+
+// What a served kernel gets (Options.Served).
+const (
+	ServedPackage     = "package"
+	ServedWeakUpdates = "weak-updates"
+)
+
+// ServedDefault is a profile's choice for served kernels. SUSE and Red Hat users install one
+// KMP/kmod per kernel series and let weak-updates link it into every kernel it loads in (the
+// distributions' own practice: a KMP built for a service pack's first kernel); a Debian, Arch
+// or Alpine package is per kernel release (it depends on that kernel's image and installs into
+// its /lib/modules), so a served kernel gets a package of its own carrying the class build.
+func ServedDefault(profile string) string {
+	switch profile {
+	case "suse", "rhel":
+		return ServedWeakUpdates
+	}
+	return ServedPackage
 }
 
 // SourceDateEpoch returns SOURCE_DATE_EPOCH as a time, or the current time when it is unset.
@@ -157,12 +185,41 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 		return nil, err
 	}
 	defer root.Close()
+	built := map[string][]Module{}
+	modulesOf := func(kb *manifest.KernelBuild) ([]Module, error) {
+		if mods, ok := built[kb.Release]; ok {
+			return mods, nil
+		}
+		files, err := manifest.ReadModules(root, outDir, kb)
+		if err != nil {
+			return nil, err
+		}
+		var mods []Module
+		for _, f := range files {
+			mods = append(mods, Module{Info: f.Info, FileName: filepath.Base(f.Path), Body: f.Body})
+		}
+		built[kb.Release] = mods
+		return mods, nil
+	}
 	var out []Kernel
 	for _, kb := range m.Kernels {
-		if kb.Status != manifest.StatusBuilt || len(kb.Modules) == 0 {
+		from := kb
+		switch {
+		case kb.Status == manifest.StatusServed:
+			// manifest.Read checked that it names a build of this output.
+			if from = m.Kernel(kb.ServedBy); from == nil || from.Status != manifest.StatusBuilt {
+				return nil, kmp.InputErrorf(filepath.Join(outDir, "manifest.json"), "kernel %s: served by %q, which is not a build of this output", kb.Release, kb.ServedBy)
+			}
+		case kb.Status != manifest.StatusBuilt:
+			continue
+		}
+		if len(from.Modules) == 0 {
 			continue
 		}
 		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch}
+		if from != kb {
+			k.ServedBy = from.Release
+		}
 		if t := trees[kb.Release]; t != nil && t.Symvers != nil && t.Symvers.Path != "" {
 			sv, err := module.ReadSymvers(t.Symvers.Path)
 			if err != nil {
@@ -170,12 +227,8 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 			}
 			k.Symvers = sv
 		}
-		files, err := manifest.ReadModules(root, outDir, kb)
-		if err != nil {
+		if k.Modules, err = modulesOf(from); err != nil {
 			return nil, err
-		}
-		for _, f := range files {
-			k.Modules = append(k.Modules, Module{Info: f.Info, FileName: filepath.Base(f.Path), Body: f.Body})
 		}
 		out = append(out, k)
 	}

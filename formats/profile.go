@@ -95,8 +95,15 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		if err != nil {
 			return nil, err
 		}
+		served := opts.Served
+		if served == "" {
+			served = ServedDefault(name)
+		}
 		var kernelPkgs []*Package
 		for i := range in.Kernels {
+			if in.Kernels[i].ServedBy != "" && served != ServedPackage {
+				continue // the build's own package reaches this kernel through weak-updates
+			}
 			p, err := prof.KernelPackage(in, &in.Kernels[i], opts)
 			if err != nil {
 				return nil, fmt.Errorf("%s package for %s: %w", name, in.Kernels[i].Release, err)

@@ -2,10 +2,13 @@ package weakupdates
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
+	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
@@ -222,4 +225,42 @@ func (t *Target) lookup(name string) (module.Symbol, bool) {
 	}
 	s, ok := t.Extra[name]
 	return s, ok
+}
+
+// ClassJudge is build --classes' judge: a kernel is served by another's build when every module
+// of that build loads there (Check). Each target kernel is opened once (its probe module built
+// once, cached under opts.CacheDir); it is safe for concurrent use.
+func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
+	type opened struct {
+		once sync.Once
+		t    *Target
+		err  error
+	}
+	var mu sync.Mutex
+	targets := map[string]*opened{}
+	return func(built *kernel.KernelTree, mods []*module.ModuleInfo, target *kernel.KernelTree) (bool, []manifest.SiblingVerdict) {
+		mu.Lock()
+		o := targets[target.Dir]
+		if o == nil {
+			o = &opened{}
+			targets[target.Dir] = o
+		}
+		mu.Unlock()
+		o.once.Do(func() { o.t, o.err = OpenTarget(ctx, target.Dir, opts) })
+		if o.err != nil {
+			// A kernel that cannot be judged is built: never served on a guess.
+			return false, []manifest.SiblingVerdict{{Kernel: target.Release, Reasons: []string{"not judged: " + o.err.Error()}}}
+		}
+		ok := true
+		var out []manifest.SiblingVerdict
+		for _, v := range Check(mods, o.t) {
+			sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
+			for _, r := range v.Reasons {
+				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
+			}
+			ok = ok && v.Compatible
+			out = append(out, sv)
+		}
+		return ok && len(out) > 0, out
+	}
 }

@@ -77,6 +77,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON on stdout instead of a summary"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines"},
 			&cli.StringSliceFlag{Name: "siblings", Usage: "also judge whether each kernel's modules load in these kernels (trees, symvers files, /lib/modules/<release>; see kmpack compat) and record it in the manifest"},
+			&cli.BoolFlag{Name: "classes", Usage: "build one kernel per class: in each flavor and series, build the oldest kernel, serve every other kernel its modules load in (the compat check) from that build, and build only for kernels it cannot serve; the manifest says which build serves which kernel, with the verdicts"},
 			&cli.StringSliceFlag{Name: "kernel-repo", Usage: "also build against kernels from this repository, downloaded and unpacked into the cache (repeatable; see kmpack kernels --repo, and --flavor, --release, --latest)"},
 		}, append(append(packagingFlags(), signingFlags()...), repoSelectFlags()...)...),
 		Action: runBuild,
@@ -181,6 +182,9 @@ func runBuild(c *cli.Context) error {
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
 	}
 	opts.CacheDir, opts.Refresh = c.String("cache-dir"), c.Bool("no-cache")
+	if c.Bool("classes") {
+		opts.Classes = weakupdates.ClassJudge(ctx, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
+	}
 	if len(siblings) > 0 {
 		opts.Siblings = func(release string, mods []*module.ModuleInfo) []manifest.SiblingVerdict {
 			return weakupdates.Siblings(release, mods, siblings)
@@ -246,6 +250,8 @@ func printBuildSummary(w io.Writer, m *manifest.Manifest, outDir string) {
 				names = append(names, filepath.Base(mod.File))
 			}
 			detail = fmt.Sprintf("%5.1fs  %s", k.Duration, strings.Join(names, " "))
+		case manifest.StatusServed:
+			detail = "by the build for " + k.ServedBy + " (its modules load here)"
 		default:
 			detail = k.Reason
 			if k.Status == manifest.StatusFailed && k.Log != "" {
@@ -270,10 +276,14 @@ func printBuildSummary(w io.Writer, m *manifest.Manifest, outDir string) {
 		}
 	}
 	s := m.Summary
-	fmt.Fprintf(w, "%d built (%d from cache), %d skipped, %d failed\n", s.Built, s.Cached, s.Skipped, s.Failed)
+	served := ""
+	if s.Served > 0 {
+		served = fmt.Sprintf(", %d served by another kernel's build", s.Served)
+	}
+	fmt.Fprintf(w, "%d built (%d from cache)%s, %d skipped, %d failed\n", s.Built, s.Cached, served, s.Skipped, s.Failed)
 	allCached := s.Built+s.Failed > 0
 	for _, k := range m.Kernels {
-		allCached = allCached && (k.Cached || k.Status == manifest.StatusSkipped)
+		allCached = allCached && (k.Cached || k.Status == manifest.StatusSkipped || k.Status == manifest.StatusServed)
 	}
 	if allCached {
 		fmt.Fprintln(w, "nothing rebuilt: every build was up to date in the cache")

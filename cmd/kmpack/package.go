@@ -30,6 +30,7 @@ func packagingFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "profile", Aliases: []string{"p"}, Usage: "distro conventions: suse, rhel (rpm), debian (deb), alpine (apk), arch (archlinux)"},
 		&cli.BoolFlag{Name: "usrmerge", Usage: "suse: install modules under /usr/lib/modules (Tumbleweed, SLE 16)"},
 		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
+		&cli.StringFlag{Name: "served", Usage: "what a kernel served by another kernel's build (build --classes) gets: package (a package of its own carrying that build) or weak-updates (none: the build's package reaches it); default per profile: weak-updates for suse and rhel, package for the others"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
@@ -146,7 +147,12 @@ func splitList(vals []string) []string {
 // writePackages packages a build and prints what was written. Metadata a format forbids is bad
 // input (exit 3); the packages directory is only replaced when every package was written.
 func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, signing *formats.PackageSigning, w io.Writer) error {
-	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing}
+	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing, Served: c.String("served")}
+	switch opts.Served {
+	case "", formats.ServedPackage, formats.ServedWeakUpdates:
+	default:
+		return usagef("--served: %q is neither package nor weak-updates", opts.Served)
+	}
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
 		rt, err := selfRuntime()
 		if err != nil {
@@ -233,7 +239,7 @@ func runPackage(c *cli.Context) error {
 	}
 	var trees []*kernel.KernelTree
 	for _, k := range m.Kernels {
-		if k.Status != manifest.StatusBuilt {
+		if k.Status != manifest.StatusBuilt && k.Status != manifest.StatusServed {
 			continue
 		}
 		t, err := kernel.OpenKernelTree(k.Tree)

@@ -75,6 +75,10 @@ type BuildOptions struct {
 	// Siblings, when set, judges each built kernel's modules against other kernels (kmpack
 	// build --siblings); its verdicts are recorded in the manifest.
 	Siblings func(release string, modules []*module.ModuleInfo) []manifest.SiblingVerdict
+	// Classes, when set, builds one kernel per class (kmpack build --classes): kernels of one
+	// flavor, architecture, series and plan are built oldest first, and a kernel the judge
+	// says an earlier build's modules load in is served by it (StatusServed) instead of built.
+	Classes ClassJudge
 }
 
 // ProgressEvent is a kernel's build changing state.
@@ -238,21 +242,30 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	}
 	defer b.js.close()
 
-	var wg sync.WaitGroup
 	for _, j := range b.jobs {
 		b.progress(ProgressEvent{Release: j.tree.Release, Status: manifest.StatusQueued})
-		wg.Add(1)
-		go func(j *kernelJob) {
-			defer wg.Done()
-			defer func() {
-				if r := recover(); r != nil {
-					b.setFatal(fmt.Errorf("internal error building for %s: %v", j.tree.Release, r))
-				}
-			}()
-			b.runKernel(ctx, j)
-		}(j)
 	}
-	wg.Wait()
+	run := func(jobs []*kernelJob) {
+		var wg sync.WaitGroup
+		for _, j := range jobs {
+			wg.Add(1)
+			go func(j *kernelJob) {
+				defer wg.Done()
+				defer func() {
+					if r := recover(); r != nil {
+						b.setFatal(fmt.Errorf("internal error building for %s: %v", j.tree.Release, r))
+					}
+				}()
+				b.runKernel(ctx, j)
+			}(j)
+		}
+		wg.Wait()
+	}
+	if opts.Classes != nil {
+		b.buildClasses(run)
+	} else {
+		run(b.jobs)
+	}
 	if b.fatal != nil {
 		return nil, b.fatal
 	}
@@ -276,6 +289,8 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			}
 		case manifest.StatusSkipped:
 			m.Summary.Skipped++
+		case manifest.StatusServed:
+			m.Summary.Served++
 		case manifest.StatusFailed:
 			m.Summary.Failed++
 			if opts.KeepWork {
@@ -436,6 +451,12 @@ func (b *builder) warn(msg string) {
 	}
 	b.warned[msg] = true
 	b.opts.Warn(msg)
+}
+
+func (b *builder) fatalErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fatal
 }
 
 func (b *builder) setFatal(err error) {

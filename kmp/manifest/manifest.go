@@ -14,6 +14,9 @@ const (
 	StatusBuilt    KernelStatus = "built"
 	StatusSkipped  KernelStatus = "skipped"
 	StatusFailed   KernelStatus = "failed"
+	// StatusServed is a kernel not built for (kmpack build --classes): the modules built for
+	// KernelBuild.ServedBy load there, as KernelBuild.Serving's verdicts say.
+	StatusServed KernelStatus = "served"
 )
 
 // SiblingVerdict says whether one module built for a kernel can load in a sibling kernel, and
@@ -68,6 +71,8 @@ type BuildSummary struct {
 	Cached  int `json:"cached"`
 	Skipped int `json:"skipped"`
 	Failed  int `json:"failed"`
+	// Served counts kernels served by another kernel's build (build --classes).
+	Served int `json:"served,omitempty"`
 }
 
 // Where a kernel's build ran (KernelBuild.Paths).
@@ -106,6 +111,10 @@ type KernelBuild struct {
 	Warnings []string         `json:"warnings,omitempty"`
 	// Siblings are the modules' verdicts against the kernels of build --siblings.
 	Siblings []SiblingVerdict `json:"siblings,omitempty"`
+	// ServedBy is, for a served kernel, the release whose build serves it; Serving are that
+	// build's modules' verdicts against this kernel (all compatible).
+	ServedBy string           `json:"served_by,omitempty"`
+	Serving  []SiblingVerdict `json:"serving,omitempty"`
 }
 
 // ExcludedModule is a module BUILD_EXCLUSIVE kept out of one kernel's build.

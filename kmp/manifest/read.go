@@ -69,6 +69,15 @@ func Read(dir string) (*Manifest, error) {
 			return nil, kmp.InputErrorf(p, "kernel %s: symvers %q is not one kmpack writes", k.Release, k.Symvers)
 		}
 	}
+	for _, k := range m.Kernels {
+		if k.Status != StatusServed && k.ServedBy == "" {
+			continue
+		}
+		by := m.Kernel(k.ServedBy)
+		if k.Status != StatusServed || len(k.Modules) > 0 || by == nil || by.Status != StatusBuilt || by.Flavor != k.Flavor || by.Arch != k.Arch {
+			return nil, kmp.InputErrorf(p, "kernel %s: served by %q, which is not a build of this output of its flavor", k.Release, k.ServedBy)
+		}
+	}
 	for _, c := range m.Certificates {
 		base := path.Base(c.File)
 		if ident.PathComponent(base) != nil || c.File != path.Join("certs", base) || path.Ext(base) != ".der" {
@@ -76,4 +85,14 @@ func Read(dir string) (*Manifest, error) {
 		}
 	}
 	return &m, nil
+}
+
+// Kernel returns the record of release, or nil.
+func (m *Manifest) Kernel(release string) *KernelBuild {
+	for _, k := range m.Kernels {
+		if k != nil && k.Release == release {
+			return k
+		}
+	}
+	return nil
 }
