@@ -1,13 +1,16 @@
 package repo_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -437,5 +440,70 @@ func TestFetchProgress(t *testing.T) {
 	}
 	if strings.ContainsAny(text, "\r\x1b") {
 		t.Fatal("terminal control codes in the progress output")
+	}
+}
+
+// TestMain runs this test binary as a kmpack process fetching one file when TestFetchTwoProcesses
+// starts it with KMPACK_FETCH_HELPER=URL SHA256 SIZE CACHEDIR: progress on stdout, then the path.
+func TestMain(m *testing.M) {
+	if args := strings.Fields(os.Getenv("KMPACK_FETCH_HELPER")); len(args) == 4 {
+		size, _ := strconv.ParseInt(args[2], 10, 64)
+		f := &repo.Fetcher{CacheDir: args[3], Progress: os.Stdout}
+		path, err := f.Fetch(context.Background(), args[0], args[1], size)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Printf("path %s\n", path)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestFetchTwoProcesses(t *testing.T) {
+	gate := make(chan struct{})
+	s := newDebServer(t, func(s *debServer) { s.gate = gate })
+	cache := t.TempDir()
+	var once sync.Once
+	var wg sync.WaitGroup
+	outs := make([]string, 2)
+	errs := make([]error, 2)
+	for i := range 2 {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "KMPACK_FETCH_HELPER="+strings.Join([]string{s.url, s.sum, strconv.Itoa(len(s.b)), cache}, " "))
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b strings.Builder
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				b.WriteString(sc.Text() + "\n")
+				// The server holds the first download until the other process waits for it.
+				if strings.HasPrefix(sc.Text(), "waiting for another download of ") {
+					once.Do(func() { close(gate) })
+				}
+			}
+			outs[i], errs[i] = b.String(), cmd.Wait()
+		}()
+	}
+	wg.Wait()
+	final := filepath.Join((&repo.Fetcher{CacheDir: cache}).ObjectsDir(), s.sum)
+	for i := range 2 {
+		if errs[i] != nil || !strings.Contains(outs[i], "path "+final+"\n") {
+			t.Fatalf("process %d: %v\n%s", i, errs[i], outs[i])
+		}
+	}
+	checkFetched(t, s, final)
+	all := outs[0] + outs[1]
+	if len(s.requests()) != 1 || s.fullBodies() != 1 || !strings.Contains(all, "waiting for another download of "+s.url+"\n") {
+		t.Fatalf("%d requests, %d whole bodies; output:\n%s", len(s.requests()), s.fullBodies(), all)
 	}
 }
