@@ -507,3 +507,25 @@ func TestFetchTwoProcesses(t *testing.T) {
 		t.Fatalf("%d requests, %d whole bodies; output:\n%s", len(s.requests()), s.fullBodies(), all)
 	}
 }
+
+func TestFetchResumesAfterCancel(t *testing.T) {
+	s := newDebServer(t, func(s *debServer) { s.slow = 20 * time.Millisecond })
+	f := &repo.Fetcher{CacheDir: t.TempDir()}
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	defer cancel()
+	if _, err := f.Fetch(ctx, s.url, s.sum, int64(len(s.b))); err == nil || !strings.Contains(err.Error(), "kept to resume from") {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(partOf(f, s.sum))
+	if err != nil || fi.Size() == 0 || fi.Size() >= int64(len(s.b)) {
+		t.Fatalf("partial file after cancelling: %v %v", fi, err)
+	}
+	path, err := f.Fetch(context.Background(), s.url, s.sum, int64(len(s.b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFetched(t, s, path)
+	if reqs := s.requests(); len(reqs) != 2 || reqs[1].Get("Range") != "bytes="+strconv.FormatInt(fi.Size(), 10)+"-" {
+		t.Fatalf("requests %v", reqs)
+	}
+}
