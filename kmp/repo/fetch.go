@@ -325,9 +325,8 @@ func (f *Fetcher) fetch(ctx context.Context, u, sum string, size int64) (string,
 	}
 	switch st {
 	case cacheGood:
-		if fi, err := part.Stat(); err == nil && fi.Size() == 0 {
-			os.Remove(part.Name())
-		}
+		os.Remove(part.Name()) // ours while locked, and of no more use
+		os.Remove(validatorPath(part.Name()))
 		return final, -1, nil
 	case cacheBad:
 		f.progress("cached %s does not match its SHA-256 %s: removed, fetching it again", u, sum)
@@ -405,8 +404,7 @@ func (f *Fetcher) download(ctx context.Context, u, sum string, size int64, part 
 		return 0, err
 	}
 	have := fi.Size()
-	scheme, _, _ := strings.Cut(u, ":")
-	if have > limit || scheme != "http" && scheme != "https" {
+	if have > limit || !isHTTP(u) {
 		have = 0
 	}
 	h := sha256.New()
@@ -515,7 +513,7 @@ func (f *Fetcher) request(ctx context.Context, u string, part *os.File, have, si
 	} else {
 		f.progress("fetching %s%s", u, sizeText)
 	}
-	if scheme, _, _ := strings.Cut(u, ":"); scheme != "http" && scheme != "https" {
+	if !isHTTP(u) {
 		r, err := f.open(ctx, u)
 		return r, 0, err
 	}
@@ -529,6 +527,12 @@ func (f *Fetcher) request(ctx context.Context, u string, part *os.File, have, si
 	}
 	writeValidator(part.Name(), resp)
 	return resp.Body, 0, nil
+}
+
+// isHTTP tells whether u is an http or https URL (which Range requests can resume).
+func isHTTP(u string) bool {
+	pu, err := url.Parse(u)
+	return err == nil && (pu.Scheme == "http" || pu.Scheme == "https")
 }
 
 // rangeStart is the first byte position of a Content-Range "bytes FIRST-LAST/LENGTH", or -1.
