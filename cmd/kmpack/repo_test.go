@@ -3,10 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kmpack/kmpack/internal/testenv"
@@ -221,5 +225,70 @@ func TestKernelsBuildsCoverage(t *testing.T) {
 	_, stderr, code = kmpackIn(t, cache, "kernels", "--builds", out53, "--builds", other, testenv.HeadersDir(t, testenv.Release53))
 	if code != exitInput || !strings.Contains(stderr, other+": a build of ") {
 		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
+// rpm-md repositories (createrepo_c) of devel RPMs made from a real headers tree, in SUSE's
+// layout (kernel-default-devel + kernel-devel) and RHEL's (kernel-devel with its uname -r
+// provide), served over HTTP with a signed repomd.xml: kmpack build --kernel-repo builds against each.
+func TestBuildKernelRepoRPM(t *testing.T) {
+	testenv.Need(t, "createrepo_c", "rpmbuild", "gpg")
+	base := t.TempDir()
+	suse, rhel := filepath.Join(base, "suse"), filepath.Join(base, "rhel")
+	common, flavor := testenv.StageSUSEDevel(t)
+	testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-devel", Version: "6.1.0", Release: "53.1", Arch: "noarch", Stage: common}, filepath.Join(suse, "noarch"))
+	testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-default-devel", Version: "6.1.0", Release: "53.1", Arch: "x86_64", Stage: flavor}, filepath.Join(suse, "x86_64"))
+	const rhelRelease = "6.1.0-53.el9.x86_64"
+	testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-devel", Version: "6.1.0", Release: "53.el9", Arch: "x86_64", Stage: testenv.StageRHELDevelAs(t, rhelRelease),
+		Provides: []string{"kernel-devel-uname-r = " + rhelRelease}}, filepath.Join(rhel, "x86_64"))
+	home, public := testenv.GPGHome(t, "archive")
+	for _, dir := range []string{suse, rhel} {
+		if out, err := exec.Command("createrepo_c", "--quiet", dir).CombinedOutput(); err != nil {
+			t.Fatalf("createrepo_c: %v %s", err, out)
+		}
+		md := filepath.Join(dir, "repodata/repomd.xml")
+		cmd := exec.Command("gpg", "--batch", "--yes", "--homedir", home, "--armor", "--detach-sign", "-o", md+".asc", md)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("gpg: %v %s", err, out)
+		}
+	}
+	var rpms atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".rpm") {
+			rpms.Add(1)
+		}
+		http.FileServer(http.Dir(base)).ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	cache := t.TempDir()
+	for _, c := range []struct {
+		repo, layout, listed, release, tree string
+		packages                            int32
+	}{
+		// The SUSE packages hold Debian's tree: the listing names the release SUSE's scheme
+		// gives, the build the tree's own.
+		{srv.URL + "/suse", "suse", "6.1.0-53.1-default  (suse layout", testenv.Release53, "/usr/src/linux-6.1.0-53-obj/x86_64/default", 2},
+		{srv.URL + "/rhel", "rhel", rhelRelease + "  (rhel layout", rhelRelease, "/usr/src/kernels/" + rhelRelease, 1},
+	} {
+		out, stderr, code := kmpackIn(t, cache, "kernels", "--keyring", public, "--repo", c.repo)
+		if code != 0 || !strings.Contains(out, c.listed) {
+			t.Fatalf("%s: exit %d: %s %s", c.layout, code, out, stderr)
+		}
+		before := rpms.Load()
+		outDir := filepath.Join(t.TempDir(), "out")
+		stdout, stderr, code := kmpackIn(t, cache, "build", "--json", "--keyring", public, "--kernel-repo", c.repo, "-o", outDir, testenv.ExampleSource(t, true))
+		var m manifest.Manifest
+		if err := json.Unmarshal([]byte(stdout), &m); err != nil || code != 0 {
+			t.Fatalf("%s: exit %d %v: %s", c.layout, code, err, stderr)
+		}
+		if len(m.Kernels) != 1 || m.Kernels[0].Release != c.release || len(m.Kernels[0].Modules) != 1 || strings.Contains(stderr, "not verified") {
+			t.Fatalf("%s: %s\n%s", c.layout, testenv.Truncate(stdout, 2000), stderr)
+		}
+		if !strings.HasSuffix(m.Kernels[0].Tree, c.tree) {
+			t.Errorf("%s: built against %s", c.layout, m.Kernels[0].Tree)
+		}
+		if got := rpms.Load() - before; got != c.packages {
+			t.Errorf("%s: %d RPM downloads, want %d", c.layout, got, c.packages)
+		}
 	}
 }
