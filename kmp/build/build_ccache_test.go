@@ -12,6 +12,7 @@ import (
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/sign"
 )
 
 // ccacheStats runs ccache --print-stats (or -z with zero) on a compile cache partition, as
@@ -163,5 +164,30 @@ func TestBuildCompileCacheWithoutCcache(t *testing.T) {
 	}
 	if _, err := os.Stat(cc); err == nil {
 		t.Error("a compile cache directory was made without ccache")
+	}
+}
+
+// Signing without private mounts, where a build could write any partition of the compile
+// cache: the compile cache is not used, with a warning.
+func TestBuildCompileCacheNotWhenSigningWithoutPrivateMounts(t *testing.T) {
+	testenv.Need(t, "ccache", "make", "gcc-12", "strip")
+	s, _ := signerFor(t, "kmpack compile cache test key")
+	var warnings []string
+	out := filepath.Join(t.TempDir(), "out")
+	m, err := runBuild(t, testenv.ExampleSource(t, true), testenv.KernelTrees(t, testenv.Release53), build.BuildOptions{
+		OutputDir: out, CompileCache: filepath.Join(t.TempDir(), "ccache"), NoPrivateMounts: true, Signers: []sign.Signer{*s},
+		Warn: func(s string) { warnings = append(warnings, s) }})
+	if err != nil || m.Summary.Built != 1 {
+		t.Fatalf("%v %+v", err, m)
+	}
+	found := false
+	for _, w := range warnings {
+		found = found || strings.Contains(w, "the compile cache is not used")
+	}
+	if !found {
+		t.Errorf("warnings %q", warnings)
+	}
+	if log := testenv.MustRead(t, filepath.Join(out, m.Kernels[0].Log)); bytes.Contains(log, []byte("ccache")) {
+		t.Error("the build used ccache")
 	}
 }
