@@ -702,7 +702,11 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 			ws.SourceDir, ws.HostSourceDir, filepath.Dir(ws.BuildDir), filepath.Dir(ws.HostBuildDir), ws.KernelDir, tree.Dir)
 	}
 	if b.ccache != "" {
-		fmt.Fprintf(j.log, "compile cache: CC=%s, CCACHE_DIR=%s\n\n", b.cc(tree), b.ccache)
+		if tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
+			fmt.Fprintf(j.log, "compile cache: CC=%s, CCACHE_DIR=%s\n\n", b.cc(tree), b.ccache)
+		} else {
+			fmt.Fprintf(j.log, "compile cache: not used (kmpack names no gcc for this kernel)\n\n")
+		}
 	}
 
 	for _, p := range plan.Patches {
@@ -769,7 +773,7 @@ func (b *builder) insertMakeVars(cmd string, tree *kernel.KernelTree) string {
 // cc is the CC a build of tree gets: the kernel's compiler, through ccache with the compile
 // cache. (Only a compiler kmpack names goes through ccache; clang kernels are not named.)
 func (b *builder) cc(tree *kernel.KernelTree) string {
-	if b.ccache != "" && tree.Compiler.Kind == "gcc" {
+	if b.ccache != "" && tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
 		return "ccache " + tree.Compiler.Command
 	}
 	return tree.Compiler.Command
