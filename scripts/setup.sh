@@ -20,6 +20,8 @@ PACKAGES=(
   # The end-to-end suite boots Debian's kernels with a busybox initramfs; the signature proof
   # boots through OVMF (UEFI firmware) with a certificate in db of a copy of its variable store.
   qemu-system-x86 busybox-static ovmf
+  # kmpack build --compile-cache reuses compiles through Debian's ccache.
+  ccache
   # kmpack man is checked by rendering it with man-db (groff).
   man-db groff-base
   # Build dependencies of the corpus sources compared with dkms (what their -dkms packages

@@ -70,6 +70,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "module compression: auto (the kernel's CONFIG_MODULE_COMPRESS_*), none, gzip, xz, zstd"},
 			&cli.BoolFlag{Name: "no-strip", Usage: "keep debug info in all modules (default: strip -g as dkms does, unless STRIP says no)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything, ignoring cached results (fresh results replace the cache's)"},
+			&cli.BoolFlag{Name: "compile-cache", Usage: "reuse compiled objects whose compiler input did not change (ccache, in <cache-dir>/ccache; same modules, byte for byte)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "fail a kernel whose build takes longer than this (e.g. 30m; 0: no limit)"},
 			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
 			&cli.BoolFlag{Name: "no-private-mounts", Usage: "build in $TMPDIR workspaces instead of at dkms's paths in private mount namespaces"},
@@ -184,6 +185,9 @@ func runBuild(c *cli.Context) error {
 	opts.CacheDir, opts.Refresh = c.String("cache-dir"), c.Bool("no-cache")
 	if c.Bool("classes") {
 		opts.Classes = weakupdates.ClassJudge(ctx, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
+	}
+	if c.Bool("compile-cache") {
+		opts.CompileCache = filepath.Join(c.String("cache-dir"), "ccache")
 	}
 	if len(siblings) > 0 {
 		opts.Siblings = func(release string, mods []*module.ModuleInfo) []manifest.SiblingVerdict {

@@ -39,6 +39,11 @@ type BuildOptions struct {
 	Jobs int
 	// CacheDir holds finished builds (CacheDir/builds/<key>); "" disables the cache.
 	CacheDir string
+	// CompileCache, when set, is where compile results are kept for reuse by later compiles
+	// with the same input (ccache, run from PATH; see ccache.go), one partition per source
+	// name; the modules are the same bytes as without it, and so is the build cache's key.
+	// Without ccache on PATH, Warn says so once and the build goes on without it.
+	CompileCache string
 	// Refresh ignores what the cache holds (kmpack build --no-cache); fresh results still
 	// replace the cache's entries.
 	Refresh bool
@@ -139,9 +144,11 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		}
 	}
 	excl := append([]string{out}, opts.Secrets...) // signing keys kept in the source are no build input
-	if opts.CacheDir != "" {
-		if c, err := filepath.Abs(opts.CacheDir); err == nil {
-			excl = append(excl, c)
+	for _, d := range []string{opts.CacheDir, opts.CompileCache} {
+		if d != "" {
+			if c, err := filepath.Abs(d); err == nil {
+				excl = append(excl, c)
+			}
 		}
 	}
 	src = src.Excluding(excl...)
@@ -184,6 +191,21 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 		// be signed with the vendor's key: signed builds then rebuild everything.
 		b.opts.Refresh = true
 		b.warn("signing without private mount namespaces: cached builds are not reused (a build could have planted modules in the cache); every kernel is rebuilt")
+	}
+	if opts.CompileCache != "" {
+		switch {
+		case len(opts.Signers) > 0 && !private:
+			b.warn("signing without private mount namespaces: the compile cache is not used (a build could have planted objects in it)")
+		default:
+			dir, note, err := openCompileCache(opts.CompileCache, src.Name)
+			if err != nil {
+				return nil, fmt.Errorf("compile cache: %w", err)
+			}
+			if note != "" {
+				b.warn(note)
+			}
+			b.ccache = dir
+		}
 	}
 	for _, t := range trees {
 		ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
@@ -413,6 +435,7 @@ type builder struct {
 	jobs    []*kernelJob
 	cache   *os.Root
 	cancel  context.CancelCauseFunc
+	ccache  string // the compile cache partition (CCACHE_DIR) this build uses, or ""
 	workTag string // proc.OwnerEnv=<workspace>, in every child's environment
 	bash    string // the shell that runs build commands, found on PATH once
 
@@ -681,16 +704,30 @@ func (b *builder) buildKernel(ctx context.Context, j *kernelJob) (reason string,
 	}
 	if ws.Private {
 		protect := []string{b.stage}
-		if b.opts.CacheDir != "" {
-			if c, err := filepath.Abs(b.opts.CacheDir); err == nil {
-				protect = append(protect, c)
+		for _, d := range []string{b.opts.CacheDir, b.opts.CompileCache} {
+			if d != "" {
+				if c, err := filepath.Abs(d); err == nil {
+					protect = append(protect, c)
+				}
 			}
 		}
-		if j.mounts, err = privateMounts(ws, tree, protect, b.opts.Secrets); err != nil {
+		var writable []string
+		if b.ccache != "" {
+			// Its own source's partition of the (read-only) compile cache.
+			writable = append(writable, b.ccache)
+		}
+		if j.mounts, err = privateMounts(ws, tree, protect, writable, b.opts.Secrets); err != nil {
 			return "", fmt.Errorf("private build mounts: %w", err)
 		}
 		fmt.Fprintf(j.log, "private mounts: %s is %s, %s is %s, %s leads to %s (read-only)\n\n",
 			ws.SourceDir, ws.HostSourceDir, filepath.Dir(ws.BuildDir), filepath.Dir(ws.HostBuildDir), ws.KernelDir, tree.Dir)
+	}
+	if b.ccache != "" {
+		if tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
+			fmt.Fprintf(j.log, "compile cache: CC=%s, CCACHE_DIR=%s\n\n", b.cc(tree), b.ccache)
+		} else {
+			fmt.Fprintf(j.log, "compile cache: not used (kmpack names no gcc for this kernel)\n\n")
+		}
 	}
 
 	for _, p := range plan.Patches {
@@ -749,9 +786,18 @@ func (b *builder) insertMakeVars(cmd string, tree *kernel.KernelTree) string {
 	}
 	ins := "make KERNELRELEASE=" + kmp.ShellQuote(tree.Release)
 	if tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
-		ins += " CC=" + kmp.ShellQuote(tree.Compiler.Command)
+		ins += " CC=" + kmp.ShellQuote(b.cc(tree))
 	}
 	return ins + rest
+}
+
+// cc is the CC a build of tree gets: the kernel's compiler, through ccache with the compile
+// cache. (Only a compiler kmpack names goes through ccache; clang kernels are not named.)
+func (b *builder) cc(tree *kernel.KernelTree) string {
+	if b.ccache != "" && tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
+		return "ccache " + tree.Compiler.Command
+	}
+	return tree.Compiler.Command
 }
 
 // hook runs PRE_BUILD or POST_BUILD. dkms runs these as scripts relative to the build directory
@@ -823,7 +869,10 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 		env = append(env, "KCFLAGS=-ffile-prefix-map="+j.ws.BuildDir+"=/usr/src/"+j.plan.Name+"-"+j.plan.Version)
 	}
 	if cc := j.tree.Compiler; cc.Available {
-		env = append(env, "CC="+cc.Command)
+		env = append(env, "CC="+b.cc(j.tree))
+	}
+	if b.ccache != "" {
+		env = ccacheEnv(env, b.ccache)
 	}
 	var cmd *exec.Cmd
 	var err error

@@ -182,10 +182,11 @@ func TestNoPrivateMountsUsesWorkspaces(t *testing.T) {
 // the signing key reads as empty, and the build cache and the staged output are read-only, so
 // a build cannot plant a module that kmpack would take from the cache and sign.
 func TestBuildCannotReachSecretsOrCache(t *testing.T) {
-	testenv.Need(t, "make", "strip")
+	testenv.Need(t, "make", "strip", "ccache")
 	s, kp := signerFor(t, "kmpack secret test key")
 	cache := t.TempDir()
 	t.Setenv("KMPACK_SIGN_PASSPHRASE", "hunter2-secret")
+	t.Setenv("CCACHE_HARDLINK", "1") // the caller's ccache settings do not reach a build
 	dir := filepath.Join(t.TempDir(), "kmpack-secrets-1.0")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -196,6 +197,11 @@ if env | grep -v '^KMPACK_WORK=' | grep -q '^KMPACK_'; then echo "KMPACK_ variab
 test -e '` + kp.Key + `' || { echo "key file not there at all" >&2; exit 1; }
 if test -s '` + kp.Key + `'; then echo "signing key readable" >&2; exit 1; fi
 if touch '` + cache + `/planted' 2>/dev/null; then echo "cache writable" >&2; exit 1; fi
+# The compile cache: this source's partition is writable, the rest is not.
+case "$CCACHE_DIR" in '` + cache + `/ccache/'*) ;; *) echo "CCACHE_DIR=$CCACHE_DIR" >&2; exit 1;; esac
+if test -n "$CCACHE_HARDLINK"; then echo "caller's CCACHE_HARDLINK in the environment" >&2; exit 1; fi
+touch "$CCACHE_DIR/written" || { echo "compile cache partition not writable" >&2; exit 1; }
+if touch "$CCACHE_DIR/../planted" 2>/dev/null; then echo "compile cache writable outside the partition" >&2; exit 1; fi
 echo checked > checked.txt
 `
 	for name, body := range map[string]string{
@@ -217,7 +223,8 @@ echo checked > checked.txt
 		t.Fatal(err)
 	}
 	m, err := build.Build(context.Background(), src, testenv.KernelTrees(t, testenv.Release53), build.BuildOptions{Jobs: 2,
-		OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache, Signers: []sign.Signer{*s}, Secrets: []string{kp.Key}})
+		OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache, CompileCache: filepath.Join(cache, "ccache"),
+		Signers: []sign.Signer{*s}, Secrets: []string{kp.Key}})
 	if err != nil {
 		for _, k := range m.Kernels {
 			t.Logf("%s: %s\n%s", k.Reason, k.Paths, strings.Join(k.LogTail, "\n"))
@@ -227,8 +234,13 @@ echo checked > checked.txt
 	if m.Kernels[0].Paths != manifest.PathsDKMS || m.Kernels[0].Modules[0].Signature == nil {
 		t.Fatalf("paths %s, signature %+v", m.Kernels[0].Paths, m.Kernels[0].Modules[0].Signature)
 	}
-	if _, err := os.Stat(filepath.Join(cache, "planted")); err == nil {
-		t.Error("the build wrote into the cache")
+	for _, p := range []string{filepath.Join(cache, "planted"), filepath.Join(cache, "ccache", "planted")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("the build wrote %s", p)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(build.CompileCachePartition(filepath.Join(cache, "ccache"), "kmpack-secrets"), "written")); err != nil {
+		t.Errorf("the build's compile cache partition: %v", err)
 	}
 	if len(testenv.MustRead(t, kp.Key)) == 0 {
 		t.Error("the key file on the host is empty")

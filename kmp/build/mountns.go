@@ -72,6 +72,9 @@ type bindMount struct {
 	Source   string `json:"source"`
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// Writable clears read-only (a bind mount keeps its source mount's flags: a directory
+	// below a read-only bind is read-only where it is bound again).
+	Writable bool `json:"writable,omitempty"`
 }
 
 // runPrivateHelper sets up plan's mounts in the (new) mount namespace it runs in and executes
@@ -125,6 +128,12 @@ func (p *mountPlan) mount() error {
 				return fmt.Errorf("making %s read-only: %w", b.Target, err)
 			}
 		}
+		if b.Writable {
+			attr := &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}
+			if err := unix.MountSetattr(unix.AT_FDCWD, b.Target, 0, attr); err != nil {
+				return fmt.Errorf("making %s writable: %w", b.Target, err)
+			}
+		}
 	}
 	return nil
 }
@@ -138,8 +147,9 @@ func overlayEscape(p string) string {
 // returns the mounts that show the workspace's host directories at its private paths. The
 // protect directories (the build cache, the output being staged) are read-only in the
 // namespace, so a build cannot plant modules that a later build, or this one's signing, would
-// take as kmpack's; the hide files (signing keys, passphrase files) read as empty there.
-func privateMounts(ws *source.Workspace, tree *kernel.KernelTree, protect, hide []string) (*mountPlan, error) {
+// take as kmpack's (the writable directories below them excepted); the hide files (signing
+// keys, passphrase files) read as empty there.
+func privateMounts(ws *source.Workspace, tree *kernel.KernelTree, protect, writable, hide []string) (*mountPlan, error) {
 	plan := &mountPlan{Dir: ws.BuildDir}
 	// Every mount point is a directory in a read-only view of the host directory above it;
 	// when the host lacks that directory (no /var/lib/dkms without dkms), the view is of its
@@ -220,6 +230,11 @@ func privateMounts(ws *source.Workspace, tree *kernel.KernelTree, protect, hide 
 		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
 			plan.Binds = append(plan.Binds, bindMount{Source: d, Target: d, ReadOnly: true})
 		}
+	}
+	for _, d := range writable {
+		// A directory below a protected one that the build writes (the compile cache's
+		// partition of this source): bound onto itself again, writable, after the protection.
+		plan.Binds = append(plan.Binds, bindMount{Source: d, Target: d, Writable: true})
 	}
 	if len(hide) > 0 {
 		empty := filepath.Join(ws.Root, "mounts", "empty")
@@ -324,7 +339,7 @@ func probePrivateMounts(ctx context.Context, root string, tree *kernel.KernelTre
 			return err
 		}
 	}
-	plan, err := privateMounts(ws, tree, nil, nil)
+	plan, err := privateMounts(ws, tree, nil, nil, nil)
 	if err != nil {
 		return err
 	}
