@@ -22,6 +22,8 @@ PACKAGES=(
   qemu-system-x86 busybox-static ovmf
   # kmpack build --compile-cache reuses compiles through Debian's ccache.
   ccache
+  # scripts/bench-*.sh: CPU seconds (GNU time) and kmpack's peak memory (pgrep).
+  time procps
   # kmpack man is checked by rendering it with man-db (groff).
   man-db groff-base
   # Build dependencies of the corpus sources compared with dkms (what their -dkms packages
