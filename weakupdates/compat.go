@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -228,8 +229,10 @@ func (t *Target) lookup(name string) (module.Symbol, bool) {
 }
 
 // ClassJudge is build --classes' judge: a kernel is served by another's build when every module
-// of that build loads there (Check). Each target kernel is opened once (its probe module built
-// once, cached under opts.CacheDir); it is safe for concurrent use.
+// of that build loads there (Check). Each target kernel is opened at most twice: without the
+// probe module first, which is enough when every module imports module_layout (kernels before
+// 6.4 with modversions: its CRC covers struct module, so equal CRCs mean an equal struct), and
+// with the probe (built once, cached under opts.CacheDir) otherwise. Safe for concurrent use.
 func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
 	type opened struct {
 		once sync.Once
@@ -238,22 +241,36 @@ func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
 	}
 	var mu sync.Mutex
 	targets := map[string]*opened{}
-	return func(built *kernel.KernelTree, mods []*module.ModuleInfo, target *kernel.KernelTree) (bool, []manifest.SiblingVerdict) {
+	open := func(dir string, probe bool) (*Target, error) {
+		key := fmt.Sprintf("%v %s", probe, dir)
 		mu.Lock()
-		o := targets[target.Dir]
+		o := targets[key]
 		if o == nil {
 			o = &opened{}
-			targets[target.Dir] = o
+			targets[key] = o
 		}
 		mu.Unlock()
-		o.once.Do(func() { o.t, o.err = OpenTarget(ctx, target.Dir, opts) })
-		if o.err != nil {
+		o.once.Do(func() {
+			topts := opts
+			topts.NoProbe = !probe
+			o.t, o.err = OpenTarget(ctx, dir, topts)
+		})
+		return o.t, o.err
+	}
+	return func(built *kernel.KernelTree, mods []*module.ModuleInfo, target *kernel.KernelTree) (bool, []manifest.SiblingVerdict) {
+		layout := len(mods) > 0
+		for _, m := range mods {
+			_, ok := m.Import("module_layout")
+			layout = layout && ok
+		}
+		t, err := open(target.Dir, !layout)
+		if err != nil {
 			// A kernel that cannot be judged is built: never served on a guess.
-			return false, []manifest.SiblingVerdict{{Kernel: target.Release, Reasons: []string{"not judged: " + o.err.Error()}}}
+			return false, []manifest.SiblingVerdict{{Kernel: target.Release, Reasons: []string{"not judged: " + kmp.OneLine(err.Error())}}}
 		}
 		ok := true
 		var out []manifest.SiblingVerdict
-		for _, v := range Check(mods, o.t) {
+		for _, v := range Check(mods, t) {
 			sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
 			for _, r := range v.Reasons {
 				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
