@@ -126,6 +126,15 @@ func (p *Package) sortFiles() {
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
 }
 
+// payloadSize is the total size of the package's file bodies.
+func (p *Package) payloadSize() int64 {
+	var n int64
+	for _, f := range p.Files {
+		n += int64(len(f.Body))
+	}
+	return n
+}
+
 // addDirs adds Directory entries for dirs (and nothing above them) unless already present.
 func (p *Package) addDirs(dirs ...string) {
 	have := map[string]bool{}
