@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -73,6 +74,10 @@ type Options struct {
 	Runtime *Runtime
 	// Signing, when set, signs RPMs (OpenPGP) and apk packages (RSA).
 	Signing *PackageSigning
+	// Cache, when set, keeps package files with a large payload (the runtime package) for
+	// the next packaging with the same inputs. PackageBuild uses it only when
+	// SOURCE_DATE_EPOCH is set: otherwise every run dates its packages anew.
+	Cache *PackageCache
 }
 
 // SourceDateEpoch returns SOURCE_DATE_EPOCH as a time, or the current time when it is unset.
@@ -160,19 +165,29 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 		return nil, err
 	}
 	defer root.Close()
+	// Parsing a kernel's Module.symvers (some MB) takes longest: they are read side by side.
+	symvers := make([]*module.Symvers, len(m.Kernels))
+	errs := make([]error, len(m.Kernels))
+	var wg sync.WaitGroup
+	for i, kb := range m.Kernels {
+		if t := trees[kb.Release]; kb.Status == manifest.StatusBuilt && len(kb.Modules) > 0 && t != nil && t.Symvers != nil && t.Symvers.Path != "" {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				symvers[i], errs[i] = module.ReadSymvers(t.Symvers.Path)
+			}()
+		}
+	}
+	wg.Wait()
 	var out []Kernel
-	for _, kb := range m.Kernels {
+	for i, kb := range m.Kernels {
 		if kb.Status != manifest.StatusBuilt || len(kb.Modules) == 0 {
 			continue
 		}
-		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch}
-		if t := trees[kb.Release]; t != nil && t.Symvers != nil && t.Symvers.Path != "" {
-			sv, err := module.ReadSymvers(t.Symvers.Path)
-			if err != nil {
-				return nil, err
-			}
-			k.Symvers = sv
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
+		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch, Symvers: symvers[i]}
 		for _, bm := range kb.Modules {
 			p := filepath.Join(outDir, filepath.FromSlash(bm.File))
 			body, err := readBuiltModule(root, bm.File, p)

@@ -119,6 +119,8 @@ type Package struct {
 	certDir string
 	// signing are the keys that sign the package file (rpm, apk), if any.
 	signing *PackageSigning
+	// cache keeps the package file when its payload is large (see PackageCache).
+	cache *PackageCache
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

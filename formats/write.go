@@ -98,17 +98,31 @@ func writeOne(p *Package, dir string) (Written, error) {
 	if err != nil {
 		return Written{}, err
 	}
-	var buf bytes.Buffer
-	if err := e.Write(p, &buf); err != nil {
-		return Written{}, fmt.Errorf("writing %s: %w", p.FileName, err)
+	var key string
+	var data []byte
+	if p.cacheable() {
+		if key, err = p.cacheKey(p.cache.Salt); err != nil {
+			return Written{}, err
+		}
+		data = p.cache.Get(p.cacheSlot(), key)
 	}
-	if err := os.WriteFile(filepath.Join(dir, p.FileName), buf.Bytes(), 0o644); err != nil {
+	if data == nil {
+		var buf bytes.Buffer
+		if err := e.Write(p, &buf); err != nil {
+			return Written{}, fmt.Errorf("writing %s: %w", p.FileName, err)
+		}
+		data = buf.Bytes()
+		if key != "" {
+			p.cache.Put(p.cacheSlot(), key, data)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, p.FileName), data, 0o644); err != nil {
 		return Written{}, err
 	}
-	sum := sha256.Sum256(buf.Bytes())
+	sum := sha256.Sum256(data)
 	return Written{File: p.FileName, Name: p.Name, Version: p.Version, Release: p.Release,
 		Arch: p.Arch, Format: p.Format, Profile: p.Profile, Kernel: p.Kernel,
-		SHA256: hex.EncodeToString(sum[:]), Size: int64(buf.Len())}, nil
+		SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}, nil
 }
 
 // firstError is the error of the first package (in pkgs' order) that failed, so that the
