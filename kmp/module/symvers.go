@@ -77,19 +77,36 @@ func ReadSymvers(path string) (*Symvers, error) {
 // other malformed line is an error naming its line number.
 func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 	defer kmp.Guard(path, &err)
-	sv = &Symvers{Path: path, byName: map[string]int{}}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := strings.TrimRight(sc.Text(), "\r")
-		if strings.TrimSpace(text) == "" {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return nil, kmp.InputErrorf(path, "%v", err)
+	}
+	// One string holds the file; every name, module and namespace is a piece of it (a kernel's
+	// symvers has some 25,000 lines: a string, a slice and a join per line were most of the
+	// time kmpack package spent reading kernel trees).
+	text := string(raw)
+	lines := strings.Count(text, "\n") + 1
+	sv = &Symvers{Path: path, byName: make(map[string]int, lines), Symbols: make([]Symbol, 0, lines)}
+	var cols [5]string
+	for line := 1; text != ""; line++ {
+		var l string
+		l, text, _ = strings.Cut(text, "\n")
+		if len(l) > maxSymversLine {
+			return nil, kmp.InputErrorf(path, "line %d: longer than %d bytes", line, maxSymversLine)
+		}
+		l = strings.TrimRight(l, "\r")
+		if strings.TrimSpace(l) == "" {
 			continue
 		}
-		cols := strings.Split(text, "\t")
+		n := 0
+		for f := range strings.SplitSeq(l, "\t") {
+			if n < len(cols) {
+				cols[n] = f
+			}
+			n++
+		}
 		var sym Symbol
-		switch len(cols) {
+		switch n {
 		case 3:
 			sym = Symbol{Module: cols[2]}
 		case 4:
@@ -101,12 +118,14 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 				sym = Symbol{Module: cols[2], Export: cols[3], Namespace: cols[4]}
 			}
 		default:
-			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
+			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, n)
 		}
 		// Names, modules and namespaces are identifiers: a control character in one (a CR
 		// mid-line, an escape) is a corrupt file, and would not survive being written back.
-		if strings.ContainsFunc(strings.Join(cols, ""), unicode.IsControl) {
-			return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
+		for _, c := range cols[:n] {
+			if strings.ContainsFunc(c, unicode.IsControl) {
+				return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
+			}
 		}
 		crc, err := parseCRC(cols[0])
 		if err != nil {
@@ -129,14 +148,14 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 		sv.byName[sym.Name] = len(sv.Symbols)
 		sv.Symbols = append(sv.Symbols, sym)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, kmp.InputErrorf(path, "line %d: %v", line+1, err)
-	}
 	if len(sv.Symbols) == 0 {
 		return nil, kmp.InputErrorf(path, "no symbols: not a Module.symvers file")
 	}
 	return sv, nil
 }
+
+// maxSymversLine bounds a line of a symvers file (real ones are some 100 bytes).
+const maxSymversLine = 1 << 20
 
 func parseCRC(s string) (uint64, error) {
 	if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
