@@ -108,8 +108,9 @@ func readSlot(root *os.Root, rel, key string) ([]byte, error) {
 	if fi.Size() > maxCachedBytes+maxCacheHeader {
 		return nil, fmt.Errorf("larger than %d bytes", maxCachedBytes+maxCacheHeader)
 	}
-	all, err := io.ReadAll(io.LimitReader(f, maxCachedBytes+maxCacheHeader+1))
-	if err != nil {
+	// Read in one piece (the file's size): a grown buffer would copy the bytes over and over.
+	all := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, all); err != nil {
 		return nil, err
 	}
 	line, data, ok := bytes.Cut(all[:min(len(all), maxCacheHeader)], []byte("\n"))

@@ -170,7 +170,13 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 	errs := make([]error, len(m.Kernels))
 	var wg sync.WaitGroup
 	for i, kb := range m.Kernels {
-		if t := trees[kb.Release]; kb.Status == manifest.StatusBuilt && len(kb.Modules) > 0 && t != nil && t.Symvers != nil && t.Symvers.Path != "" {
+		t := trees[kb.Release]
+		if kb.Status != manifest.StatusBuilt || len(kb.Modules) == 0 || t == nil || t.Symvers == nil || t.Symvers.Path == "" {
+			continue
+		}
+		if t.Symvers.Parsed != nil { // kept when the tree was opened
+			symvers[i] = t.Symvers.Parsed
+		} else {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

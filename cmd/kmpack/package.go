@@ -264,7 +264,7 @@ func runPackage(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	trees, err := openBuiltTrees(m.Kernels)
+	trees, err := openBuiltTrees(m.Kernels, slices.Contains(profiles, "rhel"))
 	if err != nil {
 		return err
 	}
@@ -287,8 +287,13 @@ func runPackage(c *cli.Context) error {
 }
 
 // openBuiltTrees opens the kernel trees of the kernels that built. Opening a tree parses its
-// Module.symvers: they are opened side by side, as discovery does.
-func openBuiltTrees(kernels []*manifest.KernelBuild) ([]*kernel.KernelTree, error) {
+// Module.symvers: they are opened side by side, as discovery does, and with keepSymvers (the
+// rhel profile reads them) the parsed tables are kept for packaging.
+func openBuiltTrees(kernels []*manifest.KernelBuild, keepSymvers bool) ([]*kernel.KernelTree, error) {
+	open := kernel.OpenKernelTree
+	if keepSymvers {
+		open = kernel.OpenKernelTreeWithSymvers
+	}
 	trees := make([]*kernel.KernelTree, len(kernels))
 	errs := make([]error, len(kernels))
 	var wg sync.WaitGroup
@@ -299,7 +304,7 @@ func openBuiltTrees(kernels []*manifest.KernelBuild) ([]*kernel.KernelTree, erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if trees[i], errs[i] = kernel.OpenKernelTree(k.Tree); errs[i] != nil {
+			if trees[i], errs[i] = open(k.Tree); errs[i] != nil {
 				errs[i] = fmt.Errorf("kernel tree of %s: %w", k.Release, errs[i])
 			}
 		}()
