@@ -110,7 +110,10 @@ func TestParseSymversMatchesScanner(t *testing.T) {
 	}
 }
 
+// FuzzParseSymversMatchesScanner: ParseSymvers and the scanner it replaced accept the same
+// inputs with the same symbols, and refuse the same ones with the same message.
 func FuzzParseSymversMatchesScanner(f *testing.F) {
+	f.Setenv("KMPACK_PANIC", "1") // testenv.PanicsAreCrashes, which this package cannot import
 	f.Add([]byte("0x12345678\tfoo\tdrivers/x/y\tEXPORT_SYMBOL_GPL\tFOO_NS\n0x1\tbar\tvmlinux\tEXPORT_SYMBOL\t\n"))
 	f.Add([]byte("0x0000abcd\tfoo\tvmlinux\tEXPORT_SYMBOL\r\n\n0x2\tfoo\tm\tEXPORT_SYMBOL_GPL\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
