@@ -36,6 +36,8 @@ type PackageCache struct {
 	// Salt identifies the code that makes the bytes: the sha256 of the kmpack binary, whose
 	// emitters wrote the packages. With no Salt, packages are not cached.
 	Salt string
+	// Refresh takes nothing from the cache and stores what is made (kmpack build --no-cache).
+	Refresh bool
 	// Warn reports an unusable entry or a failure to store one (nil: silent). Neither fails
 	// packaging: the bytes are made as if there were no cache.
 	Warn func(string)
@@ -75,7 +77,7 @@ func (c *PackageCache) warn(format string, args ...any) {
 // Get returns the bytes slot holds for key, or nil: when it holds none, holds another key's,
 // or holds bytes that fail a check (reported and removed).
 func (c *PackageCache) Get(slot, key string) []byte {
-	if c == nil || c.Dir == "" {
+	if c == nil || c.Dir == "" || c.Refresh {
 		return nil
 	}
 	rel := slotPath(slot)

@@ -125,6 +125,16 @@ func TestPackageCache(t *testing.T) {
 		t.Fatalf("a run with a valid entry did not take the package from it")
 	}
 	warned("consistent entry", "")
+	// Refresh (kmpack build --no-cache) makes the package anew and replaces the entry.
+	refresh := *cache
+	refresh.Refresh = true
+	if deb, _ := run(&refresh); !bytes.Equal(deb, uncachedDeb) {
+		t.Errorf("Refresh took the package from the cache")
+	}
+	if got, _ := os.ReadFile(slot); !bytes.Equal(got, entry) {
+		t.Errorf("Refresh did not replace the entry")
+	}
+	warned("refresh", "")
 
 	// Corrupted bytes (the recorded digest no longer matches), a truncated file, a header
 	// that is not one, a symlink in the entry's place: each is reported, not used, and the

@@ -179,7 +179,7 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
 		// The runtime package's payload is the kmpack binary: stripping it and compressing it
 		// take most of packaging's time, so both are kept in the cache directory.
-		opts.Cache = &formats.PackageCache{Dir: c.String("cache-dir"),
+		opts.Cache = &formats.PackageCache{Dir: c.String("cache-dir"), Refresh: c.Bool("no-cache"),
 			Warn: func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) }}
 		rt, err := selfRuntime(opts.Cache)
 		if err != nil {
