@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"unicode"
 
@@ -123,7 +122,7 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 		// Names, modules and namespaces are identifiers: a control character in one (a CR
 		// mid-line, an escape) is a corrupt file, and would not survive being written back.
 		for _, c := range cols[:n] {
-			if strings.ContainsFunc(c, unicode.IsControl) {
+			if hasControl(c) {
 				return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
 			}
 		}
@@ -132,7 +131,7 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 			return nil, kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
 		}
 		sym.CRC, sym.Name = crc, cols[1]
-		if sym.Name == "" || strings.ContainsAny(sym.Name, " \x00") {
+		if sym.Name == "" || strings.IndexByte(sym.Name, ' ') >= 0 || strings.IndexByte(sym.Name, 0) >= 0 {
 			return nil, kmp.InputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
 		}
 		if sym.Module == "" {
@@ -157,11 +156,48 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 // maxSymversLine bounds a line of a symvers file (real ones are some 100 bytes).
 const maxSymversLine = 1 << 20
 
+// hasControl is strings.ContainsFunc(s, unicode.IsControl), byte by byte while s is ASCII.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c == 0x7f:
+			return true
+		case c >= 0x80:
+			return strings.ContainsFunc(s[i:], unicode.IsControl)
+		}
+	}
+	return false
+}
+
+// parseCRC reads a 0x-prefixed hexadecimal number of at most 64 bits (strconv.ParseUint's
+// base-16 rules, without its generality: a symvers has a CRC on each of its lines).
 func parseCRC(s string) (uint64, error) {
 	if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
 		return 0, fmt.Errorf("no 0x prefix")
 	}
-	return strconv.ParseUint(s[2:], 16, 64)
+	s = s[2:]
+	if s == "" {
+		return 0, fmt.Errorf("no digits")
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		var d byte
+		switch c := s[i]; {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, fmt.Errorf("not a hexadecimal digit: %q", c)
+		}
+		if v>>60 != 0 {
+			return 0, fmt.Errorf("larger than 64 bits")
+		}
+		v = v<<4 | uint64(d)
+	}
+	return v, nil
 }
 
 func truncate(s string, n int) string {

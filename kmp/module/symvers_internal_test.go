@@ -3,10 +3,12 @@ package module
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode"
@@ -15,8 +17,8 @@ import (
 )
 
 // parseSymversScanner is ParseSymvers as it was before it read the file as one string: a
-// bufio.Scanner, a string, a split and a join per line. ParseSymvers must give the same
-// symbols and the same errors.
+// bufio.Scanner, a string, a split and a join per line, unicode.IsControl on every rune and
+// strconv.ParseUint for the CRC. ParseSymvers must give the same symbols and the same errors.
 func parseSymversScanner(path string, r io.Reader) (sv *Symvers, err error) {
 	defer kmp.Guard(path, &err)
 	sv = &Symvers{Path: path, byName: map[string]int{}}
@@ -48,7 +50,7 @@ func parseSymversScanner(path string, r io.Reader) (sv *Symvers, err error) {
 		if strings.ContainsFunc(strings.Join(cols, ""), unicode.IsControl) {
 			return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
 		}
-		crc, err := parseCRC(cols[0])
+		crc, err := parseCRCStrconv(cols[0])
 		if err != nil {
 			return nil, kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
 		}
@@ -78,6 +80,13 @@ func parseSymversScanner(path string, r io.Reader) (sv *Symvers, err error) {
 	return sv, nil
 }
 
+func parseCRCStrconv(s string) (uint64, error) {
+	if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
+		return 0, fmt.Errorf("no 0x prefix")
+	}
+	return strconv.ParseUint(s[2:], 16, 64)
+}
+
 func sameAsScanner(t *testing.T, data []byte) {
 	t.Helper()
 	want, werr := parseSymversScanner("x", bytes.NewReader(data))
@@ -105,7 +114,10 @@ func TestParseSymversMatchesScanner(t *testing.T) {
 		sameAsScanner(t, append(bytes.Clone(data), data[:bytes.IndexByte(data, '\n')+1]...))
 	}
 	for _, s := range []string{"", "\n", "0x1\tfoo\tvmlinux\n\n\n", "0x1\tfoo\tvm\x01linux\n", "0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\t\tx\n",
-		"0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\r\r\n", "0x1\tfoo bar\tvmlinux\n", "0x1\tfoo\tNS\tm\tEXPORT_SYMBOL_GPL\n", "\t\t\n"} {
+		"0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\r\r\n", "0x1\tfoo bar\tvmlinux\n", "0x1\tfoo\tNS\tm\tEXPORT_SYMBOL_GPL\n", "\t\t\n",
+		"0xffffffffffffffff\tfoo\tvmlinux\n", "0x10000000000000000\tfoo\tvmlinux\n", "0x0000000000000000001\tfoo\tvmlinux\n",
+		"0x\tfoo\tvmlinux\n", "0X1aBf\tfoo\tvmlinux\n", "0x1g\tfoo\tvmlinux\n", "0x-1\tfoo\tvmlinux\n", "0x+1\tfoo\tvmlinux\n", "0x1_0\tfoo\tvmlinux\n",
+		"0x1\tf\u00e9\tvm\u0085x\n", "0x1\tf\u00e9\tvm\u2028x\n", "0x1\tfoo\tvm\x7fx\n", "0x1\tfoo\tvm\xffx\n"} {
 		sameAsScanner(t, []byte(s))
 	}
 }
