@@ -72,8 +72,11 @@ func PackageBuild(req Request) ([]Written, error) {
 		return nil, err
 	}
 	trees := map[string]*kernel.KernelTree{}
-	for _, t := range req.Trees {
-		trees[t.Release] = t
+	// Only the rhel profile reads the kernels' symvers (see Kernel.Symvers).
+	if slices.Contains(req.Profiles, "rhel") {
+		for _, t := range req.Trees {
+			trees[t.Release] = t
+		}
 	}
 	kernels, err := InputFromBuild(req.OutputDir, req.Manifest, trees)
 	if err != nil {
@@ -94,7 +97,11 @@ func PackageBuild(req Request) ([]Written, error) {
 	if len(in.Kernels) == 0 && in.Source == nil {
 		return nil, fmt.Errorf("nothing to package: no kernel built")
 	}
-	pkgs, err := Describe(in, req.Profiles, req.Options)
+	opts := req.Options
+	if os.Getenv("SOURCE_DATE_EPOCH") == "" {
+		opts.Cache = nil // the packages are dated now: no two runs share a key
+	}
+	pkgs, err := Describe(in, req.Profiles, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -79,6 +80,10 @@ type Options struct {
 	// package of its own carrying that build), ServedWeakUpdates (none: the build's package
 	// reaches it through weak-updates), or "" for each profile's default (ServedDefault).
 	Served string
+	// Cache, when set, keeps package files with a large payload (the runtime package) for
+	// the next packaging with the same inputs. PackageBuild uses it only when
+	// SOURCE_DATE_EPOCH is set: otherwise every run dates its packages anew.
+	Cache *PackageCache
 }
 
 // What a served kernel gets (Options.Served).
@@ -185,51 +190,67 @@ func InputFromBuild(outDir string, m *manifest.Manifest, trees map[string]*kerne
 		return nil, err
 	}
 	defer root.Close()
-	built := map[string][]Module{}
-	modulesOf := func(kb *manifest.KernelBuild) ([]Module, error) {
-		if mods, ok := built[kb.Release]; ok {
-			return mods, nil
-		}
-		files, err := manifest.ReadModules(root, outDir, kb)
-		if err != nil {
-			return nil, err
-		}
-		var mods []Module
-		for _, f := range files {
-			mods = append(mods, Module{Info: f.Info, FileName: filepath.Base(f.Path), Body: f.Body})
-		}
-		built[kb.Release] = mods
-		return mods, nil
-	}
-	var out []Kernel
-	for _, kb := range m.Kernels {
-		from := kb
-		switch {
-		case kb.Status == manifest.StatusServed:
+	// What each kernel gets: its own build, or (served) the build that serves it.
+	from := make([]*manifest.KernelBuild, len(m.Kernels))
+	for i, kb := range m.Kernels {
+		switch kb.Status {
+		case manifest.StatusBuilt:
+			from[i] = kb
+		case manifest.StatusServed:
 			// manifest.Read checked that it names a build of this output.
-			if from = m.Kernel(kb.ServedBy); from == nil || from.Status != manifest.StatusBuilt {
+			if from[i] = m.Kernel(kb.ServedBy); from[i] == nil || from[i].Status != manifest.StatusBuilt {
 				return nil, kmp.InputErrorf(filepath.Join(outDir, "manifest.json"), "kernel %s: served by %q, which is not a build of this output", kb.Release, kb.ServedBy)
 			}
-		case kb.Status != manifest.StatusBuilt:
+		}
+		if from[i] != nil && len(from[i].Modules) == 0 {
+			from[i] = nil
+		}
+	}
+	// Parsing a kernel's Module.symvers (some MB) takes longest: they are read side by side.
+	symvers := make([]*module.Symvers, len(m.Kernels))
+	errs := make([]error, len(m.Kernels))
+	var wg sync.WaitGroup
+	for i, kb := range m.Kernels {
+		t := trees[kb.Release]
+		if from[i] == nil || t == nil || t.Symvers == nil || t.Symvers.Path == "" {
 			continue
 		}
-		if len(from.Modules) == 0 {
+		if t.Symvers.Parsed != nil { // kept when the tree was opened
+			symvers[i] = t.Symvers.Parsed
+		} else {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				symvers[i], errs[i] = module.ReadSymvers(t.Symvers.Path)
+			}()
+		}
+	}
+	wg.Wait()
+	built := map[string][]Module{}
+	var out []Kernel
+	for i, kb := range m.Kernels {
+		if from[i] == nil {
 			continue
 		}
-		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch}
-		if from != kb {
-			k.ServedBy = from.Release
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		if t := trees[kb.Release]; t != nil && t.Symvers != nil && t.Symvers.Path != "" {
-			sv, err := module.ReadSymvers(t.Symvers.Path)
+		k := Kernel{Release: kb.Release, Flavor: kb.Flavor, Arch: kb.Arch, Symvers: symvers[i]}
+		if from[i] != kb {
+			k.ServedBy = from[i].Release
+		}
+		mods, ok := built[from[i].Release]
+		if !ok {
+			files, err := manifest.ReadModules(root, outDir, from[i])
 			if err != nil {
 				return nil, err
 			}
-			k.Symvers = sv
+			for _, f := range files {
+				mods = append(mods, Module{Info: f.Info, FileName: filepath.Base(f.Path), Body: f.Body})
+			}
+			built[from[i].Release] = mods
 		}
-		if k.Modules, err = modulesOf(from); err != nil {
-			return nil, err
-		}
+		k.Modules = mods
 		out = append(out, k)
 	}
 	return out, nil

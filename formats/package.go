@@ -119,11 +119,22 @@ type Package struct {
 	certDir string
 	// signing are the keys that sign the package file (rpm, apk), if any.
 	signing *PackageSigning
+	// cache keeps the package file when its payload is large (see PackageCache).
+	cache *PackageCache
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.
 func (p *Package) sortFiles() {
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
+}
+
+// payloadSize is the total size of the package's file bodies.
+func (p *Package) payloadSize() int64 {
+	var n int64
+	for _, f := range p.Files {
+		n += int64(len(f.Body))
+	}
+	return n
 }
 
 // addDirs adds Directory entries for dirs (and nothing above them) unless already present.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -31,6 +32,8 @@ type PackageSigning struct {
 // PGPKey is an OpenPGP private key that signs RPM headers and payloads.
 type PGPKey struct {
 	entity *openpgp.Entity
+	// mu makes one signature at a time: packages are written side by side.
+	mu sync.Mutex
 }
 
 // LoadPGPKey reads an OpenPGP secret key (armored, as gpg --armor --export-secret-keys writes
@@ -88,6 +91,8 @@ func (k *PGPKey) signer(mtime time.Time) func([]byte) ([]byte, error) {
 	cfg := &packet.Config{DefaultHash: crypto.SHA256, Time: func() time.Time { return when },
 		NonDeterministicSignaturesViaNotation: &deterministic}
 	return func(data []byte) ([]byte, error) {
+		k.mu.Lock()
+		defer k.mu.Unlock()
 		var buf bytes.Buffer
 		if err := openpgp.DetachSign(&buf, k.entity, bytes.NewReader(data), cfg); err != nil {
 			return nil, fmt.Errorf("OpenPGP signature: %w", err)
@@ -99,6 +104,8 @@ func (k *PGPKey) signer(mtime time.Time) func([]byte) ([]byte, error) {
 // APKKey is an RSA private key that signs apk packages as abuild-sign does.
 type APKKey struct {
 	key *rsa.PrivateKey
+	// mu makes one signature at a time: packages are written side by side.
+	mu sync.Mutex
 	// Name is the public key's file name in /etc/apk/keys, ending .rsa.pub.
 	Name string
 }
@@ -131,6 +138,8 @@ func (k *APKKey) sign(digest io.Reader) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	return rsa.SignPKCS1v15(rand.Reader, k.key, crypto.SHA1, d)
 }
 

@@ -141,6 +141,7 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		p.Format = profiles[p.Profile].Format()
 		p.MTime = in.MTime
 		p.signing = opts.Signing
+		p.cache = opts.Cache
 		if synopsis, long, ok := strings.Cut(p.Description, "\n"); ok && p.Format == "deb" {
 			p.Description = synopsis + "\n" + fill(long, 79)
 		} else {

@@ -116,7 +116,7 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 		Flags: []cli.Flag{
 			&cli.StringFlag{
 				Name:    "cache-dir",
-				Usage:   "where unpacked kernel packages and build results are kept",
+				Usage:   "where unpacked kernel packages, build results and the runtime package are kept",
 				EnvVars: []string{"KMPACK_CACHE_DIR"},
 				Value:   defaultCacheDir(),
 			},

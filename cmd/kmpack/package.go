@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 
@@ -70,8 +73,9 @@ func packageSigning(c *cli.Context) (*formats.PackageSigning, error) {
 	return &s, nil
 }
 
-// selfRuntime is this kmpack as the runtime package carries it.
-func selfRuntime() (*formats.Runtime, error) {
+// selfRuntime is this kmpack as the runtime package carries it. It sets cache's Salt to the
+// binary's sha256 (the emitters are part of the binary) and keeps the stripped binary there.
+func selfRuntime(cache *formats.PackageCache) (*formats.Runtime, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("runtime package: locating kmpack's own binary: %v", err)
@@ -80,7 +84,9 @@ func selfRuntime() (*formats.Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("runtime package: %v", err)
 	}
-	if stripped, err := strippedCopy(exe); err == nil {
+	sum := sha256.Sum256(b)
+	cache.Salt = hex.EncodeToString(sum[:])
+	if stripped, err := strippedCopy(exe, cache); err == nil {
 		b = stripped
 	}
 	rt := &formats.Runtime{Binary: b, Version: version, Arch: unameMachine(), Completions: map[string][]byte{}}
@@ -100,20 +106,43 @@ func selfRuntime() (*formats.Runtime, error) {
 	return rt, nil
 }
 
-// strippedCopy strips symbols and debug information the way Debian's dh_strip does for
-// executables (Debian policy 10.1); a kmpack built with -ldflags=-s -w is unchanged. Where
-// binutils' strip is missing the binary is packaged as it is.
-func strippedCopy(exe string) ([]byte, error) {
+// stripArgs strip symbols and debug information the way Debian's dh_strip does for
+// executables (Debian policy 10.1).
+var stripArgs = []string{"--remove-section=.comment", "--remove-section=.note"}
+
+// strippedCopy is exe (whose sha256 is cache.Salt) stripped as dh_strip does; a kmpack built
+// with -ldflags=-s -w is unchanged. Where binutils' strip is missing the binary is packaged as
+// it is. The result is kept in cache, keyed by the binary's and strip's own sha256.
+func strippedCopy(exe string, cache *formats.PackageCache) ([]byte, error) {
+	strip, err := exec.LookPath("strip")
+	if err != nil {
+		return nil, err
+	}
+	tool, err := os.ReadFile(strip)
+	if err != nil {
+		return nil, err
+	}
+	toolSum := sha256.Sum256(tool)
+	keySum := sha256.Sum256([]byte(strings.Join(append([]string{"strip", cache.Salt, hex.EncodeToString(toolSum[:])}, stripArgs...), "\x00")))
+	slot, key := "runtime binary "+exe, hex.EncodeToString(keySum[:])
+	if b := cache.Get(slot, key); b != nil {
+		return b, nil
+	}
 	tmp, err := os.MkdirTemp("", "kmpack-strip-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	out := filepath.Join(tmp, "kmpack")
-	if err := exec.Command("strip", "--remove-section=.comment", "--remove-section=.note", "-o", out, exe).Run(); err != nil {
+	if err := exec.Command(strip, append(append([]string{}, stripArgs...), "-o", out, exe)...).Run(); err != nil {
 		return nil, err
 	}
-	return os.ReadFile(out)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return nil, err
+	}
+	cache.Put(slot, key, b)
+	return b, nil
 }
 
 // packagingProfiles reads --format/--profile, falling back to the spec's formats and profile.
@@ -154,7 +183,11 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 		return usagef("--served: %q is neither package nor weak-updates", opts.Served)
 	}
 	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
-		rt, err := selfRuntime()
+		// The runtime package's payload is the kmpack binary: stripping it and compressing it
+		// take most of packaging's time, so both are kept in the cache directory.
+		opts.Cache = &formats.PackageCache{Dir: c.String("cache-dir"), Refresh: c.Bool("no-cache"),
+			Warn: func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) }}
+		rt, err := selfRuntime(opts.Cache)
 		if err != nil {
 			return err
 		}
@@ -237,16 +270,9 @@ func runPackage(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var trees []*kernel.KernelTree
-	for _, k := range m.Kernels {
-		if k.Status != manifest.StatusBuilt && k.Status != manifest.StatusServed {
-			continue
-		}
-		t, err := kernel.OpenKernelTree(k.Tree)
-		if err != nil {
-			return fmt.Errorf("kernel tree of %s: %w", k.Release, err)
-		}
-		trees = append(trees, t)
+	trees, err := openBuiltTrees(m.Kernels, slices.Contains(profiles, "rhel"))
+	if err != nil {
+		return err
 	}
 	var w io.Writer = os.Stdout
 	if c.Bool("json") {
@@ -264,6 +290,42 @@ func runPackage(c *cli.Context) error {
 		return err
 	}
 	return nil
+}
+
+// openBuiltTrees opens the kernel trees of the kernels that built. Opening a tree parses its
+// Module.symvers: they are opened side by side, as discovery does, and with keepSymvers (the
+// rhel profile reads them) the parsed tables are kept for packaging.
+func openBuiltTrees(kernels []*manifest.KernelBuild, keepSymvers bool) ([]*kernel.KernelTree, error) {
+	open := kernel.OpenKernelTree
+	if keepSymvers {
+		open = kernel.OpenKernelTreeWithSymvers
+	}
+	trees := make([]*kernel.KernelTree, len(kernels))
+	errs := make([]error, len(kernels))
+	var wg sync.WaitGroup
+	for i, k := range kernels {
+		if k.Status != manifest.StatusBuilt && k.Status != manifest.StatusServed {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if trees[i], errs[i] = open(k.Tree); errs[i] != nil {
+				errs[i] = fmt.Errorf("kernel tree of %s: %w", k.Release, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	var out []*kernel.KernelTree
+	for i := range kernels {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		if trees[i] != nil {
+			out = append(out, trees[i])
+		}
+	}
+	return out, nil
 }
 
 func ksymsCommand() *cli.Command {

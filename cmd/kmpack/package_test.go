@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -118,5 +119,57 @@ func TestPackageDKMSBuildAndForeignOutput(t *testing.T) {
 	_, stderr, code = kmpackIn(t, cache, "package", "--profile", "debian", foreign)
 	if code != exitInput || !strings.Contains(stderr, "not a kmpack build manifest") {
 		t.Errorf("foreign output: exit %d: %s", code, stderr)
+	}
+}
+
+// The runtime package's stripped binary and package file are kept in the cache directory: a
+// packaging run that takes them from there writes the same bytes as one with an empty cache,
+// and corrupted entries are reported, not used, and made anew.
+func TestRuntimePackageCache(t *testing.T) {
+	h53 := testenv.HeadersDir(t, testenv.Release53)
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	cache := t.TempDir()
+	src := testenv.ExampleSource(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-k", h53, "-o", out, src); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	pkg := func(cache string) (runtimeDeb []byte, stderr string) {
+		t.Helper()
+		_, stderr, code := kmpackIn(t, cache, "package", "--profile", "debian", "--no-source-package", out)
+		if code != 0 {
+			t.Fatalf("package: exit %d: %s", code, stderr)
+		}
+		debs, _ := filepath.Glob(filepath.Join(out, formats.PackagesDir, formats.RuntimePackageName+"_*.deb"))
+		if len(debs) != 1 {
+			t.Fatalf("runtime packages: %v", debs)
+		}
+		b, err := os.ReadFile(debs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, stderr
+	}
+	uncached, _ := pkg(t.TempDir())
+	cold, stderr := pkg(cache)
+	entries, _ := filepath.Glob(filepath.Join(cache, "packages", "*"))
+	if !bytes.Equal(cold, uncached) || len(entries) != 2 || stderr != "" {
+		t.Fatalf("first run: same bytes %v, %d cache entries (want 2: the stripped binary and the package), stderr %q",
+			bytes.Equal(cold, uncached), len(entries), stderr)
+	}
+	if warm, stderr := pkg(cache); !bytes.Equal(warm, uncached) || stderr != "" {
+		t.Errorf("run from the cache: same bytes %v, stderr %q", bytes.Equal(warm, uncached), stderr)
+	}
+	for _, e := range entries {
+		b, _ := os.ReadFile(e)
+		b[len(b)-1] ^= 0xff
+		os.WriteFile(e, b, 0o644)
+	}
+	again, stderr := pkg(cache)
+	if !bytes.Equal(again, uncached) || strings.Count(stderr, "is unusable") != 2 {
+		t.Errorf("corrupted entries: same bytes %v, stderr %q (want both entries reported)", bytes.Equal(again, uncached), stderr)
+	}
+	if warm, stderr := pkg(cache); !bytes.Equal(warm, uncached) || stderr != "" {
+		t.Errorf("run from the remade entries: same bytes %v, stderr %q", bytes.Equal(warm, uncached), stderr)
 	}
 }

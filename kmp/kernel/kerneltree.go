@@ -42,6 +42,9 @@ type SymversInfo struct {
 	Symbols int    `json:"symbols"`
 	// Vmlinux counts the symbols the kernel image itself exports.
 	Vmlinux int `json:"vmlinux"`
+	// Parsed is the table itself, kept only by OpenKernelTreeWithSymvers (nil otherwise: a
+	// build over many trees would hold every table for its whole run).
+	Parsed *module.Symvers `json:"-"`
 }
 
 // SigningConfig is the kernel's module signing setup (CONFIG_MODULE_SIG*).
@@ -80,7 +83,13 @@ const (
 // is not one. It runs nothing, and reads the tree's files through an os.Root at the tree's
 // directory: regular files only (a FIFO cannot hang it), bounded in size, never through a
 // symlink that leaves the tree.
-func OpenKernelTree(dir string) (*KernelTree, error) {
+func OpenKernelTree(dir string) (*KernelTree, error) { return openKernelTree(dir, false) }
+
+// OpenKernelTreeWithSymvers is OpenKernelTree keeping the parsed Module.symvers in
+// Symvers.Parsed, for a caller that reads the table next (packaging for the rhel profile).
+func OpenKernelTreeWithSymvers(dir string) (*KernelTree, error) { return openKernelTree(dir, true) }
+
+func openKernelTree(dir string, keepSymvers bool) (*KernelTree, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -149,6 +158,9 @@ func OpenKernelTree(dir string) (*KernelTree, error) {
 			return nil, err
 		}
 		info := &SymversInfo{Path: sv, Symbols: s.Len()}
+		if keepSymvers {
+			info.Parsed = s
+		}
 		for _, sym := range s.Symbols {
 			if sym.Module == "vmlinux" {
 				info.Vmlinux++

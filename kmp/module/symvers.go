@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"unicode"
 
@@ -77,19 +76,36 @@ func ReadSymvers(path string) (*Symvers, error) {
 // other malformed line is an error naming its line number.
 func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 	defer kmp.Guard(path, &err)
-	sv = &Symvers{Path: path, byName: map[string]int{}}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := strings.TrimRight(sc.Text(), "\r")
-		if strings.TrimSpace(text) == "" {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return nil, kmp.InputErrorf(path, "%v", err)
+	}
+	// One string holds the file; every name, module and namespace is a piece of it (a kernel's
+	// symvers has some 25,000 lines: a string, a slice and a join per line were most of the
+	// time kmpack package spent reading kernel trees).
+	text := string(raw)
+	lines := strings.Count(text, "\n") + 1
+	sv = &Symvers{Path: path, byName: make(map[string]int, lines), Symbols: make([]Symbol, 0, lines)}
+	var cols [5]string
+	for line := 1; text != ""; line++ {
+		var l string
+		l, text, _ = strings.Cut(text, "\n")
+		if len(l) > maxSymversLine {
+			return nil, kmp.InputErrorf(path, "line %d: longer than %d bytes", line, maxSymversLine)
+		}
+		l = strings.TrimRight(l, "\r")
+		if strings.TrimSpace(l) == "" {
 			continue
 		}
-		cols := strings.Split(text, "\t")
+		n := 0
+		for f := range strings.SplitSeq(l, "\t") {
+			if n < len(cols) {
+				cols[n] = f
+			}
+			n++
+		}
 		var sym Symbol
-		switch len(cols) {
+		switch n {
 		case 3:
 			sym = Symbol{Module: cols[2]}
 		case 4:
@@ -101,19 +117,21 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 				sym = Symbol{Module: cols[2], Export: cols[3], Namespace: cols[4]}
 			}
 		default:
-			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, len(cols))
+			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, n)
 		}
 		// Names, modules and namespaces are identifiers: a control character in one (a CR
 		// mid-line, an escape) is a corrupt file, and would not survive being written back.
-		if strings.ContainsFunc(strings.Join(cols, ""), unicode.IsControl) {
-			return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
+		for _, c := range cols[:n] {
+			if hasControl(c) {
+				return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
+			}
 		}
 		crc, err := parseCRC(cols[0])
 		if err != nil {
 			return nil, kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
 		}
 		sym.CRC, sym.Name = crc, cols[1]
-		if sym.Name == "" || strings.ContainsAny(sym.Name, " \x00") {
+		if sym.Name == "" || strings.IndexByte(sym.Name, ' ') >= 0 || strings.IndexByte(sym.Name, 0) >= 0 {
 			return nil, kmp.InputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
 		}
 		if sym.Module == "" {
@@ -129,20 +147,57 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 		sv.byName[sym.Name] = len(sv.Symbols)
 		sv.Symbols = append(sv.Symbols, sym)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, kmp.InputErrorf(path, "line %d: %v", line+1, err)
-	}
 	if len(sv.Symbols) == 0 {
 		return nil, kmp.InputErrorf(path, "no symbols: not a Module.symvers file")
 	}
 	return sv, nil
 }
 
+// maxSymversLine bounds a line of a symvers file (real ones are some 100 bytes).
+const maxSymversLine = 1 << 20
+
+// hasControl is strings.ContainsFunc(s, unicode.IsControl), byte by byte while s is ASCII.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c == 0x7f:
+			return true
+		case c >= 0x80:
+			return strings.ContainsFunc(s[i:], unicode.IsControl)
+		}
+	}
+	return false
+}
+
+// parseCRC reads a 0x-prefixed hexadecimal number of at most 64 bits (strconv.ParseUint's
+// base-16 rules, without its generality: a symvers has a CRC on each of its lines).
 func parseCRC(s string) (uint64, error) {
 	if !strings.HasPrefix(s, "0x") && !strings.HasPrefix(s, "0X") {
 		return 0, fmt.Errorf("no 0x prefix")
 	}
-	return strconv.ParseUint(s[2:], 16, 64)
+	s = s[2:]
+	if s == "" {
+		return 0, fmt.Errorf("no digits")
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		var d byte
+		switch c := s[i]; {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, fmt.Errorf("not a hexadecimal digit: %q", c)
+		}
+		if v>>60 != 0 {
+			return 0, fmt.Errorf("larger than 64 bits")
+		}
+		v = v<<4 | uint64(d)
+	}
+	return v, nil
 }
 
 func truncate(s string, n int) string {

@@ -1,0 +1,259 @@
+package formats
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/kmpack/kmpack/kmp"
+)
+
+// PackageCache keeps bytes that are expensive to make and determined by their inputs in
+// kmpack's cache directory: package files with a large payload (the runtime package's is the
+// kmpack binary, whose gzip takes seconds), and the stripped runtime binary. Each lives in a
+// slot, <Dir>/packages/<sha256 of the slot's name>, one file per slot: a header line (the key
+// the bytes were made for, their sha256 and size) and the bytes. A new key replaces the
+// slot's bytes, so the cache holds one runtime binary and one file per package name, not one
+// per kmpack build or SOURCE_DATE_EPOCH.
+//
+// A cache directory may come from anywhere (CI restores them): a slot is read through an
+// os.Root, only as a regular file that is no link, bounded, and its bytes are used only when
+// they match the recorded sha256 and size; anything else is reported, removed and made anew.
+// Slots are written to a temporary file that is renamed into place.
+type PackageCache struct {
+	Dir string
+	// Salt identifies the code that makes the bytes: the sha256 of the kmpack binary, whose
+	// emitters wrote the packages. With no Salt, packages are not cached.
+	Salt string
+	// Refresh takes nothing from the cache and stores what is made (kmpack build --no-cache).
+	Refresh bool
+	// Warn reports an unusable entry or a failure to store one (nil: silent). Neither fails
+	// packaging: the bytes are made as if there were no cache.
+	Warn func(string)
+}
+
+const (
+	packageCacheDir    = "packages"
+	packageCacheFormat = "kmpack-package-cache"
+	packageCacheFmtVer = 1
+	// maxCachedBytes bounds what one slot may hold (a package file, the stripped binary).
+	maxCachedBytes = 1 << 30
+	maxCacheHeader = 4096
+	// minCachedPayload is the payload below which a package is not cached: emitting a small
+	// package costs less than hashing, reading and writing its cache slot.
+	minCachedPayload = 1 << 20
+)
+
+type cacheHeader struct {
+	Format        string `json:"format"`
+	FormatVersion int    `json:"formatVersion"`
+	Key           string `json:"key"`
+	SHA256        string `json:"sha256"`
+	Size          int64  `json:"size"`
+}
+
+func slotPath(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return path.Join(packageCacheDir, hex.EncodeToString(sum[:]))
+}
+
+func (c *PackageCache) warn(format string, args ...any) {
+	if c.Warn != nil {
+		c.Warn(fmt.Sprintf(format, args...))
+	}
+}
+
+// Get returns the bytes slot holds for key, or nil: when it holds none, holds another key's,
+// or holds bytes that fail a check (reported and removed).
+func (c *PackageCache) Get(slot, key string) []byte {
+	if c == nil || c.Dir == "" || c.Refresh {
+		return nil
+	}
+	rel := slotPath(slot)
+	root, err := os.OpenRoot(c.Dir)
+	if err != nil {
+		return nil
+	}
+	defer root.Close()
+	data, err := readSlot(root, rel, key)
+	switch {
+	case err == nil:
+		return data
+	case errors.Is(err, errOtherKey), errors.Is(err, fs.ErrNotExist):
+		return nil
+	}
+	c.warn("package cache entry %s (%s) is unusable (%v): making it anew", path.Join(c.Dir, rel), slot, err)
+	root.Remove(rel)
+	return nil
+}
+
+var errOtherKey = errors.New("made for other inputs")
+
+func readSlot(root *os.Root, rel, key string) ([]byte, error) {
+	// Regular file only, never through a link, without blocking on a FIFO, bounded.
+	f, fi, err := kmp.OpenRootFile(root, rel, true)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi.Size() > maxCachedBytes+maxCacheHeader {
+		return nil, fmt.Errorf("larger than %d bytes", maxCachedBytes+maxCacheHeader)
+	}
+	// Read in one piece (the file's size): a grown buffer would copy the bytes over and over.
+	all := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, all); err != nil {
+		return nil, err
+	}
+	line, data, ok := bytes.Cut(all[:min(len(all), maxCacheHeader)], []byte("\n"))
+	if !ok {
+		return nil, errors.New("no header line")
+	}
+	data = all[len(line)+1:]
+	var h cacheHeader
+	if err := json.Unmarshal(line, &h); err != nil {
+		return nil, fmt.Errorf("header: %v", err)
+	}
+	if h.Format != packageCacheFormat || h.FormatVersion != packageCacheFmtVer {
+		return nil, fmt.Errorf("format %q version %d, not %s version %d", h.Format, h.FormatVersion, packageCacheFormat, packageCacheFmtVer)
+	}
+	if h.Key != key {
+		return nil, errOtherKey
+	}
+	sum := sha256.Sum256(data)
+	if int64(len(data)) != h.Size || hex.EncodeToString(sum[:]) != h.SHA256 {
+		return nil, errors.New("its bytes do not match their recorded sha256 and size (truncated or altered)")
+	}
+	return data, nil
+}
+
+// Put stores data in slot for key, replacing what the slot held. A cache that cannot be
+// written is reported and only costs making the bytes again next time.
+func (c *PackageCache) Put(slot, key string, data []byte) {
+	if c == nil || c.Dir == "" || len(data) > maxCachedBytes {
+		return
+	}
+	if err := c.put(slot, key, data); err != nil {
+		c.warn("cannot store %s in the package cache %s: %v", slot, c.Dir, err)
+	}
+}
+
+func (c *PackageCache) put(slot, key string, data []byte) error {
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(c.Dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if err := root.MkdirAll(packageCacheDir, 0o755); err != nil {
+		return err
+	}
+	cleanStaleTemps(root)
+	sum := sha256.Sum256(data)
+	header, err := json.Marshal(cacheHeader{Format: packageCacheFormat, FormatVersion: packageCacheFmtVer,
+		Key: key, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))})
+	if err != nil {
+		return err
+	}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(packageCacheDir, fmt.Sprintf(".tmp-%d-%x", os.Getpid(), rnd))
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(header, '\n'))
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Rename(tmp, slotPath(slot))
+	}
+	if err != nil {
+		root.Remove(tmp)
+	}
+	return err
+}
+
+// cleanStaleTemps removes the .tmp-<pid>-* files of kmpacks that died while storing.
+func cleanStaleTemps(root *os.Root) {
+	d, err := root.Open(packageCacheDir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		rest, ok := strings.CutPrefix(n, ".tmp-")
+		if !ok {
+			continue
+		}
+		pidText, _, _ := strings.Cut(rest, "-")
+		if pid, err := strconv.Atoi(pidText); err == nil && pid != os.Getpid() && !processAlive(pid) {
+			root.Remove(path.Join(packageCacheDir, n))
+		}
+	}
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// cacheable tells whether p's file is worth caching and can be: a large payload, a salt that
+// identifies the emitters, and no signature (a signing key is not part of the key).
+func (p *Package) cacheable() bool {
+	signed := p.signing != nil && (p.Format == "rpm" && p.signing.RPM != nil || p.Format == "apk" && p.signing.APK != nil)
+	return p.cache != nil && p.cache.Salt != "" && !signed && p.payloadSize() >= minCachedPayload
+}
+
+// cacheSlot is the slot of p's file: one per package file name and format.
+func (p *Package) cacheSlot() string { return "package " + p.Format + " " + p.FileName }
+
+// cacheKey is a digest of everything the emitters read from p, and of the emitters themselves
+// (the salt): the package's exported fields, each file with its body's sha256, and the
+// unexported fields that change what is written. A field added to Package must be added here
+// when it is unexported (TestPackageCacheKeyCoversFields counts them).
+func (p *Package) cacheKey(salt string) (string, error) {
+	type file struct {
+		File
+		BodySHA256 string
+		BodySize   int
+	}
+	q := *p
+	q.Files = nil
+	files := make([]file, len(p.Files))
+	for i, f := range p.Files {
+		sum := sha256.Sum256(f.Body)
+		files[i] = file{File: f, BodySHA256: hex.EncodeToString(sum[:]), BodySize: len(f.Body)}
+		files[i].Body = nil
+	}
+	doc, err := json.Marshal(struct {
+		Salt       string
+		Package    Package
+		Files      []file
+		Runtime    bool
+		SourceRoot string
+		CertDir    string
+	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(append([]byte(packageCacheFormat+" package\n"), doc...))
+	return hex.EncodeToString(sum[:]), nil
+}
