@@ -207,25 +207,52 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			b.ccache = dir
 		}
 	}
-	for _, t := range trees {
-		ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
-		if private {
-			ws = source.NewPrivateWorkspace(filepath.Join(work.Path, t.Release), t, src.Name, src.Version)
+	// Plans are made side by side (a dkms.conf is evaluated by bash for every kernel), kept in
+	// the trees' order; the first error in that order wins.
+	jobs := make([]*kernelJob, len(trees))
+	planErrs := make([]error, len(trees))
+	sem := make(chan struct{}, max(opts.Jobs, 1))
+	var pwg sync.WaitGroup
+	for i, t := range trees {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			defer func() {
+				if r := recover(); r != nil {
+					planErrs[i] = fmt.Errorf("internal error planning for %s: %v", t.Release, r)
+				}
+			}()
+			ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
+			if private {
+				ws = source.NewPrivateWorkspace(filepath.Join(work.Path, t.Release), t, src.Name, src.Version)
+			}
+			plan, err := src.Plan(ctx, t, ws, opts.Jobs)
+			if err != nil {
+				planErrs[i] = err
+				return
+			}
+			paths := manifest.PathsWorkspace
+			if ws.Private {
+				paths = manifest.PathsDKMS
+			}
+			jobs[i] = &kernelJob{tree: t, ws: ws, plan: plan,
+				result: &manifest.KernelBuild{Release: t.Release, Tree: t.Dir, Flavor: t.Flavor, Arch: t.Arch, Status: manifest.StatusQueued,
+					Paths: paths, Modules: []*manifest.BuiltModule{}}}
+		}()
+	}
+	pwg.Wait()
+	for i := range trees {
+		if planErrs[i] != nil {
+			return nil, planErrs[i]
 		}
-		plan, err := src.Plan(ctx, t, ws, opts.Jobs)
-		if err != nil {
-			return nil, err
-		}
-		for _, w := range plan.Warnings {
+	}
+	for _, j := range jobs {
+		for _, w := range j.plan.Warnings {
 			b.warn(w)
 		}
-		paths := manifest.PathsWorkspace
-		if ws.Private {
-			paths = manifest.PathsDKMS
-		}
-		b.jobs = append(b.jobs, &kernelJob{tree: t, ws: ws, plan: plan,
-			result: &manifest.KernelBuild{Release: t.Release, Tree: t.Dir, Flavor: t.Flavor, Arch: t.Arch, Status: manifest.StatusQueued,
-				Paths: paths, Modules: []*manifest.BuiltModule{}}})
+		b.jobs = append(b.jobs, j)
 	}
 	if b.srcHash, err = src.Hash(); err != nil {
 		return nil, fmt.Errorf("hashing the source: %w", err)

@@ -3,6 +3,7 @@ package source
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -88,7 +90,26 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 		return nil, kmp.InputErrorf(path, "cannot read dkms.conf: %v", kmp.UnwrapPathError(err))
 	}
 	// bash -n parses without running: a syntax error is reported before anything runs, which
-	// dkms itself does not do (it sources what parses and carries on).
+	// dkms itself does not do (it sources what parses and carries on). Once per content: a
+	// build evaluates one dkms.conf for every kernel.
+	if err := checkDKMSSyntax(ctx, path); err != nil {
+		return nil, err
+	}
+	return evalDKMSConf(ctx, path, env)
+}
+
+// syntaxChecked holds the SHA-256 of dkms.conf contents bash -n accepted in this process.
+var syntaxChecked sync.Map
+
+func checkDKMSSyntax(ctx context.Context, path string) error {
+	data, err := kmp.ReadRegularFile(path, maxDKMSConf)
+	if err != nil {
+		return kmp.InputErrorf(path, "cannot read dkms.conf: %v", err)
+	}
+	sum := sha256.Sum256(data)
+	if _, ok := syntaxChecked.Load(sum); ok {
+		return nil
+	}
 	var synErr proc.Buffer
 	checkCtx, cancelCheck := context.WithTimeout(ctx, DKMSEvalTimeout)
 	defer cancelCheck()
@@ -96,19 +117,26 @@ func EvalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 	check.Stderr = &synErr
 	if err := proc.Run(check); err != nil {
 		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
+			return context.Cause(ctx)
 		}
 		if checkCtx.Err() != nil {
-			return nil, kmp.InputErrorf(path, "checking dkms.conf's syntax did not finish within %v", DKMSEvalTimeout)
+			return kmp.InputErrorf(path, "checking dkms.conf's syntax did not finish within %v", DKMSEvalTimeout)
 		}
 		msg := strings.TrimSpace(synErr.String())
 		msg = strings.TrimPrefix(msg, path+": ")
 		if i := strings.IndexByte(msg, '\n'); i >= 0 {
 			msg = msg[:i]
 		}
-		return nil, kmp.InputErrorf(path, "not valid bash: %s", msg)
+		return kmp.InputErrorf(path, "not valid bash: %s", msg)
 	}
+	syntaxChecked.Store(sum, true)
+	return nil
+}
 
+// maxDKMSConf bounds a dkms.conf (real ones are a few KB).
+const maxDKMSConf = 1 << 20
+
+func evalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf, err error) {
 	evalCtx, cancel := context.WithTimeout(ctx, DKMSEvalTimeout)
 	defer cancel()
 	// The directives come back on fd 3, into an unlinked temporary file rather than a pipe: a
