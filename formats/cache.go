@@ -250,7 +250,8 @@ func (p *Package) cacheKey(salt string) (string, error) {
 		Runtime    bool
 		SourceRoot string
 		CertDir    string
-	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir})
+		Resource   []byte
+	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir, p.resource})
 	if err != nil {
 		return "", err
 	}

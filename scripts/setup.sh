@@ -38,6 +38,8 @@ PACKAGES=(
   # The package managers that judge kmpack publish's repositories: apt (here already), dnf, zypper
   # and pacman install from them into test roots; gpgv checks the signed metadata.
   dnf zypper pacman-package-manager gpgv
+  # The kmm profile's kmod images (OCI) are read back with skopeo and unpacked with umoci.
+  skopeo umoci
 )
 
 need=()

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/internal/testenv"
+)
+
+// build --profile kmm makes one kmod image per kernel and a KMM Module resource. The images are
+// read with the real skopeo and umoci: labels and architecture as written, the modules (the
+// build's own bytes) and depmod's modules.dep under /opt/lib/modules/<kernel>/, where KMM's
+// documentation (kmod_image.md) puts them. The Module is checked against what KMM's documented
+// schema requires (deploy_kmod.md, api/v1beta1/module_types.go, the CRD and its webhook), and
+// packaging again with the same SOURCE_DATE_EPOCH writes the same bytes.
+func TestKMMImagesAndModule(t *testing.T) {
+	testenv.Need(t, "skopeo", "umoci", "depmod")
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	kernels := []string{testenv.Release53, testenv.Release54}
+	cache := t.TempDir()
+	src := testenv.ExampleSource(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	const image = "registry.example.org/kmm/kmpack-hello"
+	args := []string{"build", "-q", "-o", out, "--profile", "kmm", "--kmm-image", image}
+	for _, k := range kernels {
+		args = append(args, "-k", testenv.HeadersDir(t, k))
+	}
+	if _, stderr, code := kmpackIn(t, cache, append(args, src)...); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	pkgDir := filepath.Join(out, formats.PackagesDir)
+	var written []formats.Written
+	b, err := os.ReadFile(filepath.Join(pkgDir, "packages.json"))
+	if err != nil || json.Unmarshal(b, &written) != nil {
+		t.Fatalf("packages.json: %v %s", err, b)
+	}
+
+	tags := map[string]string{} // kernel release -> "image:tag" the archive holds
+	var moduleYAML string
+	for _, w := range written {
+		if w.Format != "oci" || w.Profile != "kmm" {
+			t.Errorf("%s: format %s profile %s", w.File, w.Format, w.Profile)
+		}
+		file := filepath.Join(pkgDir, w.File)
+		if w.Kernel == "" {
+			moduleYAML = file
+			continue
+		}
+		// The archive is an OCI image layout whose one manifest is tagged with the release.
+		layout := filepath.Join(t.TempDir(), "layout")
+		os.Mkdir(layout, 0o755)
+		if msg, err := exec.Command("tar", "-xf", file, "-C", layout).CombinedOutput(); err != nil {
+			t.Fatalf("tar -xf %s: %v %s", file, err, msg)
+		}
+		var index struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		b, _ := os.ReadFile(filepath.Join(layout, "index.json"))
+		if err := json.Unmarshal(b, &index); err != nil || len(index.Manifests) != 1 {
+			t.Fatalf("%s: index.json: %v %s", w.File, err, b)
+		}
+		tag := index.Manifests[0].Annotations["org.opencontainers.image.ref.name"]
+		tags[w.Kernel] = image + ":" + tag
+
+		// skopeo reads the archive as it would push it.
+		var info struct {
+			Architecture, Os string
+			Labels           map[string]string
+		}
+		ref := "oci-archive:" + file + ":" + tag
+		b, err = exec.Command("skopeo", "inspect", ref).Output()
+		if err != nil || json.Unmarshal(b, &info) != nil {
+			t.Fatalf("skopeo inspect %s: %v %s", ref, err, b)
+		}
+		if info.Architecture != "amd64" || info.Os != "linux" || info.Labels["io.kmpack.kernel"] != w.Kernel ||
+			info.Labels["org.opencontainers.image.title"] != "kmpack-hello" || info.Labels["org.opencontainers.image.version"] != "1.0-1" ||
+			info.Labels["org.opencontainers.image.source"] == "" || info.Labels["io.kmpack.modules"] != "kmpack_hello.ko" {
+			t.Errorf("skopeo inspect %s: %+v", ref, info)
+		}
+
+		// umoci unpacks the image's root filesystem: the modules are where KMM's worker copies
+		// them from, and depmod's modules.dep lists them.
+		bundle := filepath.Join(t.TempDir(), "bundle")
+		if msg, err := exec.Command("umoci", "unpack", "--rootless", "--image", layout+":"+tag, bundle).CombinedOutput(); err != nil {
+			t.Fatalf("umoci unpack %s: %v %s", tag, err, msg)
+		}
+		dir := filepath.Join(bundle, "rootfs", "opt", "lib", "modules", w.Kernel)
+		got, err := os.ReadFile(filepath.Join(dir, "kmpack_hello.ko"))
+		if err != nil {
+			t.Fatalf("%s: %v", tag, err)
+		}
+		built, err := os.ReadFile(filepath.Join(out, "modules", w.Kernel, "kmpack_hello.ko"))
+		if err != nil || !bytes.Equal(got, built) {
+			t.Errorf("%s: the image's kmpack_hello.ko is not the build's (%v)", tag, err)
+		}
+		dep, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
+		if err != nil || !strings.Contains(string(dep), "kmpack_hello.ko:") {
+			t.Errorf("%s: modules.dep %q %v", tag, dep, err)
+		}
+		for _, f := range []string{"modules.dep.bin", "modules.alias"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				t.Errorf("%s: no %s from depmod: %v", tag, f, err)
+			}
+		}
+	}
+	if len(tags) != len(kernels) || moduleYAML == "" {
+		t.Fatalf("packages: %+v", written)
+	}
+	checkKMMModule(t, moduleYAML, tags)
+
+	// Packaging the build again writes every file byte for byte.
+	before := map[string][]byte{}
+	for _, w := range written {
+		before[w.File], _ = os.ReadFile(filepath.Join(pkgDir, w.File))
+	}
+	if _, stderr, code := kmpackIn(t, cache, "package", "--profile", "kmm", "--kmm-image", image, out); code != 0 {
+		t.Fatalf("package: exit %d: %s", code, stderr)
+	}
+	for name, b := range before {
+		if again, err := os.ReadFile(filepath.Join(pkgDir, name)); err != nil || !bytes.Equal(b, again) {
+			t.Errorf("%s differs when packaged again (%v)", name, err)
+		}
+	}
+
+	if _, stderr, code := kmpackIn(t, cache, "package", "--profile", "kmm", "--kmm-image", "Example.org/Hello:latest", out); code != exitUsage {
+		t.Errorf("--kmm-image with a tag: exit %d, want %d: %s", code, exitUsage, stderr)
+	}
+}
+
+// checkKMMModule checks a Module resource against what KMM documents as required
+// (docs/mkdocs/documentation/deploy_kmod.md, "Example resource"; the CRD's required lists:
+// spec.selector, spec.moduleLoader.container, container.kernelMappings (at least one) and
+// modprobe, each mapping's containerImage; the webhook: literal or regexp, not both, and an
+// image with a tag or digest). tags maps each kernel release to the image it must get.
+func checkKMMModule(t *testing.T, file string, tags map[string]string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	get := func(v any, keys ...string) any {
+		for _, k := range keys {
+			mm, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = mm[k]
+		}
+		return v
+	}
+	if m["apiVersion"] != "kmm.sigs.x-k8s.io/v1beta1" || m["kind"] != "Module" {
+		t.Errorf("apiVersion %v kind %v", m["apiVersion"], m["kind"])
+	}
+	if n, _ := get(m, "metadata", "name").(string); !regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`).MatchString(n) {
+		t.Errorf("metadata.name %q is not a DNS-1123 subdomain", n)
+	}
+	if _, ok := get(m, "spec", "selector").(map[string]any); !ok {
+		t.Errorf("spec.selector (required) is missing or not a map")
+	}
+	container := get(m, "spec", "moduleLoader", "container")
+	if name, _ := get(container, "modprobe", "moduleName").(string); name != "kmpack_hello" {
+		t.Errorf("modprobe.moduleName %q", name)
+	}
+	if d := get(container, "modprobe", "dirName"); d != nil && d != "/opt" {
+		t.Errorf("modprobe.dirName %v: the images hold /opt/lib/modules", d)
+	}
+	mappings, _ := get(container, "kernelMappings").([]any)
+	if len(mappings) == 0 {
+		t.Fatalf("no kernelMappings in %s", b)
+	}
+	seen := map[string]bool{}
+	for i, km := range mappings {
+		lit, _ := get(km, "literal").(string)
+		re, _ := get(km, "regexp").(string)
+		img, _ := get(km, "containerImage").(string)
+		if (lit == "") == (re == "") {
+			t.Errorf("kernelMappings[%d]: want exactly one of literal and regexp: %v", i, km)
+		}
+		if !strings.Contains(img, ":") && !strings.Contains(img, "@") {
+			t.Errorf("kernelMappings[%d]: containerImage %q has no tag or digest", i, img)
+		}
+		if lit != "" {
+			if tags[lit] != img {
+				t.Errorf("kernelMappings[%d]: %s maps to %q, the image written for it is %q", i, lit, img, tags[lit])
+			}
+			seen[lit] = true
+		}
+	}
+	for k := range tags {
+		if !seen[k] {
+			t.Errorf("no kernel mapping for %s", k)
+		}
+	}
+}
