@@ -251,7 +251,8 @@ func (p *Package) cacheKey(salt string) (string, error) {
 		SourceRoot string
 		CertDir    string
 		Resource   []byte
-	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir, p.resource})
+		Base       string
+	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir, p.resource, p.base.id()})
 	if err != nil {
 		return "", err
 	}

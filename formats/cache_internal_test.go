@@ -18,9 +18,9 @@ func TestPackageCacheKeyCoversFields(t *testing.T) {
 		}
 	}
 	slices.Sort(unexported)
-	// In the key: runtime, sourceRoot, certDir, resource. Not: signing (signed packages are
-	// not cached) and cache itself.
-	if want := []string{"cache", "certDir", "resource", "runtime", "signing", "sourceRoot"}; !slices.Equal(unexported, want) {
+	// In the key: runtime, sourceRoot, certDir, resource, base (its digests). Not: signing
+	// (signed packages are not cached) and cache itself.
+	if want := []string{"base", "cache", "certDir", "resource", "runtime", "signing", "sourceRoot"}; !slices.Equal(unexported, want) {
 		t.Errorf("Package's unexported fields are %v, cacheKey knows %v: add the new one to cacheKey (or say why not here)", unexported, want)
 	}
 	p := &Package{Name: "a", Version: "1", Files: []File{{Path: "/x", Body: []byte("one")}}}

@@ -88,6 +88,9 @@ type Options struct {
 	// resource names; default KMMImageDefault. KMMModuleName is the module KMM's worker
 	// loads with modprobe; default the first module built.
 	KMMImage, KMMModuleName string
+	// KMMBase is the image the kmm profile's kmod images are layered on (see OCIBase); nil
+	// makes images of the modules alone.
+	KMMBase *OCIBase
 }
 
 // What a served kernel gets (Options.Served).

@@ -60,7 +60,7 @@ func (kmmProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, e
 		Profile: "kmm", Kernel: k.Release,
 		Name: packageName("oci", md.Name), Version: md.Version, Release: md.Release,
 		Arch: ociArch(k.Arch), Summary: md.Summary, Description: md.Summary, License: md.License,
-		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files,
+		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files, base: opts.KMMBase,
 	}, nil
 }
 

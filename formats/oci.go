@@ -69,13 +69,59 @@ func (ociEmitter) Write(p *Package, w io.Writer) error {
 		return err
 	}
 	created := p.MTime.UTC().Format(time.RFC3339)
+	// Without a base the image holds the modules only; with one (see OCIBase) its config is
+	// the base's (environment, entrypoint...) with the labels, layer and history added.
+	cfg := map[string]any{}
+	diffIDs := []any{}
+	history := []any{}
+	layers := []any{}
+	blobs := [][]byte{layer}
+	if p.base != nil {
+		img, err := p.base.forArch(p.Arch)
+		if err != nil {
+			return err
+		}
+		base, err := json.Marshal(img.config) // a copy, the base is shared by the packages
+		if err != nil {
+			return err
+		}
+		var bc map[string]any
+		if err := json.Unmarshal(base, &bc); err != nil {
+			return err
+		}
+		if c, ok := bc["config"].(map[string]any); ok {
+			cfg = c
+		}
+		rootfs, _ := bc["rootfs"].(map[string]any)
+		diffIDs, _ = rootfs["diff_ids"].([]any)
+		if h, ok := bc["history"].([]any); ok {
+			history = h
+		}
+		for _, l := range img.layers {
+			d := l["digest"].(string)
+			b, err := p.base.blob(d)
+			if err != nil {
+				return err
+			}
+			blobs = append(blobs, b)
+			layers = append(layers, map[string]any{"mediaType": l["mediaType"], "digest": d, "size": len(b)})
+		}
+	}
+	labels := map[string]any{}
+	if l, ok := cfg["Labels"].(map[string]any); ok {
+		labels = l
+	}
+	for k, v := range ociLabels(p) {
+		labels[k] = v
+	}
+	cfg["Labels"] = labels
 	config, err := json.Marshal(map[string]any{
 		"created":      created,
 		"architecture": p.Arch,
 		"os":           "linux",
-		"config":       map[string]any{"Labels": ociLabels(p)},
-		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{diffID}},
-		"history":      []map[string]string{{"created": created, "created_by": "kmpack", "comment": "kernel modules of " + p.Name + " " + p.Version + " for " + p.Kernel}},
+		"config":       cfg,
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": append(diffIDs, diffID)},
+		"history":      append(history, map[string]string{"created": created, "created_by": "kmpack", "comment": "kernel modules of " + p.Name + " " + p.Version + " for " + p.Kernel}),
 	})
 	if err != nil {
 		return err
@@ -84,7 +130,7 @@ func (ociEmitter) Write(p *Package, w io.Writer) error {
 		"schemaVersion": 2,
 		"mediaType":     ociManifestType,
 		"config":        ociDescriptor(ociConfigType, config),
-		"layers":        []any{ociDescriptor(ociLayerType, layer)},
+		"layers":        append(layers, ociDescriptor(ociLayerType, layer)),
 		"annotations":   map[string]string{"org.opencontainers.image.created": created},
 	})
 	if err != nil {
@@ -101,7 +147,7 @@ func (ociEmitter) Write(p *Package, w io.Writer) error {
 		"oci-layout": []byte(`{"imageLayoutVersion":"1.0.0"}`),
 		"index.json": index,
 	}
-	for _, blob := range [][]byte{layer, config, manifest} {
+	for _, blob := range append(blobs, config, manifest) {
 		entries["blobs/sha256/"+sha256Hex(blob)] = blob
 	}
 	return writeTar(w, entries, []string{"blobs", "blobs/sha256"}, p.MTime)
@@ -125,12 +171,23 @@ func ociLabels(p *Package) map[string]string {
 		l["org.opencontainers.image.source"] = p.URL
 	}
 	var mods []string
+	signed := map[bool]int{}
 	for _, f := range p.Files {
 		if f.Kind == RegularFile && strings.Contains(path.Base(f.Path), ".ko") {
 			mods = append(mods, path.Base(f.Path))
+			if strings.HasSuffix(f.Path, ".ko") {
+				signed[bytes.HasSuffix(f.Body, []byte("~Module signature appended~\n"))]++
+			}
 		}
 	}
 	l["io.kmpack.modules"] = strings.Join(mods, ",")
+	// Whether the modules carry a signature (the build's --sign-key): said only when all
+	// modules are uncompressed and all or none are signed.
+	if signed[true] == len(mods) {
+		l["io.kmpack.signed"] = "true"
+	} else if signed[false] == len(mods) {
+		l["io.kmpack.signed"] = "false"
+	}
 	for k, v := range l {
 		if v == "" {
 			delete(l, k)

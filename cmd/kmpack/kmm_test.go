@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,16 +22,22 @@ import (
 // build's own bytes) and depmod's modules.dep under /opt/lib/modules/<kernel>/, where KMM's
 // documentation (kmod_image.md) puts them. The Module is checked against what KMM's documented
 // schema requires (deploy_kmod.md, api/v1beta1/module_types.go, the CRD and its webhook), and
-// packaging again with the same SOURCE_DATE_EPOCH writes the same bytes.
+// packaging again with the same SOURCE_DATE_EPOCH writes the same bytes. The build signs its
+// modules: the images carry them signed.
 func TestKMMImagesAndModule(t *testing.T) {
 	testenv.Need(t, "skopeo", "umoci", "depmod")
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	kernels := []string{testenv.Release53, testenv.Release54}
 	cache := t.TempDir()
+	keys := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", keys, "--cn", "kmm test key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
 	src := testenv.ExampleSource(t, true)
 	out := filepath.Join(t.TempDir(), "out")
 	const image = "registry.example.org/kmm/kmpack-hello"
-	args := []string{"build", "-q", "-o", out, "--profile", "kmm", "--kmm-image", image}
+	args := []string{"build", "-q", "-o", out, "--profile", "kmm", "--kmm-image", image,
+		"--sign-key", filepath.Join(keys, "kmpack-signing.key"), "--sign-cert", filepath.Join(keys, "kmpack-signing.crt")}
 	for _, k := range kernels {
 		args = append(args, "-k", testenv.HeadersDir(t, k))
 	}
@@ -85,7 +92,8 @@ func TestKMMImagesAndModule(t *testing.T) {
 		}
 		if info.Architecture != "amd64" || info.Os != "linux" || info.Labels["io.kmpack.kernel"] != w.Kernel ||
 			info.Labels["org.opencontainers.image.title"] != "kmpack-hello" || info.Labels["org.opencontainers.image.version"] != "1.0-1" ||
-			info.Labels["org.opencontainers.image.source"] == "" || info.Labels["io.kmpack.modules"] != "kmpack_hello.ko" {
+			info.Labels["org.opencontainers.image.source"] == "" || info.Labels["io.kmpack.modules"] != "kmpack_hello.ko" ||
+			info.Labels["io.kmpack.signed"] != "true" {
 			t.Errorf("skopeo inspect %s: %+v", ref, info)
 		}
 
@@ -101,8 +109,8 @@ func TestKMMImagesAndModule(t *testing.T) {
 			t.Fatalf("%s: %v", tag, err)
 		}
 		built, err := os.ReadFile(filepath.Join(out, "modules", w.Kernel, "kmpack_hello.ko"))
-		if err != nil || !bytes.Equal(got, built) {
-			t.Errorf("%s: the image's kmpack_hello.ko is not the build's (%v)", tag, err)
+		if err != nil || !bytes.Equal(got, built) || !bytes.HasSuffix(got, []byte("~Module signature appended~\n")) {
+			t.Errorf("%s: the image's kmpack_hello.ko is not the build's signed module (%v)", tag, err)
 		}
 		dep, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
 		if err != nil || !strings.Contains(string(dep), "kmpack_hello.ko:") {
@@ -135,6 +143,84 @@ func TestKMMImagesAndModule(t *testing.T) {
 
 	if _, stderr, code := kmpackIn(t, cache, "package", "--profile", "kmm", "--kmm-image", "Example.org/Hello:latest", out); code != exitUsage {
 		t.Errorf("--kmm-image with a tag: exit %d, want %d: %s", code, exitUsage, stderr)
+	}
+	testKMMBase(t, cache, out)
+}
+
+// testKMMBase layers the kmod images on a base image made with umoci (busybox-static as sh,
+// mkdir and cp): the base's layer is kept as it is, its environment too, and as root the copy
+// KMM's worker Pod runs in the kmod image's init container (internal/pod/workerpodmanager.go:
+// /bin/sh -c "mkdir -p /tmp/opt/lib/modules; cp -R /opt/lib/modules/<kernel> /tmp/opt/lib/modules")
+// is run in the unpacked image with chroot.
+func testKMMBase(t *testing.T, cache, out string) {
+	testenv.Need(t, "busybox")
+	busybox, _ := exec.LookPath("busybox")
+	base := filepath.Join(t.TempDir(), "base")
+	bb := filepath.Join(t.TempDir(), "bundle")
+	run := func(name string, args ...string) {
+		t.Helper()
+		if msg, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v %s", name, args, err, msg)
+		}
+	}
+	run("umoci", "init", "--layout", base)
+	run("umoci", "new", "--image", base+":stable")
+	run("umoci", "unpack", "--rootless", "--image", base+":stable", bb)
+	os.MkdirAll(filepath.Join(bb, "rootfs", "bin"), 0o755)
+	run("cp", busybox, filepath.Join(bb, "rootfs", "bin", "busybox"))
+	for _, c := range []string{"sh", "mkdir", "cp"} {
+		os.Symlink("busybox", filepath.Join(bb, "rootfs", "bin", c))
+	}
+	run("umoci", "repack", "--image", base+":stable", bb)
+	run("umoci", "config", "--image", base+":stable", "--config.env", "PATH=/bin")
+	var baseIndex struct {
+		Manifests []struct{ Digest string } `json:"manifests"`
+	}
+	b, _ := os.ReadFile(filepath.Join(base, "index.json"))
+	json.Unmarshal(b, &baseIndex)
+	var baseManifest struct {
+		Layers []struct{ Digest string } `json:"layers"`
+	}
+	b, _ = os.ReadFile(filepath.Join(base, "blobs", "sha256", strings.TrimPrefix(baseIndex.Manifests[0].Digest, "sha256:")))
+	if err := json.Unmarshal(b, &baseManifest); err != nil || len(baseManifest.Layers) != 1 {
+		t.Fatalf("base manifest: %v %s", err, b)
+	}
+
+	if _, stderr, code := kmpackIn(t, cache, "package", "--profile", "kmm", "--kmm-base", base+":stable", out); code != 0 {
+		t.Fatalf("package --kmm-base: exit %d: %s", code, stderr)
+	}
+	k := testenv.Release53
+	file := filepath.Join(out, formats.PackagesDir, "kmpack-hello_1.0-1_"+k+".oci.tar")
+	var info struct {
+		Layers []string
+		Env    []string
+		Labels map[string]string
+	}
+	b, err := exec.Command("skopeo", "inspect", "oci-archive:"+file+":"+k).Output()
+	if err != nil || json.Unmarshal(b, &info) != nil {
+		t.Fatalf("skopeo inspect: %v %s", err, b)
+	}
+	if len(info.Layers) != 2 || info.Layers[0] != baseManifest.Layers[0].Digest || !slices.Contains(info.Env, "PATH=/bin") || info.Labels["io.kmpack.kernel"] != k {
+		t.Errorf("image on the base: %+v", info)
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	os.Mkdir(layout, 0o755)
+	run("tar", "-xf", file, "-C", layout)
+	img := filepath.Join(t.TempDir(), "img")
+	run("umoci", "unpack", "--rootless", "--image", layout+":"+k, img)
+	rootfs := filepath.Join(img, "rootfs")
+	if _, err := os.Stat(filepath.Join(rootfs, "opt", "lib", "modules", k, "kmpack_hello.ko")); err != nil {
+		t.Fatalf("module not in the image on the base: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Logf("not root: KMM's copy command is not run in the image")
+		return
+	}
+	run("chroot", rootfs, "/bin/sh", "-c", "\nmkdir -p /tmp/opt/lib/modules;\ncp -R /opt/lib/modules/"+k+" /tmp/opt/lib/modules;\n")
+	for _, f := range []string{"kmpack_hello.ko", "modules.dep"} {
+		if _, err := os.Stat(filepath.Join(rootfs, "tmp", "opt", "lib", "modules", k, f)); err != nil {
+			t.Errorf("KMM's copy command did not copy %s: %v", f, err)
+		}
 	}
 }
 

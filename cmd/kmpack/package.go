@@ -35,6 +35,7 @@ func packagingFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
 		&cli.StringFlag{Name: "served", Usage: "what a kernel served by another kernel's build (build --classes) gets: package (a package of its own carrying that build) or weak-updates (none: the build's package reaches it); default per profile: weak-updates for suse and rhel, package for the others"},
 		&cli.StringFlag{Name: "kmm-image", Usage: "kmm: the image repository the Module resource names, REGISTRY/PATH without tag (default kmpack/<name>); each kernel's image is tagged with its release"},
+		&cli.StringFlag{Name: "kmm-base", Usage: "kmm: layer the kmod images on this base image, an OCI image layout DIR[:TAG] (skopeo copy docker://busybox:stable oci:DIR:stable): KMM's worker runs sh, mkdir and cp in the kmod image"},
 		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built)"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
@@ -180,6 +181,13 @@ func splitList(vals []string) []string {
 func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, signing *formats.PackageSigning, w io.Writer) error {
 	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing, Served: c.String("served"),
 		KMMImage: c.String("kmm-image"), KMMModuleName: c.String("kmm-module-name")}
+	if ref := c.String("kmm-base"); ref != "" {
+		base, err := formats.LoadOCIBase(ref)
+		if err != nil {
+			return err
+		}
+		opts.KMMBase = base
+	}
 	if opts.KMMImage != "" {
 		if err := formats.CheckKMMImage(opts.KMMImage); err != nil {
 			return usagef("%v", err)
