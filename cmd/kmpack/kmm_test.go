@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -25,8 +28,9 @@ import (
 // packaging again with the same SOURCE_DATE_EPOCH writes the same bytes. The build signs its
 // modules: the images carry them signed.
 func TestKMMImagesAndModule(t *testing.T) {
-	testenv.Need(t, "skopeo", "umoci", "depmod")
+	testenv.Need(t, "skopeo", "umoci", "depmod", "docker-registry")
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	registry := startRegistry(t)
 	kernels := []string{testenv.Release53, testenv.Release54}
 	cache := t.TempDir()
 	keys := t.TempDir()
@@ -35,7 +39,7 @@ func TestKMMImagesAndModule(t *testing.T) {
 	}
 	src := testenv.ExampleSource(t, true)
 	out := filepath.Join(t.TempDir(), "out")
-	const image = "registry.example.org/kmm/kmpack-hello"
+	image := registry + "/kmm/kmpack-hello"
 	args := []string{"build", "-q", "-o", out, "--profile", "kmm", "--kmm-image", image,
 		"--sign-key", filepath.Join(keys, "kmpack-signing.key"), "--sign-cert", filepath.Join(keys, "kmpack-signing.crt")}
 	for _, k := range kernels {
@@ -126,6 +130,25 @@ func TestKMMImagesAndModule(t *testing.T) {
 		t.Fatalf("packages: %+v", written)
 	}
 	checkKMMModule(t, moduleYAML, tags)
+
+	// Pushed as the README says, every containerImage of the Module is, in the registry, the
+	// image of its kernel.
+	for _, w := range written {
+		if w.Kernel == "" {
+			continue
+		}
+		ref := tags[w.Kernel]
+		tag := ref[strings.LastIndexByte(ref, ':')+1:]
+		src := "oci-archive:" + filepath.Join(pkgDir, w.File) + ":" + tag
+		if msg, err := exec.Command("skopeo", "copy", "--dest-tls-verify=false", src, "docker://"+ref).CombinedOutput(); err != nil {
+			t.Fatalf("skopeo copy %s: %v %s", src, err, msg)
+		}
+		var info struct{ Labels map[string]string }
+		b, err := exec.Command("skopeo", "inspect", "--tls-verify=false", "docker://"+ref).Output()
+		if err != nil || json.Unmarshal(b, &info) != nil || info.Labels["io.kmpack.kernel"] != w.Kernel {
+			t.Errorf("skopeo inspect docker://%s: %v %s", ref, err, b)
+		}
+	}
 
 	// Packaging the build again writes every file byte for byte.
 	before := map[string][]byte{}
@@ -292,4 +315,38 @@ func checkKMMModule(t *testing.T, file string, tags map[string]string) {
 			t.Errorf("no kernel mapping for %s", k)
 		}
 	}
+}
+
+// startRegistry runs a Docker distribution registry (Debian's docker-registry) on a free
+// local port until the test ends, and returns its host:port.
+func startRegistry(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "config.yml")
+	os.WriteFile(conf, []byte("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "+
+		filepath.Join(dir, "data")+"\nhttp:\n  addr: "+addr+"\n"), 0o644)
+	cmd := exec.Command("docker-registry", "serve", conf)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for range 100 {
+		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return addr
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("docker-registry on %s did not start: %s", addr, logs.String())
+	return ""
 }
