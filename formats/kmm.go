@@ -56,11 +56,31 @@ func (kmmProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, e
 	if err != nil {
 		return nil, err
 	}
+	// The modules the image's modules depend on (modinfo depends=) that it does not hold: they
+	// come from the node's kernel, which the image's modules.dep cannot name (see the README).
+	own := map[string]bool{}
+	for _, m := range k.Modules {
+		own[module.ModuleNameFromPath(m.FileName)] = true
+	}
+	var requires []Relation
+	seen := map[string]bool{}
+	for _, m := range k.Modules {
+		if m.Info == nil {
+			continue
+		}
+		for _, d := range m.Info.Depends {
+			if d = strings.ReplaceAll(d, "-", "_"); !own[d] && !seen[d] {
+				seen[d] = true
+				requires = append(requires, Rel(d))
+			}
+		}
+	}
 	return &Package{
 		Profile: "kmm", Kernel: k.Release,
 		Name: packageName("oci", md.Name), Version: md.Version, Release: md.Release,
 		Arch: ociArch(k.Arch), Summary: md.Summary, Description: md.Summary, License: md.License,
-		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files, base: opts.KMMBase,
+		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Files: files, Requires: requires,
+		base: opts.KMMBase,
 	}, nil
 }
 
@@ -135,7 +155,7 @@ type (
 
 // ResourcePackage is the Module resource of a build's kmod images: one kernel mapping per
 // image, the literal kernel release to <image>:<tag>, and modprobe's moduleName the
-// --kmm-module-name or the first module built.
+// --kmm-module-name or the first module built that no other module depends on.
 func (kmmProfile) ResourcePackage(in *Input, kernelPkgs []*Package, opts Options) (*Package, error) {
 	if len(kernelPkgs) == 0 {
 		return nil, nil
@@ -148,12 +168,9 @@ func (kmmProfile) ResourcePackage(in *Input, kernelPkgs []*Package, opts Options
 		return nil, err
 	}
 	modName := opts.KMMModuleName
-	if modName == "" {
-		for _, k := range in.Kernels {
-			if len(k.Modules) > 0 {
-				modName = module.ModuleNameFromPath(k.Modules[0].FileName)
-				break
-			}
+	for _, k := range in.Kernels {
+		if modName == "" && len(k.Modules) > 0 {
+			modName = topModule(k.Modules)
 		}
 	}
 	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,56}$`).MatchString(modName) {
@@ -193,6 +210,25 @@ func (kmmProfile) ResourcePackage(in *Input, kernelPkgs []*Package, opts Options
 		Arch: "noarch", Summary: in.Meta.Summary, Description: in.Meta.Summary, License: in.Meta.License,
 		Vendor: in.Meta.Vendor, Maintainer: in.Meta.Maintainer, URL: in.Meta.URL, resource: b.Bytes(),
 	}, nil
+}
+
+// topModule is the module modprobe should load: the first that no other module depends on
+// (modprobe loads what it depends on from modules.dep), else the first.
+func topModule(mods []Module) string {
+	needed := map[string]bool{}
+	for _, m := range mods {
+		if m.Info != nil {
+			for _, d := range m.Info.Depends {
+				needed[strings.ReplaceAll(d, "-", "_")] = true
+			}
+		}
+	}
+	for _, m := range mods {
+		if n := module.ModuleNameFromPath(m.FileName); !needed[n] {
+			return n
+		}
+	}
+	return module.ModuleNameFromPath(mods[0].FileName)
 }
 
 // resourceProfile is a profile that describes, besides its per-kernel packages, one file

@@ -1,6 +1,10 @@
 package formats
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/kmpack/kmpack/kmp/module"
+)
 
 // Kernel releases become image tags (the distribution spec's grammar), image repositories are
 // checked as the reference grammar has them, and a source's name becomes a Kubernetes name.
@@ -34,5 +38,25 @@ func TestKMMNames(t *testing.T) {
 		if got := ociArch(arch); got != want {
 			t.Errorf("ociArch(%q) = %q, want %q", arch, got, want)
 		}
+	}
+}
+
+// A kmod image names the modules its modules depend on and do not hold (modinfo depends=):
+// the node's kernel must provide them.
+func TestKMMInTreeDependencies(t *testing.T) {
+	k := &Kernel{Release: "6.1.0-53-amd64", Arch: "x86_64", Modules: []Module{
+		{FileName: "a.ko", Body: []byte("a"), Info: &module.ModuleInfo{Depends: []string{"videodev", "b-two"}}},
+		{FileName: "b_two.ko", Body: []byte("b"), Info: &module.ModuleInfo{Depends: []string{"videodev", "mc"}}},
+	}}
+	in := &Input{Meta: Metadata{Name: "x", Version: "1", Release: "1"}, Kernels: []Kernel{*k}}
+	p, err := kmmProfile{}.KernelPackage(in, k, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ociLabels(p)["io.kmpack.depends"]; got != "videodev,mc" {
+		t.Errorf("io.kmpack.depends = %q, want videodev,mc", got)
+	}
+	if p.Arch != "amd64" || p.Files[0].Path != "/opt/lib/modules/6.1.0-53-amd64/a.ko" {
+		t.Errorf("package %+v", p)
 	}
 }

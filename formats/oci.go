@@ -181,6 +181,11 @@ func ociLabels(p *Package) map[string]string {
 		}
 	}
 	l["io.kmpack.modules"] = strings.Join(mods, ",")
+	var deps []string
+	for _, r := range p.Requires {
+		deps = append(deps, r.Name)
+	}
+	l["io.kmpack.depends"] = strings.Join(deps, ",") // deleted below when empty
 	// Whether the modules carry a signature (the build's --sign-key): said only when all
 	// modules are uncompressed and all or none are signed.
 	if signed[true] == len(mods) {

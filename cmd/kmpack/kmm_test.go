@@ -317,6 +317,36 @@ func checkKMMModule(t *testing.T, file string, tags map[string]string) {
 	}
 }
 
+// A source of two modules, kmpack_pair_b using kmpack_pair_a's export: the image's modules.dep
+// (the real depmod's) has b depend on a, and the Module loads b, which brings a.
+func TestKMMModuleDependencies(t *testing.T) {
+	testenv.Need(t, "skopeo", "umoci", "depmod")
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	k := testenv.Release53
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, t.TempDir(), "build", "-q", "-k", testenv.HeadersDir(t, k), "-o", out, "--profile", "kmm", testenv.TestModuleSource(t, "pair")); code != 0 {
+		t.Fatalf("build: exit %d: %s", code, stderr)
+	}
+	pkgDir := filepath.Join(out, formats.PackagesDir)
+	layout := filepath.Join(t.TempDir(), "layout")
+	os.Mkdir(layout, 0o755)
+	if msg, err := exec.Command("tar", "-xf", filepath.Join(pkgDir, "kmpack-pair_1.0-1_"+k+".oci.tar"), "-C", layout).CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, msg)
+	}
+	bundle := filepath.Join(t.TempDir(), "bundle")
+	if msg, err := exec.Command("umoci", "unpack", "--rootless", "--image", layout+":"+k, bundle).CombinedOutput(); err != nil {
+		t.Fatalf("umoci unpack: %v %s", err, msg)
+	}
+	dep, err := os.ReadFile(filepath.Join(bundle, "rootfs", "opt", "lib", "modules", k, "modules.dep"))
+	if err != nil || !strings.Contains(string(dep), "kmpack_pair_b.ko: kmpack_pair_a.ko\n") {
+		t.Errorf("modules.dep: %q %v", dep, err)
+	}
+	b, err := os.ReadFile(filepath.Join(pkgDir, "kmpack-pair-kmm-module.yaml"))
+	if err != nil || !strings.Contains(string(b), "moduleName: kmpack_pair_b\n") {
+		t.Errorf("the Module does not load kmpack_pair_b: %v\n%s", err, b)
+	}
+}
+
 // startRegistry runs a Docker distribution registry (Debian's docker-registry) on a free
 // local port until the test ends, and returns its host:port.
 func startRegistry(t *testing.T) string {

@@ -36,7 +36,7 @@ func packagingFlags() []cli.Flag {
 		&cli.StringFlag{Name: "served", Usage: "what a kernel served by another kernel's build (build --classes) gets: package (a package of its own carrying that build) or weak-updates (none: the build's package reaches it); default per profile: weak-updates for suse and rhel, package for the others"},
 		&cli.StringFlag{Name: "kmm-image", Usage: "kmm: the image repository the Module resource names, REGISTRY/PATH without tag (default kmpack/<name>); each kernel's image is tagged with its release"},
 		&cli.StringFlag{Name: "kmm-base", Usage: "kmm: layer the kmod images on this base image, an OCI image layout DIR[:TAG] (skopeo copy docker://busybox:stable oci:DIR:stable): KMM's worker runs sh, mkdir and cp in the kmod image"},
-		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built)"},
+		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built that no other module depends on)"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
