@@ -250,7 +250,9 @@ func (p *Package) cacheKey(salt string) (string, error) {
 		Runtime    bool
 		SourceRoot string
 		CertDir    string
-	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir})
+		Resource   []byte
+		Base       string
+	}{salt, q, files, p.runtime, p.sourceRoot, p.certDir, p.resource, p.base.id()})
 	if err != nil {
 		return "", err
 	}

@@ -18,9 +18,9 @@ func TestPackageCacheKeyCoversFields(t *testing.T) {
 		}
 	}
 	slices.Sort(unexported)
-	// In the key: runtime, sourceRoot, certDir. Not: signing (signed packages are not
-	// cached) and cache itself.
-	if want := []string{"cache", "certDir", "runtime", "signing", "sourceRoot"}; !slices.Equal(unexported, want) {
+	// In the key: runtime, sourceRoot, certDir, resource, base (its digests). Not: signing
+	// (signed packages are not cached) and cache itself.
+	if want := []string{"base", "cache", "certDir", "resource", "runtime", "signing", "sourceRoot"}; !slices.Equal(unexported, want) {
 		t.Errorf("Package's unexported fields are %v, cacheKey knows %v: add the new one to cacheKey (or say why not here)", unexported, want)
 	}
 	p := &Package{Name: "a", Version: "1", Files: []File{{Path: "/x", Body: []byte("one")}}}
@@ -30,6 +30,7 @@ func TestPackageCacheKeyCoversFields(t *testing.T) {
 		func(q *Package) { q.Files = []File{{Path: "/x", Body: []byte("one"), Mode: 0o755}} },
 		func(q *Package) { q.Release = "2" },
 		func(q *Package) { q.runtime = true },
+		func(q *Package) { q.resource = []byte("kind: Module\n") },
 		func(q *Package) { q.Scripts.PostInstall = "true" },
 	} {
 		q := *p

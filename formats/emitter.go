@@ -34,6 +34,7 @@ func Formats() []string { return slices.Sorted(maps.Keys(emitters)) }
 
 func init() {
 	RegisterEmitter(rpmEmitter{})
+	RegisterEmitter(ociEmitter{})
 	for _, f := range []string{"deb", "apk", "archlinux"} {
 		RegisterEmitter(nfpmEmitter{format: f})
 	}

@@ -84,6 +84,13 @@ type Options struct {
 	// the next packaging with the same inputs. PackageBuild uses it only when
 	// SOURCE_DATE_EPOCH is set: otherwise every run dates its packages anew.
 	Cache *PackageCache
+	// KMMImage is the image repository (REGISTRY/PATH, no tag) the kmm profile's Module
+	// resource names; default KMMImageDefault. KMMModuleName is the module KMM's worker
+	// loads with modprobe; default the first module built.
+	KMMImage, KMMModuleName string
+	// KMMBase is the image the kmm profile's kmod images are layered on (see OCIBase); nil
+	// makes images of the modules alone.
+	KMMBase *OCIBase
 }
 
 // What a served kernel gets (Options.Served).

@@ -121,6 +121,10 @@ type Package struct {
 	signing *PackageSigning
 	// cache keeps the package file when its payload is large (see PackageCache).
 	cache *PackageCache
+	// resource is the file an oci "package" is when it is no image: the KMM Module YAML.
+	resource []byte
+	// base is the image an oci package's image is layered on, if any.
+	base *OCIBase
 }
 
 // sortFiles orders entries by path, so what a package holds never depends on map order.

@@ -60,7 +60,7 @@ func DefaultProfile(format string) (string, error) {
 }
 
 func init() {
-	for _, p := range []Profile{suseProfile{}, rhelProfile{}, debianProfile{}, alpineProfile{}, archProfile{}} {
+	for _, p := range []Profile{suseProfile{}, rhelProfile{}, debianProfile{}, alpineProfile{}, archProfile{}, kmmProfile{}} {
 		RegisterProfile(p)
 	}
 }
@@ -118,6 +118,15 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		if cert != nil {
 			out = append(out, cert)
 		}
+		if rp, ok := prof.(resourceProfile); ok {
+			p, err := rp.ResourcePackage(in, kernelPkgs, opts)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			if p != nil {
+				out = append(out, p)
+			}
+		}
 		if !opts.NoSource && in.Source != nil {
 			p, err := prof.SourcePackage(in, opts)
 			if err != nil {
@@ -174,7 +183,9 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 // keep the source's own name.
 func packageName(format, name string) string {
 	switch format {
-	case "deb":
+	case "deb", "oci":
+		// An image repository is lower case too; "_" is allowed there, "-" is what the
+		// other formats make of it.
 		return strings.ReplaceAll(strings.ToLower(name), "_", "-")
 	case "apk", "archlinux":
 		return strings.ToLower(name)

@@ -35,6 +35,12 @@ var formatRules = map[string]struct {
 		regexp.MustCompile(`^[0-9]+$`),
 		"apk versions are digits and dots with an optional letter and _rc/_p-style suffixes; the release is a number",
 	},
+	"oci": { // kmpack's own rules: the name is an image repository's, all go into file names
+		regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`),
+		regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+~-]*$`),
+		regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+~-]*$`),
+		"kmod image names are lower-case image repository names; versions letters, digits and . _ + ~ -",
+	},
 	"archlinux": {
 		regexp.MustCompile(`^[a-z0-9@_+][a-z0-9@._+-]*$`),
 		regexp.MustCompile(`^[A-Za-z0-9._+~]+$`),
@@ -109,6 +115,9 @@ func allowedRoots(p *Package) []string {
 			root = "/usr/src/" + strings.TrimSuffix(p.Name, "-dkms") + "-" + p.Version
 		}
 		return []string{root, doc}
+	}
+	if p.Format == "oci" {
+		return []string{kmmModuleDir(p.Kernel)}
 	}
 	return []string{"/lib/modules/" + p.Kernel, "/usr/lib/modules/" + p.Kernel, doc}
 }

@@ -38,6 +38,9 @@ PACKAGES=(
   # The package managers that judge kmpack publish's repositories: apt (here already), dnf, zypper
   # and pacman install from them into test roots; gpgv checks the signed metadata.
   dnf zypper pacman-package-manager gpgv
+  # The kmm profile's kmod images (OCI) are read back with skopeo, unpacked with umoci and
+  # pushed to a local registry (Debian's docker-registry, the distribution registry).
+  skopeo umoci docker-registry
 )
 
 need=()

@@ -29,11 +29,14 @@ import (
 // existing build output).
 func packagingFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringSliceFlag{Name: "format", Aliases: []string{"f"}, Usage: "package formats: rpm, deb, apk, archlinux (comma-separated or repeated)"},
-		&cli.StringSliceFlag{Name: "profile", Aliases: []string{"p"}, Usage: "distro conventions: suse, rhel (rpm), debian (deb), alpine (apk), arch (archlinux)"},
+		&cli.StringSliceFlag{Name: "format", Aliases: []string{"f"}, Usage: "package formats: rpm, deb, apk, archlinux, oci (comma-separated or repeated)"},
+		&cli.StringSliceFlag{Name: "profile", Aliases: []string{"p"}, Usage: "distro conventions: suse, rhel (rpm), debian (deb), alpine (apk), arch (archlinux), kmm (oci: Kernel Module Management kmod images and Module)"},
 		&cli.BoolFlag{Name: "usrmerge", Usage: "suse: install modules under /usr/lib/modules (Tumbleweed, SLE 16)"},
 		&cli.BoolFlag{Name: "no-source-package", Usage: "do not emit the <name>-dkms source fallback packages"},
 		&cli.StringFlag{Name: "served", Usage: "what a kernel served by another kernel's build (build --classes) gets: package (a package of its own carrying that build) or weak-updates (none: the build's package reaches it); default per profile: weak-updates for suse and rhel, package for the others"},
+		&cli.StringFlag{Name: "kmm-image", Usage: "kmm: the image repository the Module resource names, REGISTRY/PATH without tag (default kmpack/<name>); each kernel's image is tagged with its release"},
+		&cli.StringFlag{Name: "kmm-base", Usage: "kmm: layer the kmod images on this base image, an OCI image layout DIR[:TAG] (skopeo copy docker://busybox:stable oci:DIR:stable): KMM's worker runs sh, mkdir and cp in the kmod image"},
+		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built that no other module depends on)"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
@@ -176,7 +179,20 @@ func splitList(vals []string) []string {
 // writePackages packages a build and prints what was written. Metadata a format forbids is bad
 // input (exit 3); the packages directory is only replaced when every package was written.
 func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, outDir string, trees []*kernel.KernelTree, profiles []string, signing *formats.PackageSigning, w io.Writer) error {
-	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing, Served: c.String("served")}
+	opts := formats.Options{UsrMerge: c.Bool("usrmerge"), NoSource: c.Bool("no-source-package"), Signing: signing, Served: c.String("served"),
+		KMMImage: c.String("kmm-image"), KMMModuleName: c.String("kmm-module-name")}
+	if ref := c.String("kmm-base"); ref != "" {
+		base, err := formats.LoadOCIBase(ref)
+		if err != nil {
+			return err
+		}
+		opts.KMMBase = base
+	}
+	if opts.KMMImage != "" {
+		if err := formats.CheckKMMImage(opts.KMMImage); err != nil {
+			return usagef("%v", err)
+		}
+	}
 	switch opts.Served {
 	case "", formats.ServedPackage, formats.ServedWeakUpdates:
 	default:

@@ -215,7 +215,7 @@ func CheckText(field, v string, max int, multiline bool) error {
 
 // specProfiles are the packaging profiles kmpack.yaml may name, with the format each makes
 // (formats.Profiles, kept in step by a test there).
-var specProfiles = map[string]string{"suse": "rpm", "rhel": "rpm", "debian": "deb", "alpine": "apk", "arch": "archlinux"}
+var specProfiles = map[string]string{"suse": "rpm", "rhel": "rpm", "debian": "deb", "alpine": "apk", "arch": "archlinux", "kmm": "oci"}
 
 // SpecProfiles returns the profiles kmpack.yaml accepts and the package format of each.
 func SpecProfiles() map[string]string { return maps.Clone(specProfiles) }
