@@ -38,6 +38,10 @@ PACKAGES=(
   # The package managers that judge kmpack publish's repositories: apt (here already), dnf, zypper
   # and pacman install from them into test roots; gpgv checks the signed metadata.
   dnf zypper pacman-package-manager gpgv
+  # kmpack build --cache-url's tests push to and pull from a real OCI registry (distribution),
+  # which each test starts on 127.0.0.1 with its own configuration (the tests do not use the
+  # package's own service, which systemd may start on port 5000 with htpasswd auth).
+  docker-registry
 )
 
 need=()
