@@ -5,16 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
@@ -26,60 +21,6 @@ import (
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/sign"
 )
-
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on (now).
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startRegistry runs Debian's docker-registry (distribution) on 127.0.0.1 with its storage in
-// a temporary directory, for the test's duration, and returns its host:port.
-func startRegistry(t *testing.T) string {
-	t.Helper()
-	testenv.Need(t, "docker-registry")
-	dir := t.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	config := filepath.Join(dir, "registry.yml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, "version: 0.1\nlog: {level: error}\nstorage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\nhttp:\n  addr: %s\n",
-		filepath.Join(dir, "data"), addr), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("docker-registry", "serve", config)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not answer on %s: %v\n%s", addr, err, logs.String())
-		}
-	}
-}
 
 type remoteRun struct {
 	m        *manifest.Manifest
@@ -190,7 +131,7 @@ func fileSum(b []byte) string {
 // runners pushing one key leave a valid entry. Six builds of the example module, ~40 s here.
 func TestBuildSharedCache(t *testing.T) {
 	testenv.Need(t, "make", "strip")
-	addr := startRegistry(t)
+	addr := testenv.Registry(t)
 	url := "oci+http://" + addr + "/kmpack/cache"
 	repo, err := remote.NewRepository(addr + "/kmpack/cache")
 	if err != nil {
@@ -227,7 +168,7 @@ func TestBuildSharedCache(t *testing.T) {
 	}
 
 	// (2) An unreachable registry: one warning, a local build, success.
-	down := fmt.Sprintf("oci+http://127.0.0.1:%d/kmpack/cache", freePort(t))
+	down := fmt.Sprintf("oci+http://127.0.0.1:%d/kmpack/cache", testenv.FreePort(t))
 	g := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: down})
 	if kg := g.kernel(t); kg.Cached || len(g.warned()) != 1 || !strings.Contains(g.warned()[0], "building without it") {
 		t.Errorf("unreachable registry: cached %v, warnings %q", kg.Cached, g.warnings)
