@@ -3,6 +3,7 @@ package build_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -267,5 +268,44 @@ func TestBuildSharedCache(t *testing.T) {
 	h := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
 	if kh := h.kernel(t); !kh.Cached || len(h.warned()) > 0 {
 		t.Errorf("after concurrent pushes: cached %v, warnings %q", kh.Cached, h.warnings)
+	}
+}
+
+// A registry that wants credentials: without any it is one warning and a local build; with
+// docker's config.json ($DOCKER_CONFIG) runner A pushes, with podman's auth.json
+// ($REGISTRY_AUTH_FILE) runner B pulls. (Two builds and a pull.)
+func TestBuildSharedCacheCredentials(t *testing.T) {
+	testenv.Need(t, "make", "strip")
+	addr := testenv.RegistryWithAuth(t, "ci", "kmpack-test-password")
+	url := "oci+http://" + addr + "/kmpack/cache"
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	t.Setenv("REGISTRY_AUTH_FILE", "")
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	anon := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
+	if k := anon.kernel(t); k.Cached || len(anon.warned()) != 1 || !strings.Contains(anon.warned()[0], "building without it") {
+		t.Errorf("no credentials: cached %v, warnings %q", k.Cached, anon.warnings)
+	}
+
+	auth := base64.StdEncoding.EncodeToString([]byte("ci:kmpack-test-password"))
+	config := fmt.Appendf(nil, `{"auths": {%q: {"auth": %q}}}`, addr, auth)
+	docker := t.TempDir()
+	if err := os.WriteFile(filepath.Join(docker, "config.json"), config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", docker)
+	a := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
+	if k := a.kernel(t); k.Cached || len(a.warned()) != 0 {
+		t.Errorf("docker credentials: cached %v, warnings %q", k.Cached, a.warnings)
+	}
+
+	podman := filepath.Join(t.TempDir(), "auth.json")
+	if err := os.WriteFile(podman, config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	t.Setenv("REGISTRY_AUTH_FILE", podman)
+	b := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
+	if k := b.kernel(t); !k.Cached || len(b.warned()) != 0 {
+		t.Errorf("podman credentials: cached %v, warnings %q", k.Cached, b.warnings)
 	}
 }
