@@ -129,7 +129,8 @@ func fileSum(b []byte) string {
 // The shared cache against a real registry (distribution, on 127.0.0.1): one runner's build is
 // pushed and another's empty cache pulls it; an unreachable registry is one warning; a
 // tampered entry is discarded, rebuilt and replaced; signing material never leaves; two
-// runners pushing one key leave a valid entry. Six builds of the example module, ~40 s here.
+// runners pushing one key leave a valid entry; an entry holding a line of a secret file is not pushed.
+// Seven builds of the example module, 12-30 s here.
 func TestBuildSharedCache(t *testing.T) {
 	testenv.Need(t, "make", "strip")
 	addr := testenv.Registry(t)
@@ -268,6 +269,27 @@ func TestBuildSharedCache(t *testing.T) {
 	h := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
 	if kh := h.kernel(t); !kh.Cached || len(h.warned()) > 0 {
 		t.Errorf("after concurrent pushes: cached %v, warnings %q", kh.Cached, h.warnings)
+	}
+
+	// (6) A build whose entry holds a line of a secret file (here the module's name, which
+	// its build log prints) is not pushed.
+	desc, err := repo.Resolve(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Delete(ctx, desc); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "passphrase")
+	if err := os.WriteFile(secret, []byte("kmpack_hello\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leak := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url, Refresh: true, Secrets: []string{secret}})
+	if k := leak.kernel(t); len(leak.warned()) != 1 || !strings.Contains(leak.warned()[0], "is not pushed") || !strings.Contains(leak.warned()[0], secret) {
+		t.Errorf("an entry holding a secret line: cached %v, warnings %q", k.Cached, leak.warnings)
+	}
+	if _, err := repo.Resolve(ctx, key); err == nil {
+		t.Error("an entry holding a secret line was pushed")
 	}
 }
 
