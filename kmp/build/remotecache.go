@@ -53,6 +53,8 @@ const (
 	maxRemoteManifest = 4 << 20
 	maxRemoteEntry    = 1 << 30 // all of an entry's files
 	maxRemoteFiles    = 1024
+	// remoteParallel bounds the entries pulled or pushed at once (kernels start together).
+	remoteParallel = 4
 	// pulledMarker, in a local entry, says it came from a shared cache (its content: the URL).
 	// It is not one of the entry's files and is never pushed.
 	pulledMarker = "pulled-from"
@@ -84,8 +86,9 @@ func ParseCacheURL(s string) (repo string, plainHTTP bool, err error) {
 }
 
 type remoteCache struct {
-	url  string
-	repo *remote.Repository
+	url   string
+	repo  *remote.Repository
+	slots chan struct{}
 
 	mu                 sync.Mutex
 	pullDown, pushDown bool
@@ -119,7 +122,7 @@ func newRemoteCache(url string, warn func(string)) (*remoteCache, error) {
 		client.Credential = credentials.Credential(store)
 	}
 	repo.Client = client
-	return &remoteCache{url: url, repo: repo}, nil
+	return &remoteCache{url: url, repo: repo, slots: make(chan struct{}, remoteParallel)}, nil
 }
 
 // credentialStore finds credentials where docker and podman keep them: docker's config.json
@@ -153,6 +156,17 @@ func credentialStore() (credentials.Store, error) {
 	}
 	return credentials.NewStoreWithFallbacks(docker, fallbacks...), nil
 }
+
+func (rc *remoteCache) acquire(ctx context.Context) error {
+	select {
+	case rc.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (rc *remoteCache) release() { <-rc.slots }
 
 func (rc *remoteCache) canPull() bool {
 	rc.mu.Lock()
@@ -197,6 +211,10 @@ func (rc *remoteCache) pull(ctx context.Context, key string, dst *os.Root) (foun
 	if !cacheKeyTag.MatchString(key) {
 		return false, nil
 	}
+	if err := rc.acquire(ctx); err != nil {
+		return false, err
+	}
+	defer rc.release()
 	octx, cancel := context.WithTimeout(ctx, remoteOpTimeout)
 	defer cancel()
 	desc, err := rc.repo.Resolve(octx, key)
@@ -321,6 +339,10 @@ func (rc *remoteCache) push(ctx context.Context, key, release string, src *os.Ro
 	if !cacheKeyTag.MatchString(key) {
 		return badEntry("cache key %q is not a tag", key)
 	}
+	if err := rc.acquire(ctx); err != nil {
+		return err
+	}
+	defer rc.release()
 	result, err := readRootFile(src, "result.json", maxCacheResult)
 	if err != nil {
 		return badEntry("%v", err)
