@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -329,5 +331,30 @@ func TestBuildSharedCacheCredentials(t *testing.T) {
 	b := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
 	if k := b.kernel(t); !k.Cached || len(b.warned()) != 0 {
 		t.Errorf("podman credentials: cached %v, warnings %q", k.Cached, b.warnings)
+	}
+}
+
+// A registry answering 503 to everything (after oras-go's retries, about 6 s): one warning, a
+// local build, success.
+func TestBuildSharedCacheServerErrors(t *testing.T) {
+	testenv.Need(t, "make", "strip")
+	var mu sync.Mutex
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		mu.Unlock()
+		http.Error(w, "maintenance", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	url := "oci+http://" + strings.TrimPrefix(srv.URL, "http://") + "/kmpack/cache"
+	r := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url})
+	if k := r.kernel(t); k.Cached || len(r.warned()) != 1 || !strings.Contains(r.warned()[0], "503") {
+		t.Errorf("503: cached %v, warnings %q", k.Cached, r.warnings)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests > 10 {
+		t.Errorf("%d requests to a failing registry: it should be left alone after the first failure", requests)
 	}
 }
