@@ -257,10 +257,10 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			return nil, err
 		}
 		b.secrets = secretNeedles(opts.Secrets)
-		if len(opts.Signers) > 0 && !private {
-			// A build could have read the signing key: nothing it made leaves the machine.
+		if (len(opts.Signers) > 0 || len(opts.Secrets) > 0) && !private {
+			// A build could have read a signing key: nothing it made leaves the machine.
 			b.remote.pushDown = true
-			b.warn(fmt.Sprintf("signing without private mount namespaces: fresh builds are not pushed to the shared cache %s (a build could have read the signing key)", opts.CacheURL))
+			b.warn(fmt.Sprintf("signing without private mount namespaces: fresh builds are not pushed to the shared cache %s (a build could have read the signing keys)", opts.CacheURL))
 		}
 	}
 

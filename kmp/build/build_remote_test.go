@@ -131,8 +131,9 @@ func fileSum(b []byte) string {
 // The shared cache against a real registry (distribution, on 127.0.0.1): one runner's build is
 // pushed and another's empty cache pulls it; an unreachable registry is one warning; a
 // tampered entry is discarded, rebuilt and replaced; signing material never leaves; two
-// runners pushing one key leave a valid entry; an entry holding a line of a secret file is not pushed.
-// Seven builds of the example module, 12-30 s here.
+// runners pushing one key leave a valid entry; an entry holding a line of a secret file is not pushed,
+// nor any build with secret files but no private mount namespace. Eight builds of the
+// example module, 14-35 s here.
 func TestBuildSharedCache(t *testing.T) {
 	testenv.Need(t, "make", "strip")
 	addr := testenv.Registry(t)
@@ -292,6 +293,22 @@ func TestBuildSharedCache(t *testing.T) {
 	}
 	if _, err := repo.Resolve(ctx, key); err == nil {
 		t.Error("an entry holding a secret line was pushed")
+	}
+
+	// (7) Without private mount namespaces a build could read the secret files: nothing is
+	// pushed at all.
+	nokey := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(nokey, []byte("not a line of any build\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open := runRemote(t, build.BuildOptions{CacheDir: t.TempDir(), CacheURL: url, Refresh: true, NoPrivateMounts: true, Secrets: []string{nokey}})
+	ko := open.kernel(t)
+	if len(open.warned()) != 1 || !strings.Contains(open.warned()[0], "not pushed") {
+		t.Errorf("secrets without private mounts: cached %v, warnings %q", ko.Cached, open.warnings)
+	}
+	// (Its key is another: the build's paths are not dkms's.)
+	if _, err := repo.Resolve(ctx, ko.CacheKey); err == nil {
+		t.Error("a build without private mounts, with secret files, was pushed")
 	}
 }
 
