@@ -39,7 +39,10 @@ PACKAGES=(
   # and pacman install from them into test roots; gpgv checks the signed metadata.
   dnf zypper pacman-package-manager gpgv
   # The kmm profile's kmod images (OCI) are read back with skopeo, unpacked with umoci and
-  # pushed to a local registry (Debian's docker-registry, the distribution registry).
+  # pushed to a local registry; kmpack build --cache-url's tests push to and pull from a real
+  # OCI registry too: Debian's docker-registry (distribution), which each test starts on
+  # 127.0.0.1 with its own configuration (not the package's own service, which systemd may
+  # start on port 5000 with htpasswd auth).
   skopeo umoci docker-registry
 )
 

@@ -70,6 +70,8 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.StringFlag{Name: "compress", Value: "auto", Usage: "module compression: auto (the kernel's CONFIG_MODULE_COMPRESS_*), none, gzip, xz, zstd"},
 			&cli.BoolFlag{Name: "no-strip", Usage: "keep debug info in all modules (default: strip -g as dkms does, unless STRIP says no)"},
 			&cli.BoolFlag{Name: "no-cache", Usage: "rebuild everything, ignoring cached results (fresh results replace the cache's)"},
+			&cli.StringFlag{Name: "cache-url", EnvVars: []string{"KMPACK_CACHE_URL"}, Usage: "share the build cache through this OCI registry repository: oci://HOST/REPO (HTTPS) or oci+http://HOST/REPO (plain HTTP); local misses are pulled from it, fresh builds pushed to it (credentials as docker and podman find them). Never read from kmpack.yaml"},
+			&cli.BoolFlag{Name: "trust-cache-url", Usage: "let a signing build sign modules pulled from --cache-url (by default it rebuilds them: whoever can push to the repository would otherwise choose what is signed)"},
 			&cli.BoolFlag{Name: "compile-cache", Usage: "reuse compiled objects whose compiler input did not change (ccache, in <cache-dir>/ccache; same modules, byte for byte)"},
 			&cli.DurationFlag{Name: "timeout", Usage: "fail a kernel whose build takes longer than this (e.g. 30m; 0: no limit)"},
 			&cli.BoolFlag{Name: "keep-work", Usage: "keep the build workspace of failed kernels (its path is in the log)"},
@@ -98,6 +100,13 @@ func runBuild(c *cli.Context) error {
 	}
 	if j := c.Int("jobs"); j < 1 || j > build.MaxJobs {
 		return usagef("--jobs must be between 1 and %d, not %d", build.MaxJobs, j)
+	}
+	if u := c.String("cache-url"); u != "" {
+		if _, _, err := build.ParseCacheURL(u); err != nil {
+			return usagef("--cache-url (or KMPACK_CACHE_URL): %v", err)
+		}
+	} else if c.Bool("trust-cache-url") {
+		return usagef("--trust-cache-url applies to a --cache-url")
 	}
 	// Keys are loaded (and a passphrase checked) before anything is built or written.
 	signers, err := signersFromFlags(c)
@@ -183,6 +192,9 @@ func runBuild(c *cli.Context) error {
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
 	}
 	opts.CacheDir, opts.Refresh = c.String("cache-dir"), c.Bool("no-cache")
+	// Where builds are pushed is the operator's choice (command line, environment), never a
+	// source's: kmpack.yaml has no such setting.
+	opts.CacheURL, opts.TrustCacheURL = c.String("cache-url"), c.Bool("trust-cache-url")
 	if c.Bool("classes") {
 		opts.Classes = weakupdates.ClassJudge(ctx, weakupdates.TargetOptions{CacheDir: c.String("cache-dir")})
 	}

@@ -44,6 +44,14 @@ type BuildOptions struct {
 	// name; the modules are the same bytes as without it, and so is the build cache's key.
 	// Without ccache on PATH, Warn says so once and the build goes on without it.
 	CompileCache string
+	// CacheURL, when set, is a shared second level of the cache (needs CacheDir): an OCI
+	// registry repository, oci://HOST/REPO or oci+http://HOST/REPO (see remotecache.go). Local
+	// misses are pulled from it, fresh successful builds pushed to it; a registry that fails
+	// costs one warning and the builds go on locally.
+	CacheURL string
+	// TrustCacheURL lets a signing build sign modules pulled from CacheURL (by this run or an
+	// earlier one); without it, a signing build rebuilds them.
+	TrustCacheURL bool
 	// Refresh ignores what the cache holds (kmpack build --no-cache); fresh results still
 	// replace the cache's entries.
 	Refresh bool
@@ -118,6 +126,14 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	}
 	if opts.OutputDir == "" {
 		return nil, errors.New("no output directory")
+	}
+	if opts.CacheURL != "" {
+		if opts.CacheDir == "" {
+			return nil, errors.New("a shared cache (cache URL) needs a local build cache directory: the local cache is its first level")
+		}
+		if _, _, err := ParseCacheURL(opts.CacheURL); err != nil {
+			return nil, err
+		}
 	}
 	out, err := filepath.Abs(opts.OutputDir)
 	if err != nil {
@@ -262,6 +278,17 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			return nil, err
 		}
 		defer b.cache.Close()
+	}
+	if opts.CacheURL != "" {
+		if b.remote, err = newRemoteCache(opts.CacheURL, b.warn); err != nil {
+			return nil, err
+		}
+		b.secrets = secretNeedles(opts.Secrets)
+		if (len(opts.Signers) > 0 || len(opts.Secrets) > 0) && !private {
+			// A build could have read a signing key: nothing it made leaves the machine.
+			b.remote.pushDown = true
+			b.warn(fmt.Sprintf("signing without private mount namespaces: fresh builds are not pushed to the shared cache %s (a build could have read the signing keys)", opts.CacheURL))
+		}
 	}
 
 	// From here on the output's parent is written to: under the output's lock, so that two
@@ -461,6 +488,8 @@ type builder struct {
 	js      *jobServer
 	jobs    []*kernelJob
 	cache   *os.Root
+	remote  *remoteCache   // the shared cache (CacheURL), or nil
+	secrets []secretNeedle // what no pushed file may contain
 	cancel  context.CancelCauseFunc
 	ccache  string // the compile cache partition (CCACHE_DIR) this build uses, or ""
 	workTag string // proc.OwnerEnv=<workspace>, in every child's environment
@@ -560,7 +589,7 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 		return
 	}
 	r.CacheKey = key
-	if b.fromCache(j) {
+	if b.fromCache(j) || b.fromRemote(ctx, j) {
 		if err := b.signModules(j); err != nil {
 			b.setFatal(err)
 			finish(manifest.StatusFailed, err.Error())
@@ -615,6 +644,7 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	r.Status = manifest.StatusBuilt
 	b.storeCache(j)
+	b.pushRemote(ctx, j)
 	if err := b.signModules(j); err != nil {
 		b.setFatal(err)
 		finish(manifest.StatusFailed, err.Error())

@@ -76,6 +76,14 @@ func (b *builder) fromCache(j *kernelJob) bool {
 	if errors.Is(err, fs.ErrNotExist) {
 		return false
 	}
+	if err == nil && b.distrustsPulled() {
+		if _, serr := e.Lstat(pulledMarker); serr == nil {
+			// Taken from the shared cache by an earlier run: not signed without --trust-cache-url.
+			e.Close()
+			b.warn("signing: build cache entries pulled from a shared cache are rebuilt, not signed (--trust-cache-url signs them)")
+			return false
+		}
+	}
 	if err == nil {
 		err = b.loadEntry(e, j)
 		e.Close()
@@ -87,34 +95,42 @@ func (b *builder) fromCache(j *kernelJob) bool {
 		path.Join(b.opts.CacheDir, rel), err, j.tree.Release))
 	b.cache.RemoveAll(rel)
 	// Leave nothing of the half-taken entry in the output.
-	os.RemoveAll(b.stagePath(path.Join("modules", j.tree.Release)))
-	os.Remove(b.stagePath(path.Join("logs", j.tree.Release+".log")))
+	b.unstage(j)
 	return false
 }
 
 func (b *builder) stagePath(rel string) string { return b.stage + "/" + rel }
 
-// loadEntry checks an entry and copies its files into the stage, checking each digest.
-func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
+// readEntry reads an entry's result.json and checks it for j.
+func readEntry(e *os.Root, j *kernelJob) (*cacheEntry, error) {
 	// Regular file only, never through a link, without blocking on a FIFO, bounded.
 	f, _, err := kmp.OpenRootFile(e, "result.json", true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxCacheResult+1))
 	f.Close()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(data) > maxCacheResult {
-		return errors.New("result.json is too large")
+		return nil, errors.New("result.json is too large")
 	}
 	var c cacheEntry
 	if err := json.Unmarshal(data, &c); err != nil {
-		return fmt.Errorf("result.json: %v", err)
+		return nil, fmt.Errorf("result.json: %v", err)
 	}
 	if err := c.check(j); err != nil {
-		return fmt.Errorf("result.json: %v", err)
+		return nil, fmt.Errorf("result.json: %v", err)
+	}
+	return &c, nil
+}
+
+// loadEntry checks an entry and copies its files into the stage, checking each digest.
+func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
+	c, err := readEntry(e, j)
+	if err != nil {
+		return err
 	}
 	r := c.Result
 	copies := map[string]string{path.Join("files", "Module.symvers"): r.Symvers, "build.log": r.Log}
@@ -265,12 +281,8 @@ func (b *builder) storeCache(j *kernelJob) {
 
 func (b *builder) writeEntry(j *kernelJob) error {
 	r := j.result
-	if err := b.cache.MkdirAll("builds", 0o755); err != nil {
-		return err
-	}
-	cleanStaleCacheTemps(b.cache)
-	tmp := path.Join("builds", fmt.Sprintf(".tmp-%d-%s", os.Getpid(), randomSuffix()))
-	if err := b.cache.Mkdir(tmp, 0o755); err != nil {
+	tmp, err := b.newCacheTemp()
+	if err != nil {
 		return err
 	}
 	defer b.cache.RemoveAll(tmp)
@@ -313,12 +325,28 @@ func (b *builder) writeEntry(j *kernelJob) error {
 	if err := b.cache.WriteFile(path.Join(tmp, "result.json"), data, 0o644); err != nil {
 		return err
 	}
-	final := cacheEntryPath(r.CacheKey)
+	return b.installEntry(tmp, r.CacheKey)
+}
+
+// installEntry puts the complete entry tmp (under builds/) in key's place, replacing what was
+// there.
+func (b *builder) installEntry(tmp, key string) error {
+	final := cacheEntryPath(key)
 	old := path.Join("builds", fmt.Sprintf(".old-%d-%s", os.Getpid(), randomSuffix()))
 	if err := b.cache.Rename(final, old); err == nil {
 		defer b.cache.RemoveAll(old)
 	}
 	return b.cache.Rename(tmp, final)
+}
+
+// newCacheTemp makes an empty directory under builds/ for an entry being written.
+func (b *builder) newCacheTemp() (string, error) {
+	if err := b.cache.MkdirAll("builds", 0o755); err != nil {
+		return "", err
+	}
+	cleanStaleCacheTemps(b.cache)
+	tmp := path.Join("builds", fmt.Sprintf(".tmp-%d-%s", os.Getpid(), randomSuffix()))
+	return tmp, b.cache.Mkdir(tmp, 0o755)
 }
 
 // cleanStaleCacheTemps removes the .tmp-<pid>-* and .old-<pid>-* entries of kmpacks that died
