@@ -26,6 +26,7 @@ const (
 	ReasonNoVersions = "no-modversions"   // built without CRCs: only its own release can load it
 	ReasonDependency = "dependency"       // needs a module of the same package that cannot load
 	ReasonSignature  = "signature"        // the kernel enforces signatures and trusts no key that signed it
+	ReasonArch       = "arch"             // built for another architecture (ELF machine)
 )
 
 // Reason is one thing that stops a module from loading in a kernel.
@@ -84,6 +85,9 @@ func Check(mods []*module.ModuleInfo, t *Target) []Verdict {
 				add(Reason{Kind: ReasonNoVersions, Want: modRelease, Have: t.Release,
 					Detail: "built without symbol versions, so only kernel " + modRelease + " accepts its vermagic"})
 			}
+		}
+		if t.Arch != "" && m.Machine != "" && !sameArch(m.Machine, t.Arch) {
+			add(Reason{Kind: ReasonArch, Want: m.Machine, Have: t.Arch, Detail: fmt.Sprintf("built for %s, the kernel is %s", m.Machine, t.Arch)})
 		}
 		if t.ThisModuleSize != 0 && m.ThisModuleSize != 0 && m.ThisModuleSize != t.ThisModuleSize {
 			add(Reason{Kind: ReasonThisModule, Want: fmt.Sprint(m.ThisModuleSize), Have: fmt.Sprint(t.ThisModuleSize),
@@ -264,6 +268,9 @@ func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
 			layout = layout && ok
 		}
 		t, err := open(target.Dir, !layout)
+		if err == nil && !layout && t.ThisModuleSize == 0 {
+			err = fmt.Errorf("the size of its struct module is unknown (%s)", strings.Join(t.Notes, "; "))
+		}
 		if err != nil {
 			// A kernel that cannot be judged is built: never served on a guess.
 			return false, []manifest.SiblingVerdict{{Kernel: target.Release, Reasons: []string{"not judged: " + kmp.OneLine(err.Error())}}}
@@ -280,4 +287,17 @@ func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
 		}
 		return ok && len(out) > 0, out
 	}
+}
+
+// sameArch tells whether a module's ELF machine (module.ModuleInfo.Machine: x86_64, aarch64,
+// ppc64, s390, i386, ...) is a kernel's architecture (uname -m: x86_64, aarch64, ppc64le, s390x,
+// i686, ...).
+func sameArch(machine, arch string) bool {
+	switch {
+	case machine == arch, machine == "ppc64" && arch == "ppc64le", machine == "s390" && arch == "s390x":
+		return true
+	case machine == "i386":
+		return arch == "i386" || arch == "i486" || arch == "i586" || arch == "i686" || arch == "x86"
+	}
+	return false
 }

@@ -42,7 +42,7 @@ type ClosestBuild struct {
 }
 
 type outputBuild struct {
-	output, release, flavor string
+	output, release, flavor, arch string
 	mods                    []*module.ModuleInfo
 }
 
@@ -57,7 +57,7 @@ func Coverage(targets []*Target, outputs []string) ([]KernelCoverage, error) {
 		if err != nil {
 			return nil, err
 		}
-		id := m.Source.Name + " " + m.Source.Version
+		id := m.Source.Name + " " + m.Source.Version + " (source sha256 " + m.Source.SHA256 + ")"
 		if source == "" {
 			source = id
 		} else if id != source {
@@ -76,7 +76,7 @@ func Coverage(targets []*Target, outputs []string) ([]KernelCoverage, error) {
 				root.Close()
 				return nil, err
 			}
-			b := outputBuild{output: dir, release: kb.Release, flavor: kb.Flavor}
+			b := outputBuild{output: dir, release: kb.Release, flavor: kb.Flavor, arch: kb.Arch}
 			for _, f := range files {
 				b.mods = append(b.mods, f.Info)
 			}
@@ -98,7 +98,7 @@ func Coverage(targets []*Target, outputs []string) ([]KernelCoverage, error) {
 		})
 		best, closestFlavor := -1, ""
 		for _, b := range order {
-			if b.release == t.Release {
+			if b.release == t.Release && (b.arch == "" || t.Arch == "" || b.arch == t.Arch) {
 				kc.Status, kc.Output, kc.Build = CoverageBuilt, b.output, b.release
 				break
 			}

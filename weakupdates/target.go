@@ -26,6 +26,9 @@ import (
 type Target struct {
 	Release string `json:"release"`
 	Flavor  string `json:"flavor"`
+	// Arch is the kernel's architecture in uname -m spelling (a module's ELF machine must be
+	// it); "" when unknown (a bare symvers file).
+	Arch string `json:"arch,omitempty"`
 	// Source says where the kernel's facts came from (a devel tree, a symvers file, an
 	// installed modules directory).
 	Source string `json:"source"`
@@ -116,7 +119,7 @@ func TargetFromTree(ctx context.Context, tree *kernel.KernelTree, opts TargetOpt
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{Release: tree.Release, Flavor: kernel.FlavorFromRelease(tree.Release), Source: tree.Dir,
+	t := &Target{Release: tree.Release, Flavor: kernel.FlavorFromRelease(tree.Release), Arch: tree.Arch, Source: tree.Dir,
 		VermagicFlags: tree.VermagicFlags(), Symvers: sv, SigEnforced: sigEnforced(tree.Config), Trusted: opts.Trusted}
 	if opts.NoProbe {
 		t.Notes = append(t.Notes, "struct module size not checked (probe build disabled)")

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -36,100 +38,148 @@ func (b *builder) classKey(j *kernelJob) string {
 			plan = bytes.ReplaceAll(plan, []byte(r.from), []byte(r.to))
 		}
 	}
-	sum := sha256.Sum256(plan)
-	return strings.Join([]string{j.tree.Flavor, j.tree.Arch, seriesRE.FindString(j.tree.Release), hex.EncodeToString(sum[:8])}, " ")
+	h := sha256.New()
+	h.Write(plan)
+	// Options that change how every object is compiled (mitigations, instrumentation, call
+	// conventions) without changing a symbol's CRC or the vermagic: kernels that differ in one
+	// are never served by each other's builds.
+	for _, name := range slices.Sorted(maps.Keys(j.tree.Config)) {
+		if codegenOption(name) {
+			fmt.Fprintf(h, "%s=%s\n", name, j.tree.Config[name])
+		}
+	}
+	return strings.Join([]string{j.tree.Flavor, j.tree.Arch, seriesRE.FindString(j.tree.Release), hex.EncodeToString(h.Sum(nil)[:8])}, " ")
 }
 
-// buildClasses builds the fewest kernels it can: in each class, the oldest kernel not yet
-// served is built, and every other kernel of the class its modules load in is served by that
-// build instead of built; then the next, until every kernel is built or served. Classes are
-// built side by side, one kernel each per round. A kernel that fails or is skipped serves none.
+var (
+	codegenRE = regexp.MustCompile(`^CONFIG_(CC_|X86_KERNEL_IBT|.*RETPOLINE|RETHUNK|SLS$|MITIGATION_|CALL_DEPTH_TRACKING|CALL_PADDING|.*STACKPROTECTOR|FRAME_POINTER|UNWINDER_|FUNCTION_TRACER|DYNAMIC_FTRACE|FTRACE_MCOUNT|HAVE_FENTRY|KASAN|KCSAN|KMSAN|UBSAN|KCOV|GCOV|GCC_PLUGIN|RANDSTRUCT|ZERO_CALL_USED_REGS|INIT_STACK_|CFI_|SHADOW_CALL_STACK|MODVERSIONS|MODULE_REL_CRCS|64BIT|X86_32|X86_64|SMP|PAGE_TABLE_ISOLATION|ARM64_BTI|ARM64_PTR_AUTH|LTO|DEBUG_INFO_BTF_MODULES)`)
+	// Versions and salts differ between every two builds of a kernel, whatever they compile.
+	codegenExcludeRE = regexp.MustCompile(`_VERSION(_TEXT)?$|^CONFIG_BUILD_SALT$`)
+)
+
+func codegenOption(name string) bool {
+	return codegenRE.MatchString(name) && !codegenExcludeRE.MatchString(name)
+}
+
+// buildClasses builds few kernels: in each class the oldest kernel is built first, and every
+// other kernel of the class its modules load in is served by that build instead of built. The
+// kernels left are grouped by why that build could not serve them (the same symbols with the
+// same CRCs in the kernel, the same other reasons): one build per group is likely to serve its
+// whole group, so the oldest kernel of each group is built next, side by side, and the rest
+// judged again; and so on until every kernel is built or served. Classes are built side by side.
+// A kernel that fails or is skipped serves none.
 func (b *builder) buildClasses(run func([]*kernelJob)) {
-	groups := map[string][]*kernelJob{}
-	var keys, order []string
-	var now []*kernelJob
+	classes := map[string][]*kernelJob{}
+	var keys []string
+	var round []*kernelJob
 	for _, j := range b.jobs {
 		if j.plan.Skip != "" {
-			now = append(now, j) // skipped at once: neither built nor served
+			round = append(round, j) // skipped at once: neither built nor served
 			continue
 		}
 		k := b.classKey(j)
-		if _, ok := groups[k]; !ok {
+		if _, ok := classes[k]; !ok {
 			keys = append(keys, k)
 		}
-		groups[k] = append(groups[k], j)
+		classes[k] = append(classes[k], j)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		g := groups[k]
-		sort.SliceStable(g, func(x, y int) bool { return kernel.CompareReleases(g[x].tree.Release, g[y].tree.Release) < 0 })
+		c := classes[k]
+		sort.SliceStable(c, func(x, y int) bool { return kernel.CompareReleases(c[x].tree.Release, c[y].tree.Release) < 0 })
 	}
-	order = keys
+	// miss[j] says why the builds judged against j so far could not serve it.
+	miss := map[*kernelJob]string{}
 	for {
-		round := now
-		now = nil
-		builtBy := map[*kernelJob]string{}
-		for _, k := range order {
-			if g := groups[k]; len(g) > 0 {
-				round = append(round, g[0])
-				groups[k] = g[1:]
-				builtBy[g[0]] = k
+		built := map[string][]*kernelJob{} // class -> its kernels built this round, oldest first
+		for _, k := range keys {
+			var left []*kernelJob
+			picked := map[string]bool{}
+			for _, j := range classes[k] {
+				if !picked[miss[j]] {
+					picked[miss[j]] = true
+					round = append(round, j)
+					built[k] = append(built[k], j)
+					continue
+				}
+				left = append(left, j)
 			}
+			classes[k] = left
 		}
 		if len(round) == 0 {
 			return
 		}
 		run(round)
+		round = nil
 		if b.fatalErr() != nil {
 			return
 		}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for j, k := range builtBy {
-			r := j.result
-			if r.Status != manifest.StatusBuilt || len(r.Modules) == 0 || len(groups[k]) == 0 {
-				continue
-			}
-			var mods []*module.ModuleInfo
-			for _, bm := range r.Modules {
-				mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
-				if err != nil {
-					b.setFatal(err)
+		for _, k := range keys {
+			for _, j := range built[k] {
+				if len(classes[k]) == 0 {
+					break
+				}
+				if !b.serveFrom(j, classes[k], miss) {
 					return
 				}
-				mods = append(mods, mi)
-			}
-			// Judging one kernel may build a probe module: the rest of the class in parallel.
-			rest := groups[k]
-			served := make([]bool, len(rest))
-			for i, p := range rest {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer func() {
-						if r := recover(); r != nil {
-							b.setFatal(fmt.Errorf("internal error judging %s for %s: %v", p.tree.Release, j.tree.Release, r))
-						}
-					}()
-					ok, verdicts := b.opts.Classes(j.tree, mods, p.tree)
-					if !ok {
-						return
+				var left []*kernelJob
+				for _, p := range classes[k] {
+					if p.result.Status != manifest.StatusServed {
+						left = append(left, p)
 					}
-					mu.Lock()
-					served[i] = true
-					p.result.Status, p.result.ServedBy, p.result.Serving = manifest.StatusServed, j.tree.Release, verdicts
-					mu.Unlock()
-					b.progress(ProgressEvent{Release: p.tree.Release, Status: manifest.StatusServed, Detail: "by the build for " + j.tree.Release})
-				}()
-			}
-			wg.Wait()
-			var left []*kernelJob
-			for i, p := range rest {
-				if !served[i] {
-					left = append(left, p)
 				}
+				classes[k] = left
 			}
-			groups[k] = left
 		}
 	}
+}
+
+// serveFrom judges j's build against the kernels rest (side by side: judging may build a probe
+// module), marks those it serves, and adds its reasons to miss for the others. It returns false
+// after a fatal error.
+func (b *builder) serveFrom(j *kernelJob, rest []*kernelJob, miss map[*kernelJob]string) bool {
+	r := j.result
+	if r.Status != manifest.StatusBuilt || len(r.Modules) == 0 {
+		return true
+	}
+	var mods []*module.ModuleInfo
+	for _, bm := range r.Modules {
+		mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
+		if err != nil {
+			b.setFatal(err)
+			return false
+		}
+		mods = append(mods, mi)
+	}
+	why := make([]string, len(rest))
+	var wg sync.WaitGroup
+	for i, p := range rest {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					b.setFatal(fmt.Errorf("internal error judging %s for %s: %v", p.tree.Release, j.tree.Release, r))
+				}
+			}()
+			ok, verdicts := b.opts.Classes(j.tree, mods, p.tree)
+			if !ok {
+				var reasons []string
+				for _, v := range verdicts {
+					reasons = append(reasons, v.Module+": "+strings.Join(v.Reasons, "; "))
+				}
+				why[i] = strings.Join(reasons, "\n")
+				return
+			}
+			p.result.Status, p.result.ServedBy, p.result.Serving = manifest.StatusServed, j.tree.Release, verdicts
+			b.progress(ProgressEvent{Release: p.tree.Release, Status: manifest.StatusServed, Detail: "by the build for " + j.tree.Release})
+		}()
+	}
+	wg.Wait()
+	for i, p := range rest {
+		if p.result.Status != manifest.StatusServed {
+			miss[p] += j.tree.Release + "\x00" + why[i] + "\x00"
+		}
+	}
+	return b.fatalErr() == nil
 }

@@ -19,6 +19,9 @@ const (
 	OutputFormatVersion = 1
 	// maxManifestSize bounds what is read of a manifest.json.
 	maxManifestSize = 64 << 20
+	// MaxKernels and MaxModulesPerKernel bound what a manifest may list.
+	MaxKernels          = 4096
+	MaxModulesPerKernel = 4096
 )
 
 // Read reads dir/manifest.json and checks that kmpack build wrote it. Anything
@@ -26,11 +29,15 @@ const (
 // *InputError naming the directory.
 func Read(dir string) (*Manifest, error) {
 	p := filepath.Join(dir, "manifest.json")
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	// Not following a link, not blocking on a FIFO, a regular file of bounded size.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		return nil, kmp.InputErrorf(dir, "not a kmpack build output: %v", kmp.UnwrapPathError(err))
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, kmp.InputErrorf(p, "not a regular file: not a kmpack manifest")
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
 	if err != nil {
 		return nil, kmp.InputErrorf(p, "%v", kmp.UnwrapPathError(err))
@@ -48,10 +55,30 @@ func Read(dir string) (*Manifest, error) {
 	case m.FormatVersion != OutputFormatVersion:
 		return nil, kmp.InputErrorf(p, "kmpack build output format version %d, this kmpack reads %d", m.FormatVersion, OutputFormatVersion)
 	}
-	// Names in the manifest become paths read by kmpack package: only kmpack's own pass.
+	// Names in the manifest become paths read by kmpack package: only kmpack's own pass, each
+	// once (a file listed a million times would be read a million times).
+	releases, files := map[string]bool{}, map[string]bool{}
+	if len(m.Kernels) > MaxKernels {
+		return nil, kmp.InputErrorf(p, "more than %d kernels", MaxKernels)
+	}
 	for _, k := range m.Kernels {
 		if k == nil {
 			return nil, kmp.InputErrorf(p, "an empty kernel record")
+		}
+		if releases[k.Release] {
+			return nil, kmp.InputErrorf(p, "kernel %s is listed twice", k.Release)
+		}
+		releases[k.Release] = true
+		if len(k.Modules) > MaxModulesPerKernel {
+			return nil, kmp.InputErrorf(p, "kernel %s: more than %d modules", k.Release, MaxModulesPerKernel)
+		}
+		for _, bm := range k.Modules {
+			if bm != nil && files[bm.File] {
+				return nil, kmp.InputErrorf(p, "kernel %s: module file %q is listed twice", k.Release, bm.File)
+			}
+			if bm != nil {
+				files[bm.File] = true
+			}
 		}
 		if err := ident.KernelRelease(k.Release); err != nil {
 			return nil, kmp.InputErrorf(p, "%v", err)
