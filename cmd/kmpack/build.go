@@ -58,7 +58,7 @@ into the same OUTPUT fails at once (exit 1). An existing OUTPUT is only replaced
 empty or a previous kmpack build output (its manifest.json says "format": "kmpack-build-output").
 
 Exit status: 0 every kernel built or skipped (at least one built), 4 at least one kernel
-failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written;
+failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules (not for a --shard), 3 bad input (nothing written;
 but when packaging after a successful build refuses the metadata, the build output stays and
 only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the machine failed,
 130 interrupted (SIGINT/SIGTERM: builds killed, nothing written).`,
@@ -210,7 +210,7 @@ func runBuild(c *cli.Context) error {
 			}
 		}
 		return cli.Exit(fmt.Sprintf("build failed for %d of %d kernels", m.Summary.Failed, len(m.Kernels)), exitBuildFailed)
-	case m.Summary.Built == 0:
+	case m.Summary.Built == 0 && shard == nil: // a shard of skipped kernels is no failure
 		return cli.Exit("nothing built: every kernel was skipped by BUILD_EXCLUSIVE rules", exitAllSkipped)
 	}
 	if len(profiles) > 0 {

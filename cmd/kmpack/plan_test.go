@@ -62,6 +62,16 @@ func TestShardMergePackagesAsOneBuild(t *testing.T) {
 	run(runnerA, append(append([]string{"build", "-q", "-o", single}, kargs...), src)...)
 	run(runnerA, append(pkgArgs, single)...)
 
+	// Its durations are costs; in the single build's cache every kernel is a hit.
+	var pc build.Plan
+	out = run(runnerA, append(append([]string{"plan", "--shards", "2", "-o", single, "--costs", filepath.Join(single, "manifest.json")}, kargs...), src)...)
+	if err := json.Unmarshal([]byte(out), &pc); err != nil {
+		t.Fatalf("plan --costs: %v\n%s", err, out)
+	}
+	if pc.Misses != 0 || pc.ShardPlan == p.ShardPlan || pc.Kernels[0].CostFrom != "costs" || pc.Kernels[0].Previous == 0 || pc.Kernels[0].CacheKey != p.Kernels[0].CacheKey {
+		t.Errorf("plan --costs after the build: %s", out)
+	}
+
 	// The same plan on two runners with their own caches, each building its shard.
 	var shards []string
 	for i, s := range p.Shards {
