@@ -302,7 +302,7 @@ write the packages a single build's output gives, byte for byte).
 
 The outputs are checked as untrusted input: outputs of different sources (name, version,
 sha256) or kmpack versions, outputs sharing a kernel, shards of different plans or a missing
-shard, certificates that differ for one key id, and module files that do not match their
+shard, outputs not signed with the same certificates, and module files that do not match their
 manifest's sha256 are refused (exit 3), with nothing written. --output is replaced as kmpack
 build replaces its output (locked, staged, renamed), and must not be one of the OUTPUTs.`,
 		Flags: []cli.Flag{

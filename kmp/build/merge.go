@@ -43,7 +43,8 @@ type mergeInput struct {
 // (manifest.Read), every file is read through an os.Root on its output (regular files only,
 // no link leading out, bounded), and every module must match the sha256 and size its manifest
 // records. Outputs of different sources (name, version, kind, sha256) or kmpack build engines,
-// outputs that share a kernel, certificates that differ for one key id, and shards that are not
+// outputs that share a kernel, certificates that differ for one key id or outputs not signed
+// with the same certificates, and shards that are not
 // every shard of one plan (exactly once) are refused as bad input, before anything is written.
 // out is written as Build writes it: staged beside it, under its lock, and renamed into place;
 // it must not exist, be empty, or be a previous kmpack build output, and not be an input.
@@ -214,6 +215,13 @@ func mergeManifests(ins []*mergeInput) (*manifest.Manifest, error) {
 			}
 			byKey[c.KeyID], byFile[c.File] = c, c
 			merged.Certificates = append(merged.Certificates, c)
+		}
+	}
+	for _, in := range ins {
+		// One build signs every kernel's modules with the same keys: so must its shards.
+		if len(in.m.Certificates) != len(merged.Certificates) {
+			return nil, kmp.InputErrorf(mp(in), "its modules are signed with %d certificates, the outputs' together with %d: every shard must be signed with the same keys",
+				len(in.m.Certificates), len(merged.Certificates))
 		}
 	}
 	return merged, nil

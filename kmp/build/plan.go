@@ -172,6 +172,9 @@ func PlanBuild(ctx context.Context, src *source.Source, trees []*kernel.KernelTr
 	if opts.Jobs <= 0 {
 		opts.Jobs = min(runtime.NumCPU(), MaxJobs)
 	}
+	if opts.Jobs > MaxJobs {
+		return nil, fmt.Errorf("%d jobs: at most %d", opts.Jobs, MaxJobs)
+	}
 	out := ""
 	if opts.OutputDir != "" {
 		var err error

@@ -217,6 +217,18 @@ func TestMerge(t *testing.T) {
 		fakeOutput(t, filepath.Join(dir, "a"), src, sh(2), "y", rels[1])
 		return []string{s1, filepath.Join(dir, "a")}
 	})
+	bad("unsigned shard", "signed with the same keys", func(dir string) []string {
+		a := filepath.Join(dir, "a")
+		fakeOutput(t, a, src, sh(2), "x", rels[1])
+		m, err := manifest.Read(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Certificates = nil
+		data, _ := json.Marshal(m)
+		os.WriteFile(filepath.Join(a, "manifest.json"), data, 0o644)
+		return []string{s1, a}
+	})
 	bad("altered module", "does not match", func(dir string) []string {
 		a := filepath.Join(dir, "a")
 		fakeOutput(t, a, src, sh(2), "x", rels[1])
