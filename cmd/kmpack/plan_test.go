@@ -170,3 +170,60 @@ func TestShardUsage(t *testing.T) {
 		t.Error("a refused command wrote the output")
 	}
 }
+
+// Signed shards merge with their certificate once, and package as the signed single build
+// does; a shard built without the key is refused.
+func TestShardMergeSigned(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	keys := t.TempDir()
+	if _, stderr, code := kmpack(t, "keygen", "--out", keys, "--cn", "shard key"); code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, stderr)
+	}
+	sign := []string{"--sign-key", filepath.Join(keys, "kmpack-signing.key"), "--sign-cert", filepath.Join(keys, "kmpack-signing.crt")}
+	kargs := []string{"-k", testenv.HeadersDir(t, testenv.Release53), "-k", testenv.HeadersDir(t, testenv.Release54)}
+	src := testenv.ExampleSource(t, true)
+	base := t.TempDir()
+	run := func(cache string, args ...string) {
+		t.Helper()
+		if _, stderr, code := kmpackIn(t, cache, args...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr)
+		}
+	}
+	pkg := []string{"package", "--profile", "debian,suse", "--no-runtime-package"}
+	single := filepath.Join(base, "single")
+	run(filepath.Join(base, "c0"), slices.Concat([]string{"build", "-q", "-o", single}, sign, kargs, []string{src})...)
+	run(filepath.Join(base, "c0"), slices.Concat(pkg, []string{single})...)
+	var shards []string
+	for i, s := range []string{"1/2", "2/2"} {
+		dir := filepath.Join(base, "shard"+s[:1])
+		run(filepath.Join(base, "c"+s[:1]), slices.Concat([]string{"build", "-q", "--shard", s, "-o", dir}, sign, kargs, []string{src})...)
+		shards = append(shards, dir)
+		if i == 1 {
+			// The same shard unsigned does not merge with a signed one.
+			unsigned := filepath.Join(base, "unsigned")
+			run(filepath.Join(base, "c"+s[:1]), slices.Concat([]string{"build", "-q", "--shard", s, "-o", unsigned}, kargs, []string{src})...)
+			if _, stderr, code := kmpack(t, "merge", "-o", filepath.Join(base, "m"), shards[0], unsigned); code != exitInput || !strings.Contains(stderr, "same keys") {
+				t.Errorf("merging an unsigned shard with a signed one: exit %d: %s", code, stderr)
+			}
+		}
+	}
+	merged := filepath.Join(base, "merged")
+	run(filepath.Join(base, "c1"), slices.Concat([]string{"merge", "-o", merged}, shards)...)
+	run(filepath.Join(base, "c1"), slices.Concat(pkg, []string{merged})...)
+	mm, err := manifest.Read(merged)
+	if err != nil || len(mm.Certificates) != 1 {
+		t.Fatalf("merged manifest: %v %+v", err, mm)
+	}
+	if !bytes.Equal(testenv.MustRead(t, filepath.Join(merged, mm.Certificates[0].File)), testenv.MustRead(t, filepath.Join(single, mm.Certificates[0].File))) {
+		t.Error("the merged certificate differs from the single build's")
+	}
+	want, got := packagesDirFiles(t, filepath.Join(single, formats.PackagesDir)), packagesDirFiles(t, filepath.Join(merged, formats.PackagesDir))
+	if len(want) < 4 || len(want) != len(got) {
+		t.Fatalf("packages: single %v, merged %v", slices.Sorted(maps.Keys(want)), slices.Sorted(maps.Keys(got)))
+	}
+	for name, data := range want {
+		if !bytes.Equal(data, got[name]) {
+			t.Errorf("%s differs between the signed single build and the merged signed shards", name)
+		}
+	}
+}
