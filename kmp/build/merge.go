@@ -251,8 +251,8 @@ func shardOrder(ins []*mergeInput) ([]string, error) {
 		case s.Count != ref.Count || s.Plan != ref.Plan || !slices.Equal(s.Kernels, ref.Kernels):
 			return nil, kmp.InputErrorf(p, "shard %d/%d of plan %.12s, not of the plan of the other shards (%d shards, plan %.12s): every shard must be built with the same kernels and --costs",
 				s.Index, s.Count, s.Plan, ref.Count, ref.Plan)
-		case s.Index < 1 || s.Index > s.Count:
-			return nil, kmp.InputErrorf(p, "shard %d/%d", s.Index, s.Count)
+		case s.Index < 1 || s.Index > s.Count || s.Count > len(s.Kernels):
+			return nil, kmp.InputErrorf(p, "shard %d/%d of %d kernels is not one kmpack build --shard makes", s.Index, s.Count, len(s.Kernels))
 		}
 		if prev, dup := seen[s.Index]; dup {
 			return nil, kmp.InputErrorf(p, "shard %d/%d again (also %s)", s.Index, s.Count, prev)
