@@ -199,21 +199,19 @@ func mergeManifests(ins []*mergeInput) (*manifest.Manifest, error) {
 		})
 	}
 	merged.Summary = summarize(merged.Kernels)
-	byKey, byFile := map[string]manifest.Certificate{}, map[string]manifest.Certificate{}
+	// A certificate is its file (certs/<serial>.der; two of one serial are told apart by
+	// fingerprint): the same file in two outputs must be the same certificate.
+	byFile := map[string]manifest.Certificate{}
 	for _, in := range ins {
 		for _, c := range in.m.Certificates {
-			prev, seen := byKey[c.KeyID]
-			if !seen {
-				prev, seen = byFile[c.File]
-			}
-			if seen {
+			if prev, seen := byFile[c.File]; seen {
 				if prev != c {
-					return nil, kmp.InputErrorf(mp(in), "certificate %s (key id %s, sha256 %s) differs from another output's (%s, key id %s, sha256 %s): the shards were signed with different keys",
-						c.File, c.KeyID, c.SHA256, prev.File, prev.KeyID, prev.SHA256)
+					return nil, kmp.InputErrorf(mp(in), "certificate %s (key id %s, sha256 %s) differs from another output's (key id %s, sha256 %s): the shards were signed with different keys",
+						c.File, c.KeyID, c.SHA256, prev.KeyID, prev.SHA256)
 				}
 				continue
 			}
-			byKey[c.KeyID], byFile[c.File] = c, c
+			byFile[c.File] = c
 			merged.Certificates = append(merged.Certificates, c)
 		}
 	}
