@@ -43,9 +43,9 @@ type mergeInput struct {
 // (manifest.Read), every file is read through an os.Root on its output (regular files only,
 // no link leading out, bounded), and every module must match the sha256 and size its manifest
 // records. Outputs of different sources (name, version, kind, sha256) or kmpack build engines,
-// outputs that share a kernel, a certificate file that differs between outputs or outputs not signed
-// with the same certificates, and shards that are not
-// every shard of one plan (exactly once) are refused as bad input, before anything is written.
+// outputs that share a kernel, a certificate file that differs between outputs, outputs not
+// signed with the same certificates, and shards that are not every shard of one plan (each
+// exactly once) are refused as bad input, before anything is written.
 // out is written as Build writes it: staged beside it, under its lock, and renamed into place;
 // it must not exist, be empty, or be a previous kmpack build output, and not be an input.
 func Merge(outputs []string, out string) (*manifest.Manifest, error) {
