@@ -21,7 +21,6 @@ import (
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/source"
-	"github.com/kmpack/kmpack/kmp/unpack"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -59,7 +58,7 @@ into the same OUTPUT fails at once (exit 1). An existing OUTPUT is only replaced
 empty or a previous kmpack build output (its manifest.json says "format": "kmpack-build-output").
 
 Exit status: 0 every kernel built or skipped (at least one built), 4 at least one kernel
-failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules, 3 bad input (nothing written;
+failed, 5 every kernel was skipped by BUILD_EXCLUSIVE rules (not for a --shard), 3 bad input (nothing written;
 but when packaging after a successful build refuses the metadata, the build output stays and
 only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the machine failed,
 130 interrupted (SIGINT/SIGTERM: builds killed, nothing written).`,
@@ -82,6 +81,7 @@ only OUTPUT/packages is not written), 2 wrong command line, 1 kmpack or the mach
 			&cli.StringSliceFlag{Name: "siblings", Usage: "also judge whether each kernel's modules load in these kernels (trees, symvers files, /lib/modules/<release>; see kmpack compat) and record it in the manifest"},
 			&cli.BoolFlag{Name: "classes", Usage: "build one kernel per class: in each flavor and series, build the oldest kernel, serve every other kernel its modules load in (the compat check) from that build, and build only for kernels it cannot serve; the manifest says which build serves which kernel, with the verdicts"},
 			&cli.StringSliceFlag{Name: "kernel-repo", Usage: "also build against kernels from this repository, downloaded and unpacked into the cache (repeatable; see kmpack kernels --repo, and --flavor, --release, --latest)"},
+			shardFlag, costsFlag,
 		}, append(append(packagingFlags(), signingFlags()...), repoSelectFlags()...)...),
 		Action: runBuild,
 	}
@@ -138,35 +138,22 @@ func runBuild(c *cli.Context) error {
 			return err
 		}
 	}
-	kernelArgs := c.StringSlice("kernel")
-	root := "/"
-	repoSpecs := c.StringSlice("kernel-repo")
-	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("versions") || c.IsSet("latest") || c.IsSet("keyring")) {
-		return usagef("--flavor, --release, --versions, --latest and --keyring apply to a --kernel-repo")
-	}
-	queries, err := repoQueries(c, repoSpecs)
+	trees, err := findTrees(c, src)
 	if err != nil {
 		return err
 	}
-	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
-		kernelArgs, queries = src.Spec.KernelSources()
-	}
-	if len(queries) > 0 {
-		files, err := fetchRepoKernels(c, queries)
-		if err != nil {
+	var shard *manifest.ShardInfo
+	if v := c.String("shard"); v != "" {
+		if trees, shard, err = shardTrees(c, v, trees); err != nil {
 			return err
 		}
-		kernelArgs = append(kernelArgs, files...)
-	}
-	found, err := unpack.FindKernels(c.String("cache-dir"), root, kernelArgs)
-	if err != nil {
-		return err
-	}
-	if len(found.Errors) > 0 {
-		return cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
-	}
-	if len(found.Trees) == 0 {
-		return cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
+		if len(profiles) > 0 {
+			// One shard's packages would lack the other shards' kernels: package the merge.
+			fmt.Fprintln(os.Stderr, "kmpack: note: a shard is not packaged: package the output of kmpack merge")
+			profiles = nil
+		}
+	} else if c.IsSet("costs") {
+		return usagef("--costs balances shards: it goes with --shard")
 	}
 
 	ctx := c.Context
@@ -189,6 +176,7 @@ func runBuild(c *cli.Context) error {
 		NoPrivateMounts:    c.Bool("no-private-mounts"),
 		Timeout:            c.Duration("timeout"),
 		IgnoreBuildDepends: c.Bool("ignore-build-depends"),
+		Shard:              shard,
 		Warn:               func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) },
 	}
 	opts.CacheDir, opts.Refresh = c.String("cache-dir"), c.Bool("no-cache")
@@ -208,11 +196,11 @@ func runBuild(c *cli.Context) error {
 	}
 	var prog *progress
 	if !c.Bool("quiet") {
-		prog = newProgress(os.Stderr, found.Trees)
+		prog = newProgress(os.Stderr, trees)
 		opts.Progress = prog.update
 		defer prog.stop()
 	}
-	m, err := build.Build(ctx, src, found.Trees, opts)
+	m, err := build.Build(ctx, src, trees, opts)
 	if prog != nil {
 		prog.stop()
 	}
@@ -234,7 +222,7 @@ func runBuild(c *cli.Context) error {
 			}
 		}
 		return cli.Exit(fmt.Sprintf("build failed for %d of %d kernels", m.Summary.Failed, len(m.Kernels)), exitBuildFailed)
-	case m.Summary.Built == 0:
+	case m.Summary.Built == 0 && shard == nil: // a shard of skipped kernels is no failure
 		return cli.Exit("nothing built: every kernel was skipped by BUILD_EXCLUSIVE rules", exitAllSkipped)
 	}
 	if len(profiles) > 0 {
@@ -242,7 +230,7 @@ func runBuild(c *cli.Context) error {
 		if c.Bool("json") {
 			w = os.Stderr
 		}
-		return writePackages(c, src, m, opts.OutputDir, found.Trees, profiles, pkgSigning, w)
+		return writePackages(c, src, m, opts.OutputDir, trees, profiles, pkgSigning, w)
 	}
 	return nil
 }

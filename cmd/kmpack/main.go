@@ -125,6 +125,8 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			kernelsCommand(),
 			inspectCommand(),
 			buildCommand(),
+			planCommand(),
+			mergeCommand(),
 			initCommand(),
 			packageCommand(),
 			publishCommand(),

@@ -92,6 +92,9 @@ type BuildOptions struct {
 	// flavor, architecture, series and plan are built oldest first, and a kernel the judge
 	// says an earlier build's modules load in is served by it (StatusServed) instead of built.
 	Classes ClassJudge
+	// Shard, when set, is recorded in the manifest: this build is one shard of a sharded
+	// build (kmpack build --shard; see plan.go), for kmpack merge to check.
+	Shard *manifest.ShardInfo
 }
 
 // ProgressEvent is a kernel's build changing state.
@@ -142,33 +145,9 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
-	for _, t := range trees {
-		if seen[t.Release] {
-			return nil, kmp.InputErrorf(t.Dir, "kernel release %s is given twice (one build per release)", t.Release)
-		}
-		seen[t.Release] = true
-		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
-		ProbeCompiler(&t.Compiler)
+	if src, err = prepareSource(ctx, src, trees, opts, out); err != nil {
+		return nil, err
 	}
-	// A dkms.conf source is identified on the caller's Source (its name and version are the
-	// source's own, learnt once); otherwise the caller's Source is not changed: the build works
-	// on a copy that also leaves out the output, the cache and kmpack's own directories.
-	if src.Kind == source.SourceDKMS {
-		if err := src.Identify(ctx, trees[0], opts.Jobs); err != nil {
-			return nil, err
-		}
-	}
-	excl := append([]string{out}, opts.Secrets...) // signing keys kept in the source are no build input
-	for _, d := range []string{opts.CacheDir, opts.CompileCache} {
-		if d != "" {
-			if c, err := filepath.Abs(d); err == nil {
-				excl = append(excl, c)
-			}
-		}
-	}
-	src = src.Excluding(excl...)
-
 	if !kbuildSafePath(os.TempDir()) {
 		return nil, kmp.InputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
 	}
@@ -195,13 +174,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if b.bash, err = exec.LookPath("bash"); err != nil {
 		return nil, fmt.Errorf("build commands need bash: %w", err)
 	}
-	private := !opts.NoPrivateMounts
-	if private {
-		if err := probePrivateMounts(ctx, filepath.Join(work.Path, "probe"), trees[0]); err != nil {
-			private = false
-			b.warn(fmt.Sprintf("no private mount namespace for builds (%v): building in $TMPDIR workspaces instead of at dkms's paths; a source that embeds its build path (a configure step) or hard-codes /usr/src or /var/lib/dkms may build differently from dkms, and not reproducibly", err))
-		}
-	}
+	private := b.probePrivateMounts(ctx, work.Path, trees[0])
 	if len(opts.Signers) > 0 && !private && b.opts.CacheDir != "" && !b.opts.Refresh {
 		// Without private mounts a build can write the cache, and what it planted there would
 		// be signed with the vendor's key: signed builds then rebuild everything.
@@ -223,55 +196,8 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			b.ccache = dir
 		}
 	}
-	// Plans are made side by side (a dkms.conf is evaluated by bash for every kernel), kept in
-	// the trees' order; the first error in that order wins.
-	jobs := make([]*kernelJob, len(trees))
-	planErrs := make([]error, len(trees))
-	sem := make(chan struct{}, max(opts.Jobs, 1))
-	var pwg sync.WaitGroup
-	for i, t := range trees {
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			defer func() {
-				if r := recover(); r != nil {
-					planErrs[i] = fmt.Errorf("internal error planning for %s: %v", t.Release, r)
-				}
-			}()
-			ws := source.NewWorkspace(filepath.Join(work.Path, t.Release), src.Name, src.Version)
-			if private {
-				ws = source.NewPrivateWorkspace(filepath.Join(work.Path, t.Release), t, src.Name, src.Version)
-			}
-			plan, err := src.Plan(ctx, t, ws, opts.Jobs)
-			if err != nil {
-				planErrs[i] = err
-				return
-			}
-			paths := manifest.PathsWorkspace
-			if ws.Private {
-				paths = manifest.PathsDKMS
-			}
-			jobs[i] = &kernelJob{tree: t, ws: ws, plan: plan,
-				result: &manifest.KernelBuild{Release: t.Release, Tree: t.Dir, Flavor: t.Flavor, Arch: t.Arch, Status: manifest.StatusQueued,
-					Paths: paths, Modules: []*manifest.BuiltModule{}}}
-		}()
-	}
-	pwg.Wait()
-	for i := range trees {
-		if planErrs[i] != nil {
-			return nil, planErrs[i]
-		}
-	}
-	for _, j := range jobs {
-		for _, w := range j.plan.Warnings {
-			b.warn(w)
-		}
-		b.jobs = append(b.jobs, j)
-	}
-	if b.srcHash, err = src.Hash(); err != nil {
-		return nil, fmt.Errorf("hashing the source: %w", err)
+	if err := b.planKernels(ctx, trees, work.Path, private); err != nil {
+		return nil, err
 	}
 	if opts.CacheDir != "" {
 		if b.cache, err = openCache(opts.CacheDir); err != nil {
@@ -374,6 +300,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			}
 		}
 	}
+	m.Shard = opts.Shard
 	if m.Certificates, err = b.writeCertificates(); err != nil {
 		return nil, err
 	}

@@ -42,6 +42,19 @@ type Manifest struct {
 	// Certificates are the build's signing certificates, DER, in certs/: packaging ships them
 	// to the machines that must trust the modules (kmpack package reads them from here).
 	Certificates []Certificate `json:"certificates,omitempty"`
+	// Shard is set in the output of one shard of a sharded build (kmpack build --shard):
+	// kmpack merge checks that the outputs it combines are the shards of one plan.
+	Shard *ShardInfo `json:"shard,omitempty"`
+}
+
+// ShardInfo says which shard of which plan a build output is.
+type ShardInfo struct {
+	Index int `json:"index"` // 1-based
+	Count int `json:"count"`
+	// Plan identifies the sharding: a digest of every kernel release of the plan, its cost
+	// and the count. Kernels are every release of the plan (all shards'), in build order.
+	Plan    string   `json:"plan"`
+	Kernels []string `json:"kernels"`
 }
 
 // Certificate is one signer's certificate as the build wrote it.
