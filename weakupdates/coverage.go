@@ -43,7 +43,7 @@ type ClosestBuild struct {
 
 type outputBuild struct {
 	output, release, flavor, arch string
-	mods                    []*module.ModuleInfo
+	mods                          []*module.ModuleInfo
 }
 
 // Coverage judges, for each target kernel, whether the build outputs (kmpack build's output
