@@ -68,7 +68,8 @@ timed() {
     sleep 0.2
   done
   wait "$pid" || true
-  awk -v p="$peak" '{ printf "%.1f %d\n", $1 + $2, p }' "$out.time" >"$out"
+  # GNU time writes "Command exited with non-zero status N" first when the command fails.
+  tail -n 1 "$out.time" | awk -v p="$peak" '{ printf "%.1f %d\n", $1 + $2, p }' >"$out"
 }
 # dkms_all NAME VERSION PKG: dkms build for every kernel, one after another.
 dkms_all() {
