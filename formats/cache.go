@@ -2,6 +2,7 @@ package formats
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -41,6 +42,12 @@ type PackageCache struct {
 	// Warn reports an unusable entry or a failure to store one (nil: silent). Neither fails
 	// packaging: the bytes are made as if there were no cache.
 	Warn func(string)
+	// Secret authenticates entries (an HMAC-SHA256 over slot, key, sha256 and size in each
+	// header): a cache directory restored from elsewhere can hold entries whose recorded
+	// sha256 matches bytes someone else chose (a binary that becomes /usr/bin/kmpack in the
+	// runtime package); only entries this host's kmpack wrote carry a valid MAC. With no
+	// Secret (kmp.HostSecret), nothing is cached.
+	Secret []byte
 }
 
 const (
@@ -61,6 +68,14 @@ type cacheHeader struct {
 	Key           string `json:"key"`
 	SHA256        string `json:"sha256"`
 	Size          int64  `json:"size"`
+	MAC           string `json:"mac"`
+}
+
+// mac authenticates what a header says about slot's bytes.
+func (c *PackageCache) mac(slot string, h cacheHeader) string {
+	m := hmac.New(sha256.New, c.Secret)
+	fmt.Fprintf(m, "%s\x00%s\x00%d\x00%s\x00%s\x00%d", packageCacheFormat, slot, h.FormatVersion, h.Key, h.SHA256, h.Size)
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 func slotPath(name string) string {
@@ -77,7 +92,7 @@ func (c *PackageCache) warn(format string, args ...any) {
 // Get returns the bytes slot holds for key, or nil: when it holds none, holds another key's,
 // or holds bytes that fail a check (reported and removed).
 func (c *PackageCache) Get(slot, key string) []byte {
-	if c == nil || c.Dir == "" || c.Refresh {
+	if c == nil || c.Dir == "" || c.Refresh || len(c.Secret) == 0 {
 		return nil
 	}
 	rel := slotPath(slot)
@@ -86,7 +101,7 @@ func (c *PackageCache) Get(slot, key string) []byte {
 		return nil
 	}
 	defer root.Close()
-	data, err := readSlot(root, rel, key)
+	data, err := c.readSlot(root, rel, slot, key)
 	switch {
 	case err == nil:
 		return data
@@ -100,7 +115,7 @@ func (c *PackageCache) Get(slot, key string) []byte {
 
 var errOtherKey = errors.New("made for other inputs")
 
-func readSlot(root *os.Root, rel, key string) ([]byte, error) {
+func (c *PackageCache) readSlot(root *os.Root, rel, slot, key string) ([]byte, error) {
 	// Regular file only, never through a link, without blocking on a FIFO, bounded.
 	f, fi, err := kmp.OpenRootFile(root, rel, true)
 	if err != nil {
@@ -130,6 +145,9 @@ func readSlot(root *os.Root, rel, key string) ([]byte, error) {
 	if h.Key != key {
 		return nil, errOtherKey
 	}
+	if !hmac.Equal([]byte(h.MAC), []byte(c.mac(slot, h))) {
+		return nil, errors.New("its header's MAC is not this host's (written by another user or machine, or altered)")
+	}
 	sum := sha256.Sum256(data)
 	if int64(len(data)) != h.Size || hex.EncodeToString(sum[:]) != h.SHA256 {
 		return nil, errors.New("its bytes do not match their recorded sha256 and size (truncated or altered)")
@@ -140,7 +158,7 @@ func readSlot(root *os.Root, rel, key string) ([]byte, error) {
 // Put stores data in slot for key, replacing what the slot held. A cache that cannot be
 // written is reported and only costs making the bytes again next time.
 func (c *PackageCache) Put(slot, key string, data []byte) {
-	if c == nil || c.Dir == "" || len(data) > maxCachedBytes {
+	if c == nil || c.Dir == "" || len(data) > maxCachedBytes || len(c.Secret) == 0 {
 		return
 	}
 	if err := c.put(slot, key, data); err != nil {
@@ -162,8 +180,10 @@ func (c *PackageCache) put(slot, key string, data []byte) error {
 	}
 	cleanStaleTemps(root)
 	sum := sha256.Sum256(data)
-	header, err := json.Marshal(cacheHeader{Format: packageCacheFormat, FormatVersion: packageCacheFmtVer,
-		Key: key, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))})
+	h := cacheHeader{Format: packageCacheFormat, FormatVersion: packageCacheFmtVer,
+		Key: key, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
+	h.MAC = c.mac(slot, h)
+	header, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}

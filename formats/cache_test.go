@@ -2,9 +2,11 @@ package formats_test
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -39,7 +41,7 @@ func TestPackageCache(t *testing.T) {
 	rt := &formats.Runtime{Binary: bin, Version: "1.0", Arch: "x86_64"}
 	var mu sync.Mutex
 	var warnings []string
-	cache := &formats.PackageCache{Dir: t.TempDir(), Salt: "test", Warn: func(s string) {
+	cache := &formats.PackageCache{Dir: t.TempDir(), Salt: "test", Secret: []byte("this host's secret"), Warn: func(s string) {
 		mu.Lock()
 		defer mu.Unlock()
 		warnings = append(warnings, s)
@@ -105,8 +107,8 @@ func TestPackageCache(t *testing.T) {
 	same("run from the cache", uncached, warm)
 	warned("warm run", "")
 
-	// The package comes from the entry: a consistent entry (digest recomputed) with other
-	// bytes is what gets written.
+	// A consistent entry (digest recomputed) with other bytes, planted by someone without this
+	// host's secret, is refused: its MAC is not this host's.
 	entry, _ := os.ReadFile(slot)
 	header, data, _ := bytes.Cut(entry, []byte("\n"))
 	if !bytes.Equal(data, uncachedDeb) {
@@ -121,10 +123,22 @@ func TestPackageCache(t *testing.T) {
 	h["sha256"], h["size"] = hex.EncodeToString(sum[:]), len(forged)
 	hb, _ := json.Marshal(h)
 	os.WriteFile(slot, append(append(hb, '\n'), forged...), 0o644)
+	if deb, _ := run(cache); !bytes.Equal(deb, uncachedDeb) {
+		t.Fatalf("a planted entry without this host's MAC was used")
+	}
+	warned("planted entry", "MAC is not this host's")
+	// With the MAC made with the secret, the package comes from the entry: proof that the
+	// cache is read at all.
+	m := hmac.New(sha256.New, cache.Secret)
+	fmt.Fprintf(m, "kmpack-package-cache\x00%s\x00%v\x00%s\x00%s\x00%d", "package deb "+formats.RuntimePackageName+"_1.0-1_amd64.deb", h["formatVersion"], h["key"], h["sha256"], len(forged))
+	h["mac"] = hex.EncodeToString(m.Sum(nil))
+	hb, _ = json.Marshal(h)
+	os.WriteFile(slot, append(append(hb, '\n'), forged...), 0o644)
 	if deb, _ := run(cache); !bytes.Equal(deb, forged) {
 		t.Fatalf("a run with a valid entry did not take the package from it")
 	}
 	warned("consistent entry", "")
+	os.WriteFile(slot, entry, 0o644)
 	// Refresh (kmpack build --no-cache) makes the package anew and replaces the entry.
 	refresh := *cache
 	refresh.Refresh = true

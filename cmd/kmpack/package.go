@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/formats"
+	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
@@ -203,6 +204,11 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 		// take most of packaging's time, so both are kept in the cache directory.
 		opts.Cache = &formats.PackageCache{Dir: c.String("cache-dir"), Refresh: c.Bool("no-cache"),
 			Warn: func(s string) { fmt.Fprintln(os.Stderr, "kmpack: warning:", s) }}
+		if secret, err := kmp.HostSecret(); err != nil {
+			opts.Cache.Warn(fmt.Sprintf("no package cache (its entries are authenticated with a secret of this user: %v)", err))
+		} else {
+			opts.Cache.Secret = secret
+		}
 		rt, err := selfRuntime(opts.Cache)
 		if err != nil {
 			return err

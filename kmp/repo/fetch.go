@@ -296,8 +296,25 @@ func (f *Fetcher) Fetch(ctx context.Context, u, sum string, size int64) (string,
 	return path, err
 }
 
+// resumedMismatch is a checksum mismatch of a resumed download (its partial file removed).
+type resumedMismatch struct{ error }
+
+func (e *resumedMismatch) Unwrap() error { return e.error }
+
 // fetch is Fetch, also returning the bytes it downloaded (-1: the file was in the cache).
 func (f *Fetcher) fetch(ctx context.Context, u, sum string, size int64) (string, int64, error) {
+	path, n, err := f.fetchOnce(ctx, u, sum, size)
+	var rm *resumedMismatch
+	if errors.As(err, &rm) {
+		f.progress("%v: fetching it again from the start", err)
+		var m int64
+		path, m, err = f.fetchOnce(ctx, u, sum, size)
+		n += m
+	}
+	return path, n, err
+}
+
+func (f *Fetcher) fetchOnce(ctx context.Context, u, sum string, size int64) (string, int64, error) {
 	if err := checkSHA256(sum); err != nil {
 		return "", 0, kmp.InputErrorf(u, "%v", err)
 	}
@@ -310,6 +327,13 @@ func (f *Fetcher) fetch(ctx context.Context, u, sum string, size int64) (string,
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", 0, err
+	}
+	// The cache directory may be shared: its repo/ and repo/sha256/ must be directories, not
+	// links to somewhere else that downloads (and the stale sweep) would then write.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if fi, err := os.Lstat(d); err != nil || !fi.IsDir() {
+			return "", 0, fmt.Errorf("%s: not a directory (a link?): refusing to download into it", d)
+		}
 	}
 	f.sweep.Do(f.removeStale)
 	part, err := f.lockPart(ctx, u, f.partPath(sum))
@@ -459,7 +483,13 @@ func (f *Fetcher) download(ctx context.Context, u, sum string, size int64, part 
 		return n, poisoned(kmp.InputErrorf(u, "larger than the %d bytes the repository says", limit))
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return n, poisoned(kmp.InputErrorf(u, "SHA-256 mismatch%s: got %s, the repository says %s", resumed, got, sum))
+		err := kmp.InputErrorf(u, "SHA-256 mismatch%s: got %s, the repository says %s", resumed, got, sum)
+		if start > 0 {
+			// The kept prefix may be what is wrong (a partial file from an older mirror state):
+			// the caller tries once more from zero.
+			err = &resumedMismatch{err}
+		}
+		return n, poisoned(err)
 	}
 	if err := part.Sync(); err != nil {
 		return n, err

@@ -207,9 +207,11 @@ func TestFetchResumeServerIgnoresRange(t *testing.T) {
 
 func TestFetchResumeCorruptPrefix(t *testing.T) {
 	s := newDebServer(t, func(s *debServer) { s.cutAt = 500_000 })
-	f := &repo.Fetcher{CacheDir: t.TempDir()}
+	var out syncBuffer
+	f := &repo.Fetcher{CacheDir: t.TempDir(), Progress: &out}
 	interrupted(t, f, s)
-	// The kept bytes go bad (a disk, another program): the completed file cannot match.
+	// The kept bytes go bad (a disk, another program): the completed file cannot match. The
+	// partial file is dropped and the same Fetch starts once more from zero.
 	part := partOf(f, s.sum)
 	fh, err := os.OpenFile(part, os.O_WRONLY, 0)
 	if err != nil {
@@ -217,18 +219,6 @@ func TestFetchResumeCorruptPrefix(t *testing.T) {
 	}
 	fh.WriteAt([]byte("garbage"), 1000)
 	fh.Close()
-	_, err = f.Fetch(context.Background(), s.url, s.sum, int64(len(s.b)))
-	testenv.CheckInputError(t, s.url, err)
-	if err == nil || !strings.Contains(err.Error(), "SHA-256 mismatch after resuming at 500000 bytes") {
-		t.Fatal(err)
-	}
-	t.Log(err)
-	if _, err := os.Lstat(part); !os.IsNotExist(err) {
-		t.Fatalf("poisoned partial file kept: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(f.ObjectsDir(), s.sum)); !os.IsNotExist(err) {
-		t.Fatalf("mismatching file in the cache: %v", err)
-	}
 	path, err := f.Fetch(context.Background(), s.url, s.sum, int64(len(s.b)))
 	if err != nil {
 		t.Fatal(err)
@@ -236,6 +226,35 @@ func TestFetchResumeCorruptPrefix(t *testing.T) {
 	checkFetched(t, s, path)
 	if reqs := s.requests(); len(reqs) != 3 || reqs[1].Get("Range") != "bytes=500000-" || reqs[2].Get("Range") != "" {
 		t.Fatalf("requests %v", reqs)
+	}
+	if !strings.Contains(out.String(), "SHA-256 mismatch after resuming at 500000 bytes") || !strings.Contains(out.String(), "fetching it again from the start") {
+		t.Fatal(out.String())
+	}
+	if _, err := os.Lstat(part); !os.IsNotExist(err) {
+		t.Fatalf("partial file kept: %v", err)
+	}
+}
+
+// A repository whose file does not match its checksum fails after the retry from zero too:
+// one InputError naming the URL, nothing in the cache.
+func TestFetchMismatchAfterRetry(t *testing.T) {
+	s := newDebServer(t, func(s *debServer) { s.cutAt = 500_000 })
+	f := &repo.Fetcher{CacheDir: t.TempDir()}
+	interrupted(t, f, s)
+	wrong := strings.Repeat("0", 64)
+	if err := os.Rename(partOf(f, s.sum), partOf(f, wrong)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.Fetch(context.Background(), s.url, wrong, int64(len(s.b)))
+	testenv.CheckInputError(t, s.url, err)
+	if err == nil || !strings.Contains(err.Error(), "SHA-256 mismatch: got ") {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(f.ObjectsDir(), wrong)); !os.IsNotExist(err) {
+		t.Fatalf("mismatching file in the cache: %v", err)
+	}
+	if _, err := os.Lstat(partOf(f, wrong)); !os.IsNotExist(err) {
+		t.Fatalf("partial file kept: %v", err)
 	}
 }
 

@@ -123,6 +123,9 @@ func TestParseSpecErrors(t *testing.T) {
 		"kernel unknown key":       {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/repo\n    flavour: amd64\n", `field "flavour" not found in a kernels entry`},
 		"kernel empty entry":       {"name: a\nversion: '1'\nkernels:\n  - {}\n", "kernels[0]: a path or a repo"},
 		"kernel sequence entry":    {"name: a\nversion: '1'\nkernels:\n  - [a, b]\n", "a kernels entry is a path or a mapping"},
+		"kernel repo twice":        {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/a\n    repo: http://h/b\n", `"repo" given twice`},
+		"kernel flavor null":       {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/a\n    flavor: ~\n", "flavor is empty"},
+		"kernel flavor bad":        {"name: a\nversion: '1'\nkernels:\n  - repo: http://h/a\n    flavor: [\"a b\"]\n", "kernels[0].flavor: "},
 		"kernel repo bad scheme":   {"name: a\nversion: '1'\nkernels:\n  - repo: ftp://h/repo\n", "kernels[0].repo: "},
 	}
 	for name, c := range cases {

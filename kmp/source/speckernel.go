@@ -10,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/repo"
 )
 
@@ -46,12 +47,23 @@ func (k *SpecKernel) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("line %d: a kernels entry is a path or a mapping with repo:", n.Line)
 	}
+	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, v := n.Content[i], n.Content[i+1]
+		if seen[key.Value] {
+			return fmt.Errorf("line %d: %s given twice in a kernels entry", key.Line, strconv.QuoteToASCII(key.Value))
+		}
+		seen[key.Value] = true
+		if v.Kind == yaml.AliasNode {
+			return fmt.Errorf("line %d: no YAML aliases in a kernels entry", key.Line)
+		}
 		if !specKernelKeys[key.Value] {
 			return fmt.Errorf("line %d: field %s not found in a kernels entry (path, repo, flavor, release, versions, latest, keyring)", key.Line, strconv.QuoteToASCII(key.Value))
 		}
 		if key.Value == "flavor" && v.Kind == yaml.ScalarNode {
+			if v.Tag == "!!null" || v.Value == "" {
+				return fmt.Errorf("line %d: flavor is empty", key.Line)
+			}
 			k.Flavor = []string{v.Value}
 			continue
 		}
@@ -113,9 +125,12 @@ func (k *SpecKernel) validate(where string) error {
 		return fmt.Errorf("%s.repo: %s", where, strings.TrimPrefix(err.Error(), k.Repo+": "))
 	}
 	q := &repo.Query{Source: src, Selector: repo.Selector{Flavors: k.Flavor, Latest: k.Latest}}
+	if len(k.Flavor) > 64 {
+		return fmt.Errorf("%s.flavor: more than 64", where)
+	}
 	for _, f := range k.Flavor {
-		if err := CheckText(where+".flavor", f, 64, false); err != nil {
-			return err
+		if err := ident.Flavor(f); err != nil {
+			return fmt.Errorf("%s.flavor: %v", where, err)
 		}
 	}
 	if k.Latest < 0 {
