@@ -219,26 +219,13 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 
 	// From here on the output's parent is written to: under the output's lock, so that two
 	// builds into one output cannot mix.
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return nil, fmt.Errorf("creating the output directory's parent: %w", err)
-	}
-	lock, err := lockOutput(out)
+	stage, err := stageOutput(out)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.unlock()
-	if err := checkOutputDir(out); err != nil {
-		return nil, err
-	}
-	stagePrefix := "." + filepath.Base(out) + ".tmp-"
-	proc.CleanStale(filepath.Dir(out), stagePrefix)
-	stage, err := proc.MkdirOwned(filepath.Dir(out), stagePrefix)
-	if err != nil {
-		return nil, err
-	}
-	defer stage.Remove(false)
-	b.stage = stage.Path
-	src.Exclude = append(src.Exclude, stage.Path)
+	defer stage.close()
+	b.stage = stage.Path()
+	src.Exclude = append(src.Exclude, stage.Path())
 	if b.js, err = newJobServer(ctx, opts.Jobs); err != nil {
 		return nil, err
 	}

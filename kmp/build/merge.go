@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path"
@@ -17,7 +16,6 @@ import (
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
-	"github.com/kmpack/kmpack/kmp/proc"
 )
 
 // Bounds on what Merge copies from an output besides modules (module.MaxInputFile bounds
@@ -96,40 +94,27 @@ func Merge(outputs []string, out string) (*manifest.Manifest, error) {
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return nil, fmt.Errorf("creating the output directory's parent: %w", err)
-	}
-	lock, err := lockOutput(out)
+	stage, err := stageOutput(out)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.unlock()
-	if err := checkOutputDir(out); err != nil {
-		return nil, err
-	}
-	stagePrefix := "." + filepath.Base(out) + ".tmp-"
-	proc.CleanStale(filepath.Dir(out), stagePrefix)
-	stage, err := proc.MkdirOwned(filepath.Dir(out), stagePrefix)
-	if err != nil {
-		return nil, err
-	}
-	defer stage.Remove(false)
+	defer stage.close()
 	for _, in := range ins {
-		if err := copyOutput(in, stage.Path); err != nil {
+		if err := copyOutput(in, stage.Path()); err != nil {
 			return nil, err
 		}
 	}
-	if err := copyCertificates(ins, merged.Certificates, stage.Path); err != nil {
+	if err := copyCertificates(ins, merged.Certificates, stage.Path()); err != nil {
 		return nil, err
 	}
 	data, err := json.MarshalIndent(merged, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(stage.Path, "manifest.json"), append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(stage.Path(), "manifest.json"), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
-	if err := replaceDir(stage.Path, out); err != nil {
+	if err := replaceDir(stage.Path(), out); err != nil {
 		return nil, err
 	}
 	return merged, nil

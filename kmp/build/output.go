@@ -12,6 +12,7 @@ import (
 
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/proc"
 )
 
 // checkOutputDir refuses to write over anything kmpack did not make: out must not exist, be an
@@ -93,4 +94,43 @@ func lockOutput(out string) (*outputLock, error) {
 func (l *outputLock) unlock() {
 	os.Remove(l.path)
 	l.f.Close()
+}
+
+// outputStage is a locked output directory and the stage beside it that replaces it.
+type outputStage struct {
+	lock  *outputLock
+	stage *proc.OwnedDir
+}
+
+// stageOutput takes out's lock (so that two writers of one output cannot mix), checks again
+// that out is one kmpack may replace, and makes a stage beside it (removing what dead runs
+// left). close unlocks and removes the stage unless it was renamed into place.
+func stageOutput(out string) (*outputStage, error) {
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the output directory's parent: %w", err)
+	}
+	lock, err := lockOutput(out)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkOutputDir(out); err != nil {
+		lock.unlock()
+		return nil, err
+	}
+	stagePrefix := "." + filepath.Base(out) + ".tmp-"
+	proc.CleanStale(filepath.Dir(out), stagePrefix)
+	stage, err := proc.MkdirOwned(filepath.Dir(out), stagePrefix)
+	if err != nil {
+		lock.unlock()
+		return nil, err
+	}
+	return &outputStage{lock: lock, stage: stage}, nil
+}
+
+// Path is the stage's directory.
+func (o *outputStage) Path() string { return o.stage.Path }
+
+func (o *outputStage) close() {
+	o.stage.Remove(false)
+	o.lock.unlock()
 }
