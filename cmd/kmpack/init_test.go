@@ -14,7 +14,7 @@ import (
 func TestSpecFormatErrorsAreInputErrors(t *testing.T) {
 	h53 := testenv.HeadersDir(t, testenv.Release53)
 	for _, c := range []struct{ yaml, want string }{
-		{"formats: [exe]\n", `kmpack.yaml: formats[0]: unknown package format "exe" (known: apk, archlinux, deb, rpm)`},
+		{"formats: [exe]\n", `kmpack.yaml: formats[0]: unknown package format "exe" (known: apk, archlinux, deb, oci, rpm)`},
 		{"profile: windows\n", `kmpack.yaml: profile: unknown packaging profile "windows"`},
 		{"maintainer: \"X <x@y>\\nPre-Depends: evil\"\n", `kmpack.yaml: maintainer "X <x@y>\nPre-Depends: evil": line break '\n' not allowed`},
 	} {
