@@ -175,28 +175,13 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx := &Index{}
-	kr, err := s.keyring()
-	if err != nil {
-		return nil, err
+	sigSuffix := ".gpg"
+	if inRelease {
+		sigSuffix = ""
 	}
-	if kr == nil {
-		idx.Notes = []string{unverifiedNote(u)}
-	} else {
-		if inRelease {
-			if data, err = verifyClearsigned(u, data, kr); err != nil {
-				return nil, err
-			}
-		} else {
-			sig, err := f.GetSmall(ctx, u+".gpg", MaxReleaseBytes)
-			if err != nil {
-				return nil, err
-			}
-			if err := verifyDetached(u+".gpg", data, sig, kr); err != nil {
-				return nil, err
-			}
-		}
-		idx.Verified = true
+	idx := &Index{}
+	if data, err = s.verify(ctx, f, idx, u, data, sigSuffix); err != nil {
+		return nil, err
 	}
 	rel, err := ParseRelease(u, data)
 	if err != nil {
@@ -247,21 +232,8 @@ func loadRPMMD(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 		return nil, err
 	}
 	idx := &Index{}
-	kr, err := s.keyring()
-	if err != nil {
+	if data, err = s.verify(ctx, f, idx, u, data, ".asc"); err != nil {
 		return nil, err
-	}
-	if kr == nil {
-		idx.Notes = []string{unverifiedNote(u)}
-	} else {
-		sig, err := f.GetSmall(ctx, u+".asc", MaxReleaseBytes)
-		if err != nil {
-			return nil, err
-		}
-		if err := verifyDetached(u+".asc", data, sig, kr); err != nil {
-			return nil, err
-		}
-		idx.Verified = true
 	}
 	md, err := ParseRepomd(u, bytes.NewReader(data))
 	if err != nil {
@@ -338,4 +310,33 @@ func (e *errNamer) Read(p []byte) (int, error) {
 		return n, fmt.Errorf("cannot decompress: %v", err)
 	}
 	return n, err
+}
+
+// verify checks the metadata file u (data) with s's keyring and returns the text to read: the
+// signed text of a clearsigned file (sigSuffix ""), else data, checked against the detached
+// signature at u+sigSuffix. Without a keyring it notes in idx that nothing was verified.
+func (s *Source) verify(ctx context.Context, f *Fetcher, idx *Index, u string, data []byte, sigSuffix string) ([]byte, error) {
+	kr, err := s.keyring()
+	if err != nil {
+		return nil, err
+	}
+	if kr == nil {
+		idx.Notes = []string{unverifiedNote(u)}
+		return data, nil
+	}
+	if sigSuffix == "" {
+		if data, err = verifyClearsigned(u, data, kr); err != nil {
+			return nil, err
+		}
+	} else {
+		sig, err := f.GetSmall(ctx, u+sigSuffix, MaxReleaseBytes)
+		if err != nil {
+			return nil, err
+		}
+		if err := verifyDetached(u+sigSuffix, data, sig, kr); err != nil {
+			return nil, err
+		}
+	}
+	idx.Verified = true
+	return data, nil
 }
