@@ -46,6 +46,15 @@ type Verdict struct {
 	Reasons    []Reason `json:"reasons,omitempty"`
 }
 
+// Sibling is v as the manifest records it (build --siblings, build --classes).
+func (v Verdict) Sibling() manifest.SiblingVerdict {
+	sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
+	for _, r := range v.Reasons {
+		sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
+	}
+	return sv
+}
+
 // Check decides, for each of one package's modules, whether kernel t can load it. Imports are
 // resolved the way depmod resolves them: another module of the package first, then the kernel
 // (vmlinux and its own modules, as its symvers lists them). A module that needs a package
@@ -212,11 +221,7 @@ func Siblings(release string, mods []*module.ModuleInfo, targets []*Target) []ma
 			continue
 		}
 		for _, v := range Check(mods, t) {
-			sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
-			for _, r := range v.Reasons {
-				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
-			}
-			out = append(out, sv)
+			out = append(out, v.Sibling())
 		}
 	}
 	return out
@@ -278,12 +283,8 @@ func ClassJudge(ctx context.Context, opts TargetOptions) build.ClassJudge {
 		ok := true
 		var out []manifest.SiblingVerdict
 		for _, v := range Check(mods, t) {
-			sv := manifest.SiblingVerdict{Module: v.Module, Kernel: v.Kernel, Compatible: v.Compatible}
-			for _, r := range v.Reasons {
-				sv.Reasons = append(sv.Reasons, r.Kind+": "+r.Detail)
-			}
 			ok = ok && v.Compatible
-			out = append(out, sv)
+			out = append(out, v.Sibling())
 		}
 		return ok && len(out) > 0, out
 	}
