@@ -296,13 +296,9 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 			if k.Status != manifest.StatusBuilt {
 				continue
 			}
-			var mods []*module.ModuleInfo
-			for _, bm := range k.Modules {
-				mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
-				if err != nil {
-					return nil, err
-				}
-				mods = append(mods, mi)
+			mods, err := b.stagedModules(k)
+			if err != nil {
+				return nil, err
 			}
 			k.Siblings = opts.Siblings(k.Release, mods)
 		}

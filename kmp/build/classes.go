@@ -142,14 +142,10 @@ func (b *builder) serveFrom(j *kernelJob, rest []*kernelJob, miss map[*kernelJob
 	if r.Status != manifest.StatusBuilt || len(r.Modules) == 0 {
 		return true
 	}
-	var mods []*module.ModuleInfo
-	for _, bm := range r.Modules {
-		mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
-		if err != nil {
-			b.setFatal(err)
-			return false
-		}
-		mods = append(mods, mi)
+	mods, err := b.stagedModules(r)
+	if err != nil {
+		b.setFatal(err)
+		return false
 	}
 	why := make([]string, len(rest))
 	var wg sync.WaitGroup
@@ -182,4 +178,17 @@ func (b *builder) serveFrom(j *kernelJob, rest []*kernelJob, miss map[*kernelJob
 		}
 	}
 	return b.fatalErr() == nil
+}
+
+// stagedModules reads the modules of one kernel's build from the stage.
+func (b *builder) stagedModules(r *manifest.KernelBuild) ([]*module.ModuleInfo, error) {
+	var mods []*module.ModuleInfo
+	for _, bm := range r.Modules {
+		mi, err := module.ReadModule(filepath.Join(b.stage, bm.File))
+		if err != nil {
+			return nil, err
+		}
+		mods = append(mods, mi)
+	}
+	return mods, nil
 }
