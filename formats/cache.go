@@ -13,9 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/kmpack/kmpack/kmp"
 )
@@ -178,7 +175,7 @@ func (c *PackageCache) put(slot, key string, data []byte) error {
 	if err := root.MkdirAll(packageCacheDir, 0o755); err != nil {
 		return err
 	}
-	cleanStaleTemps(root)
+	kmp.RemoveDeadTemps(root, packageCacheDir, ".tmp-")
 	sum := sha256.Sum256(data)
 	h := cacheHeader{Format: packageCacheFormat, FormatVersion: packageCacheFmtVer,
 		Key: key, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
@@ -208,31 +205,6 @@ func (c *PackageCache) put(slot, key string, data []byte) error {
 		root.Remove(tmp)
 	}
 	return err
-}
-
-// cleanStaleTemps removes the .tmp-<pid>-* files of kmpacks that died while storing.
-func cleanStaleTemps(root *os.Root) {
-	d, err := root.Open(packageCacheDir)
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	for _, n := range names {
-		rest, ok := strings.CutPrefix(n, ".tmp-")
-		if !ok {
-			continue
-		}
-		pidText, _, _ := strings.Cut(rest, "-")
-		if pid, err := strconv.Atoi(pidText); err == nil && pid != os.Getpid() && !processAlive(pid) {
-			root.Remove(path.Join(packageCacheDir, n))
-		}
-	}
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // cacheable tells whether p's file is worth caching and can be: a large payload, a salt that

@@ -1,11 +1,13 @@
 package kmp
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -175,4 +177,34 @@ func ReadRegularFile(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("larger than %d bytes", max)
 	}
 	return b, nil
+}
+
+// RemoveDeadTemps removes the entries of dir (beneath root) named <prefix><pid>-... for one of
+// prefixes, whose kmpack (process pid) died while writing them; entries of living processes,
+// and this one's, stay.
+func RemoveDeadTemps(root *os.Root, dir string, prefixes ...string) {
+	d, err := root.Open(dir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		for _, prefix := range prefixes {
+			rest, ok := strings.CutPrefix(n, prefix)
+			if !ok {
+				continue
+			}
+			pidText, _, _ := strings.Cut(rest, "-")
+			if pid, err := strconv.Atoi(pidText); err == nil && pid != os.Getpid() && !processAlive(pid) {
+				root.RemoveAll(path.Join(dir, n))
+			}
+			break
+		}
+	}
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

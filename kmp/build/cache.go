@@ -12,9 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strconv"
 	"strings"
-	"syscall"
 	"unicode"
 
 	"github.com/kmpack/kmpack/kmp"
@@ -344,38 +342,9 @@ func (b *builder) newCacheTemp() (string, error) {
 	if err := b.cache.MkdirAll("builds", 0o755); err != nil {
 		return "", err
 	}
-	cleanStaleCacheTemps(b.cache)
+	kmp.RemoveDeadTemps(b.cache, "builds", ".tmp-", ".old-")
 	tmp := path.Join("builds", fmt.Sprintf(".tmp-%d-%s", os.Getpid(), randomSuffix()))
 	return tmp, b.cache.Mkdir(tmp, 0o755)
-}
-
-// cleanStaleCacheTemps removes the .tmp-<pid>-* and .old-<pid>-* entries of kmpacks that died
-// while storing.
-func cleanStaleCacheTemps(cache *os.Root) {
-	d, err := cache.Open("builds")
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	for _, n := range names {
-		rest, ok := strings.CutPrefix(n, ".tmp-")
-		if !ok {
-			rest, ok = strings.CutPrefix(n, ".old-")
-		}
-		if !ok {
-			continue
-		}
-		pidText, _, _ := strings.Cut(rest, "-")
-		if pid, err := strconv.Atoi(pidText); err == nil && pid != os.Getpid() && !processAlive(pid) {
-			cache.RemoveAll(path.Join("builds", n))
-		}
-	}
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 func randomSuffix() string {
