@@ -148,13 +148,7 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if src, err = prepareSource(ctx, src, trees, opts, out); err != nil {
 		return nil, err
 	}
-	if !kbuildSafePath(os.TempDir()) {
-		return nil, kmp.InputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
-	}
-	// Workspaces are $TMPDIR/kmpack-build-<pid>-*, locked while their kmpack lives: what a
-	// kmpack killed with -9 left (and the make and cc1 it orphaned) goes now.
-	proc.CleanStale(os.TempDir(), workPrefix)
-	work, err := proc.MkdirOwned("", workPrefix)
+	work, err := makeWorkDir()
 	if err != nil {
 		return nil, err
 	}

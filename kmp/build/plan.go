@@ -222,11 +222,7 @@ func PlanBuild(ctx context.Context, src *source.Source, trees []*kernel.KernelTr
 	if err != nil {
 		return nil, err
 	}
-	if !kbuildSafePath(os.TempDir()) {
-		return nil, kmp.InputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
-	}
-	proc.CleanStale(os.TempDir(), workPrefix)
-	work, err := proc.MkdirOwned("", workPrefix)
+	work, err := makeWorkDir()
 	if err != nil {
 		return nil, err
 	}
@@ -418,4 +414,15 @@ func SelectShard(trees []*kernel.KernelTree, costs *manifest.Manifest, index, co
 		}
 	}
 	return out, &manifest.ShardInfo{Index: index, Count: count, Plan: sh.ID, Kernels: releases}, nil
+}
+
+// makeWorkDir checks TMPDIR and makes this run's $TMPDIR/kmpack-build-<pid>-* directory,
+// locked while this kmpack lives: what a kmpack killed with -9 left (and the make and cc1 it
+// orphaned) goes first.
+func makeWorkDir() (*proc.OwnedDir, error) {
+	if !kbuildSafePath(os.TempDir()) {
+		return nil, kmp.InputErrorf(os.TempDir(), "TMPDIR: kernel builds (make, Kbuild) cannot run under a path with spaces or shell or make special characters; set TMPDIR to a plain directory")
+	}
+	proc.CleanStale(os.TempDir(), workPrefix)
+	return proc.MkdirOwned("", workPrefix)
 }
