@@ -519,6 +519,7 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 		defer cancel()
 	}
 	reason, err := b.buildKernel(kctx, j)
+	r.BuildSeconds = time.Since(start).Round(time.Millisecond).Seconds()
 	if err != nil && ctx.Err() == nil && errors.Is(err, errKernelTimeout) {
 		// This kernel's time ran out: its process groups are killed; the others go on.
 		reason, err = fmt.Sprintf("the build did not finish within %v (--timeout)", b.opts.Timeout), nil

@@ -156,6 +156,7 @@ func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
 	res := j.result
 	res.Modules, res.Symvers, res.Log, res.Compiler, res.Warnings = r.Modules, r.Symvers, r.Log, r.Compiler, r.Warnings
 	res.Status, res.Reason, res.LogTail, res.FailureKind = r.Status, r.Reason, r.LogTail, r.FailureKind
+	res.BuildSeconds = r.BuildSeconds
 	res.Cached = true
 	return nil
 }
@@ -164,6 +165,9 @@ func (b *builder) loadEntry(e *os.Root, j *kernelJob) error {
 // itself would have written for this kernel pass.
 // maxCacheText bounds each text field of a cached result (a reason, a log line, a warning).
 const maxCacheText = 4096
+
+// maxBuildSeconds bounds a cached build's recorded cost (a week): a plan sums them.
+const maxBuildSeconds = 7 * 24 * 3600
 
 func (c *cacheEntry) check(j *kernelJob) error {
 	rel := j.tree.Release
@@ -187,6 +191,8 @@ func (c *cacheEntry) check(j *kernelJob) error {
 		return fmt.Errorf("log %q", r.Log)
 	case r.Symvers != "" && r.Symvers != path.Join("modules", rel, "Module.symvers"):
 		return fmt.Errorf("symvers %q", r.Symvers)
+	case !(r.BuildSeconds >= 0 && r.BuildSeconds <= maxBuildSeconds): // NaN fails too
+		return fmt.Errorf("build_seconds %v", r.BuildSeconds)
 	}
 	// Text that reaches the terminal and the manifest: one printable line each, bounded.
 	if len(r.LogTail) > 25 || len(r.Warnings) > 100 {

@@ -265,8 +265,8 @@ func PlanBuild(ctx context.Context, src *source.Source, trees []*kernel.KernelTr
 			}
 		}
 		if previous != nil {
-			if pk := previous.Kernel(k.Release); pk != nil && !pk.Cached && (pk.Status == manifest.StatusBuilt || pk.Status == manifest.StatusFailed) {
-				k.Previous = pk.Duration
+			if pk := previous.Kernel(k.Release); pk != nil && (pk.Status == manifest.StatusBuilt || pk.Status == manifest.StatusFailed) && buildCost(pk) >= 0 {
+				k.Previous = buildCost(pk)
 			}
 		}
 		miss := k.Skip == "" && !k.Cached
@@ -326,9 +326,8 @@ func NewSharding(releases []string, costs *manifest.Manifest, n int) (*Sharding,
 			continue
 		case k.Status == manifest.StatusSkipped:
 			s.Costs[i] = 0
-		case (k.Status == manifest.StatusBuilt || k.Status == manifest.StatusFailed) && !k.Cached &&
-			k.Duration >= 0 && !math.IsInf(k.Duration, 0) && !math.IsNaN(k.Duration):
-			s.Costs[i] = math.Round(k.Duration*1000) / 1000
+		case (k.Status == manifest.StatusBuilt || k.Status == manifest.StatusFailed) && buildCost(k) >= 0:
+			s.Costs[i] = math.Round(buildCost(k)*1000) / 1000
 		default:
 			continue
 		}
@@ -425,4 +424,20 @@ func makeWorkDir() (*proc.OwnedDir, error) {
 	}
 	proc.CleanStale(os.TempDir(), workPrefix)
 	return proc.MkdirOwned("", workPrefix)
+}
+
+// buildCost is what compiling k's result cost, -1 when its manifest does not say: the recorded
+// compile time (kept through caches), or the duration of a result compiled in that run.
+func buildCost(k *manifest.KernelBuild) float64 {
+	c := k.BuildSeconds
+	if c <= 0 {
+		if k.Cached {
+			return -1
+		}
+		c = k.Duration
+	}
+	if c < 0 || math.IsInf(c, 0) || math.IsNaN(c) {
+		return -1
+	}
+	return c
 }

@@ -33,7 +33,7 @@ func TestNewSharding(t *testing.T) {
 	costs := &manifest.Manifest{Kernels: []*manifest.KernelBuild{
 		{Release: rels[0], Status: manifest.StatusBuilt, Duration: 100},
 		{Release: rels[1], Status: manifest.StatusBuilt, Duration: 10},
-		{Release: rels[2], Status: manifest.StatusBuilt, Duration: 40, Cached: true}, // no cost: from the cache
+		{Release: rels[2], Status: manifest.StatusBuilt, Duration: 40, Cached: true}, // no cost: from an old cache entry
 		{Release: rels[3], Status: manifest.StatusFailed, Duration: 60},
 	}}
 	sh2, err := build.NewSharding(rels, costs, 2)
@@ -47,6 +47,13 @@ func TestNewSharding(t *testing.T) {
 	if sh2.CostFrom[2] != "mean" || sh2.Costs[2] != 56.667 || sh2.CostFrom[3] != "costs" {
 		t.Errorf("costs %v from %v", sh2.Costs, sh2.CostFrom)
 	}
+	// A cached result that kept its compile time costs that, not its (short) duration.
+	costs.Kernels[2].BuildSeconds = 30
+	sh4, _ := build.NewSharding(rels, costs, 2)
+	if sh4.CostFrom[2] != "costs" || sh4.Costs[2] != 30 || sh4.Costs[4] != 50 {
+		t.Errorf("a cached result's build_seconds: costs %v from %v", sh4.Costs, sh4.CostFrom)
+	}
+	costs.Kernels[2].BuildSeconds = 0
 	again, _ := build.NewSharding(rels, costs, 2)
 	if again.ID != sh2.ID || !slices.Equal(again.Shard, sh2.Shard) || sh.ID == sh2.ID {
 		t.Error("sharding is not a function of its inputs")
@@ -102,9 +109,23 @@ func TestPlanBuildMatchesBuild(t *testing.T) {
 		t.Errorf("plan after building: %+v", p2)
 	}
 	for i, k := range p2.Kernels {
-		if k.CacheKey != m.Kernels[i].CacheKey || k.CacheKey != p.Kernels[i].CacheKey || !k.Cached || k.Previous != m.Kernels[i].Duration {
-			t.Errorf("%s: plan key %s cached %v previous %v, build key %s duration %v", k.Release, k.CacheKey, k.Cached, k.Previous, m.Kernels[i].CacheKey, m.Kernels[i].Duration)
+		if k.CacheKey != m.Kernels[i].CacheKey || k.CacheKey != p.Kernels[i].CacheKey || !k.Cached || k.Previous != m.Kernels[i].BuildSeconds || k.Previous <= 0 {
+			t.Errorf("%s: plan key %s cached %v previous %v, build key %s build_seconds %v", k.Release, k.CacheKey, k.Cached, k.Previous, m.Kernels[i].CacheKey, m.Kernels[i].BuildSeconds)
 		}
+	}
+	// A rebuild from the cache keeps each result's compile time: its manifest is still a
+	// costs file, and the plan's hint is unchanged.
+	m2, err := runBuild(t, srcDir, trees, build.BuildOptions{CacheDir: cache, OutputDir: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range m2.Kernels {
+		if !k.Cached || k.BuildSeconds != m.Kernels[i].BuildSeconds {
+			t.Errorf("%s from the cache: cached %v build_seconds %v, want %v", k.Release, k.Cached, k.BuildSeconds, m.Kernels[i].BuildSeconds)
+		}
+	}
+	if p3 := plan(); p3.Kernels[0].Previous != m.Kernels[0].BuildSeconds {
+		t.Errorf("plan after a cached rebuild: previous %v", p3.Kernels[0].Previous)
 	}
 }
 

@@ -112,8 +112,12 @@ type KernelBuild struct {
 	Log      string   `json:"log,omitempty"`
 	LogTail  []string `json:"log_tail,omitempty"`
 	Duration float64  `json:"duration_seconds"`
-	Compiler string   `json:"compiler,omitempty"`
-	CacheKey string   `json:"cache_key,omitempty"`
+	// BuildSeconds is what compiling this result cost where it was compiled: this run's
+	// compile time, or, for a result from a cache, the time recorded when it was made (0:
+	// unknown, from a cache entry older than the field). Plans balance shards by it.
+	BuildSeconds float64 `json:"build_seconds,omitempty"`
+	Compiler     string  `json:"compiler,omitempty"`
+	CacheKey     string  `json:"cache_key,omitempty"`
 	// Paths is where the build's commands ran: PathsDKMS (dkms's own paths, in a private mount
 	// namespace) or PathsWorkspace (a $TMPDIR workspace, where namespaces are unavailable).
 	Paths string `json:"paths,omitempty"`
