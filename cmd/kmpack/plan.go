@@ -249,10 +249,7 @@ func planBuildArgs(c *cli.Context, srcPath string) string {
 	if c.IsSet("versions") {
 		args = append(args, "--versions", fmt.Sprint(c.Value("versions")))
 	}
-	if c.Bool("latest") {
-		args = append(args, "--latest")
-	}
-	for _, f := range []string{"compress", "jobs"} {
+	for _, f := range []string{"latest", "compress", "jobs"} {
 		if c.IsSet(f) {
 			args = append(args, "--"+f, fmt.Sprint(c.Value(f)))
 		}

@@ -6,10 +6,14 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
@@ -72,48 +76,92 @@ func TestShardMergePackagesAsOneBuild(t *testing.T) {
 		t.Errorf("plan --costs after the build: %s", out)
 	}
 
-	// The same plan on two runners with their own caches, each building its shard.
-	var shards []string
-	for i, s := range p.Shards {
-		dir := filepath.Join(base, "shard"+s.Shard[:1])
-		cache := []string{runnerA, runnerB}[i]
-		if i == 0 {
-			cache = filepath.Join(base, "cache-c") // not the single build's: this shard builds
+	// The CI pipeline of examples/ci, run here: the matrix from plan --ci github, one
+	// concurrent kmpack build --shard process per entry, each with a cache of its own, sharing
+	// only a real registry; then merge and package. The first pipeline builds every kernel and
+	// pushes it; the second, on fresh runners, pulls every kernel from the registry.
+	registry := "oci+http://" + testenv.Registry(t) + "/ci/kmpack-cache"
+	pipeline := func(round string, wantCached bool) string {
+		t.Helper()
+		var matrix struct{ Include []struct{ Shard string } }
+		gh := run(runnerA, append(append([]string{"plan", "--shards", "2", "--ci", "github"}, kargs...), src)...)
+		if err := json.Unmarshal([]byte(gh), &matrix); err != nil || len(matrix.Include) != 2 {
+			t.Fatalf("--ci github: %v: %q", err, gh)
 		}
-		run(cache, append(append([]string{"build", "-q", "--shard", s.Shard, "-o", dir}, kargs...), src)...)
-		m, err := manifest.Read(dir)
-		if err != nil {
-			t.Fatal(err)
+		type result struct {
+			dir, stderr string
+			err         error
 		}
-		var got []string
-		for _, k := range m.Kernels {
-			got = append(got, k.Release)
-			if k.Cached || k.Status != manifest.StatusBuilt {
-				t.Errorf("shard %s: %s cached %v status %s", s.Shard, k.Release, k.Cached, k.Status)
+		results := make([]result, len(matrix.Include))
+		var wg sync.WaitGroup
+		for i, e := range matrix.Include {
+			dir := filepath.Join(base, round, "shard-"+strings.Split(e.Shard, "/")[0])
+			results[i].dir = dir
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cmd := exec.Command(bin, append(append([]string{"build", "-q", "--shard", e.Shard, "-o", dir}, kargs...), src)...)
+				cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+filepath.Join(base, round, "cache-"+strings.Split(e.Shard, "/")[0]), "KMPACK_CACHE_URL="+registry)
+				var stderr strings.Builder
+				cmd.Stderr = &stderr
+				results[i].err, results[i].stderr = cmd.Run(), stderr.String()
+			}()
+		}
+		wg.Wait()
+		var dirs []string
+		for i, r := range results {
+			if r.err != nil || strings.Contains(r.stderr, "warning") {
+				t.Fatalf("%s: shard %s: %v\n%s", round, matrix.Include[i].Shard, r.err, r.stderr)
+			}
+			m, err := manifest.Read(r.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, k := range m.Kernels {
+				got = append(got, k.Release)
+				if k.Cached != wantCached || k.Status != manifest.StatusBuilt || k.BuildSeconds <= 0 {
+					t.Errorf("%s: shard %s: %s cached %v (want %v) status %s build_seconds %v", round, matrix.Include[i].Shard, k.Release, k.Cached, wantCached, k.Status, k.BuildSeconds)
+				}
+			}
+			if want := p.Shards[i].Kernels; !slices.Equal(got, want) || m.Shard == nil || m.Shard.Plan != p.ShardPlan {
+				t.Errorf("%s: shard %s built %v (shard record %+v), the plan says %v (plan %s)", round, matrix.Include[i].Shard, got, m.Shard, want, p.ShardPlan)
+			}
+			dirs = append(dirs, r.dir)
+		}
+		if round == "cold" {
+			if _, stderr, code := kmpackIn(t, runnerB, "merge", "-o", filepath.Join(base, "half"), dirs[0]); code != exitInput || !strings.Contains(stderr, "shard 2/2 is missing") {
+				t.Errorf("merging one shard of two: exit %d: %s", code, stderr)
 			}
 		}
-		if !slices.Equal(got, s.Kernels) || m.Shard == nil || m.Shard.Plan != p.ShardPlan {
-			t.Errorf("shard %s built %v (shard record %+v), the plan says %v (plan %s)", s.Shard, got, m.Shard, s.Kernels, p.ShardPlan)
+		merged := filepath.Join(base, round, "merged")
+		slices.Reverse(dirs) // the order of the arguments is not the order of the kernels
+		if out := run(runnerB, append([]string{"merge", "-o", merged}, dirs...)...); !strings.Contains(out, "4 built") {
+			t.Errorf("%s: merge summary:\n%s", round, out)
 		}
-		shards = append(shards, dir)
+		run(runnerB, append(pkgArgs, merged)...)
+		return merged
 	}
-	if _, stderr, code := kmpackIn(t, runnerB, "merge", "-o", filepath.Join(base, "half"), shards[0]); code != exitInput || !strings.Contains(stderr, "shard 2/2 is missing") {
-		t.Errorf("merging one shard of two: exit %d: %s", code, stderr)
+	for _, round := range []struct {
+		name   string
+		cached bool
+	}{{"cold", false}, {"warm", true}} {
+		merged := pipeline(round.name, round.cached)
+		comparePackages(t, single, merged)
 	}
-	merged := filepath.Join(base, "merged")
-	out = run(runnerB, "merge", "-o", merged, shards[1], shards[0])
-	if !strings.Contains(out, "4 built") {
-		t.Errorf("merge summary:\n%s", out)
-	}
-	run(runnerB, append(pkgArgs, merged)...)
+}
 
+// comparePackages compares a merged output's manifest and packages with a single build's.
+func comparePackages(t *testing.T, single, merged string) {
+	t.Helper()
 	// The manifests agree but for how long each build took and what the caches had.
 	ms, _ := manifest.Read(single)
 	mm, _ := manifest.Read(merged)
 	for _, m := range []*manifest.Manifest{ms, mm} {
 		for _, k := range m.Kernels {
-			k.Duration = 0
+			k.Duration, k.BuildSeconds, k.Cached = 0, 0, false
 		}
+		m.Summary.Cached = 0
 	}
 	a, _ := json.Marshal(ms)
 	b, _ := json.Marshal(mm)
@@ -225,5 +273,22 @@ func TestShardMergeSigned(t *testing.T) {
 		if !bytes.Equal(data, got[name]) {
 			t.Errorf("%s differs between the signed single build and the merged signed shards", name)
 		}
+	}
+}
+
+// The build command a generated GitLab pipeline runs repeats the plan's kernel selection,
+// every value flag with its value.
+func TestPlanBuildArgs(t *testing.T) {
+	cmd := planCommand()
+	var got string
+	cmd.Action = func(c *cli.Context) error { got = planBuildArgs(c, c.Args().First()); return nil }
+	app := &cli.App{Commands: []*cli.Command{cmd}}
+	err := app.Run([]string{"kmpack", "plan", "--kernel-repo", "https://deb.example/debian", "--flavor", "amd64", "--latest", "2",
+		"--versions", ">=6.1.140", "--jobs", "3", "--no-strip", "src dir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `--kernel-repo https://deb.example/debian --flavor amd64 --versions '>=6.1.140' --latest 2 --jobs 3 --no-strip 'src dir'`; got != want {
+		t.Errorf("planBuildArgs:\n got %s\nwant %s", got, want)
 	}
 }
