@@ -44,6 +44,9 @@ PACKAGES=(
   # 127.0.0.1 with its own configuration (not the package's own service, which systemd may
   # start on port 5000 with htpasswd auth).
   skopeo umoci docker-registry
+  # actionlint (built by the tests at a pinned version) checks the run: scripts of
+  # examples/ci/github-actions.yml with shellcheck; the GitLab recipe's scripts get it directly.
+  shellcheck
 )
 
 need=()

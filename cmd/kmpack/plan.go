@@ -278,7 +278,8 @@ func gitlabPipeline(w io.Writer, p *build.Plan, n int, args string) error {
 		shards = append(shards, q(s))
 	}
 	fmt.Fprintf(w, "# kmpack plan --ci gitlab: %d shards of %s %s (plan %.12s)\n", n, p.Source.Name, p.Source.Version, p.ShardPlan)
-	fmt.Fprintf(w, "stages: [build, merge]\n\n")
+	// package and publish have no jobs here: a pipeline may append its own (examples/ci).
+	fmt.Fprintf(w, "stages: [build, merge, package, publish]\n\n")
 	fmt.Fprintf(w, "kmpack-shard:\n  stage: build\n  parallel:\n    matrix:\n      - KMPACK_SHARD: [%s]\n", strings.Join(shards, ", "))
 	fmt.Fprintf(w, "  script:\n    - %s\n", q(`kmpack build -q --shard "$KMPACK_SHARD" -o "kmpack-shard-${KMPACK_SHARD%/*}" `+args))
 	fmt.Fprintf(w, "  artifacts:\n    paths: [%s]\n\n", q("kmpack-shard-*"))
