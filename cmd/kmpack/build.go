@@ -138,13 +138,14 @@ func runBuild(c *cli.Context) error {
 			return err
 		}
 	}
-	trees, err := findTrees(c, src)
+	sel, err := selectKernels(c, src)
 	if err != nil {
 		return err
 	}
+	var trees []*kernel.KernelTree
 	var shard *manifest.ShardInfo
 	if v := c.String("shard"); v != "" {
-		if trees, shard, err = shardTrees(c, v, trees); err != nil {
+		if trees, shard, err = shardTrees(c, v, sel); err != nil {
 			return err
 		}
 		if len(profiles) > 0 {
@@ -154,6 +155,8 @@ func runBuild(c *cli.Context) error {
 		}
 	} else if c.IsSet("costs") {
 		return usagef("--costs balances shards: it goes with --shard")
+	} else if trees, err = sel.trees(c, nil); err != nil {
+		return err
 	}
 
 	ctx := c.Context

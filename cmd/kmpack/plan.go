@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/repo"
 	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/kmp/unpack"
 )
@@ -25,11 +27,17 @@ var (
 	costsFlag = &cli.StringFlag{Name: "costs", Usage: "an earlier build's manifest.json (or its output directory) whose build durations balance the shards; give every shard the same file"}
 )
 
-// findTrees finds the kernel trees a build of src uses: --kernel, else the spec's kernels,
-// else the installed ones, plus --kernel-repo's; sorted by release.
-func findTrees(c *cli.Context, src *source.Source) ([]*kernel.KernelTree, error) {
+// kernelSelection is the kernels of a build before any repository package is downloaded: the
+// trees of --kernel (or the spec's paths, or the installed ones), and the repositories' listings.
+type kernelSelection struct {
+	args    []string
+	queries []repo.Query
+	local   *unpack.Found
+	remote  []repo.Result
+}
+
+func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error) {
 	kernelArgs := c.StringSlice("kernel")
-	root := "/"
 	repoSpecs := c.StringSlice("kernel-repo")
 	if len(repoSpecs) == 0 && (c.IsSet("flavor") || c.IsSet("release") || c.IsSet("versions") || c.IsSet("latest") || c.IsSet("keyring")) {
 		return nil, usagef("--flavor, --release, --versions, --latest and --keyring apply to a --kernel-repo")
@@ -41,24 +49,91 @@ func findTrees(c *cli.Context, src *source.Source) ([]*kernel.KernelTree, error)
 	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
 		kernelArgs, queries = src.Spec.KernelSources()
 	}
-	if len(queries) > 0 {
-		files, err := fetchRepoKernels(c, queries)
-		if err != nil {
+	sel := &kernelSelection{args: kernelArgs, queries: queries, local: &unpack.Found{}}
+	// Without arguments FindKernels lists the installed trees; with repositories only, none.
+	if len(kernelArgs) > 0 || len(queries) == 0 {
+		if sel.local, err = unpack.FindKernels(c.String("cache-dir"), "/", kernelArgs); err != nil {
 			return nil, err
 		}
-		kernelArgs = append(kernelArgs, files...)
+		if len(sel.local.Errors) > 0 {
+			return nil, cli.Exit(strings.Join(sel.local.Errors, "\nkmpack: "), exitInput)
+		}
 	}
-	found, err := unpack.FindKernels(c.String("cache-dir"), root, kernelArgs)
-	if err != nil {
-		return nil, err
+	if len(queries) > 0 {
+		if sel.remote, err = resolveRepoKernels(c, queries); err != nil {
+			return nil, err
+		}
 	}
-	if len(found.Errors) > 0 {
-		return nil, cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
-	}
-	if len(found.Trees) == 0 {
+	if len(sel.releases()) == 0 {
 		return nil, cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
 	}
-	return found.Trees, nil
+	return sel, nil
+}
+
+// releases are the selection's kernel releases, in build order: the local trees' and the
+// repositories' listings' (which name the release their packages' trees have).
+func (s *kernelSelection) releases() []string {
+	var out []string
+	for _, t := range s.local.Trees {
+		out = append(out, t.Release)
+	}
+	for _, r := range s.remote {
+		for _, k := range r.Kernels {
+			out = append(out, k.Release)
+		}
+	}
+	slices.SortStableFunc(out, kernel.CompareReleases)
+	return out
+}
+
+// trees downloads and unpacks the repositories' kernels (only those whose release want
+// holds, when want is not nil) and returns them with the local trees that want holds.
+func (s *kernelSelection) trees(c *cli.Context, want map[string]bool) ([]*kernel.KernelTree, error) {
+	var out []*kernel.KernelTree
+	for _, t := range s.local.Trees {
+		if want == nil || want[t.Release] {
+			out = append(out, t)
+		}
+	}
+	if len(s.remote) > 0 {
+		remote := slices.Clone(s.remote)
+		listed := map[string]bool{}
+		fetch := false
+		for i, r := range remote {
+			if len(r.Kernels) == 0 {
+				return nil, kmp.InputErrorf(r.Repo, "no kernel matches the selection")
+			}
+			r.Kernels = slices.DeleteFunc(slices.Clone(r.Kernels), func(k repo.Kernel) bool { return want != nil && !want[k.Release] })
+			for _, k := range r.Kernels {
+				listed[k.Release] = true
+			}
+			fetch = fetch || len(r.Kernels) > 0
+			remote[i] = r
+		}
+		if fetch {
+			files, err := repo.FetchKernels(c.Context, repoFetcher(c), slices.DeleteFunc(remote, func(r repo.Result) bool { return len(r.Kernels) == 0 }))
+			if err != nil {
+				return nil, err
+			}
+			found, err := unpack.FindKernels(c.String("cache-dir"), "/", files)
+			if err != nil {
+				return nil, err
+			}
+			if len(found.Errors) > 0 {
+				return nil, cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
+			}
+			for _, t := range found.Trees {
+				if want != nil && !listed[t.Release] {
+					// Shards were split by the listings' releases: a tree that has another
+					// would be built by no shard, or by two.
+					return nil, kmp.InputErrorf(t.Dir, "a repository's kernel package holds the tree of %s, which its listing does not name: build --shard needs them to agree (shard package files given with -k instead)", t.Release)
+				}
+			}
+			out = append(out, found.Trees...)
+		}
+	}
+	kernel.SortKernelTrees(out)
+	return out, nil
 }
 
 // readCosts reads --costs: a build output directory or its manifest.json.
@@ -80,8 +155,10 @@ func readCosts(c *cli.Context) (*manifest.Manifest, error) {
 	return manifest.Read(filepath.Dir(p))
 }
 
-// shardTrees is build --shard: the trees of shard I/N, and what the manifest records of it.
-func shardTrees(c *cli.Context, v string, trees []*kernel.KernelTree) ([]*kernel.KernelTree, *manifest.ShardInfo, error) {
+// shardTrees is build --shard: the trees of shard I/N, and what the manifest records of it. The
+// shards are split by release before anything is downloaded: a runner fetches only the
+// repository kernels of its own shard.
+func shardTrees(c *cli.Context, v string, sel *kernelSelection) ([]*kernel.KernelTree, *manifest.ShardInfo, error) {
 	index, count, err := build.ParseShard(v)
 	if err != nil {
 		return nil, nil, usagef("--shard: %v", err)
@@ -93,11 +170,19 @@ func shardTrees(c *cli.Context, v string, trees []*kernel.KernelTree) ([]*kernel
 	if err != nil {
 		return nil, nil, err
 	}
-	sel, info, err := build.SelectShard(trees, costs, index, count)
+	mine, info, err := build.SelectShard(sel.releases(), costs, index, count)
 	if err != nil {
 		return nil, nil, usagef("--shard %s: %v", v, err)
 	}
-	return sel, info, nil
+	want := map[string]bool{}
+	for _, r := range mine {
+		want[r] = true
+	}
+	trees, err := sel.trees(c, want)
+	if err != nil {
+		return nil, nil, err
+	}
+	return trees, info, nil
 }
 
 func planCommand() *cli.Command {
@@ -166,14 +251,30 @@ func runPlan(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	trees, err := findTrees(c, src)
+	sel, err := selectKernels(c, src)
 	if err != nil {
 		return err
 	}
-	if n := c.Int("shards"); n > len(trees) {
-		return usagef("--shards %d for %d kernels: at most one shard per kernel", n, len(trees))
+	if n, k := c.Int("shards"), len(sel.releases()); n > k {
+		return usagef("--shards %d for %d kernels: at most one shard per kernel", n, k)
 	}
 	costs, err := readCosts(c)
+	if err != nil {
+		return err
+	}
+	// A CI pipeline needs the shards only, which releases and costs make: nothing is downloaded
+	// (each runner fetches its own shard's kernels).
+	switch c.String("ci") {
+	case "github":
+		return githubMatrix(os.Stdout, c.Int("shards"))
+	case "gitlab":
+		sh, err := build.NewSharding(sel.releases(), costs, c.Int("shards"))
+		if err != nil {
+			return usagef("--shards: %v", err)
+		}
+		return gitlabPipeline(os.Stdout, src, sh, planBuildArgs(c, srcPath))
+	}
+	trees, err := sel.trees(c, nil)
 	if err != nil {
 		return err
 	}
@@ -191,12 +292,6 @@ func runPlan(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	switch c.String("ci") {
-	case "github":
-		return githubMatrix(os.Stdout, p, opts.Shards)
-	case "gitlab":
-		return gitlabPipeline(os.Stdout, p, opts.Shards, planBuildArgs(c, srcPath))
-	}
 	return writeJSON(os.Stdout, p)
 }
 
@@ -210,7 +305,7 @@ func shardNames(n int) []string {
 
 // githubMatrix prints {"include":[{"shard":"1/N"},...]} on one line, for
 // echo "matrix=$(kmpack plan --shards N --ci github)" >> "$GITHUB_OUTPUT".
-func githubMatrix(w io.Writer, p *build.Plan, n int) error {
+func githubMatrix(w io.Writer, n int) error {
 	type entry struct {
 		Shard string `json:"shard"`
 	}
@@ -271,13 +366,14 @@ func planBuildArgs(c *cli.Context, srcPath string) string {
 
 // gitlabPipeline prints a child pipeline: a parallel:matrix job building each shard into
 // kmpack-shard-<n>, and a job merging them into kmpack-out.
-func gitlabPipeline(w io.Writer, p *build.Plan, n int, args string) error {
+func gitlabPipeline(w io.Writer, src *source.Source, sh *build.Sharding, args string) error {
+	n := sh.Count
 	q := func(s string) string { b, _ := json.Marshal(s); return string(b) } // a YAML double-quoted scalar
 	var shards []string
 	for _, s := range shardNames(n) {
 		shards = append(shards, q(s))
 	}
-	fmt.Fprintf(w, "# kmpack plan --ci gitlab: %d shards of %s %s (plan %.12s)\n", n, p.Source.Name, p.Source.Version, p.ShardPlan)
+	fmt.Fprintf(w, "# kmpack plan --ci gitlab: %d shards of %s %s (plan %.12s)\n", n, src.Name, src.Version, sh.ID)
 	// package and publish have no jobs here: a pipeline may append its own (examples/ci).
 	fmt.Fprintf(w, "stages: [build, merge, package, publish]\n\n")
 	fmt.Fprintf(w, "kmpack-shard:\n  stage: build\n  parallel:\n    matrix:\n      - KMPACK_SHARD: [%s]\n", strings.Join(shards, ", "))

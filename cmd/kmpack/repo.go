@@ -88,11 +88,10 @@ func mib(n int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
-// fetchRepoKernels downloads the packages of the kernels qs select into the cache and returns
-// their files, for unpack.FindKernels.
-func fetchRepoKernels(c *cli.Context, qs []repo.Query) ([]string, error) {
-	f := repoFetcher(c)
-	res, err := repo.Resolve(c.Context, f, qs)
+// resolveRepoKernels reads the repositories' metadata (verified) and selects their kernels,
+// downloading no package.
+func resolveRepoKernels(c *cli.Context, qs []repo.Query) ([]repo.Result, error) {
+	res, err := repo.Resolve(c.Context, repoFetcher(c), qs)
 	if err != nil {
 		return nil, err
 	}
@@ -101,5 +100,5 @@ func fetchRepoKernels(c *cli.Context, qs []repo.Query) ([]string, error) {
 			fmt.Fprintf(os.Stderr, "kmpack: note: %s\n", n)
 		}
 	}
-	return repo.FetchKernels(c.Context, f, res)
+	return res, nil
 }

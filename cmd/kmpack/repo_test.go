@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -290,5 +291,55 @@ func TestBuildKernelRepoRPM(t *testing.T) {
 		if got := rpms.Load() - before; got != c.packages {
 			t.Errorf("%s: %d RPM downloads, want %d", c.layout, got, c.packages)
 		}
+	}
+}
+
+// Sharded builds of a repository's kernels split the listing, not the downloaded trees: the
+// plan for CI downloads no package, and each shard's runner downloads only its own kernels.
+func TestShardKernelRepo(t *testing.T) {
+	r := testenv.NewAptRepo(t)
+	src := testenv.ExampleSource(t, true)
+	sel := []string{"--kernel-repo", r.Source(), "--flavor", "amd64"}
+	for _, ci := range []string{"github", "gitlab"} {
+		stdout, stderr, code := kmpackIn(t, t.TempDir(), append(append([]string{"plan", "--shards", "2", "--ci", ci}, sel...), src)...)
+		if code != 0 || !strings.Contains(stdout, "2/2") {
+			t.Fatalf("plan --ci %s: exit %d: %s\n%s", ci, code, stdout, stderr)
+		}
+	}
+	if r.PoolHits() != 0 {
+		t.Fatalf("plan --ci downloaded %d packages", r.PoolHits())
+	}
+	if _, stderr, code := kmpackIn(t, t.TempDir(), append(append([]string{"plan", "--shards", "4", "--ci", "github"}, sel...), src)...); code != exitUsage {
+		t.Errorf("4 shards of 3 kernels: exit %d: %s", code, stderr)
+	}
+	var dirs []string
+	hits := 0
+	// Equal costs: 55 and 57 in shard 1, 56 in shard 2; linux-kbuild-6.1 on both runners.
+	for i, want := range [][]string{{testenv.ReleaseDebOnly, "6.1.0-57-amd64"}, {"6.1.0-56-amd64"}} {
+		dir := filepath.Join(t.TempDir(), "shard")
+		_, stderr, code := kmpackIn(t, t.TempDir(), append(append([]string{"build", "-q", "--shard", fmt.Sprintf("%d/2", i+1), "-o", dir}, sel...), src)...)
+		if code != 0 {
+			t.Fatalf("shard %d: exit %d: %s", i+1, code, stderr)
+		}
+		m, err := manifest.Read(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, k := range m.Kernels {
+			got = append(got, k.Release)
+		}
+		if !slices.Equal(got, want) || m.Shard == nil || len(m.Shard.Kernels) != 3 {
+			t.Errorf("shard %d built %v (shard record %+v), want %v", i+1, got, m.Shard, want)
+		}
+		if n := r.PoolHits() - hits; n != 2*len(want)+1 {
+			t.Errorf("shard %d: %d package downloads, want %d (its own kernels and linux-kbuild only)", i+1, n, 2*len(want)+1)
+		}
+		hits = r.PoolHits()
+		dirs = append(dirs, dir)
+	}
+	out := filepath.Join(t.TempDir(), "merged")
+	if stdout, stderr, code := kmpackIn(t, t.TempDir(), append([]string{"merge", "-o", out}, dirs...)...); code != 0 || !strings.Contains(stdout, "3 built") {
+		t.Errorf("merge: exit %d: %s\n%s", code, stdout, stderr)
 	}
 }

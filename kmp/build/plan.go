@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -392,13 +393,10 @@ func ParseShard(v string) (index, count int, err error) {
 	return index, count, nil
 }
 
-// SelectShard returns the trees (in build order) of shard index of count, split as NewSharding
-// does by costs, and the ShardInfo its build's manifest records.
-func SelectShard(trees []*kernel.KernelTree, costs *manifest.Manifest, index, count int) ([]*kernel.KernelTree, *manifest.ShardInfo, error) {
-	releases := make([]string, len(trees))
-	for i, t := range trees {
-		releases[i] = t.Release
-	}
+// SelectShard returns the releases of shard index of count (releases in build order, split as
+// NewSharding splits them by costs), and the ShardInfo its build's manifest records. It needs
+// no tree: a runner picks its kernels before downloading any.
+func SelectShard(releases []string, costs *manifest.Manifest, index, count int) ([]string, *manifest.ShardInfo, error) {
 	sh, err := NewSharding(releases, costs, count)
 	if err != nil {
 		return nil, nil, err
@@ -406,13 +404,13 @@ func SelectShard(trees []*kernel.KernelTree, costs *manifest.Manifest, index, co
 	if index < 1 || index > count {
 		return nil, nil, fmt.Errorf("shard %d of %d", index, count)
 	}
-	var out []*kernel.KernelTree
-	for i, t := range trees {
+	var out []string
+	for i, r := range releases {
 		if sh.Shard[i] == index {
-			out = append(out, t)
+			out = append(out, r)
 		}
 	}
-	return out, &manifest.ShardInfo{Index: index, Count: count, Plan: sh.ID, Kernels: releases}, nil
+	return out, &manifest.ShardInfo{Index: index, Count: count, Plan: sh.ID, Kernels: slices.Clone(releases)}, nil
 }
 
 // makeWorkDir checks TMPDIR and makes this run's $TMPDIR/kmpack-build-<pid>-* directory,
