@@ -166,6 +166,10 @@ func FuzzUnpackPackage(f *testing.F) {
 	f.Add(testenv.MustRead(f, makeDeb(f, dir, []tarEntry{{name: "./usr/src/x/", typ: '5'}, {name: "./usr/src/x/f", typ: '0', body: "data"}, {name: "./lib/b", link: "/usr/src/x", typ: '2'}})))
 	f.Add(testenv.MustRead(f, makeDeb(f, dir, []tarEntry{{name: "./a", link: "..", typ: '2'}, {name: "./b", link: "a/x", typ: '2'}})))
 	f.Add(testenv.MustRead(f, makeDeb(f, dir, []tarEntry{{name: "./d/", typ: '5'}, {name: "./d/l", link: "../../../etc", typ: '2'}, {name: "./h", link: "./d/l", typ: '1'}})))
+	// The extractor keeps the last file's directory open and remembers directories it made:
+	// files in it, a link beside it, a file again (replaced), the directory as a link.
+	f.Add(testenv.MustRead(f, makeDeb(f, dir, []tarEntry{{name: "./d/", typ: '5'}, {name: "./d/f", typ: '0', body: "1"}, {name: "./e", link: "d", typ: '2'},
+		{name: "./e/g", typ: '0', body: "2"}, {name: "./d/f", typ: '0', body: "3"}, {name: "./d", link: "/etc", typ: '2'}, {name: "./d/h", typ: '0', body: "4"}})))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkUnpack(t, "fuzz.deb", data)
 	})

@@ -225,18 +225,11 @@ func verifyEntry(final string) error {
 // following links and without blocking on a FIFO.
 func treeDigest(root *os.Root) (string, error) {
 	h := sha256.New()
-	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
+	err := kmp.WalkRoot(root, func(dir *os.Root, name, p string, fi fs.FileInfo) error {
 		if t := fi.Mode().Type(); t != 0 && t != fs.ModeDir && t != fs.ModeSymlink {
 			return fmt.Errorf("%s: %s, which no unpack makes", p, kmp.FileKind(fi.Mode()))
 		}
-		return kmp.HashEntry(h, root, p, fi)
+		return kmp.HashEntryAt(h, dir, name, p, fi)
 	})
 	if err != nil {
 		return "", err
@@ -305,6 +298,7 @@ func unpackPackage(path string, root *os.Root, budget *unpackBudget) (err error)
 		return err
 	}
 	x := &extractor{root: root, archive: path, budget: budget}
+	defer x.close()
 	switch kind {
 	case PackageDeb:
 		err = unpackDeb(path, x)
