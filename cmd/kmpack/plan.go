@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -63,6 +64,12 @@ func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error)
 		if sel.remote, err = resolveRepoKernels(c, queries); err != nil {
 			return nil, err
 		}
+		for _, r := range sel.remote {
+			if len(r.Kernels) == 0 {
+				// Named here, before a plan sends runners off to build nothing from it.
+				return nil, kmp.InputErrorf(r.Repo, "no kernel matches the selection")
+			}
+		}
 	}
 	if len(sel.releases()) == 0 {
 		return nil, cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
@@ -73,16 +80,32 @@ func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error)
 // releases are the selection's kernel releases, in build order: the local trees' and the
 // repositories' listings' (which name the release their packages' trees have).
 func (s *kernelSelection) releases() []string {
+	seen := map[string]bool{}
 	var out []string
+	add := func(r string) {
+		// A release two repositories list (a mirror, bookworm and bookworm-security) is one
+		// kernel: counted twice, two shards would both build it.
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
 	for _, t := range s.local.Trees {
-		out = append(out, t.Release)
+		add(t.Release)
 	}
 	for _, r := range s.remote {
 		for _, k := range r.Kernels {
-			out = append(out, k.Release)
+			add(k.Release)
 		}
 	}
-	slices.SortStableFunc(out, kernel.CompareReleases)
+	// Releases that compare equal as versions ("6.1.0-1", "6.1.00-1") by their bytes, so the
+	// order is a function of the set alone.
+	slices.SortFunc(out, func(a, b string) int {
+		if c := kernel.CompareReleases(a, b); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
 	return out
 }
 
@@ -100,9 +123,6 @@ func (s *kernelSelection) trees(c *cli.Context, want map[string]bool) ([]*kernel
 		listed := map[string]bool{}
 		fetch := false
 		for i, r := range remote {
-			if len(r.Kernels) == 0 {
-				return nil, kmp.InputErrorf(r.Repo, "no kernel matches the selection")
-			}
 			r.Kernels = slices.DeleteFunc(slices.Clone(r.Kernels), func(k repo.Kernel) bool { return want != nil && !want[k.Release] })
 			for _, k := range r.Kernels {
 				listed[k.Release] = true
@@ -122,11 +142,20 @@ func (s *kernelSelection) trees(c *cli.Context, want map[string]bool) ([]*kernel
 			if len(found.Errors) > 0 {
 				return nil, cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
 			}
-			for _, t := range found.Trees {
-				if want != nil && !listed[t.Release] {
-					// Shards were split by the listings' releases: a tree that has another
-					// would be built by no shard, or by two.
-					return nil, kmp.InputErrorf(t.Dir, "a repository's kernel package holds the tree of %s, which its listing does not name: build --shard needs them to agree (shard package files given with -k instead)", t.Release)
+			if want != nil {
+				// Shards were split by the listings' releases: a tree of another release would
+				// be built by no shard or by two, a listed release without its tree by none.
+				got := map[string]bool{}
+				for _, t := range found.Trees {
+					if !listed[t.Release] {
+						return nil, kmp.InputErrorf(t.Dir, "a repository's kernel package holds the tree of %s, which its listing does not name: build --shard needs them to agree (shard package files given with -k instead)", t.Release)
+					}
+					got[t.Release] = true
+				}
+				for r := range listed {
+					if !got[r] {
+						return nil, cli.Exit(fmt.Sprintf("the packages a repository lists for kernel %s hold no tree of that release: build --shard needs them to agree (shard package files given with -k instead)", r), exitInput)
+					}
 				}
 			}
 			out = append(out, found.Trees...)
@@ -373,7 +402,7 @@ func gitlabPipeline(w io.Writer, src *source.Source, sh *build.Sharding, args st
 	for _, s := range shardNames(n) {
 		shards = append(shards, q(s))
 	}
-	fmt.Fprintf(w, "# kmpack plan --ci gitlab: %d shards of %s %s (plan %.12s)\n", n, src.Name, src.Version, sh.ID)
+	fmt.Fprintf(w, "# kmpack plan --ci gitlab: %d shards of %s (plan %.12s)\n", n, cmp.Or(strings.TrimSpace(src.Name+" "+src.Version), "the source in "+src.Dir), sh.ID)
 	// package and publish have no jobs here: a pipeline may append its own (examples/ci).
 	fmt.Fprintf(w, "stages: [build, merge, package, publish]\n\n")
 	fmt.Fprintf(w, "kmpack-shard:\n  stage: build\n  parallel:\n    matrix:\n      - KMPACK_SHARD: [%s]\n", strings.Join(shards, ", "))

@@ -309,8 +309,14 @@ func TestShardKernelRepo(t *testing.T) {
 	if r.PoolHits() != 0 {
 		t.Fatalf("plan --ci downloaded %d packages", r.PoolHits())
 	}
-	if _, stderr, code := kmpackIn(t, t.TempDir(), append(append([]string{"plan", "--shards", "4", "--ci", "github"}, sel...), src)...); code != exitUsage {
-		t.Errorf("4 shards of 3 kernels: exit %d: %s", code, stderr)
+	// The same repository twice (as bookworm and bookworm-security list one kernel): still 3.
+	twice := append(append([]string{"plan", "--shards", "4", "--ci", "github", "--kernel-repo", r.Source()}, sel...), src)
+	if _, stderr, code := kmpackIn(t, t.TempDir(), twice...); code != exitUsage || !strings.Contains(stderr, "for 3 kernels") {
+		t.Errorf("4 shards of 3 kernels listed twice: exit %d: %s", code, stderr)
+	}
+	// A repository that lists no kernel of the selection is named before any runner starts.
+	if _, stderr, code := kmpackIn(t, t.TempDir(), append(append([]string{"plan", "--shards", "2", "--ci", "github", "--release", "^9[.]"}, sel...), src)...); code != exitInput || !strings.Contains(stderr, "no kernel matches") {
+		t.Errorf("no kernel of the flavor: exit %d: %s", code, stderr)
 	}
 	var dirs []string
 	hits := 0
