@@ -44,6 +44,10 @@ PACKAGES=(
   # 127.0.0.1 with its own configuration (not the package's own service, which systemd may
   # start on port 5000 with htpasswd auth).
   skopeo umoci docker-registry
+  # Cross builds for arm64 trees: Debian's arm64 kernels were built with gcc-12 (their
+  # CONFIG_CC_VERSION_TEXT), so kmpack builds their modules with aarch64-linux-gnu-gcc-12, and
+  # strips them with aarch64-linux-gnu-strip (binutils).
+  gcc-12-aarch64-linux-gnu binutils-aarch64-linux-gnu
 )
 
 need=()
