@@ -142,6 +142,13 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if err != nil {
 		return nil, err
 	}
+	for _, t := range trees {
+		// make would run the tree's fixdep and modpost: one built for another machine must not
+		// get that far (with binfmt_misc it might even run, emulated).
+		if err := kernel.CheckHostTools(t); err != nil {
+			return nil, err
+		}
+	}
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
@@ -475,6 +482,10 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	cc := j.tree.Compiler
 	switch {
+	case j.tree.Cross() && !cc.Available:
+		// The host's own compiler would make host objects: no build is worth trying.
+		finish(manifest.StatusFailed, cc.Missing(j.tree.Arch))
+		return
 	case cc.Available:
 		r.Compiler = cc.Path
 		if !cc.Exact && cc.Version != "" {
@@ -619,6 +630,9 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	}
 	cc := j.tree.Compiler
 	fmt.Fprintf(h, "cc %s %s %s\x00", cc.Path, cc.HostVersion, cc.VersionText)
+	// The compiler's path names its target; the architecture and the binutils that strip are
+	// named too, so that no entry of one architecture's build can serve another's.
+	fmt.Fprintf(h, "arch %s cross %s strip %s\x00", j.tree.Arch, j.tree.CrossCompile(), stripTool(j.tree))
 	fmt.Fprintf(h, "compress %s nostrip %v\x00", b.compression(j.tree), b.opts.NoStrip)
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
@@ -746,6 +760,9 @@ func (b *builder) insertMakeVars(cmd string, tree *kernel.KernelTree) string {
 		return cmd
 	}
 	ins := "make KERNELRELEASE=" + kmp.ShellQuote(tree.Release)
+	if cross := tree.CrossCompile(); cross != "" {
+		ins += " ARCH=" + kmp.ShellQuote(kernel.KernelArch(tree.Arch)) + " CROSS_COMPILE=" + kmp.ShellQuote(cross)
+	}
 	if tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
 		ins += " CC=" + kmp.ShellQuote(b.cc(tree))
 	}
@@ -831,6 +848,11 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	}
 	if cc := j.tree.Compiler; cc.Available {
 		env = append(env, "CC="+b.cc(j.tree))
+	}
+	if cross := j.tree.CrossCompile(); cross != "" {
+		// For the commands that are not a bare make (a configure, a build script) and the
+		// makes they start: Kbuild reads both from the environment too.
+		env = append(env, "ARCH="+kernel.KernelArch(j.tree.Arch), "CROSS_COMPILE="+cross)
 	}
 	if b.ccache != "" {
 		env = ccacheEnv(env, b.ccache)
@@ -949,10 +971,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 			if err := os.WriteFile(tmp, data, 0o644); err != nil {
 				return "", err
 			}
-			tool := "strip"
-			if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
-				tool = "llvm-strip"
-			}
+			tool := stripTool(tree)
 			var out proc.Buffer
 			cmd := proc.Command(ctx, tool, "-g", tmp)
 			cmd.Stdout, cmd.Stderr = &out, &out
@@ -995,6 +1014,15 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 		r.Modules = append(r.Modules, bm)
 	}
 	return "", nil
+}
+
+// stripTool is the strip that understands the tree's modules: llvm-strip for clang kernels
+// (every architecture), else the tree's cross binutils' (aarch64-linux-gnu-strip) or the host's.
+func stripTool(tree *kernel.KernelTree) string {
+	if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
+		return "llvm-strip"
+	}
+	return tree.CrossCompile() + "strip"
 }
 
 // tailLines returns the last n lines of a file, from its last 64 KiB (a line is cut to 1000

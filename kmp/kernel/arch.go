@@ -1,0 +1,211 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/kmpack/kmpack/kmp"
+)
+
+// HostMachine is this machine's architecture in uname -m spelling, the spelling of
+// KernelTree.Arch.
+func HostMachine() string {
+	switch runtime.GOARCH {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	case "386":
+		return "i386"
+	case "loong64":
+		return "loongarch64"
+	}
+	return runtime.GOARCH // arm, ppc64le, ppc64, s390x, riscv64
+}
+
+// KernelArch is Kbuild's ARCH= for a machine (uname -m spelling): the name of the kernel's
+// arch/ directory, which is not the machine's (aarch64 is arm64, ppc64le is powerpc).
+func KernelArch(machine string) string {
+	switch machine {
+	case "x86_64", "i386", "i686":
+		return "x86"
+	case "aarch64":
+		return "arm64"
+	case "ppc64", "ppc64le":
+		return "powerpc"
+	case "s390x":
+		return "s390"
+	case "riscv64":
+		return "riscv"
+	case "loongarch64":
+		return "loongarch"
+	}
+	return machine
+}
+
+// gnuTriplet is Debian's GNU triplet for a machine: what its cross toolchains' commands start
+// with (aarch64-linux-gnu-gcc-12) and their package names end with (gcc-12-aarch64-linux-gnu).
+func gnuTriplet(machine string) string {
+	switch machine {
+	case "x86_64":
+		return "x86_64-linux-gnu"
+	case "i386", "i686":
+		return "i686-linux-gnu"
+	case "aarch64":
+		return "aarch64-linux-gnu"
+	case "arm":
+		return "arm-linux-gnueabihf"
+	case "ppc64le":
+		return "powerpc64le-linux-gnu"
+	case "ppc64":
+		return "powerpc64-linux-gnu"
+	case "s390x":
+		return "s390x-linux-gnu"
+	case "riscv64":
+		return "riscv64-linux-gnu"
+	case "loongarch64":
+		return "loongarch64-linux-gnu"
+	}
+	return ""
+}
+
+// Cross tells whether the tree's modules are for another kernel architecture than this host's,
+// so that its build needs ARCH= and a cross toolchain. An i386 tree on x86_64 is not: Kbuild's
+// x86 builds both with the host's compiler. A tree whose architecture kmpack cannot tell is
+// built as the host's, as before kmpack knew of architectures.
+func (t *KernelTree) Cross() bool {
+	return t.Arch != "" && KernelArch(t.Arch) != KernelArch(HostMachine())
+}
+
+// CrossCompile is Kbuild's CROSS_COMPILE= for the tree ("aarch64-linux-gnu-"), "" when the
+// tree is the host's architecture.
+func (t *KernelTree) CrossCompile() string {
+	if !t.Cross() {
+		return ""
+	}
+	if tr := gnuTriplet(t.Arch); tr != "" {
+		return tr + "-"
+	}
+	return ""
+}
+
+// elfMachines are the ELF e_machine values of the machines kmpack names, and how file(1)
+// calls them, for the host tools check's message.
+var elfMachines = map[uint16]struct{ machine, name string }{
+	3: {"i386", "Intel 80386"}, 40: {"arm", "ARM"}, 62: {"x86_64", "x86-64"}, 183: {"aarch64", "AArch64"},
+	21: {"ppc64", "64-bit PowerPC"}, 22: {"s390x", "IBM S/390"}, 243: {"riscv64", "RISC-V"}, 258: {"loongarch64", "LoongArch"},
+}
+
+// hostToolDirs are where a tree keeps the programs its module build runs on the build host:
+// fixdep, modpost, genksyms, sign-file, recordmcount (scripts/) and objtool (tools/).
+var hostToolDirs = []string{"scripts", "tools"}
+
+// maxHostToolFiles bounds the walk over a tree's host tool directories (Debian's kbuild has
+// ~300 files, a RHEL kernel-devel's scripts/ ~1,500).
+const maxHostToolFiles = 20000
+
+// CheckHostTools fails, with an error naming the tree, when a program among the tree's host
+// tools is built for a machine this host cannot run: a distro headers package for another
+// architecture ships fixdep and modpost for that architecture (an arm64 linux-kbuild-6.1), and
+// make would run them. It reads only ELF headers, through an os.Root at each tool directory
+// (make follows the tree's scripts link as far as this does: Debian's leads into the kbuild
+// package's directory). A tool of an unknown machine is refused too: it runs nowhere here.
+func CheckHostTools(t *KernelTree) error {
+	host := HostMachine()
+	files := 0
+	for _, d := range hostToolDirs {
+		real, err := filepath.EvalSymlinks(filepath.Join(t.Dir, d))
+		if err != nil {
+			continue // a tree without them fails in make with its own message
+		}
+		root, err := os.OpenRoot(real)
+		if err != nil {
+			continue
+		}
+		err = fs.WalkDir(root.FS(), ".", func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if files++; files > maxHostToolFiles {
+				return fmt.Errorf("more than %d files in its host tool directories", maxHostToolFiles)
+			}
+			if !e.Type().IsRegular() {
+				return nil
+			}
+			fi, err := e.Info()
+			if err != nil || fi.Mode()&0o111 == 0 {
+				return nil
+			}
+			m, ok, err := elfProgramMachine(root, p)
+			if err != nil || !ok {
+				return nil
+			}
+			if got, known := elfMachines[m]; !known || got.machine != host && !(host == "x86_64" && got.machine == "i386") {
+				name := fmt.Sprintf("ELF machine %d", m)
+				if known {
+					name = got.name
+				}
+				return fmt.Errorf("host tool %s is built for %s, which this %s machine cannot run%s", filepath.Join(d, p), name, host, hostToolsHint(t))
+			}
+			return nil
+		})
+		root.Close()
+		if err != nil {
+			return kmp.InputErrorf(t.Dir, "%v", err)
+		}
+	}
+	return nil
+}
+
+// hostToolsHint says how to get host tools that run here. Debian's linux-kbuild-<series> is
+// Multi-Arch: foreign, the same scripts with programs built for the machine that installs it
+// (modpost picks its ELF class and byte order from the module), and it holds no sources to
+// rebuild them from: the host's own kbuild package is Debian's answer.
+// The package's name is read from the tree's scripts link (../../lib/linux-kbuild-6.1/scripts).
+func hostToolsHint(t *KernelTree) string {
+	link, err := os.Readlink(filepath.Join(t.Dir, "scripts"))
+	if err != nil {
+		return ""
+	}
+	for _, c := range strings.Split(link, "/") {
+		if strings.HasPrefix(c, "linux-kbuild-") {
+			arch := map[string]string{"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"}[HostMachine()]
+			if arch == "" {
+				arch = HostMachine()
+			}
+			return fmt.Sprintf(": unpack the tree with this host's %s package (%s), not the one for the tree's architecture", c, arch)
+		}
+	}
+	return ""
+}
+
+// elfProgramMachine reads an executable ELF file's e_machine: ok is false for anything else
+// (a shell script, a relocatable object).
+func elfProgramMachine(root *os.Root, rel string) (uint16, bool, error) {
+	f, _, err := kmp.OpenRootFile(root, rel, true)
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	var h [20]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil {
+		return 0, false, nil
+	}
+	if string(h[:4]) != "\x7fELF" {
+		return 0, false, nil
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if h[5] == 2 {
+		bo = binary.BigEndian
+	}
+	if typ := bo.Uint16(h[16:18]); typ != 2 && typ != 3 { // ET_EXEC, ET_DYN
+		return 0, false, nil
+	}
+	return bo.Uint16(h[18:20]), true, nil
+}
