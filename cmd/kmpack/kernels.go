@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/repo"
 	"github.com/kmpack/kmpack/kmp/unpack"
 	"github.com/kmpack/kmpack/weakupdates"
@@ -87,6 +88,11 @@ func runKernels(c *cli.Context) error {
 			return err
 		}
 	}
+	trees, err := filterArch(c, res.Trees)
+	if err != nil {
+		return err
+	}
+	res.Trees = trees
 	var coverage []weakupdates.KernelCoverage
 	if len(outputs) > 0 && len(res.Errors) == 0 {
 		var targets []*weakupdates.Target
@@ -173,6 +179,9 @@ func printKernels(w io.Writer, res *unpack.Found, verbose bool) {
 		}
 		fmt.Fprintf(w, "%s  (%s layout, flavor %s, %s)\n", t.Release, t.Layout, t.Flavor, t.Arch)
 		fmt.Fprintf(w, "  tree:         %s\n", t.Dir)
+		if t.Cross() {
+			fmt.Fprintf(w, "  cross build:  ARCH=%s CROSS_COMPILE=%s (this host is %s)\n", kernel.KernelArch(t.Arch), t.CrossCompile(), kernel.HostMachine())
+		}
 		if len(t.Packages) > 0 {
 			fmt.Fprintf(w, "  packages:     %s\n", strings.Join(t.Packages, "\n                "))
 		}

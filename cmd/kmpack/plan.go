@@ -58,7 +58,7 @@ func findTrees(c *cli.Context, src *source.Source) ([]*kernel.KernelTree, error)
 	if len(found.Trees) == 0 {
 		return nil, cli.Exit("no kernel devel trees to build against (install linux-headers-*, kernel-devel, or pass --kernel)", exitInput)
 	}
-	return found.Trees, nil
+	return filterArch(c, found.Trees)
 }
 
 // readCosts reads --costs: a build output directory or its manifest.json.

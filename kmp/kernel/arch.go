@@ -209,3 +209,58 @@ func elfProgramMachine(root *os.Root, rel string) (uint16, bool, error) {
 	}
 	return bo.Uint16(h[18:20]), true, nil
 }
+
+// machineNames are the architecture names kmpack takes from a user (--arch): uname -m's and
+// the Debian and Go spellings of the same machines.
+var machineNames = map[string]string{
+	"x86_64": "x86_64", "amd64": "x86_64", "x86-64": "x86_64",
+	"aarch64": "aarch64", "arm64": "aarch64",
+	"i386": "i386", "i686": "i386",
+	"arm": "arm", "armhf": "arm", "armv7l": "arm",
+	"ppc64le": "ppc64le", "ppc64el": "ppc64le", "ppc64": "ppc64",
+	"s390x": "s390x", "riscv64": "riscv64", "loongarch64": "loongarch64", "loong64": "loongarch64",
+}
+
+// ParseMachine takes an architecture as a user may spell it (aarch64, arm64, amd64, ppc64el)
+// to uname -m's spelling, the spelling of KernelTree.Arch.
+func ParseMachine(name string) (string, error) {
+	if m, ok := machineNames[strings.ToLower(name)]; ok {
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown architecture %q (x86_64, aarch64, ppc64le, s390x, riscv64, i386, arm, loongarch64, or their Debian names)", name)
+}
+
+// DebianArch is Debian's name of a machine (uname -m spelling): an apt source's architecture.
+func DebianArch(machine string) string {
+	switch machine {
+	case "x86_64":
+		return "amd64"
+	case "aarch64":
+		return "arm64"
+	case "arm":
+		return "armhf"
+	case "ppc64le":
+		return "ppc64el"
+	case "loongarch64":
+		return "loong64"
+	}
+	return machine
+}
+
+// FilterArch keeps the trees of the given machines (uname -m spellings, from ParseMachine);
+// none given keeps every tree.
+func FilterArch(trees []*KernelTree, machines []string) []*KernelTree {
+	if len(machines) == 0 {
+		return trees
+	}
+	var out []*KernelTree
+	for _, t := range trees {
+		for _, m := range machines {
+			if t.Arch == m {
+				out = append(out, t)
+				break
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+)
+
+// An arm64 tree from Debian's .deb files beside the host's amd64 tree: kernels shows its
+// architecture and cross build, --arch selects trees by architecture (Debian's or uname -m's
+// name), and a build for arm64 packages its modules as arm64 (deb) and aarch64 (rpm), the same
+// bytes again from a second build with the same SOURCE_DATE_EPOCH.
+func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
+	testenv.Need(t, "dpkg-deb", "rpm", "aarch64-linux-gnu-gcc-12")
+	cache := t.TempDir()
+	host := testenv.HeadersDir(t, testenv.Release53)
+	kernels := append(testenv.Arm64Debs(t), host)
+
+	out, errOut, code := kmpackIn(t, cache, append([]string{"kernels", "--arch", "arm64"}, kernels...)...)
+	if code != 0 || !strings.Contains(out, "6.1.0-53-arm64  (debian layout, flavor arm64, aarch64)") ||
+		!strings.Contains(out, "cross build:  ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- (this host is x86_64)") ||
+		!strings.Contains(out, "on this host: /usr/bin/aarch64-linux-gnu-gcc-12") || strings.Contains(out, "6.1.0-53-amd64") || strings.Contains(out, "warning") {
+		t.Fatalf("kernels --arch arm64: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = kmpackIn(t, cache, append([]string{"kernels", "--dirs", "--arch", "x86_64"}, kernels...)...)
+	if code != 0 || out != host+"\n" {
+		t.Errorf("kernels --arch x86_64: exit %d %q %q", code, out, errOut)
+	}
+	out, errOut, code = kmpackIn(t, cache, "kernels", "--arch", "ppc64el", host)
+	if code != 3 || out != "" || errOut != "kmpack: no kernel tree of architecture ppc64le among the 1 found (x86_64)\n" {
+		t.Errorf("kernels --arch ppc64el: exit %d %q %q", code, out, errOut)
+	}
+
+	src := testenv.CorpusSource(t, "acpi-call-dkms", t.TempDir())
+	var debs, rpms [][]byte
+	for run := 0; run < 2; run++ {
+		o := filepath.Join(t.TempDir(), "out")
+		args := []string{"build", "-q", "--arch", "aarch64", "-p", "debian,rhel", "-o", o}
+		for _, k := range kernels {
+			args = append(args, "--kernel", k)
+		}
+		cmd := exec.Command(bin, append(args, src)...)
+		cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+cache, "SOURCE_DATE_EPOCH=1700000000")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build: %v\n%s", err, b)
+		}
+		deb := filepath.Join(o, "packages/acpi-call-modules-6.1.0-53-arm64_1.2.2-1_arm64.deb")
+		rpm := filepath.Join(o, "packages/kmod-acpi-call-1.2.2-1.6.1.0_53_arm64.aarch64.rpm")
+		if a, err := exec.Command("dpkg-deb", "-f", deb, "Architecture").Output(); err != nil || string(a) != "arm64\n" {
+			t.Errorf("%s: Architecture %q %v", deb, a, err)
+		}
+		if a, err := exec.Command("rpm", "-qp", "--qf", "%{ARCH}", rpm).Output(); err != nil || string(a) != "aarch64" {
+			t.Errorf("%s: ARCH %q %v", rpm, a, err)
+		}
+		x := t.TempDir()
+		if b, err := exec.Command("dpkg-deb", "-x", deb, x).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x: %v %s", err, b)
+		}
+		ko := filepath.Join(x, "lib/modules/6.1.0-53-arm64/updates/acpi-call/acpi_call.ko")
+		if f, err := exec.Command("file", "-b", ko).Output(); err != nil || !strings.Contains(string(f), "ARM aarch64") {
+			t.Errorf("%s: %q %v", ko, f, err)
+		}
+		if i, err := exec.Command(bin, "inspect", ko).Output(); err != nil || !strings.Contains(string(i), "machine:      aarch64") {
+			t.Errorf("inspect %s: %v\n%s", ko, err, i)
+		}
+		debs, rpms = append(debs, testenv.MustRead(t, deb)), append(rpms, testenv.MustRead(t, rpm))
+	}
+	if !bytes.Equal(debs[0], debs[1]) || !bytes.Equal(rpms[0], rpms[1]) {
+		t.Error("two builds with the same SOURCE_DATE_EPOCH made different arm64 packages")
+	}
+}
