@@ -31,6 +31,11 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 	if code != 0 || out != host+"\n" {
 		t.Errorf("kernels --arch x86_64: exit %d %q %q", code, out, errOut)
 	}
+	armDir := ""
+	out, errOut, code = kmpackIn(t, cache, append([]string{"kernels", "--dirs", "--arch", "arm64"}, kernels...)...)
+	if armDir = strings.TrimSpace(out); code != 0 || !strings.HasSuffix(armDir, "/usr/src/linux-headers-6.1.0-53-arm64") {
+		t.Fatalf("kernels --dirs --arch arm64: exit %d %q %q", code, out, errOut)
+	}
 	out, errOut, code = kmpackIn(t, cache, "kernels", "--arch", "ppc64el", host)
 	if code != 3 || out != "" || errOut != "kmpack: no kernel tree of architecture ppc64le among the 1 found (x86_64)\n" {
 		t.Errorf("kernels --arch ppc64el: exit %d %q %q", code, out, errOut)
@@ -69,6 +74,14 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 			t.Errorf("inspect %s: %v\n%s", ko, err, i)
 		}
 		debs, rpms = append(debs, testenv.MustRead(t, deb)), append(rpms, testenv.MustRead(t, rpm))
+		if run == 0 {
+			// The compat check measures the arm64 tree's struct module with a probe it builds
+			// for arm64: the module fits its own kernel, and not the amd64 one.
+			out, errOut, code := kmpackIn(t, cache, "compat", "-k", armDir, "-k", host, ko)
+			if code != 0 || !strings.Contains(out, "acpi_call  yes             no (") || !strings.Contains(out, "arch             built for aarch64, the kernel is x86_64") {
+				t.Errorf("compat: exit %d\n%s%s", code, out, errOut)
+			}
+		}
 	}
 	if !bytes.Equal(debs[0], debs[1]) || !bytes.Equal(rpms[0], rpms[1]) {
 		t.Error("two builds with the same SOURCE_DATE_EPOCH made different arm64 packages")

@@ -1,6 +1,7 @@
 package kernel_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,7 +10,9 @@ import (
 
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/source"
 )
 
 // Debian's arm64 headers, unpacked by kmpack with this host's kbuild, make a tree of another
@@ -48,11 +51,11 @@ func TestArm64TreeFromDebs(t *testing.T) {
 // program is a real one: busybox from Debian's arm64 busybox-static.
 func TestForeignHostToolsRefused(t *testing.T) {
 	arm := filepath.Join(testenv.UnpackedDeb(t, "busybox-static"), "bin/busybox")
-	src := testenv.Arm64Tree(t).Dir
+	arm64 := testenv.Arm64Tree(t).Dir
 	dir := filepath.Join(t.TempDir(), "linux-headers-"+testenv.ReleaseArm64)
 	for _, f := range []string{".config", "Makefile", "include/generated/utsrelease.h"} {
 		os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, f), testenv.MustRead(t, filepath.Join(src, f)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, f), testenv.MustRead(t, filepath.Join(arm64, f)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -73,6 +76,18 @@ func TestForeignHostToolsRefused(t *testing.T) {
 		!strings.HasPrefix(err.Error(), dir+": host tool scripts/basic/fixdep is built for AArch64") ||
 		!strings.Contains(err.Error(), "linux-kbuild-6.1 package (amd64)") {
 		t.Fatalf("got %v", err)
+	}
+	// The build refuses it before it writes anything.
+	out := filepath.Join(t.TempDir(), "out")
+	src, err := source.OpenSource(testenv.ExampleSource(t, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := build.Build(context.Background(), src, []*kernel.KernelTree{tr}, build.BuildOptions{OutputDir: out}); err == nil || err.Error() != kernel.CheckHostTools(tr).Error() {
+		t.Errorf("build: %v", err)
+	}
+	if _, err := os.Lstat(out); !os.IsNotExist(err) {
+		t.Errorf("the refused build left %s", out)
 	}
 	if !slices.ContainsFunc(tr.Warnings, func(w string) bool {
 		return strings.HasPrefix(w, "host tool scripts/basic/fixdep is built for AArch64")
