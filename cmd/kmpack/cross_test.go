@@ -87,3 +87,32 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 		t.Error("two builds with the same SOURCE_DATE_EPOCH made different arm64 packages")
 	}
 }
+
+// --arch selects a repository's index: an apt source without arch= lists, and builds for, the
+// arm64 kernel with the amd64 linux-kbuild-6.1 from the host's index (the arm64 index has none,
+// as in Debian's archive the arm64 one would not run here).
+func TestCrossArm64FromRepo(t *testing.T) {
+	testenv.Need(t, "aarch64-linux-gnu-gcc-12")
+	r := testenv.NewAptRepo(t)
+	r.AddArm64(t)
+	spec := "deb " + r.Srv.URL + " bookworm main"
+	cache := t.TempDir()
+	out, errOut, code := kmpackIn(t, cache, "kernels", "--repo", spec, "--arch", "arm64")
+	if code != 0 || !strings.Contains(out, "6.1.0-53-arm64  (debian layout, flavor arm64, arm64, ") ||
+		!strings.Contains(out, "linux-kbuild-6.1 6.1.192-3") || strings.Contains(out, "-amd64  (") {
+		t.Fatalf("kernels --repo --arch arm64: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = kmpackIn(t, cache, "kernels", "--repo", spec, "--arch", "arm64", "--arch", "amd64")
+	if code != 0 || !strings.Contains(out, "6.1.0-53-arm64  (") || !strings.Contains(out, "6.1.0-57-amd64  (") {
+		t.Fatalf("kernels --repo --arch arm64 --arch amd64: exit %d\n%s%s", code, out, errOut)
+	}
+	o := filepath.Join(t.TempDir(), "out")
+	src := testenv.CorpusSource(t, "acpi-call-dkms", t.TempDir())
+	out, errOut, code = kmpackIn(t, cache, "build", "-q", "--kernel-repo", spec, "--arch", "arm64", "-o", o, src)
+	if code != 0 {
+		t.Fatalf("build --kernel-repo --arch arm64: exit %d\n%s%s", code, out, errOut)
+	}
+	if f, err := exec.Command("file", "-b", filepath.Join(o, "modules/6.1.0-53-arm64/acpi_call.ko")).Output(); err != nil || !strings.Contains(string(f), "ARM aarch64") {
+		t.Errorf("acpi_call.ko: %q %v", f, err)
+	}
+}
