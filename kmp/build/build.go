@@ -142,13 +142,6 @@ func Build(ctx context.Context, src *source.Source, trees []*kernel.KernelTree, 
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range trees {
-		// make would run the tree's fixdep and modpost: one built for another machine must not
-		// get that far (with binfmt_misc it might even run, emulated).
-		if err := kernel.CheckHostTools(t); err != nil {
-			return nil, err
-		}
-	}
 	if err := checkOutputDir(out); err != nil {
 		return nil, err
 	}
