@@ -440,13 +440,14 @@ dmesg | grep -E 'kmpack|v4l2loopback|disagrees|Unknown symbol' | sed 's/^/E2E dm
 echo "E2E end"
 poweroff -f
 `
-	initrd, err := initramfs(t, stage, initScript)
+	m := machineOf(t, k)
+	initrd, err := initramfs(t, stage, initScript, m.busybox)
 	if err != nil {
 		return nil, err
 	}
 	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
-	lines, err := guest(k, "-nographic", "-no-reboot", "-m", "512",
-		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
+	lines, err := guest(k, m.qemu, append(m.args, "-nographic", "-no-reboot", "-m", "512",
+		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console="+m.console+" panic=-1 quiet")...)
 	if err != nil {
 		return nil, err
 	}
@@ -526,11 +527,30 @@ poweroff -f
 	return rows, nil
 }
 
-// initramfs packs stage, with /bin/busybox (the host's static one) and init as /init, into a
-// gzipped newc cpio and returns its path.
-func initramfs(t *testing.T, stage, init string) (string, error) {
+// machine is how a kernel's architecture boots under qemu: the emulator, its machine options,
+// the serial console, and a static busybox for the initramfs.
+type machine struct {
+	qemu    string
+	args    []string
+	console string
+	busybox string
+}
+
+// machineOf is the machine of kernel k: amd64 kernels boot on qemu-system-x86_64 with the host's
+// busybox, arm64 ones (TCG, -M virt, cortex-a57) with busybox from Debian's arm64 busybox-static.
+func machineOf(t *testing.T, k string) machine {
+	if strings.HasSuffix(k, "-arm64") {
+		return machine{"qemu-system-aarch64", []string{"-M", "virt", "-cpu", "cortex-a57"}, "ttyAMA0",
+			filepath.Join(testenv.UnpackedDeb(t, "busybox-static"), "bin/busybox")}
+	}
+	return machine{"qemu-system-x86_64", nil, "ttyS0", "/bin/busybox"}
+}
+
+// initramfs packs stage, with busybox (a static one for the kernel's architecture) as
+// /bin/busybox and init as /init, into a gzipped newc cpio and returns its path.
+func initramfs(t *testing.T, stage, init, busybox string) (string, error) {
 	os.MkdirAll(filepath.Join(stage, "bin"), 0o755)
-	bb, err := os.ReadFile("/bin/busybox")
+	bb, err := os.ReadFile(busybox)
 	if err != nil {
 		return "", err
 	}
@@ -543,13 +563,13 @@ func initramfs(t *testing.T, stage, init string) (string, error) {
 	return initrd, nil
 }
 
-// guest runs qemu-system-x86_64 with args until the guest powers off (at most 3 minutes) and
-// returns what the guest printed after "E2E " on each console line. The guest must print
-// "E2E kernel K" and, last, "E2E end".
-func guest(k string, args ...string) ([]string, error) {
+// guest runs qemu (qemu-system-x86_64, qemu-system-aarch64) with args until the guest powers
+// off (at most 3 minutes) and returns what the guest printed after "E2E " on each console line.
+// The guest must print "E2E kernel K" and, last, "E2E end".
+func guest(k, qemu string, args ...string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	console, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -48,6 +48,8 @@ PACKAGES=(
   # CONFIG_CC_VERSION_TEXT), so kmpack builds their modules with aarch64-linux-gnu-gcc-12, and
   # strips them with aarch64-linux-gnu-strip (binutils).
   gcc-12-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # The end-to-end suite boots Debian's arm64 kernel too (qemu-system-aarch64, TCG).
+  qemu-system-arm
 )
 
 need=()
