@@ -203,45 +203,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		}
 		targets[k] = tg
 	}
-	expect := map[[2]string]string{} // (kernel, package) -> updates | weak-updates | absent
-	// refusedFor holds, for an absent package, the build the check refused and the symbols whose
-	// CRCs it says differ: the guest force-loads that build and the kernel must name one of them.
-	refusedFor := map[[2]string]refusal{}
-	for _, name := range names {
-		p := pkgs[name]
-		for _, k := range kernels {
-			if slices.Contains(p.installed, k) {
-				expect[[2]string{k, name}] = "updates"
-				continue
-			}
-			expect[[2]string{k, name}] = "absent"
-			for _, other := range p.installed {
-				var mods []*module.ModuleInfo
-				for _, f := range p.modules[other] {
-					mi, err := module.ReadModule(f)
-					if err != nil {
-						t.Fatal(err)
-					}
-					mods = append(mods, mi)
-				}
-				ok := true
-				var syms []string
-				for _, v := range weakupdates.Check(mods, targets[k]) {
-					ok = ok && v.Compatible
-					for _, r := range v.Reasons {
-						if r.Kind == weakupdates.ReasonCRC {
-							syms = append(syms, r.Symbol)
-						}
-					}
-				}
-				if ok {
-					expect[[2]string{k, name}] = "weak-updates"
-				} else if len(syms) > 0 {
-					refusedFor[[2]string{k, name}] = refusal{files: p.modules[other], symbols: syms}
-				}
-			}
-		}
-	}
+	expect, refusedFor := expectations(t, names, pkgs, kernels, targets)
 	// The suite is only a proof if the check predicts both outcomes.
 	if expect[[2]string{r54, "kmpack-hello"}] != "weak-updates" || expect[[2]string{r54, "kmpack-abichange"}] != "absent" {
 		t.Fatalf("the compatibility check no longer predicts the cases this suite needs: %v", expect)
@@ -335,6 +297,52 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 	}
 
 	report(t, results, start)
+}
+
+// expectations are what kmpack's compatibility check predicts for each (kernel, package):
+// "updates" where the package is installed for the kernel, else "weak-updates" when the check
+// finds a build for another kernel compatible, else "absent". For an absent package, refusedFor
+// holds the build the check refused and the symbols whose CRCs it says differ: the guest
+// force-loads that build and the kernel must name one of them.
+func expectations(t *testing.T, names []string, pkgs map[string]*testPackage, kernels []string, targets map[string]*weakupdates.Target) (map[[2]string]string, map[[2]string]refusal) {
+	expect := map[[2]string]string{} // (kernel, package) -> updates | weak-updates | absent
+	refusedFor := map[[2]string]refusal{}
+	for _, name := range names {
+		p := pkgs[name]
+		for _, k := range kernels {
+			if slices.Contains(p.installed, k) {
+				expect[[2]string{k, name}] = "updates"
+				continue
+			}
+			expect[[2]string{k, name}] = "absent"
+			for _, other := range p.installed {
+				var mods []*module.ModuleInfo
+				for _, f := range p.modules[other] {
+					mi, err := module.ReadModule(f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					mods = append(mods, mi)
+				}
+				ok := true
+				var syms []string
+				for _, v := range weakupdates.Check(mods, targets[k]) {
+					ok = ok && v.Compatible
+					for _, r := range v.Reasons {
+						if r.Kind == weakupdates.ReasonCRC {
+							syms = append(syms, r.Symbol)
+						}
+					}
+				}
+				if ok {
+					expect[[2]string{k, name}] = "weak-updates"
+				} else if len(syms) > 0 {
+					refusedFor[[2]string{k, name}] = refusal{files: p.modules[other], symbols: syms}
+				}
+			}
+		}
+	}
+	return expect, refusedFor
 }
 
 // boot makes kernel k's initramfs from root (busybox, the modules the probes need with their

@@ -49,6 +49,9 @@ WANT=(
   linux-image-6.1.0-53-arm64:arm64
   linux-image-6.1.0-54-arm64:arm64
   busybox-static:arm64
+  # The 54 arm64 tree, for the compat check's verdicts on the arm64 kernels (e2e).
+  linux-headers-6.1.0-54-arm64:arm64
+  linux-headers-6.1.0-54-common
 )
 missing=()
 foreign=()

@@ -29,8 +29,8 @@ func InstallKernel(t testing.TB, root, release string) {
 	idx, _ := filepath.Glob(filepath.Join(img, "modules.*"))
 	mustRun(t, "cp", append(idx, dst)...)
 	headers := ""
-	if release == ReleaseArm64 {
-		headers = Arm64Tree(t).Dir // never installed: unpacked from its .deb files
+	if strings.HasSuffix(release, "-arm64") {
+		headers = Arm64TreeOf(t, release).Dir // never installed: unpacked from its .deb files
 	} else {
 		headers = HeadersDir(t, release)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -38,18 +39,31 @@ const (
 // -common half, and this host's (amd64) linux-kbuild-6.1, whose host tools run here.
 func Arm64Debs(t testing.TB) []string {
 	t.Helper()
-	return Debs(t, "linux-headers-"+ReleaseArm64, "linux-headers-6.1.0-53-common", "linux-kbuild-6.1")
+	return Arm64DebsOf(t, ReleaseArm64)
+}
+
+// Arm64DebsOf are Arm64Debs for another arm64 release scripts/testdata.sh downloads
+// headers for (6.1.0-54-arm64).
+func Arm64DebsOf(t testing.TB, release string) []string {
+	t.Helper()
+	return Debs(t, "linux-headers-"+release, "linux-headers-"+strings.TrimSuffix(release, "-arm64")+"-common", "linux-kbuild-6.1")
 }
 
 // Arm64Tree opens ReleaseArm64's tree, unpacked by kmpack from Arm64Debs into a cache beside
 // the downloads (once: later calls only verify it).
 func Arm64Tree(t testing.TB) *kernel.KernelTree {
 	t.Helper()
-	set, err := unpack.UnpackPackages(filepath.Join(CacheDir(), "kmpack-cache"), Arm64Debs(t))
+	return Arm64TreeOf(t, ReleaseArm64)
+}
+
+// Arm64TreeOf is Arm64Tree for another arm64 release (Arm64DebsOf).
+func Arm64TreeOf(t testing.TB, release string) *kernel.KernelTree {
+	t.Helper()
+	set, err := unpack.UnpackPackages(filepath.Join(CacheDir(), "kmpack-cache"), Arm64DebsOf(t, release))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := kernel.OpenKernelTree(filepath.Join(set.Root, "usr/src/linux-headers-"+ReleaseArm64))
+	tr, err := kernel.OpenKernelTree(filepath.Join(set.Root, "usr/src/linux-headers-"+release))
 	if err != nil {
 		t.Fatal(err)
 	}
