@@ -51,8 +51,12 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 		}
 		cmd := exec.Command(bin, append(args, src)...)
 		cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+cache, "SOURCE_DATE_EPOCH=1700000000")
-		if b, err := cmd.CombinedOutput(); err != nil {
+		b, err := cmd.CombinedOutput()
+		if err != nil {
 			t.Fatalf("build: %v\n%s", err, b)
+		}
+		if !strings.Contains(string(b), "kmpack: warning: the debian packages for 6.1.0-53-arm64 (aarch64) depend on the kmpack runtime package, which is this x86_64 kmpack") {
+			t.Errorf("no warning about the runtime package's architecture:\n%s", b)
 		}
 		deb := filepath.Join(o, "packages/acpi-call-modules-6.1.0-53-arm64_1.2.2-1_arm64.deb")
 		rpm := filepath.Join(o, "packages/kmod-acpi-call-1.2.2-1.6.1.0_53_arm64.aarch64.rpm")

@@ -214,6 +214,14 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 			return err
 		}
 		opts.Runtime = rt
+		// The module packages depend on the runtime, and this one holds this host's binary.
+		for _, k := range m.Kernels {
+			if k.Arch != "" && k.Arch != rt.Arch {
+				opts.Cache.Warn(fmt.Sprintf("the debian packages for %s (%s) depend on the kmpack runtime package, which is this %s kmpack: a %s machine needs the runtime package written by a %s kmpack (or --no-runtime-package here)",
+					k.Release, k.Arch, rt.Arch, k.Arch, k.Arch))
+				break
+			}
+		}
 	}
 	written, err := formats.PackageBuild(formats.Request{
 		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles, Options: opts,
