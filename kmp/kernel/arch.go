@@ -122,7 +122,16 @@ func CheckHostTools(t *KernelTree) error {
 	for _, d := range hostToolDirs {
 		real, err := filepath.EvalSymlinks(filepath.Join(t.Dir, d))
 		if err != nil {
-			continue // a tree without them fails in make with its own message
+			// Debian's headers without their kbuild package: make would only say that
+			// scripts/Makefile.build is missing. (A tree with no tools at all fails in make.)
+			if link, lerr := os.Readlink(filepath.Join(t.Dir, d)); lerr == nil && d == "scripts" {
+				msg := fmt.Sprintf("no host tools: its scripts link leads to %s, which is not there", link)
+				if pkg := kbuildPackage(link); pkg != "" {
+					msg += ": unpack the tree with this host's " + pkg
+				}
+				return kmp.InputErrorf(t.Dir, "%s", msg)
+			}
+			continue
 		}
 		root, err := os.OpenRoot(real)
 		if err != nil {
@@ -173,13 +182,18 @@ func hostToolsHint(t *KernelTree) string {
 	if err != nil {
 		return ""
 	}
+	if pkg := kbuildPackage(link); pkg != "" {
+		return ": unpack the tree with this host's " + pkg + ", not the one for the tree's architecture"
+	}
+	return ""
+}
+
+// kbuildPackage names the Debian kbuild package a scripts link leads into, for this host's
+// architecture ("linux-kbuild-6.1 package (amd64)"), or "".
+func kbuildPackage(link string) string {
 	for _, c := range strings.Split(link, "/") {
 		if strings.HasPrefix(c, "linux-kbuild-") {
-			arch := map[string]string{"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64el"}[HostMachine()]
-			if arch == "" {
-				arch = HostMachine()
-			}
-			return fmt.Sprintf(": unpack the tree with this host's %s package (%s), not the one for the tree's architecture", c, arch)
+			return fmt.Sprintf("%s package (%s)", c, DebianArch(HostMachine()))
 		}
 	}
 	return ""

@@ -13,6 +13,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
 // Debian's arm64 headers, unpacked by kmpack with this host's kbuild, make a tree of another
@@ -93,5 +94,24 @@ func TestForeignHostToolsRefused(t *testing.T) {
 		return strings.HasPrefix(w, "host tool scripts/basic/fixdep is built for AArch64")
 	}) {
 		t.Errorf("warnings %q", tr.Warnings)
+	}
+}
+
+// Debian's arm64 headers unpacked without a kbuild package: their scripts link leads nowhere,
+// and the tree is refused naming the package to add, instead of make's missing Makefile.build.
+func TestMissingKbuildRefused(t *testing.T) {
+	debs := testenv.Arm64Debs(t)
+	set, err := unpack.UnpackPackages(filepath.Join(testenv.CacheDir(), "kmpack-cache"), debs[:2]) // once, as testenv.Arm64Tree
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(set.Root, "usr/src/linux-headers-"+testenv.ReleaseArm64)
+	tr, err := kernel.OpenKernelTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := dir + ": no host tools: its scripts link leads to ../../lib/linux-kbuild-6.1/scripts, which is not there: unpack the tree with this host's linux-kbuild-6.1 package (amd64)"
+	if err := kernel.CheckHostTools(tr); err == nil || err.Error() != want || !kmp.IsInputError(err) {
+		t.Fatalf("got %v", err)
 	}
 }
