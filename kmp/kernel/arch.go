@@ -113,9 +113,10 @@ const maxHostToolFiles = 20000
 // CheckHostTools fails, with an error naming the tree, when a program among the tree's host
 // tools is built for a machine this host cannot run: a distro headers package for another
 // architecture ships fixdep and modpost for that architecture (an arm64 linux-kbuild-6.1), and
-// make would run them. It reads only ELF headers, through an os.Root at each tool directory
-// (make follows the tree's scripts link as far as this does: Debian's leads into the kbuild
-// package's directory). A tool of an unknown machine is refused too: it runs nowhere here.
+// make would run them. It resolves the tree's scripts and tools links as make does (Debian's
+// lead into the kbuild package's directory), then reads only ELF headers, through an os.Root
+// at the directory they lead to. A tool of an unknown machine is refused too: it runs nowhere
+// here.
 func CheckHostTools(t *KernelTree) error {
 	host := HostMachine()
 	files := 0
@@ -151,11 +152,15 @@ func CheckHostTools(t *KernelTree) error {
 			if err != nil || fi.Mode()&0o111 == 0 {
 				return nil
 			}
-			m, ok, err := elfProgramMachine(root, p)
+			m, little, ok, err := elfProgramMachine(root, p)
 			if err != nil || !ok {
 				return nil
 			}
-			if got, known := elfMachines[m]; !known || got.machine != host && !(host == "x86_64" && got.machine == "i386") {
+			got, known := elfMachines[m]
+			if m == 21 && little { // EM_PPC64 is both: the byte order tells ppc64le
+				got.machine = "ppc64le"
+			}
+			if !known || got.machine != host && !(host == "x86_64" && got.machine == "i386") {
 				name := fmt.Sprintf("ELF machine %d", m)
 				if known {
 					name = got.name
@@ -199,29 +204,30 @@ func kbuildPackage(link string) string {
 	return ""
 }
 
-// elfProgramMachine reads an executable ELF file's e_machine: ok is false for anything else
-// (a shell script, a relocatable object).
-func elfProgramMachine(root *os.Root, rel string) (uint16, bool, error) {
+// elfProgramMachine reads an executable ELF file's e_machine and byte order: ok is false for
+// anything else (a shell script, a relocatable object).
+func elfProgramMachine(root *os.Root, rel string) (machine uint16, little, ok bool, err error) {
 	f, _, err := kmp.OpenRootFile(root, rel, true)
 	if err != nil {
-		return 0, false, err
+		return 0, false, false, err
 	}
 	defer f.Close()
 	var h [20]byte
 	if _, err := io.ReadFull(f, h[:]); err != nil {
-		return 0, false, nil
+		return 0, false, false, nil
 	}
 	if string(h[:4]) != "\x7fELF" {
-		return 0, false, nil
+		return 0, false, false, nil
 	}
+	little = h[5] != 2 // EI_DATA: ELFDATA2MSB is 2
 	var bo binary.ByteOrder = binary.LittleEndian
-	if h[5] == 2 {
+	if !little {
 		bo = binary.BigEndian
 	}
 	if typ := bo.Uint16(h[16:18]); typ != 2 && typ != 3 { // ET_EXEC, ET_DYN
-		return 0, false, nil
+		return 0, false, false, nil
 	}
-	return bo.Uint16(h[18:20]), true, nil
+	return bo.Uint16(h[18:20]), little, true, nil
 }
 
 // machineNames are the architecture names kmpack takes from a user (--arch): uname -m's and
