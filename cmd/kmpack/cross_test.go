@@ -90,6 +90,29 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 	if !bytes.Equal(debs[0], debs[1]) || !bytes.Equal(rpms[0], rpms[1]) {
 		t.Error("two builds with the same SOURCE_DATE_EPOCH made different arm64 packages")
 	}
+
+	// Signing is kmpack's own and the same for every architecture: the cached arm64 build,
+	// signed, verifies with the certificate, and kmod's modinfo reads the signer.
+	keys := t.TempDir()
+	if out, errOut, code := kmpackIn(t, cache, "keygen", "--out", keys); code != 0 {
+		t.Fatalf("keygen: exit %d %s%s", code, out, errOut)
+	}
+	o := filepath.Join(t.TempDir(), "signed")
+	args := []string{"build", "-q", "--arch", "arm64", "--sign-key", filepath.Join(keys, "kmpack-signing.key"),
+		"--sign-cert", filepath.Join(keys, "kmpack-signing.crt"), "-o", o}
+	for _, k := range kernels {
+		args = append(args, "--kernel", k)
+	}
+	if out, errOut, code := kmpackIn(t, cache, append(args, src)...); code != 0 {
+		t.Fatalf("signed build: exit %d %s%s", code, out, errOut)
+	}
+	ko := filepath.Join(o, "modules/6.1.0-53-arm64/acpi_call.ko")
+	if out, errOut, code := kmpackIn(t, cache, "verify", "--cert", filepath.Join(keys, "kmpack-signing.crt"), ko); code != 0 || out != ko+": ok\n" {
+		t.Errorf("verify: exit %d %q %q", code, out, errOut)
+	}
+	if s, err := exec.Command("modinfo", "-F", "sig_hashalgo", ko).Output(); err != nil || string(s) != "sha256\n" {
+		t.Errorf("modinfo sig_hashalgo: %q %v", s, err)
+	}
 }
 
 // --arch selects a repository's index: an apt source without arch= lists, and builds for, the
