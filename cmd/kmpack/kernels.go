@@ -28,6 +28,9 @@ DIR is a tree to describe. PACKAGE is a .deb or .rpm: all package files given ar
 together, without root and without touching the system, into a content-addressed cache
 (--cache-dir), once. A Debian flavor needs linux-headers-<abi>-<flavor>, linux-headers-<abi>-common
 and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL kernel-devel.
+Each tree's architecture comes from its .config; --arch keeps only those architectures. A tree
+of another architecture is built with ARCH= and CROSS_COMPILE= (shown) and its host tools must
+run here: Debian headers for arm64 go with this host's linux-kbuild-<series> (amd64).
 
 With --repo, lists the kernels a repository offers (selected by --flavor, --release, --latest),
 with the packages each needs and their sizes, downloading only metadata. REPO is an apt source
