@@ -36,6 +36,19 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 	if armDir = strings.TrimSpace(out); code != 0 || !strings.HasSuffix(armDir, "/usr/src/linux-headers-6.1.0-53-arm64") {
 		t.Fatalf("kernels --dirs --arch arm64: exit %d %q %q", code, out, errOut)
 	}
+	// The kernel's symbol versions as an RPM are the tree's architecture too, from the tree or
+	// from a bare symvers file whose release names it.
+	ks := t.TempDir()
+	for _, args := range [][]string{{"-k", armDir}, {"-k", filepath.Join(armDir, "Module.symvers"), "--release", "5.14.0-362.el9.aarch64"}} {
+		if out, errOut, code := kmpackIn(t, cache, append([]string{"ksyms", "-p", "rhel", "--package", ks}, args...)...); code != 0 {
+			t.Fatalf("ksyms %v: exit %d %s%s", args, code, out, errOut)
+		}
+	}
+	for _, f := range []string{"kernel-ksyms-6.1.0-53_arm64.aarch64.rpm", "kernel-ksyms-5.14.0-362.el9.aarch64.rpm"} {
+		if a, err := exec.Command("rpm", "-qp", "--qf", "%{ARCH}", filepath.Join(ks, f)).Output(); err != nil || string(a) != "aarch64" {
+			t.Errorf("%s: ARCH %q %v", f, a, err)
+		}
+	}
 	out, errOut, code = kmpackIn(t, cache, "kernels", "--arch", "ppc64el", host)
 	if code != 3 || out != "" || errOut != "kmpack: no kernel tree of architecture ppc64le among the 1 found (x86_64)\n" {
 		t.Errorf("kernels --arch ppc64el: exit %d %q %q", code, out, errOut)

@@ -438,7 +438,11 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 		if err != nil {
 			return nil, nil, err
 		}
-		return &kernel.KernelTree{Release: release, Arch: unameMachine()}, sv, nil
+		arch, ok := kernel.MachineFromRelease(release)
+		if !ok {
+			arch = unameMachine()
+		}
+		return &kernel.KernelTree{Release: release, Arch: arch}, sv, nil
 	}
 	t, err := kernel.OpenKernelTree(path)
 	if err != nil {
@@ -458,7 +462,7 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 }
 
 // unameMachine is this machine's architecture in uname -m spelling, for symvers files that come
-// without a tree to read it from.
+// without a tree to read it from, nor a release that names one.
 func unameMachine() string {
 	switch runtime.GOARCH {
 	case "amd64":

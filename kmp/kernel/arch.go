@@ -237,7 +237,7 @@ var machineNames = map[string]string{
 	"aarch64": "aarch64", "arm64": "aarch64",
 	"i386": "i386", "i686": "i386",
 	"arm": "arm", "armhf": "arm", "armv7l": "arm",
-	"ppc64le": "ppc64le", "ppc64el": "ppc64le", "ppc64": "ppc64",
+	"ppc64le": "ppc64le", "ppc64el": "ppc64le", "powerpc64le": "ppc64le", "ppc64": "ppc64",
 	"s390x": "s390x", "riscv64": "riscv64", "loongarch64": "loongarch64", "loong64": "loongarch64",
 }
 
@@ -283,4 +283,21 @@ func FilterArch(trees []*KernelTree, machines []string) []*KernelTree {
 		}
 	}
 	return out
+}
+
+// MachineFromRelease is the architecture a kernel release names, for a kernel known only by
+// its release and a symvers file: RHEL's and Fedora's end in it ("5.14.0-362.el9.aarch64"),
+// Debian's flavor ends in the Debian name ("6.1.0-53-arm64", "6.1.0-53-cloud-arm64"). ok is
+// false when the release names none.
+func MachineFromRelease(release string) (machine string, ok bool) {
+	if i := strings.LastIndex(release, "."); i >= 0 {
+		if m, err := ParseMachine(release[i+1:]); err == nil && release[i+1:] == m {
+			return m, true
+		}
+	}
+	flavor := FlavorFromRelease(release)
+	if m, err := ParseMachine(flavor[strings.LastIndex(flavor, "-")+1:]); err == nil {
+		return m, true
+	}
+	return "", false
 }

@@ -115,3 +115,16 @@ func TestMissingKbuildRefused(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestMachineFromRelease(t *testing.T) {
+	for release, want := range map[string]string{
+		"5.14.0-362.el9.aarch64": "aarch64", "5.14.0-362.el9.x86_64": "x86_64", "6.5.6-300.fc39.ppc64le": "ppc64le",
+		"6.1.0-53-arm64": "aarch64", "6.1.0-53-cloud-arm64": "aarch64", "6.1.0-53-amd64": "x86_64", "6.1.0-53-rt-amd64": "x86_64",
+		"6.1.0-53-powerpc64le": "ppc64le", "5.14.21-150500.55.39-default": "", "6.6.31-0-lts": "",
+	} {
+		got, ok := kernel.MachineFromRelease(release)
+		if got != want || ok != (want != "") {
+			t.Errorf("%s: %q %v, want %q", release, got, ok, want)
+		}
+	}
+}
