@@ -203,45 +203,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 		}
 		targets[k] = tg
 	}
-	expect := map[[2]string]string{} // (kernel, package) -> updates | weak-updates | absent
-	// refusedFor holds, for an absent package, the build the check refused and the symbols whose
-	// CRCs it says differ: the guest force-loads that build and the kernel must name one of them.
-	refusedFor := map[[2]string]refusal{}
-	for _, name := range names {
-		p := pkgs[name]
-		for _, k := range kernels {
-			if slices.Contains(p.installed, k) {
-				expect[[2]string{k, name}] = "updates"
-				continue
-			}
-			expect[[2]string{k, name}] = "absent"
-			for _, other := range p.installed {
-				var mods []*module.ModuleInfo
-				for _, f := range p.modules[other] {
-					mi, err := module.ReadModule(f)
-					if err != nil {
-						t.Fatal(err)
-					}
-					mods = append(mods, mi)
-				}
-				ok := true
-				var syms []string
-				for _, v := range weakupdates.Check(mods, targets[k]) {
-					ok = ok && v.Compatible
-					for _, r := range v.Reasons {
-						if r.Kind == weakupdates.ReasonCRC {
-							syms = append(syms, r.Symbol)
-						}
-					}
-				}
-				if ok {
-					expect[[2]string{k, name}] = "weak-updates"
-				} else if len(syms) > 0 {
-					refusedFor[[2]string{k, name}] = refusal{files: p.modules[other], symbols: syms}
-				}
-			}
-		}
-	}
+	expect, refusedFor := expectations(t, names, pkgs, kernels, targets)
 	// The suite is only a proof if the check predicts both outcomes.
 	if expect[[2]string{r54, "kmpack-hello"}] != "weak-updates" || expect[[2]string{r54, "kmpack-abichange"}] != "absent" {
 		t.Fatalf("the compatibility check no longer predicts the cases this suite needs: %v", expect)
@@ -335,6 +297,52 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 	}
 
 	report(t, results, start)
+}
+
+// expectations are what kmpack's compatibility check predicts for each (kernel, package):
+// "updates" where the package is installed for the kernel, else "weak-updates" when the check
+// finds a build for another kernel compatible, else "absent". For an absent package, refusedFor
+// holds the build the check refused and the symbols whose CRCs it says differ: the guest
+// force-loads that build and the kernel must name one of them.
+func expectations(t *testing.T, names []string, pkgs map[string]*testPackage, kernels []string, targets map[string]*weakupdates.Target) (map[[2]string]string, map[[2]string]refusal) {
+	expect := map[[2]string]string{} // (kernel, package) -> updates | weak-updates | absent
+	refusedFor := map[[2]string]refusal{}
+	for _, name := range names {
+		p := pkgs[name]
+		for _, k := range kernels {
+			if slices.Contains(p.installed, k) {
+				expect[[2]string{k, name}] = "updates"
+				continue
+			}
+			expect[[2]string{k, name}] = "absent"
+			for _, other := range p.installed {
+				var mods []*module.ModuleInfo
+				for _, f := range p.modules[other] {
+					mi, err := module.ReadModule(f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					mods = append(mods, mi)
+				}
+				ok := true
+				var syms []string
+				for _, v := range weakupdates.Check(mods, targets[k]) {
+					ok = ok && v.Compatible
+					for _, r := range v.Reasons {
+						if r.Kind == weakupdates.ReasonCRC {
+							syms = append(syms, r.Symbol)
+						}
+					}
+				}
+				if ok {
+					expect[[2]string{k, name}] = "weak-updates"
+				} else if len(syms) > 0 {
+					refusedFor[[2]string{k, name}] = refusal{files: p.modules[other], symbols: syms}
+				}
+			}
+		}
+	}
+	return expect, refusedFor
 }
 
 // boot makes kernel k's initramfs from root (busybox, the modules the probes need with their
@@ -440,13 +448,14 @@ dmesg | grep -E 'kmpack|v4l2loopback|disagrees|Unknown symbol' | sed 's/^/E2E dm
 echo "E2E end"
 poweroff -f
 `
-	initrd, err := initramfs(t, stage, initScript)
+	m := machineOf(t, k)
+	initrd, err := initramfs(t, stage, initScript, m.busybox)
 	if err != nil {
 		return nil, err
 	}
 	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
-	lines, err := guest(k, "-nographic", "-no-reboot", "-m", "512",
-		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
+	lines, err := guest(k, m.qemu, append(m.args, "-nographic", "-no-reboot", "-m", "512",
+		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console="+m.console+" panic=-1 quiet")...)
 	if err != nil {
 		return nil, err
 	}
@@ -526,11 +535,30 @@ poweroff -f
 	return rows, nil
 }
 
-// initramfs packs stage, with /bin/busybox (the host's static one) and init as /init, into a
-// gzipped newc cpio and returns its path.
-func initramfs(t *testing.T, stage, init string) (string, error) {
+// machine is how a kernel's architecture boots under qemu: the emulator, its machine options,
+// the serial console, and a static busybox for the initramfs.
+type machine struct {
+	qemu    string
+	args    []string
+	console string
+	busybox string
+}
+
+// machineOf is the machine of kernel k: amd64 kernels boot on qemu-system-x86_64 with the host's
+// busybox, arm64 ones (TCG, -M virt, cortex-a57) with busybox from Debian's arm64 busybox-static.
+func machineOf(t *testing.T, k string) machine {
+	if strings.HasSuffix(k, "-arm64") {
+		return machine{"qemu-system-aarch64", []string{"-M", "virt", "-cpu", "cortex-a57"}, "ttyAMA0",
+			filepath.Join(testenv.UnpackedDeb(t, "busybox-static"), "bin/busybox")}
+	}
+	return machine{"qemu-system-x86_64", nil, "ttyS0", "/bin/busybox"}
+}
+
+// initramfs packs stage, with busybox (a static one for the kernel's architecture) as
+// /bin/busybox and init as /init, into a gzipped newc cpio and returns its path.
+func initramfs(t *testing.T, stage, init, busybox string) (string, error) {
 	os.MkdirAll(filepath.Join(stage, "bin"), 0o755)
-	bb, err := os.ReadFile("/bin/busybox")
+	bb, err := os.ReadFile(busybox)
 	if err != nil {
 		return "", err
 	}
@@ -543,13 +571,13 @@ func initramfs(t *testing.T, stage, init string) (string, error) {
 	return initrd, nil
 }
 
-// guest runs qemu-system-x86_64 with args until the guest powers off (at most 3 minutes) and
-// returns what the guest printed after "E2E " on each console line. The guest must print
-// "E2E kernel K" and, last, "E2E end".
-func guest(k string, args ...string) ([]string, error) {
+// guest runs qemu (qemu-system-x86_64, qemu-system-aarch64) with args until the guest powers
+// off (at most 3 minutes) and returns what the guest printed after "E2E " on each console line.
+// The guest must print "E2E kernel K" and, last, "E2E end".
+func guest(k, qemu string, args ...string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	console, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -178,7 +178,7 @@ echo "E2E uptime $(cut -d' ' -f1 /proc/uptime)"
 echo "E2E end"
 poweroff -f
 `
-	initrd, err := initramfs(t, stage, initScript)
+	initrd, err := initramfs(t, stage, initScript, "/bin/busybox")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func (su trustSetup) run(t *testing.T, k string, der []byte, cases []*signCase, 
 		return nil, err
 	}
 	bootStart := time.Now()
-	lines, err := guest(k, append([]string{"-m", "512", "-nographic", "-no-reboot", "-nic", "none"}, su.args(vars)...)...)
+	lines, err := guest(k, "qemu-system-x86_64", append([]string{"-m", "512", "-nographic", "-no-reboot", "-nic", "none"}, su.args(vars)...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,9 @@
 # rpm and resolved with depmod and modprobe. Then the signature proof: the 6.1.0-53 kernel, booted
 # by OVMF with kmpack keygen's certificate in UEFI db and module.sig_enforce=1, and through
 # shim -> grub under Secure Boot with it in MokList, must refuse unsigned and untrusted builds
-# and load trusted and two-signer ones. Prints the kernel x module
+# and load trusted and two-signer ones. Then the arm64 rows: arm64 debs cross-built here for
+# Debian's arm64 6.1.0-53 kernel, installed into a root with the arm64 53 and 54 kernels and
+# booted under qemu-system-aarch64, 54's verdicts from the compat check. Prints the kernel x module
 # tables (expected, observed) and fails on any disagreement. Part of scripts/test.sh (and so of CI).
 # Usage: scripts/e2e.sh
 set -euo pipefail

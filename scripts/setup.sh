@@ -47,6 +47,12 @@ PACKAGES=(
   # actionlint (built by the tests at a pinned version) checks the run: scripts of
   # examples/ci/github-actions.yml with shellcheck; the GitLab recipe's scripts get it directly.
   shellcheck
+  # Cross builds for arm64 trees: Debian's arm64 kernels were built with gcc-12 (their
+  # CONFIG_CC_VERSION_TEXT), so kmpack builds their modules with aarch64-linux-gnu-gcc-12, and
+  # strips them with aarch64-linux-gnu-strip (binutils).
+  gcc-12-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # The end-to-end suite boots Debian's arm64 kernel too (qemu-system-aarch64, TCG).
+  qemu-system-arm
 )
 
 need=()

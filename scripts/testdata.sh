@@ -40,12 +40,37 @@ WANT=(
   shim-signed
   shim-helpers-amd64-signed
   grub-efi-amd64-signed
+  # Cross builds (kmpack build for another architecture on this host): Debian's arm64 headers
+  # (with their arch:all -common half; the host's amd64 linux-kbuild-6.1 above runs their build),
+  # and for booting an arm64 kernel under qemu-system-aarch64, two arm64 images of one flavor
+  # and an arm64 busybox for the initramfs. NAME:ARCH fetches another architecture's package.
+  linux-headers-6.1.0-53-arm64:arm64
+  linux-headers-6.1.0-53-common
+  linux-image-6.1.0-53-arm64:arm64
+  linux-image-6.1.0-54-arm64:arm64
+  busybox-static:arm64
+  # The 54 arm64 tree, for the compat check's verdicts on the arm64 kernels (e2e).
+  linux-headers-6.1.0-54-arm64:arm64
+  linux-headers-6.1.0-54-common
 )
 missing=()
+foreign=()
 for p in "${WANT[@]}"; do
-  compgen -G "${p}_*.deb" >/dev/null || missing+=("$p")
+  name=${p%%:*} arch=
+  [[ $p == *:* ]] && arch=${p#*:}
+  compgen -G "${name}_*_${arch:-*}.deb" >/dev/null && continue
+  missing+=("$p")
+  [[ -n $arch ]] && foreign+=("$arch")
 done
 if ((${#missing[@]})); then
+  # apt downloads another architecture's packages only once dpkg knows that architecture and
+  # apt has its package lists; this changes no installed package.
+  for a in $(printf '%s\n' "${foreign[@]}" | sort -u); do
+    if [[ $a != "$(dpkg --print-architecture)" ]] && ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+      dpkg --add-architecture "$a"
+      apt-get update -qq >&2
+    fi
+  done
   echo "testdata: downloading ${missing[*]}" >&2
   apt-get download "${missing[@]}" >&2 || { apt-get update -qq >&2 && apt-get download "${missing[@]}" >&2; }
 fi

@@ -39,7 +39,11 @@ func buildCommand() *cli.Command {
 that order), or the path of a kmpack.yaml or dkms.conf. It defaults to the current directory.
 
 Kernels come from --kernel (a tree directory, a glob, or .deb/.rpm files unpacked into the
-cache), else from the spec's kernels list, else from the trees installed on this machine.
+cache), else from the spec's kernels list, else from the trees installed on this machine;
+--arch keeps those of the architectures named. A kernel of another architecture than this
+host's is built with make ARCH=<kernel arch> CROSS_COMPILE=<triplet>- and the cross gcc its
+CONFIG_CC_VERSION_TEXT names (aarch64-linux-gnu-gcc-12: Debian's gcc-12-aarch64-linux-gnu; a
+missing one fails that kernel, naming the package); one run may mix architectures.
 
 Each kernel builds in its own copy of the source, which its commands see at dkms's own paths
 (/usr/src/<name>-<version>, /var/lib/dkms/<name>/<version>/build, /lib/modules/<release>/build)

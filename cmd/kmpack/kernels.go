@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/repo"
 	"github.com/kmpack/kmpack/kmp/unpack"
 	"github.com/kmpack/kmpack/weakupdates"
@@ -27,6 +28,9 @@ DIR is a tree to describe. PACKAGE is a .deb or .rpm: all package files given ar
 together, without root and without touching the system, into a content-addressed cache
 (--cache-dir), once. A Debian flavor needs linux-headers-<abi>-<flavor>, linux-headers-<abi>-common
 and linux-kbuild-<series>; SUSE kernel-<flavor>-devel with kernel-devel; RHEL kernel-devel.
+Each tree's architecture comes from its .config; --arch keeps only those architectures. A tree
+of another architecture is built with ARCH= and CROSS_COMPILE= (shown) and its host tools must
+run here: Debian headers for arm64 go with this host's linux-kbuild-<series> (amd64).
 
 With --repo, lists the kernels a repository offers (selected by --flavor, --release, --latest),
 with the packages each needs and their sizes, downloading only metadata. REPO is an apt source
@@ -87,6 +91,11 @@ func runKernels(c *cli.Context) error {
 			return err
 		}
 	}
+	trees, err := filterArch(c, res.Trees)
+	if err != nil {
+		return err
+	}
+	res.Trees = trees
 	var coverage []weakupdates.KernelCoverage
 	if len(outputs) > 0 && len(res.Errors) == 0 {
 		var targets []*weakupdates.Target
@@ -173,6 +182,9 @@ func printKernels(w io.Writer, res *unpack.Found, verbose bool) {
 		}
 		fmt.Fprintf(w, "%s  (%s layout, flavor %s, %s)\n", t.Release, t.Layout, t.Flavor, t.Arch)
 		fmt.Fprintf(w, "  tree:         %s\n", t.Dir)
+		if t.Cross() {
+			fmt.Fprintf(w, "  cross build:  ARCH=%s CROSS_COMPILE=%s (this host is %s)\n", kernel.KernelArch(t.Arch), t.CrossCompile(), kernel.HostMachine())
+		}
 		if len(t.Packages) > 0 {
 			fmt.Fprintf(w, "  packages:     %s\n", strings.Join(t.Packages, "\n                "))
 		}

@@ -214,6 +214,14 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 			return err
 		}
 		opts.Runtime = rt
+		// The module packages depend on the runtime, and this one holds this host's binary.
+		for _, k := range m.Kernels {
+			if k.Arch != "" && k.Arch != rt.Arch {
+				opts.Cache.Warn(fmt.Sprintf("the debian packages for %s (%s) depend on the kmpack runtime package, which is this %s kmpack: a %s machine needs the runtime package written by a %s kmpack (or --no-runtime-package here)",
+					k.Release, k.Arch, rt.Arch, k.Arch, k.Arch))
+				break
+			}
+		}
 	}
 	written, err := formats.PackageBuild(formats.Request{
 		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles, Options: opts,
@@ -430,7 +438,11 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 		if err != nil {
 			return nil, nil, err
 		}
-		return &kernel.KernelTree{Release: release, Arch: unameMachine()}, sv, nil
+		arch, ok := kernel.MachineFromRelease(release)
+		if !ok {
+			arch = unameMachine()
+		}
+		return &kernel.KernelTree{Release: release, Arch: arch}, sv, nil
 	}
 	t, err := kernel.OpenKernelTree(path)
 	if err != nil {
@@ -450,7 +462,7 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 }
 
 // unameMachine is this machine's architecture in uname -m spelling, for symvers files that come
-// without a tree to read it from.
+// without a tree to read it from, nor a release that names one.
 func unameMachine() string {
 	switch runtime.GOARCH {
 	case "amd64":

@@ -59,6 +59,15 @@ func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error)
 		if len(sel.local.Errors) > 0 {
 			return nil, cli.Exit(strings.Join(sel.local.Errors, "\nkmpack: "), exitInput)
 		}
+		// --arch: the repositories' queries ask for those architectures' indexes already.
+		if len(queries) == 0 {
+			sel.local.Trees, err = filterArch(c, sel.local.Trees)
+		} else if arches, aerr := archFlag(c); aerr == nil && len(arches) > 0 {
+			sel.local.Trees = kernel.FilterArch(sel.local.Trees, arches)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if len(queries) > 0 {
 		if sel.remote, err = resolveRepoKernels(c, queries); err != nil {
@@ -369,6 +378,9 @@ func planBuildArgs(c *cli.Context, srcPath string) string {
 	}
 	for _, f := range c.StringSlice("flavor") {
 		args = append(args, "--flavor", f)
+	}
+	for _, a := range c.StringSlice("arch") {
+		args = append(args, "--arch", a)
 	}
 	if c.IsSet("versions") {
 		args = append(args, "--versions", fmt.Sprint(c.Value("versions")))

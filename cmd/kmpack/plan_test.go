@@ -283,12 +283,12 @@ func TestPlanBuildArgs(t *testing.T) {
 	var got string
 	cmd.Action = func(c *cli.Context) error { got = planBuildArgs(c, c.Args().First()); return nil }
 	app := &cli.App{Commands: []*cli.Command{cmd}}
-	err := app.Run([]string{"kmpack", "plan", "--kernel-repo", "https://deb.example/debian", "--flavor", "amd64", "--latest", "2",
+	err := app.Run([]string{"kmpack", "plan", "--kernel-repo", "https://deb.example/debian", "--flavor", "amd64", "--arch", "arm64", "--latest", "2",
 		"--versions", ">=6.1.140", "--jobs", "3", "--no-strip", "src dir"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `--kernel-repo https://deb.example/debian --flavor amd64 --versions '>=6.1.140' --latest 2 --jobs 3 --no-strip 'src dir'`; got != want {
+	if want := `--kernel-repo https://deb.example/debian --flavor amd64 --arch arm64 --versions '>=6.1.140' --latest 2 --jobs 3 --no-strip 'src dir'`; got != want {
 		t.Errorf("planBuildArgs:\n got %s\nwant %s", got, want)
 	}
 }

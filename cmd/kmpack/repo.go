@@ -5,9 +5,12 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/repo"
 )
 
@@ -19,7 +22,41 @@ func repoSelectFlags() []cli.Flag {
 		&cli.StringFlag{Name: "versions", Usage: "with a repository: only kernels whose headers/devel package version is in this range, in dpkg's or rpm's order ('>=6.1.140, <6.1.160')"},
 		&cli.IntFlag{Name: "latest", Usage: "with a repository: only the N newest kernels of each flavor"},
 		&cli.StringFlag{Name: "keyring", Usage: "with a repository: verify its metadata (InRelease or Release.gpg, repomd.xml.asc) with this OpenPGP keyring, binary or armored (an apt source's own signed-by= wins)"},
+		&cli.StringSliceFlag{Name: "arch", Usage: "only kernels of this architecture (repeatable; aarch64 or arm64, x86_64 or amd64, ppc64le, s390x, ...): of trees and package files, the trees whose .config says so; of a repository, its packages for it (unless the source names an arch=)"},
 	}
+}
+
+// archFlag is --arch in uname -m spelling; none given is every architecture.
+func archFlag(c *cli.Context) ([]string, error) {
+	var out []string
+	for _, a := range c.StringSlice("arch") {
+		m, err := kernel.ParseMachine(a)
+		if err != nil {
+			return nil, usagef("--arch: %v", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// filterArch keeps the trees --arch selects. Selecting none is the input's fault: a build
+// must not succeed against no kernel.
+func filterArch(c *cli.Context, trees []*kernel.KernelTree) ([]*kernel.KernelTree, error) {
+	arches, err := archFlag(c)
+	if err != nil || len(arches) == 0 {
+		return trees, err
+	}
+	kept := kernel.FilterArch(trees, arches)
+	if len(kept) == 0 && len(trees) > 0 {
+		var found []string
+		for _, t := range trees {
+			if !slices.Contains(found, t.Arch) {
+				found = append(found, t.Arch)
+			}
+		}
+		return nil, cli.Exit(fmt.Sprintf("no kernel tree of architecture %s among the %d found (%s)", strings.Join(arches, ", "), len(trees), strings.Join(found, ", ")), exitInput)
+	}
+	return kept, nil
 }
 
 // repoQueries builds the queries of --repo / --kernel-repo from the selection flags.
@@ -42,6 +79,10 @@ func repoQueries(c *cli.Context, specs []string) ([]repo.Query, error) {
 		}
 		sel.Versions = &vr
 	}
+	arches, err := archFlag(c)
+	if err != nil {
+		return nil, err
+	}
 	var qs []repo.Query
 	for _, spec := range specs {
 		src, err := repo.ParseSource(spec)
@@ -51,7 +92,19 @@ func repoQueries(c *cli.Context, specs []string) ([]repo.Query, error) {
 		if src.Keyring == "" {
 			src.Keyring = c.String("keyring")
 		}
-		qs = append(qs, repo.Query{Source: src, Selector: sel})
+		if src.Arch != "" || len(arches) == 0 {
+			qs = append(qs, repo.Query{Source: src, Selector: sel})
+			continue
+		}
+		// One query per architecture: a repository's index is per architecture.
+		for _, m := range arches {
+			s := *src
+			s.Arch = m // rpm's names are uname -m's
+			if s.Kind == "apt" {
+				s.Arch = kernel.DebianArch(m)
+			}
+			qs = append(qs, repo.Query{Source: &s, Selector: sel})
+		}
 	}
 	return qs, nil
 }

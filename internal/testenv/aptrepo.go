@@ -69,7 +69,33 @@ func (r *AptRepo) Source() string { return "deb [arch=amd64] " + r.Srv.URL + " b
 // WriteIndex writes dists/bookworm/main/binary-amd64/Packages(.gz) and a Release listing them.
 func (r *AptRepo) WriteIndex(t testing.TB, packages string) {
 	t.Helper()
-	dir := filepath.Join(r.Dir, "dists/bookworm/main/binary-amd64")
+	r.writeIndex(t, "amd64", packages)
+}
+
+// AddArm64 adds the arm64 index: the pool gets ReleaseArm64's arm64 headers and their -common,
+// and binary-arm64/Packages lists the pool's arm64 and arch:all packages, as Debian's archive
+// does (linux-kbuild-6.1 stays in the amd64 index only: a cross build takes the host's).
+func (r *AptRepo) AddArm64(t testing.TB) {
+	t.Helper()
+	pool := filepath.Join(r.Dir, "pool/main/l/linux")
+	for _, deb := range Arm64Debs(t)[:2] {
+		if err := os.WriteFile(filepath.Join(pool, filepath.Base(deb)), MustRead(t, deb), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("dpkg-scanpackages", "--multiversion", "--arch", "arm64", "pool")
+	cmd.Dir = r.Dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("dpkg-scanpackages: %v", err)
+	}
+	r.writeIndex(t, "arm64", string(out))
+}
+
+// writeIndex writes one architecture's Packages(.gz) and a Release listing every index there.
+func (r *AptRepo) writeIndex(t testing.TB, arch, packages string) {
+	t.Helper()
+	dir := filepath.Join(r.Dir, "dists/bookworm/main/binary-"+arch)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -80,14 +106,22 @@ func (r *AptRepo) WriteIndex(t testing.TB, packages string) {
 	if out, err := exec.Command("gzip", "-k", filepath.Join(dir, "Packages")).CombinedOutput(); err != nil {
 		t.Fatalf("gzip: %v %s", err, out)
 	}
-	var rel strings.Builder
-	rel.WriteString("Origin: kmpack-test\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main\nSHA256:\n")
-	for _, name := range []string{"Packages", "Packages.gz"} {
-		b := MustRead(t, filepath.Join(dir, name))
-		s := sha256.Sum256(b)
-		fmt.Fprintf(&rel, " %s %d main/binary-amd64/%s\n", hex.EncodeToString(s[:]), len(b), name)
+	var arches []string
+	var sums strings.Builder
+	for _, a := range []string{"amd64", "arm64"} {
+		if _, err := os.Stat(filepath.Join(r.Dir, "dists/bookworm/main/binary-"+a)); err != nil {
+			continue
+		}
+		arches = append(arches, a)
+		for _, name := range []string{"Packages", "Packages.gz"} {
+			b := MustRead(t, filepath.Join(r.Dir, "dists/bookworm/main/binary-"+a, name))
+			s := sha256.Sum256(b)
+			fmt.Fprintf(&sums, " %s %d main/binary-%s/%s\n", hex.EncodeToString(s[:]), len(b), a, name)
+		}
 	}
-	if err := os.WriteFile(filepath.Join(r.Dir, "dists/bookworm/Release"), []byte(rel.String()), 0o644); err != nil {
+	rel := "Origin: kmpack-test\nSuite: bookworm\nCodename: bookworm\nArchitectures: " + strings.Join(arches, " ") +
+		"\nComponents: main\nSHA256:\n" + sums.String()
+	if err := os.WriteFile(filepath.Join(r.Dir, "dists/bookworm/Release"), []byte(rel), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -28,7 +28,13 @@ func InstallKernel(t testing.TB, root, release string) {
 	mustRun(t, "cp", "-al", filepath.Join(img, "kernel"), dst)
 	idx, _ := filepath.Glob(filepath.Join(img, "modules.*"))
 	mustRun(t, "cp", append(idx, dst)...)
-	sv, err := os.ReadFile(filepath.Join(HeadersDir(t, release), "Module.symvers"))
+	headers := ""
+	if strings.HasSuffix(release, "-arm64") {
+		headers = Arm64TreeOf(t, release).Dir // never installed: unpacked from its .deb files
+	} else {
+		headers = HeadersDir(t, release)
+	}
+	sv, err := os.ReadFile(filepath.Join(headers, "Module.symvers"))
 	if err != nil {
 		t.Fatal(err)
 	}

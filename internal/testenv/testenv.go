@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/unpack"
 )
 
 // Kernel releases whose headers scripts/setup.sh installs.
@@ -28,7 +30,46 @@ const (
 	ReleaseImage = Release53
 	// ReleaseDebOnly has headers downloaded as .deb files but never installed.
 	ReleaseDebOnly = "6.1.0-55-amd64"
+	// ReleaseArm64 is the arm64 kernel whose headers (and images) scripts/testdata.sh
+	// downloads, for cross builds on this x86_64 host.
+	ReleaseArm64 = "6.1.0-53-arm64"
 )
+
+// Arm64Debs are the package files of ReleaseArm64's tree: its arm64 headers, the arch:all
+// -common half, and this host's (amd64) linux-kbuild-6.1, whose host tools run here.
+func Arm64Debs(t testing.TB) []string {
+	t.Helper()
+	return Arm64DebsOf(t, ReleaseArm64)
+}
+
+// Arm64DebsOf are Arm64Debs for another arm64 release scripts/testdata.sh downloads
+// headers for (6.1.0-54-arm64).
+func Arm64DebsOf(t testing.TB, release string) []string {
+	t.Helper()
+	return Debs(t, "linux-headers-"+release, "linux-headers-"+strings.TrimSuffix(release, "-arm64")+"-common", "linux-kbuild-6.1")
+}
+
+// Arm64Tree opens ReleaseArm64's tree, unpacked by kmpack from Arm64Debs into a cache beside
+// the downloads (once: later calls only verify it).
+func Arm64Tree(t testing.TB) *kernel.KernelTree {
+	t.Helper()
+	return Arm64TreeOf(t, ReleaseArm64)
+}
+
+// Arm64TreeOf is Arm64Tree for another arm64 release (Arm64DebsOf).
+func Arm64TreeOf(t testing.TB, release string) *kernel.KernelTree {
+	t.Helper()
+	set, err := unpack.UnpackPackages(filepath.Join(CacheDir(), "kmpack-cache"), Arm64DebsOf(t, release))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := kernel.OpenKernelTree(filepath.Join(set.Root, "usr/src/linux-headers-"+release))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Packages = set.Packages
+	return tr
+}
 
 // CacheDir is where scripts/testdata.sh keeps downloads.
 func CacheDir() string {

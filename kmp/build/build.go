@@ -475,6 +475,10 @@ func (b *builder) runKernel(ctx context.Context, j *kernelJob) {
 	}
 	cc := j.tree.Compiler
 	switch {
+	case j.tree.Cross() && !cc.Available:
+		// The host's own compiler would make host objects: no build is worth trying.
+		finish(manifest.StatusFailed, cc.Missing(j.tree.Arch))
+		return
 	case cc.Available:
 		r.Compiler = cc.Path
 		if !cc.Exact && cc.Version != "" {
@@ -620,6 +624,9 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	}
 	cc := j.tree.Compiler
 	fmt.Fprintf(h, "cc %s %s %s\x00", cc.Path, cc.HostVersion, cc.VersionText)
+	// The compiler's path names its target; the architecture and the binutils that strip are
+	// named too, so that no entry of one architecture's build can serve another's.
+	fmt.Fprintf(h, "arch %s cross %s strip %s\x00", j.tree.Arch, j.tree.CrossCompile(), stripTool(j.tree))
 	fmt.Fprintf(h, "compress %s nostrip %v\x00", b.compression(j.tree), b.opts.NoStrip)
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
@@ -747,6 +754,9 @@ func (b *builder) insertMakeVars(cmd string, tree *kernel.KernelTree) string {
 		return cmd
 	}
 	ins := "make KERNELRELEASE=" + kmp.ShellQuote(tree.Release)
+	if cross := tree.CrossCompile(); cross != "" {
+		ins += " ARCH=" + kmp.ShellQuote(kernel.KernelArch(tree.Arch)) + " CROSS_COMPILE=" + kmp.ShellQuote(cross)
+	}
 	if tree.Compiler.Available && tree.Compiler.Kind == "gcc" {
 		ins += " CC=" + kmp.ShellQuote(b.cc(tree))
 	}
@@ -832,6 +842,11 @@ func (b *builder) run(ctx context.Context, j *kernelJob, what, command string, s
 	}
 	if cc := j.tree.Compiler; cc.Available {
 		env = append(env, "CC="+b.cc(j.tree))
+	}
+	if cross := j.tree.CrossCompile(); cross != "" {
+		// For the commands that are not a bare make (a configure, a build script) and the
+		// makes they start: Kbuild reads both from the environment too.
+		env = append(env, "ARCH="+kernel.KernelArch(j.tree.Arch), "CROSS_COMPILE="+cross)
 	}
 	if b.ccache != "" {
 		env = ccacheEnv(env, b.ccache)
@@ -950,10 +965,7 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 			if err := os.WriteFile(tmp, data, 0o644); err != nil {
 				return "", err
 			}
-			tool := "strip"
-			if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
-				tool = "llvm-strip"
-			}
+			tool := stripTool(tree)
 			var out proc.Buffer
 			cmd := proc.Command(ctx, tool, "-g", tmp)
 			cmd.Stdout, cmd.Stderr = &out, &out
@@ -996,6 +1008,15 @@ func (b *builder) collect(ctx context.Context, j *kernelJob) (string, error) {
 		r.Modules = append(r.Modules, bm)
 	}
 	return "", nil
+}
+
+// stripTool is the strip that understands the tree's modules: llvm-strip for clang kernels
+// (every architecture), else the tree's cross binutils' (aarch64-linux-gnu-strip) or the host's.
+func stripTool(tree *kernel.KernelTree) string {
+	if tree.Config.Enabled("CONFIG_CC_IS_CLANG") {
+		return "llvm-strip"
+	}
+	return tree.CrossCompile() + "strip"
 }
 
 // tailLines returns the last n lines of a file, from its last 64 KiB (a line is cut to 1000

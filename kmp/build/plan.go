@@ -38,6 +38,11 @@ func prepareSource(ctx context.Context, src *source.Source, trees []*kernel.Kern
 			return nil, kmp.InputErrorf(t.Dir, "kernel release %s is given twice (one build per release)", t.Release)
 		}
 		seen[t.Release] = true
+		// make would run the tree's fixdep and modpost: one built for another machine must not
+		// get that far (with binfmt_misc it might even run, emulated). A plan says so too.
+		if err := kernel.CheckHostTools(t); err != nil {
+			return nil, err
+		}
 		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
 		ProbeCompiler(&t.Compiler)
 	}

@@ -70,6 +70,11 @@ type CompilerInfo struct {
 	// Exact when its full version equals the kernel's too.
 	Available bool `json:"available"`
 	Exact     bool `json:"exact"`
+	// CrossCompile is Kbuild's CROSS_COMPILE= for a tree of another architecture than the
+	// host's ("aarch64-linux-gnu-"); Package is then the Debian package that has the cross
+	// compiler Command names, for the message when it is missing (gcc-12-aarch64-linux-gnu).
+	CrossCompile string `json:"cross_compile,omitempty"`
+	Package      string `json:"package,omitempty"`
 }
 
 // Bounds on what describing a tree reads (real values: .config ~260 KB, Module.symvers ~2 MB).
@@ -143,9 +148,15 @@ func openKernelTree(dir string, keepSymvers bool) (*KernelTree, error) {
 		Hash:    t.Config["CONFIG_MODULE_SIG_HASH"],
 		Key:     t.Config["CONFIG_MODULE_SIG_KEY"],
 	}
-	t.Compiler = describeCompiler(t.Config)
-	if !t.Compiler.Available && t.Compiler.VersionText != "" {
+	t.Compiler = describeCompiler(t.Config, t.CrossCompile())
+	switch {
+	case t.Cross() && !t.Compiler.Available:
+		t.Warnings = append(t.Warnings, t.Compiler.Missing(t.Arch))
+	case !t.Compiler.Available && t.Compiler.VersionText != "":
 		t.Warnings = append(t.Warnings, fmt.Sprintf("the kernel was built with %q, which is not on this host", t.Compiler.VersionText))
+	}
+	if err := CheckHostTools(t); err != nil {
+		t.Warnings = append(t.Warnings, strings.TrimPrefix(err.Error(), t.Dir+": "))
 	}
 	sv := filepath.Join(real, "Module.symvers")
 	if _, err := root.Lstat("Module.symvers"); err == nil {
@@ -263,8 +274,13 @@ var (
 // else <kind>), found on PATH. Its major version is read from its name or, for a bare gcc,
 // from the name it links to (/usr/bin/gcc -> gcc-12); the build engine runs it to learn the
 // exact version (build.ProbeCompiler).
-func describeCompiler(cfg KernelConfig) CompilerInfo {
-	ci := CompilerInfo{VersionText: cfg["CONFIG_CC_VERSION_TEXT"]}
+//
+// With cross (a tree of another architecture: "aarch64-linux-gnu-"), only that architecture's
+// gcc will do, named as Debian's cross toolchains are (aarch64-linux-gnu-gcc-12): the host's
+// own gcc would make host objects. clang targets every architecture itself (Kbuild derives its
+// --target from CROSS_COMPILE), so its names stay the same.
+func describeCompiler(cfg KernelConfig, cross string) CompilerInfo {
+	ci := CompilerInfo{VersionText: cfg["CONFIG_CC_VERSION_TEXT"], CrossCompile: cross}
 	var num int
 	switch {
 	case cfg.Enabled("CONFIG_CC_IS_CLANG"):
@@ -280,16 +296,31 @@ func describeCompiler(cfg KernelConfig) CompilerInfo {
 		ci.Version = fmt.Sprintf("%d.%d.%d", num/10000, num/100%100, num%100)
 	}
 	major := strings.Split(ci.Version, ".")[0]
+	prefix := ""
+	if ci.Kind == "gcc" && cross != "" {
+		prefix = cross
+		ci.Package = "gcc-" + strings.TrimSuffix(cross, "-")
+		if major != "" {
+			ci.Package = "gcc-" + major + "-" + strings.TrimSuffix(cross, "-")
+		}
+	}
 	var candidates []string
 	if f := strings.Fields(ci.VersionText); len(f) > 0 {
 		if m := compilerNameRE.FindStringSubmatch(f[0]); m != nil && m[1] == ci.Kind {
-			candidates = append(candidates, f[0]) // e.g. gcc-12, x86_64-linux-gnu-gcc-12
+			switch {
+			case prefix == "":
+				candidates = append(candidates, f[0]) // e.g. gcc-12, x86_64-linux-gnu-gcc-12
+			case strings.HasPrefix(f[0], prefix):
+				candidates = append(candidates, f[0]) // a kernel cross-built itself
+			case !strings.Contains(f[0], "-linux-"):
+				candidates = append(candidates, prefix+f[0]) // gcc-12 for arm64: aarch64-linux-gnu-gcc-12
+			}
 		}
 	}
 	if major != "" {
-		candidates = append(candidates, ci.Kind+"-"+major)
+		candidates = append(candidates, prefix+ci.Kind+"-"+major)
 	}
-	candidates = append(candidates, ci.Kind)
+	candidates = append(candidates, prefix+ci.Kind)
 	for _, c := range candidates {
 		p := lookPath(c)
 		if p == "" {
@@ -320,6 +351,20 @@ func lookPath(name string) string {
 	return ""
 }
 
+// Missing says that a cross compiler for a kernel of arch is not on this host, and which
+// package has it.
+func (ci CompilerInfo) Missing(arch string) string {
+	want := ci.CrossCompile + ci.Kind
+	if major := strings.Split(ci.Version, ".")[0]; major != "" {
+		want += "-" + major
+	}
+	msg := fmt.Sprintf("the %s kernel was built with %q: its cross compiler %s is not on this host", arch, ci.VersionText, want)
+	if ci.Package != "" {
+		msg += " (install Debian's " + ci.Package + ")"
+	}
+	return msg
+}
+
 // compilerMajor reads a compiler's major version from its command name or, failing that, from
 // the name its path resolves to.
 func compilerMajor(name, path string) string {
@@ -335,8 +380,9 @@ func compilerMajor(name, path string) string {
 }
 
 // VermagicFlags are the words after the release in the vermagic of modules built for this
-// tree, computed from its configuration as include/linux/vermagic.h does (the architecture's
-// MODULE_ARCH_VERMAGIC is not included: it is empty on x86_64).
+// tree, computed from its configuration as include/linux/vermagic.h does, with the
+// architecture's MODULE_ARCH_VERMAGIC (arch/*/include/asm/module.h) where kmpack knows it:
+// empty on x86_64 and s390, "aarch64" on arm64.
 func (t *KernelTree) VermagicFlags() []string {
 	var out []string
 	c := t.Config
@@ -354,6 +400,19 @@ func (t *KernelTree) VermagicFlags() []string {
 	}
 	if c.Enabled("CONFIG_MODVERSIONS") {
 		out = append(out, "modversions")
+	}
+	switch KernelArch(t.Arch) {
+	case "arm64":
+		out = append(out, "aarch64")
+	case "riscv":
+		out = append(out, "riscv")
+	case "powerpc":
+		if c.Enabled("CONFIG_MPROFILE_KERNEL") {
+			out = append(out, "mprofile-kernel")
+		}
+		if c.Enabled("CONFIG_RELOCATABLE") {
+			out = append(out, "relocatable")
+		}
 	}
 	return out
 }

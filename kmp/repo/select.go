@@ -64,7 +64,9 @@ func debPkg(p DebPackage) Package {
 // DebianKernels finds the kernels a Debian/Ubuntu index offers: each linux-headers-<release>
 // that depends on a linux-headers-<abi>-common[-featureset] package (Ubuntu: linux-headers-<abi>)
 // where <release> is <abi>-<flavor>, with that package (the version it pins) and the newest linux-kbuild-* that satisfies its dependency. arch limits the
-// result to one architecture ("" for all).
+// result to one architecture ("" for all). The linux-kbuild-* is this host's architecture's (or
+// all) whatever the headers' architecture: its programs (fixdep, modpost) run on the build host,
+// and Debian makes it Multi-Arch: foreign for that, so an arm64 tree takes the amd64 one here.
 func DebianKernels(pkgs []DebPackage, arch string) ([]Kernel, []Skipped) {
 	byName := map[string][]DebPackage{}
 	for _, p := range pkgs {
@@ -138,10 +140,10 @@ func DebianKernels(pkgs []DebPackage, arch string) ([]Kernel, []Skipped) {
 			k.Packages = append(k.Packages, debPkg(c))
 			if kbuild != nil {
 				kb, ok := newest(kbuild.Name, func(p DebPackage) bool {
-					return satisfiesDeb(p.Version, *kbuild) && (p.Architecture == h.Architecture || p.Architecture == "all")
+					return satisfiesDeb(p.Version, *kbuild) && (p.Architecture == debArch() || p.Architecture == "all")
 				})
 				if !ok {
-					skipped = append(skipped, Skipped{name + " " + h.Version, "the repository has no " + kbuild.Name + " " + describeDep(*kbuild)})
+					skipped = append(skipped, Skipped{name + " " + h.Version, "the repository has no " + kbuild.Name + " " + describeDep(*kbuild) + " for this host's architecture (" + debArch() + ")"})
 					continue
 				}
 				k.Packages = append(k.Packages, debPkg(kb))

@@ -124,8 +124,10 @@ func debArch() string {
 		return "i386"
 	case "arm":
 		return "armhf"
+	case "ppc64le":
+		return "ppc64el"
 	}
-	return runtime.GOARCH // amd64, arm64, ppc64le, s390x, riscv64
+	return runtime.GOARCH // amd64, arm64, s390x, riscv64
 }
 
 func rpmArch() string {
@@ -194,9 +196,14 @@ func loadApt(ctx context.Context, f *Fetcher, s *Source) (*Index, error) {
 	if arch == "" {
 		arch = debArch()
 	}
+	indexes := []string{arch, "all"}
+	if arch != debArch() {
+		// Another architecture's kernels build here with this host's kbuild package.
+		indexes = append(indexes, debArch())
+	}
 	var pkgs []DebPackage
 	for _, comp := range s.Components {
-		for _, a := range []string{arch, "all"} {
+		for _, a := range indexes {
 			dir := comp + "/binary-" + a + "/"
 			found := false
 			for _, name := range []string{"Packages.xz", "Packages.gz", "Packages.zst", "Packages.bz2", "Packages"} {

@@ -212,7 +212,10 @@ func evalDKMSConf(ctx context.Context, path string, env DKMSEnv) (conf *DKMSConf
 // dkms.conf directive name, so a caller's environment cannot leak into a build.
 func CleanBuildEnv(env []string) []string {
 	drop := map[string]bool{"CC": true, "CXX": true, "CFLAGS": true, "CXXFLAGS": true, "LDFLAGS": true,
-		"MAKEFLAGS": true, "MFLAGS": true, "MAKELEVEL": true, "KCFLAGS": true}
+		"MAKEFLAGS": true, "MFLAGS": true, "MAKELEVEL": true, "KCFLAGS": true,
+		// The tree's architecture decides these (kmpack sets them for a cross build): an
+		// ARCH=arm64 left in the caller's shell must not turn an x86_64 build into a broken one.
+		"ARCH": true, "CROSS_COMPILE": true}
 	for _, v := range dkmsConfVariables {
 		drop[v] = true
 	}
