@@ -1,0 +1,602 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	debversion "github.com/knqyf263/go-deb-version"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/ident"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/weakupdates"
+)
+
+// AutoinstallOptions describe kmpack autoinstall.
+type AutoinstallOptions struct {
+	Options
+	// Kernels are the releases to act for (validated by the caller with ident); none: every
+	// installed kernel under the root's /lib/modules.
+	Kernels []string
+	// BuildTimeout bounds one source's build for one kernel (DefaultBuildTimeout when 0).
+	BuildTimeout time.Duration
+	// Jobs is the build's job budget (one per CPU when 0).
+	Jobs int
+}
+
+// DefaultBuildTimeout bounds one local build: a kernel hook must end.
+const DefaultBuildTimeout = time.Hour
+
+// KillPointEnv is weakupdates' variable: tests make autoinstall SIGKILL itself at a named point
+// ("autoinstall-after-install": modules installed, state not yet written).
+const KillPointEnv = weakupdates.KillPointEnv
+
+func killPoint(name string) {
+	if os.Getenv(KillPointEnv) == name {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// ErrFailures is returned (wrapped) by Autoinstall when a kernel × module ended failed: the
+// run went on with the others and recorded everything.
+var ErrFailures = errors.New("some modules are not available")
+
+// Autoinstall gives every registered module (module packages and sources) a build for each
+// kernel, the cheapest correct way first, and records the outcome in the state file:
+//
+//  1. a registered package built for that kernel is installed: nothing to do;
+//  2. a build for another kernel loads there (weakupdates' compat check): linked by the
+//     weak-updates engine;
+//  3. a prebuilt package from the machine's repositories: not done by this kmpack yet;
+//  4. a registered source: built with kmpack's build engine against the root's
+//     /lib/modules/<kernel>/build, installed under updates/kmpack-built/<name>/, depmod;
+//  5. otherwise a failure, with its reason.
+//
+// Runs hold one lock, so two at once end as one after the other, and a module already built
+// for a kernel from the same source version is not built again. A run killed midway is
+// repaired by the next: pending depmods are redone and an unrecorded build is made again.
+// Failures are recorded and reported as ErrFailures after every kernel and module was tried.
+func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
+	var st *State
+	err := o.locked(func(r *os.Root) error {
+		var err error
+		st, err = autoinstall(ctx, r, &o)
+		return err
+	})
+	return st, err
+}
+
+func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State, error) {
+	st := readState(r, &o.Options)
+	eng := o.engine()
+	kernels := o.Kernels
+	if len(kernels) == 0 {
+		kernels = installedKernels(r)
+	}
+	// Kernels whose depmod a killed run never finished.
+	for _, k := range pendingDepmods(r) {
+		if err := o.reindex(r, eng, k); err != nil {
+			return st, err
+		}
+	}
+	failed := 0
+	for _, k := range kernels {
+		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
+			return st, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
+		}
+		// Step 2 first for every module at once: the engine links all that load.
+		if err := eng.AddKernel(k); err != nil {
+			o.warnf("weak-updates for %s: %v", k, err)
+		}
+		rows, err := o.decide(r, eng, k)
+		if err != nil {
+			return st, err
+		}
+		changed := false
+		for _, row := range rows {
+			res, ch, err := o.realize(ctx, r, st, k, row)
+			if err != nil {
+				return st, err
+			}
+			changed = changed || ch
+			res.Time = time.Now().UTC().Format(time.RFC3339)
+			st.set(k, row.name, res)
+			if res.State == StateFailed {
+				failed++
+				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
+			}
+		}
+		// Rows of modules no longer registered go.
+		for name := range st.Kernels[k] {
+			if !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
+				delete(st.Kernels[k], name)
+			}
+		}
+		if changed {
+			if err := o.reindex(r, eng, k); err != nil {
+				return st, err
+			}
+		}
+		if err := writeState(r, st); err != nil {
+			return st, err
+		}
+	}
+	if failed > 0 {
+		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
+	}
+	return st, nil
+}
+
+func (o *Options) engine() *weakupdates.Engine {
+	return &weakupdates.Engine{Root: o.Root, Log: o.Log, Warn: o.Warn, LockTimeout: o.LockTimeout}
+}
+
+// row is what decide found for one module in one kernel before anything is built.
+type row struct {
+	name string
+	// own and linked are steps 1 and 2; src is step 4's source, nil when none.
+	own      *weakupdates.KMP
+	linkFrom string
+	linkPkg  string
+	src      *SourceRecord
+	// why the registered builds do not load here (step 2's rejections).
+	rejected []string
+}
+
+// decide computes steps 1 and 2 for kernel k (read-only) and finds each module's source.
+func (o *Options) decide(r *os.Root, eng *weakupdates.Engine, k string) ([]row, error) {
+	kmps, err := eng.Registrations()
+	if err != nil {
+		return nil, err
+	}
+	plans, err := eng.Status()
+	if err != nil {
+		return nil, err
+	}
+	var plan *weakupdates.Plan
+	for _, p := range plans {
+		if p.Kernel == k {
+			plan = p
+		}
+	}
+	flavor := kernel.FlavorFromRelease(k)
+	byName := map[string]*row{}
+	get := func(n string) *row {
+		if byName[n] == nil {
+			byName[n] = &row{name: n}
+		}
+		return byName[n]
+	}
+	for i := range kmps {
+		kp := &kmps[i]
+		if kernel.FlavorFromRelease(kp.Kernel) != flavor {
+			continue // built for another flavor: not meant for this kernel
+		}
+		rw := get(kp.Name)
+		if kp.Kernel == k && modulesPresent(r, kp.Modules) {
+			rw.own = kp
+		}
+	}
+	if plan != nil {
+		for n := range byName {
+			if from, ok := plan.From[n]; ok && len(plan.Unlinked[n]) == 0 {
+				byName[n].linkFrom, byName[n].linkPkg = from, strings.Fields(plan.Chosen[n])[0]
+			}
+			byName[n].rejected = plan.Rejected[n]
+		}
+	}
+	for _, s := range newestSources(readSources(r, o)) {
+		s := s
+		get(s.Name).src = &s
+	}
+	var out []row
+	for _, n := range slices.Sorted(func(yield func(string) bool) {
+		for n := range byName {
+			if !yield(n) {
+				return
+			}
+		}
+	}) {
+		out = append(out, *byName[n])
+	}
+	return out, nil
+}
+
+// newestSources keeps the highest version (dpkg's order) of each source name.
+func newestSources(all []SourceRecord) []SourceRecord {
+	best := map[string]SourceRecord{}
+	for _, s := range all {
+		b, ok := best[s.Name]
+		if !ok || compareVersions(s.Version, b.Version) > 0 {
+			best[s.Name] = s
+		}
+	}
+	var out []SourceRecord
+	for _, s := range best {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func compareVersions(a, b string) int {
+	va, errA := debversion.NewVersion(a)
+	vb, errB := debversion.NewVersion(b)
+	if errA != nil || errB != nil {
+		return strings.Compare(a, b)
+	}
+	return va.Compare(vb)
+}
+
+func modulesPresent(r *os.Root, mods []string) bool {
+	for _, m := range mods {
+		fi, err := r.Stat(strings.TrimPrefix(m, "/"))
+		if err != nil || !fi.Mode().IsRegular() {
+			return false
+		}
+	}
+	return len(mods) > 0
+}
+
+// realize makes row's outcome in kernel k: nothing, a link (already made), a local build, or
+// a failure. changed says the kernel needs depmod.
+func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State, k string, rw row) (*Result, bool, error) {
+	prev := st.get(k, rw.name)
+	switch {
+	case rw.own != nil:
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateBuiltForKernel, Package: rw.own.Package, Version: rw.own.Version}, ch, err
+	case rw.linkFrom != "":
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateWeakLinked, From: rw.linkFrom, Package: rw.linkPkg}, ch, err
+	}
+	// Step 3, a prebuilt package from the machine's repositories (StateFromRepo), goes here.
+	if rw.src != nil {
+		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) {
+			return prev, false, nil // built before, from this very source version
+		}
+		return o.buildLocally(ctx, r, k, *rw.src, prev)
+	}
+	why := "no build of " + rw.name + " is installed for " + k + " and no source is registered"
+	if len(rw.rejected) > 0 {
+		why += "; builds for other kernels do not load here: " + strings.Join(rw.rejected, "; ")
+	}
+	ch, err := o.dropBuilt(r, k, prev)
+	return &Result{State: StateFailed, Reason: why}, ch, err
+}
+
+func filesPresent(r *os.Root, files []string) bool {
+	for _, f := range files {
+		if fi, err := r.Lstat(strings.TrimPrefix(f, "/")); err != nil || !fi.Mode().IsRegular() {
+			return false
+		}
+	}
+	return len(files) > 0
+}
+
+// dropBuilt removes the modules an earlier run built locally, now that a cheaper way serves
+// the kernel (two copies under updates/ would leave depmod to pick one).
+func (o *Options) dropBuilt(r *os.Root, k string, prev *Result) (bool, error) {
+	if prev == nil || len(prev.Files) == 0 {
+		return false, nil
+	}
+	if err := weakupdates.WriteAtomic(r, depmodPendingDir+"/"+k, nil); err != nil {
+		return false, err
+	}
+	for _, f := range prev.Files {
+		o.logf("remove %s (no longer needed)", f)
+		if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return true, err
+		}
+	}
+	r.Remove(strings.TrimPrefix(path.Dir(prev.Files[0]), "/")) // only when empty
+	return true, nil
+}
+
+// HeadersPackage names the package that installs kernel k's headers on the root's
+// distribution (by its package database): what to tell the user to install.
+func HeadersPackage(r *os.Root, k string) string {
+	if _, err := r.Stat("var/lib/dpkg"); err == nil {
+		return "linux-headers-" + k
+	}
+	for _, db := range []string{"usr/lib/sysimage/rpm", "var/lib/rpm"} {
+		if _, err := r.Stat(db); err == nil {
+			return "kernel-devel-uname-r = " + k + " (kernel-devel, or kernel-<flavor>-devel on SUSE)"
+		}
+	}
+	return "the headers of " + k
+}
+
+// kernelTree finds k's headers through the root's /lib/modules/<k>/build: symbolic links are
+// resolved inside the root (an absolute link is taken from the root, as dpkg --root sees it).
+// A missing tree is a failure reason naming the package to install, not an error.
+func (o *Options) kernelTree(r *os.Root, k string) (*kernel.KernelTree, string) {
+	missing := fmt.Sprintf("the headers of %s are not installed (no /lib/modules/%s/build/include): install %s", k, k, HeadersPackage(r, k))
+	dir, err := securejoin.SecureJoin(o.root(), "lib/modules/"+k+"/build")
+	if err != nil {
+		return nil, missing
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "include")); err != nil || !fi.IsDir() {
+		return nil, missing
+	}
+	tree, err := kernel.OpenKernelTree(dir)
+	if err != nil {
+		return nil, fmt.Sprintf("the headers of %s are unusable: %s (reinstall %s)", k, kmp.OneLine(err.Error()), HeadersPackage(r, k))
+	}
+	if tree.Release != k {
+		return nil, fmt.Sprintf("/lib/modules/%s/build is the headers tree of %s, not %s", k, tree.Release, k)
+	}
+	return tree, ""
+}
+
+// buildLocally is step 4: build src for k, install its modules, record where the log is.
+func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k string, rec SourceRecord, prev *Result) (*Result, bool, error) {
+	res := &Result{State: StateFailed, Version: rec.Version}
+	tree, why := o.kernelTree(r, k)
+	if tree == nil {
+		res.Reason = why
+		ch, err := o.dropBuilt(r, k, prev)
+		return res, ch, err
+	}
+	srcDir, err := securejoin.SecureJoin(o.root(), sourceDir(rec.Name, rec.Version))
+	if err != nil {
+		return nil, false, err
+	}
+	src, err := source.OpenSource(srcDir)
+	if err != nil {
+		res.Reason = "the source " + rec.Dir + " is unusable: " + kmp.OneLine(err.Error())
+		return res, false, nil
+	}
+	switch src.Kind {
+	case source.SourceDKMS, source.SourceKbuild:
+		// Registered name and version; a dkms.conf whose evaluation says otherwise fails its
+		// plan (source.Plan compares).
+		if err := src.SetIdentity(rec.Name, rec.Version); err != nil {
+			return nil, false, err
+		}
+	default:
+		if src.Name != rec.Name || src.Version != rec.Version {
+			res.Reason = fmt.Sprintf("%s now says %s %s, registered as %s %s (kmpack source add it again)", rec.Dir, src.Name, src.Version, rec.Name, rec.Version)
+			return res, false, nil
+		}
+	}
+	outRel := autoBuildsDir + "/" + k + "/" + rec.Name
+	if err := r.MkdirAll(filepath.Dir(outRel), 0o755); err != nil {
+		return nil, false, err
+	}
+	out, err := securejoin.SecureJoin(o.root(), outRel)
+	if err != nil {
+		return nil, false, err
+	}
+	timeout := o.BuildTimeout
+	if timeout == 0 {
+		timeout = DefaultBuildTimeout
+	}
+	o.logf("%s: building %s %s against %s", k, rec.Name, rec.Version, tree.Dir)
+	m, err := build.Build(ctx, src, []*kernel.KernelTree{tree}, build.BuildOptions{
+		OutputDir: out, Jobs: o.Jobs, Timeout: timeout,
+		Warn: func(s string) { o.warnf("%s: %s", rec.Name, s) },
+	})
+	if m == nil {
+		if err != nil && (kmp.IsInputError(err) || errors.Is(err, build.ErrBuildFailed)) {
+			res.Reason = "build: " + kmp.OneLine(err.Error())
+			return res, false, nil
+		}
+		return nil, false, err
+	}
+	kb := m.Kernels[0]
+	if kb.Log != "" {
+		res.Log = "/" + outRel + "/" + kb.Log
+	}
+	switch kb.Status {
+	case manifest.StatusSkipped:
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateSkipped, Version: rec.Version, Reason: kb.Reason, Log: res.Log}, ch, err
+	case manifest.StatusBuilt:
+	default:
+		res.Reason = "build failed: " + kb.Reason
+		if len(kb.LogTail) > 0 {
+			res.Reason += " (last line: " + kmp.OneLine(kb.LogTail[len(kb.LogTail)-1]) + ")"
+		}
+		return res, false, nil
+	}
+	files, err := o.installBuilt(r, k, rec.Name, out, kb)
+	if err != nil {
+		return nil, true, err
+	}
+	killPoint("autoinstall-after-install")
+	if prev != nil {
+		for _, f := range prev.Files {
+			if !slices.Contains(files, f) {
+				r.Remove(strings.TrimPrefix(f, "/"))
+			}
+		}
+	}
+	o.logf("%s: installed %s", k, strings.Join(files, " "))
+	return &Result{State: StateBuiltLocally, Version: rec.Version, Log: res.Log, Files: files}, true, nil
+}
+
+// installBuilt copies a build's modules to /lib/modules/<k>/updates/kmpack-built/<name>/,
+// each atomically (a new name, synced, renamed over), after marking the kernel's depmod as
+// pending, so a run killed midway has the next one re-index.
+func (o *Options) installBuilt(r *os.Root, k, name, out string, kb *manifest.KernelBuild) ([]string, error) {
+	if fi, err := r.Lstat("lib/modules/" + k); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory (a symbolic link?): not installing there", o.display("lib/modules/"+k))
+	}
+	if err := weakupdates.WriteAtomic(r, depmodPendingDir+"/"+k, nil); err != nil {
+		return nil, err
+	}
+	dir := strings.TrimPrefix(builtPrefix(k, name), "/")
+	if err := r.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	or, err := os.OpenRoot(out)
+	if err != nil {
+		return nil, err
+	}
+	defer or.Close()
+	var files []string
+	for _, bm := range kb.Modules {
+		base := filepath.Base(bm.File)
+		if ident.PathComponent(base) != nil || !module.IsModuleFileName(base) {
+			return nil, fmt.Errorf("%s: module file %q: not a module file name", out, bm.File)
+		}
+		in, _, err := kmp.OpenRootFile(or, bm.File, true)
+		if err != nil {
+			return nil, err
+		}
+		tmp := dir + "/." + base + ".kmpack-tmp"
+		r.Remove(tmp)
+		f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+		if err != nil {
+			in.Close()
+			return nil, err
+		}
+		_, err = io.Copy(f, io.LimitReader(in, weakupdates.MaxModuleSize))
+		in.Close()
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = r.Rename(tmp, dir+"/"+base)
+		}
+		if err != nil {
+			r.Remove(tmp)
+			return nil, err
+		}
+		files = append(files, "/"+dir+"/"+base)
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// reindex runs depmod for k (through the weak-updates engine, with the root's depmod.d) and
+// clears its pending mark.
+func (o *Options) reindex(r *os.Root, eng *weakupdates.Engine, k string) error {
+	if err := eng.Reindex(k); err != nil {
+		return err
+	}
+	return weakupdates.RemoveDurably(r, depmodPendingDir+"/"+k)
+}
+
+func pendingDepmods(r *os.Root) []string {
+	d, err := r.Open(depmodPendingDir)
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	var out []string
+	for _, n := range names {
+		if ident.KernelRelease(n) == nil {
+			if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+				out = append(out, n)
+				continue
+			}
+		}
+		r.Remove(depmodPendingDir + "/" + n) // a kernel gone since, or not ours
+	}
+	sort.Strings(out)
+	return out
+}
+
+// installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
+func installedKernels(r *os.Root) []string {
+	d, err := r.Open("lib/modules")
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	var out []string
+	for _, n := range names {
+		if ident.KernelRelease(n) != nil {
+			continue
+		}
+		if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return kernel.CompareReleases(out[i], out[j]) < 0 })
+	return out
+}
+
+// readState reads the state file; one that is missing starts empty, one that is invalid is
+// reported and started afresh (every run recomputes what it records).
+func readState(r *os.Root, o *Options) *State {
+	b, _, err := kmp.ReadRootFile(r, stateFile, MaxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return newState()
+	}
+	if err != nil {
+		o.warnf("%s: %s; starting afresh", o.display(stateFile), kmp.OneLine(err.Error()))
+		return newState()
+	}
+	st, err := ParseState(o.display(stateFile), b)
+	if err != nil {
+		o.warnf("%s; starting afresh", err)
+		return newState()
+	}
+	return st
+}
+
+func writeState(r *os.Root, st *State) error {
+	b, err := marshalState(st)
+	if err != nil {
+		return err
+	}
+	return weakupdates.WriteAtomic(r, stateFile, b)
+}
+
+// uninstallBuilt removes every module autoinstall built from source name, in every kernel,
+// re-indexes those kernels and forgets the rows.
+func uninstallBuilt(r *os.Root, o *Options, name string) error {
+	st := readState(r, o)
+	eng := o.engine()
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range st.Kernels {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		res := st.get(k, name)
+		if res == nil {
+			continue
+		}
+		ch, err := o.dropBuilt(r, k, res)
+		if err != nil {
+			return err
+		}
+		delete(st.Kernels[k], name)
+		if ch {
+			if err := writeState(r, st); err != nil {
+				return err
+			}
+			if err := o.reindex(r, eng, k); err != nil {
+				return err
+			}
+		}
+	}
+	return writeState(r, st)
+}
