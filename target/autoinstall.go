@@ -443,7 +443,7 @@ func (o *Options) installBuilt(r *os.Root, k, name, out string, kb *manifest.Ker
 	if err := weakupdates.WriteAtomic(r, depmodPendingDir+"/"+k, nil); err != nil {
 		return nil, err
 	}
-	dir := strings.TrimPrefix(builtPrefix(k, name), "/")
+	dir := strings.Trim(builtPrefix(k, name), "/")
 	if err := r.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/target"
+)
+
+// installHeaders gives root release's real headers the way Debian lays them out: the -amd64
+// tree (copied), its -common half and linux-kbuild (hard links), and /lib/modules/<release>/build
+// an absolute link to the tree, resolved inside the root by kmpack. (The tree's top Makefile
+// includes the -common Makefile by absolute path, which make resolves on this host: the same
+// files, which is why they are only hard links here.)
+func installHeaders(t *testing.T, root, release string) {
+	t.Helper()
+	host := testenv.HeadersDir(t, release)
+	dst := filepath.Join(root, "usr/src", filepath.Base(host))
+	os.RemoveAll(dst)
+	testenv.CopyTree(t, host, dst)
+	common, err := filepath.EvalSymlinks(filepath.Join("/lib/modules", release, "source"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kbuild, err := filepath.EvalSymlinks(filepath.Join(host, "scripts"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kbuild = filepath.Dir(kbuild)
+	for _, d := range []string{common, kbuild} {
+		if _, err := os.Stat(filepath.Join(root, d)); err == nil {
+			continue
+		}
+		os.MkdirAll(filepath.Dir(filepath.Join(root, d)), 0o755)
+		if out, err := exec.Command("cp", "-al", d, filepath.Join(root, d)).CombinedOutput(); err != nil {
+			t.Fatalf("cp -al %s: %v %s", d, err, out)
+		}
+	}
+	if err := os.Symlink("/usr/src/"+filepath.Base(host), filepath.Join(root, "lib/modules", release, "build")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func statusJSON(t *testing.T, root string) map[string]target.StatusRow {
+	t.Helper()
+	out, stderr, code := kmpack(t, "status", "--root", root, "--json")
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, stderr)
+	}
+	var rep target.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if rep.Schema != "kmpack-status/1" {
+		t.Fatalf("schema %q", rep.Schema)
+	}
+	rows := map[string]target.StatusRow{}
+	for _, r := range rep.Rows {
+		rows[r.Kernel+" "+r.Module] = r
+	}
+	return rows
+}
+
+// TestAutoinstallBuildsRegisteredSource: a dpkg root with Debian's real 53 and 54 kernels, the
+// 53 headers installed and the 54 ones not, the real hello source registered. Two autoinstall
+// processes for 53 at once build it once, install it under updates/ with the 53 vermagic, and
+// depmod indexes it; status says built-locally. For 54 the hook-less run fails naming
+// linux-headers-6.1.0-54-amd64 (exit 7), --hook exits 0, and gate 54 exits 8 while gate 53
+// exits 0.
+func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
+	testenv.Need(t, "depmod", "modinfo")
+	root := testenv.DpkgRoot(t)
+	k53, k54 := testenv.Release53, testenv.Release54
+	testenv.InstallKernel(t, root, k53)
+	testenv.InstallKernel(t, root, k54)
+	installHeaders(t, root, k53)
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
+		t.Fatalf("source add: %d %s", code, stderr)
+	}
+	if rows := statusJSON(t, root); rows[k53+" kmpack-hello"].State != target.StateMissing {
+		t.Fatalf("before autoinstall: %+v", rows)
+	}
+
+	// Two kernels' hooks at once: the lock serializes them, the second finds the build.
+	var wg sync.WaitGroup
+	outs := make([]string, 2)
+	codes := make([]int, 2)
+	for i := range outs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			var errs string
+			outs[i], errs, codes[i] = kmpack(t, "autoinstall", "--root", root, k53)
+			outs[i] += errs
+		}(i)
+	}
+	wg.Wait()
+	builds := strings.Count(outs[0]+outs[1], "building kmpack-hello")
+	if codes[0] != 0 || codes[1] != 0 || builds != 1 {
+		t.Fatalf("two runs: codes %v, %d builds\n%s\n---\n%s", codes, builds, outs[0], outs[1])
+	}
+	ko := filepath.Join(root, "lib/modules", k53, "updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
+	vermagic, err := exec.Command("modinfo", "-F", "vermagic", ko).Output()
+	if err != nil || !strings.HasPrefix(string(vermagic), k53+" SMP ") {
+		t.Fatalf("modinfo vermagic %s: %q %v", ko, vermagic, err)
+	}
+	found, err := exec.Command("modinfo", "-b", root, "-k", k53, "-F", "filename", "kmpack_hello").Output()
+	if err != nil || strings.TrimSpace(string(found)) != ko {
+		t.Fatalf("depmod did not index the build: %q %v", found, err)
+	}
+	row := statusJSON(t, root)[k53+" kmpack-hello"]
+	if row.State != target.StateBuiltLocally || row.Version != "1.0" || row.Log == "" {
+		t.Fatalf("status after build: %+v", row)
+	}
+	if _, err := os.Stat(filepath.Join(root, row.Log)); err != nil {
+		t.Fatalf("log: %v", err)
+	}
+
+	// 54 has no headers: a recorded failure naming the package, never a hook failure.
+	_, stderr, code := kmpack(t, "autoinstall", "--root", root, k54)
+	if code != exitAutoinstallFailed || !strings.Contains(stderr, "failed") {
+		t.Fatalf("autoinstall %s: %d %s", k54, code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--hook", "--root", root, k54); code != 0 || !strings.Contains(stderr, "kernel's installation goes on") {
+		t.Fatalf("autoinstall --hook %s: %d %s", k54, code, stderr)
+	}
+	row = statusJSON(t, root)[k54+" kmpack-hello"]
+	if row.State != target.StateFailed || !strings.Contains(row.Reason, "install linux-headers-"+k54) {
+		t.Fatalf("status of %s: %+v", k54, row)
+	}
+	if _, stderr, code := kmpack(t, "gate", "--root", root, k54); code != exitGateClosed || !strings.Contains(stderr, "linux-headers-"+k54) {
+		t.Fatalf("gate %s: %d %s", k54, code, stderr)
+	}
+	if out, stderr, code := kmpack(t, "gate", "--root", root, k53); code != 0 {
+		t.Fatalf("gate %s: %d %s %s", k53, code, out, stderr)
+	}
+	// Every installed kernel, again: nothing is rebuilt for 53.
+	out, _, _ := kmpack(t, "autoinstall", "--root", root)
+	if strings.Contains(out, "building") {
+		t.Fatalf("rebuilt:\n%s", out)
+	}
+
+	// Removing the source takes its build out of 53 and re-indexes it.
+	if _, stderr, code := kmpack(t, "source", "--root", root, "remove", "kmpack-hello"); code != 0 {
+		t.Fatalf("source remove: %d %s", code, stderr)
+	}
+	if _, err := os.Stat(ko); !os.IsNotExist(err) {
+		t.Fatalf("%s left after source remove: %v", ko, err)
+	}
+	if out, err := exec.Command("modinfo", "-b", root, "-k", k53, "-F", "filename", "kmpack_hello").CombinedOutput(); err == nil {
+		t.Fatalf("still indexed: %s", out)
+	}
+}
