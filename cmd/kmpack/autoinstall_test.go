@@ -87,7 +87,19 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 		t.Fatalf("before autoinstall: %+v", rows)
 	}
 
-	// Two kernels' hooks at once: the lock serializes them, the second finds the build.
+	// A run killed once its build is installed, before it records it: the next run repairs it
+	// (the build is made again, depmod runs).
+	cmd := exec.Command(bin, "autoinstall", "--root", root, k53)
+	cmd.Env = append(os.Environ(), target.KillPointEnv+"=autoinstall-after-install")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("the kill point did not kill: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib/kmpack/autoinstall/depmod-pending", k53)); err != nil {
+		t.Fatalf("no depmod-pending mark after the kill: %v", err)
+	}
+
+	// Two kernels' hooks at once: the lock serializes them, one repairs, the other finds the
+	// build made.
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
 	codes := make([]int, 2)
@@ -146,7 +158,58 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 		t.Fatalf("rebuilt:\n%s", out)
 	}
 
-	// Removing the source takes its build out of 53 and re-indexes it.
+	// A module package built for 53 arrives (its registration, as its postinst makes it): 53
+	// is served by it and autoinstall's own build goes; 54 gets a weak-updates link from it,
+	// and its gate opens.
+	pkgKo := filepath.Join(root, "lib/modules", k53, "updates/kmpack-hello/kmpack_hello.ko")
+	os.MkdirAll(filepath.Dir(pkgKo), 0o755)
+	testenv.CopyTree(t, ko, pkgKo)
+	if _, stderr, code := kmpack(t, "weak-updates", "--root", root, "add-kmp", "--name", "kmpack-hello", "--package", "kmpack-hello-modules-"+k53,
+		"--version", "1.0-1", "--kernel", k53); code != 0 {
+		t.Fatalf("add-kmp: %d %s", code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root); code != 0 {
+		t.Fatalf("autoinstall with the package: %d %s", code, stderr)
+	}
+	rows := statusJSON(t, root)
+	if r := rows[k53+" kmpack-hello"]; r.State != target.StateBuiltForKernel || r.Package != "kmpack-hello-modules-"+k53 {
+		t.Fatalf("53 with its package: %+v", r)
+	}
+	if r := rows[k54+" kmpack-hello"]; r.State != target.StateWeakLinked || r.From != k53 {
+		t.Fatalf("54 with the package for 53: %+v", r)
+	}
+	if _, err := os.Stat(ko); !os.IsNotExist(err) {
+		t.Fatalf("autoinstall's build left beside the package's: %v", err)
+	}
+	if found, err := exec.Command("modinfo", "-b", root, "-k", k53, "-F", "filename", "kmpack_hello").Output(); err != nil || strings.TrimSpace(string(found)) != pkgKo {
+		t.Fatalf("53 not re-indexed: %q %v", found, err)
+	}
+	if _, stderr, code := kmpack(t, "gate", "--root", root, k54); code != 0 {
+		t.Fatalf("gate %s with a link: %d %s", k54, code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "source", "--root", root, "remove", "kmpack-hello"); code != 0 {
+		t.Fatalf("source remove: %d %s", code, stderr)
+	}
+}
+
+// TestSourceRemoveUninstallsBuilds: removing a source takes autoinstall's builds of it out of
+// every kernel and re-indexes them.
+func TestSourceRemoveUninstallsBuilds(t *testing.T) {
+	testenv.Need(t, "depmod", "modinfo")
+	root := testenv.DpkgRoot(t)
+	k53 := testenv.Release53
+	testenv.InstallKernel(t, root, k53)
+	installHeaders(t, root, k53)
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
+		t.Fatalf("source add: %d %s", code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root); code != 0 {
+		t.Fatalf("autoinstall: %d %s", code, stderr)
+	}
+	ko := filepath.Join(root, "lib/modules", k53, "updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
+	if _, err := os.Stat(ko); err != nil {
+		t.Fatal(err)
+	}
 	if _, stderr, code := kmpack(t, "source", "--root", root, "remove", "kmpack-hello"); code != 0 {
 		t.Fatalf("source remove: %d %s", code, stderr)
 	}
