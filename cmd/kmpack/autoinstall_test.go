@@ -8,7 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
 	"github.com/kmpack/kmpack/target"
 )
@@ -218,5 +220,88 @@ func TestSourceRemoveUninstallsBuilds(t *testing.T) {
 	}
 	if out, err := exec.Command("modinfo", "-b", root, "-k", k53, "-F", "filename", "kmpack_hello").CombinedOutput(); err == nil {
 		t.Fatalf("still indexed: %s", out)
+	}
+}
+
+// runtimeFile is the body of one file of the runtime package built around this test's kmpack.
+func runtimeFile(t *testing.T, path string) []byte {
+	t.Helper()
+	p, err := formats.RuntimePackage(&formats.Runtime{Binary: testenv.MustRead(t, bin), Version: "0.1.0", Arch: "x86_64"},
+		&formats.Input{MTime: time.Unix(0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range p.Files {
+		if f.Path == path {
+			return f.Body
+		}
+	}
+	t.Fatalf("the runtime package has no %s", path)
+	return nil
+}
+
+// TestKernelHooksRunAutoinstall runs the runtime package's two kernel hooks the way their
+// callers do: the Debian postinst.d hook through run-parts with $DPKG_ROOT, and the systemd
+// kernel-install plugin through systemd's real kernel-install (pointed at the plugin with
+// $KERNEL_INSTALL_PLUGINS; kernel-install has no root, so the plugin's kmpack is a wrapper
+// adding --root). The kernel has no headers: each records the failure and exits 0, and so
+// does kernel-install.
+func TestKernelHooksRunAutoinstall(t *testing.T) {
+	testenv.Need(t, "run-parts", "kernel-install")
+	k54 := testenv.Release54
+	root := testenv.DpkgRoot(t)
+	testenv.InstallKernel(t, root, k54)
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
+		t.Fatalf("source add: %d %s", code, stderr)
+	}
+	failedFor := func(step string) {
+		t.Helper()
+		row := statusJSON(t, root)[k54+" kmpack-hello"]
+		if row.State != target.StateFailed || !strings.Contains(row.Reason, "linux-headers-"+k54) {
+			t.Fatalf("%s: status %+v", step, row)
+		}
+		os.Remove(filepath.Join(root, "var/lib/kmpack/autoinstall/state.json"))
+	}
+
+	// Debian: /etc/kernel/postinst.d, the binary under $DPKG_ROOT.
+	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
+	testenv.CopyTree(t, bin, filepath.Join(root, formats.RuntimeBinary))
+	hookDir := filepath.Join(root, filepath.Dir(formats.RuntimePostinstHook))
+	os.MkdirAll(hookDir, 0o755)
+	os.WriteFile(filepath.Join(root, formats.RuntimePostinstHook), runtimeFile(t, formats.RuntimePostinstHook), 0o755)
+	cmd := exec.Command("run-parts", "--report", "--exit-on-error", "--arg="+k54, "--arg=/boot/vmlinuz-"+k54, hookDir)
+	cmd.Env = append(os.Environ(), "DPKG_ROOT="+root)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "goes on") {
+		t.Fatalf("postinst.d hook: %v\n%s", err, out)
+	}
+	failedFor("postinst.d hook")
+
+	// systemd: kernel-install add.
+	dir := t.TempDir()
+	wrapper := filepath.Join(dir, "kmpack")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nsub=$1; shift\nexec "+bin+" \"$sub\" --root "+root+" \"$@\"\n"), 0o755)
+	plugin := filepath.Join(dir, filepath.Base(formats.RuntimeKernelInstall))
+	body := string(runtimeFile(t, formats.RuntimeKernelInstall))
+	if line := "kmpack=\"" + formats.RuntimeBinary + "\"\n"; strings.Contains(body, line) {
+		body = strings.Replace(body, line, "kmpack="+wrapper+"\n", 1)
+	} else {
+		t.Fatalf("the plugin does not set kmpack= as expected:\n%s", body)
+	}
+	os.WriteFile(plugin, []byte(body), 0o755)
+	image := filepath.Join(dir, "vmlinuz-"+k54)
+	os.WriteFile(image, []byte("not a kernel"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "conf"), 0o755)
+	cmd = exec.Command("kernel-install", "add", k54, image)
+	cmd.Env = append(os.Environ(), "KERNEL_INSTALL_PLUGINS="+plugin, "BOOT_ROOT="+filepath.Join(dir, "boot"),
+		"KERNEL_INSTALL_CONF_ROOT="+filepath.Join(dir, "conf"), "KERNEL_INSTALL_MACHINE_ID=0123456789abcdef0123456789abcdef")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "goes on") {
+		t.Fatalf("kernel-install add: %v\n%s", err, out)
+	}
+	failedFor("kernel-install add")
+	cmd = exec.Command("kernel-install", "remove", k54)
+	cmd.Env = append(os.Environ(), "KERNEL_INSTALL_PLUGINS="+plugin, "BOOT_ROOT="+filepath.Join(dir, "boot"),
+		"KERNEL_INSTALL_CONF_ROOT="+filepath.Join(dir, "conf"), "KERNEL_INSTALL_MACHINE_ID=0123456789abcdef0123456789abcdef")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kernel-install remove: %v\n%s", err, out)
 	}
 }

@@ -152,7 +152,7 @@ module.`,
 				return nil
 			}
 			if c.Bool("hook") {
-				fmt.Fprintf(os.Stderr, "kmpack: autoinstall %s: %v (the kernel's installation goes on; see kmpack status)\n", strings.Join(kernels, " "), err)
+				fmt.Fprintf(os.Stderr, "kmpack: autoinstall %s: %v; the kernel's installation goes on\n", strings.Join(kernels, " "), err)
 				return nil
 			}
 			if errors.Is(err, target.ErrFailures) {
