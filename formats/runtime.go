@@ -112,16 +112,13 @@ status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
 --help.`)
 	var s scriptlets
 	data := map[string]any{"Binary": RuntimeBinary}
-	hook := func(cmd, why string) []byte {
-		return []byte(s.render("runtime-kernel-hook", map[string]any{"Binary": RuntimeBinary, "Command": cmd, "Why": why}))
-	}
 	p.Files = []File{
 		{Path: RuntimeBinary, Body: rt.Binary, Mode: 0o755},
 		{Path: RuntimeDepmodConf, Body: []byte(weakupdates.DepmodConf), Mode: 0o644},
 		// The postinst hook keeps its name (a conffile an administrator may have edited) and
 		// now runs autoinstall, whose step 2 is what add-kernel did.
 		{Path: RuntimePostinstHook, Body: []byte(s.render("runtime-autoinstall-hook", data)), Mode: 0o755, Config: true},
-		{Path: RuntimePostrmHook, Body: hook("remove-kernel", "drop a removed kernel's weak-updates links and relink the rest"), Mode: 0o755, Config: true},
+		{Path: RuntimePostrmHook, Body: []byte(s.render("runtime-autoinstall-hook", map[string]any{"Binary": RuntimeBinary, "Removed": true})), Mode: 0o755, Config: true},
 		{Path: RuntimeKernelInstall, Body: []byte(s.render("runtime-kernel-install", data)), Mode: 0o755},
 		{Path: RuntimeAutoinstallUnit, Body: []byte(runtimeAutoinstallUnit), Mode: 0o644},
 		{Path: RuntimeAutoinstallWants, Kind: Symlink, Target: "../" + path.Base(RuntimeAutoinstallUnit)},

@@ -600,3 +600,52 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 	}
 	return writeState(r, st)
 }
+
+// RemoveKernels is for kernels that were removed (the kernel hooks' postrm and kernel-install
+// remove): what autoinstall built for each goes (its modules, build directory and rows), then
+// the weak-updates engine drops the kernel's links. A kernel whose modules are still
+// installed (lib/modules/<k>/kernel) keeps autoinstall's builds, as the engine keeps its links:
+// a hook run too early must not strip a working kernel.
+func RemoveKernels(o Options, kernels []string) error {
+	err := o.locked(func(r *os.Root) error {
+		st := readState(r, &o)
+		for _, k := range kernels {
+			if _, err := r.Lstat("lib/modules/" + k + "/kernel"); err == nil {
+				o.warnf("%s is still installed (%s exists): its modules built by autoinstall are kept", k, o.display("lib/modules/"+k+"/kernel"))
+				continue
+			}
+			for name, res := range st.Kernels[k] {
+				for _, f := range res.Files {
+					o.logf("remove %s", f)
+					if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						return err
+					}
+				}
+				// Empty directories only: what a package put there stays.
+				for d := strings.Trim(builtPrefix(k, name), "/"); d != "lib/modules"; d = path.Dir(d) {
+					if r.Remove(d) != nil {
+						break
+					}
+				}
+			}
+			delete(st.Kernels, k)
+			if err := r.RemoveAll(autoBuildsDir + "/" + k); err != nil {
+				return err
+			}
+			if err := weakupdates.RemoveDurably(r, depmodPendingDir+"/"+k); err != nil {
+				return err
+			}
+		}
+		return writeState(r, st)
+	})
+	if err != nil {
+		return err
+	}
+	eng := o.engine()
+	for _, k := range kernels {
+		if err := eng.RemoveKernel(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -195,7 +195,8 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 }
 
 // TestSourceRemoveUninstallsBuilds: removing a source takes autoinstall's builds of it out of
-// every kernel and re-indexes them.
+// every kernel and re-indexes them; removing a kernel (autoinstall --removed, the postrm hook)
+// takes out what autoinstall made for it.
 func TestSourceRemoveUninstallsBuilds(t *testing.T) {
 	testenv.Need(t, "depmod", "modinfo")
 	root := testenv.DpkgRoot(t)
@@ -212,6 +213,42 @@ func TestSourceRemoveUninstallsBuilds(t *testing.T) {
 	if _, err := os.Stat(ko); err != nil {
 		t.Fatal(err)
 	}
+
+	// The kernel goes, in a copy of this root: its image's files go (dpkg), then the postrm
+	// hook's autoinstall --removed takes out what autoinstall made for it. Run before the
+	// image is gone, it keeps everything.
+	gone := filepath.Join(t.TempDir(), "root")
+	if out, err := exec.Command("cp", "-a", root, gone).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	goneKo := filepath.Join(gone, strings.TrimPrefix(ko, root))
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", gone, "--removed", k53); code != 0 || !strings.Contains(stderr, "still installed") {
+		t.Fatalf("--removed with the kernel installed: %d %s", code, stderr)
+	}
+	if _, err := os.Stat(goneKo); err != nil {
+		t.Fatalf("--removed took a build out of an installed kernel: %v", err)
+	}
+	// The image's files and the headers package's build link.
+	os.RemoveAll(filepath.Join(gone, "lib/modules", k53, "kernel"))
+	os.Remove(filepath.Join(gone, "lib/modules", k53, "build"))
+	for _, f := range []string{"modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin", "modules.symbols", "modules.symbols.bin",
+		"modules.builtin", "modules.builtin.bin", "modules.builtin.alias.bin", "modules.builtin.modinfo", "modules.devname", "modules.softdep", "modules.order"} {
+		os.Remove(filepath.Join(gone, "lib/modules", k53, f))
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", gone, "--removed", k53); code != 0 {
+		t.Fatalf("--removed: %d %s", code, stderr)
+	}
+	if _, err := os.Lstat(filepath.Join(gone, "lib/modules", k53)); !os.IsNotExist(err) {
+		left, _ := exec.Command("find", filepath.Join(gone, "lib/modules", k53)).Output()
+		t.Fatalf("the removed kernel's directory is left:\n%s", left)
+	}
+	if m, _ := filepath.Glob(filepath.Join(gone, "var/lib/kmpack/autoinstall/builds/*")); len(m) != 0 {
+		t.Fatalf("build directories left: %v", m)
+	}
+	if rows := statusJSON(t, gone); len(rows) != 0 {
+		t.Fatalf("status after the kernel went: %v", rows)
+	}
+
 	if _, stderr, code := kmpack(t, "source", "--root", root, "remove", "kmpack-hello"); code != 0 {
 		t.Fatalf("source remove: %d %s", code, stderr)
 	}

@@ -136,9 +136,11 @@ serialized by a lock; a module built from the same source version is not built a
 Exit status: 0 every module is available, 7 at least one failed (recorded; kmpack status says
 why), and the common codes. With --hook (what the kernel hooks pass) failures are reported on
 stderr and the exit status is 0, so a kernel package's installation never fails because of a
-module.`,
+module. --removed is for kernels that were removed (the postrm hooks): autoinstall's builds for
+them, their rows and their weak-updates links go.`,
 		Flags: []cli.Flag{rootFlag, lockTimeoutFlag,
 			&cli.BoolFlag{Name: "hook", Usage: "run from a kernel hook: report failures, exit 0"},
+			&cli.BoolFlag{Name: "removed", Usage: "the kernels were removed: take out what autoinstall built for them and their weak-updates links"},
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on one module's build for one kernel"},
 		},
 		Action: func(c *cli.Context) error {
@@ -146,8 +148,15 @@ module.`,
 			if err != nil {
 				return err
 			}
-			_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
-				BuildTimeout: c.Duration("build-timeout")})
+			if c.Bool("removed") {
+				if len(kernels) == 0 {
+					return usagef("autoinstall --removed takes the removed kernels' releases")
+				}
+				err = target.RemoveKernels(targetOptions(c), kernels)
+			} else {
+				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
+					BuildTimeout: c.Duration("build-timeout")})
+			}
 			if err == nil {
 				return nil
 			}
