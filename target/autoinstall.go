@@ -96,19 +96,41 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			return st, err
 		}
 	}
-	failed := 0
+	// Bad input before any change: every kernel named must be installed.
 	for _, k := range kernels {
 		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
 			return st, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
 		}
-		// Step 2 first for every module at once: the engine links all that load.
-		if err := eng.AddKernel(k); err != nil {
-			o.warnf("weak-updates for %s: %v", k, err)
+	}
+	// Step 2 first, for every module at once: the engine links all builds that load (once per
+	// flavor: each run recomputes every kernel of it).
+	flavors := map[string]bool{}
+	for _, k := range kernels {
+		if f := kernel.FlavorFromRelease(k); !flavors[f] {
+			flavors[f] = true
+			if err := eng.AddKernel(k); err != nil {
+				o.warnf("weak-updates for %s: %v", k, err)
+			}
 		}
-		rows, err := o.decide(r, eng, k)
-		if err != nil {
-			return st, err
+	}
+	kmps, err := eng.Registrations()
+	if err != nil {
+		return st, err
+	}
+	plans, err := eng.Status()
+	if err != nil {
+		return st, err
+	}
+	sources := newestSources(readSources(r, &o.Options))
+	failed := 0
+	for _, k := range kernels {
+		var plan *weakupdates.Plan
+		for _, p := range plans {
+			if p.Kernel == k {
+				plan = p
+			}
 		}
+		rows := decide(r, k, kmps, plan, sources)
 		changed := false
 		for _, row := range rows {
 			res, ch, err := o.realize(ctx, r, st, k, row)
@@ -123,9 +145,14 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
 			}
 		}
-		// Rows of modules no longer registered go.
-		for name := range st.Kernels[k] {
+		// Rows of modules no longer registered go, with whatever autoinstall built for them.
+		for name, res := range st.Kernels[k] {
 			if !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
+				ch, err := o.dropBuilt(r, k, res)
+				if err != nil {
+					return st, err
+				}
+				changed = changed || ch
 				delete(st.Kernels[k], name)
 			}
 		}
@@ -160,22 +187,9 @@ type row struct {
 	rejected []string
 }
 
-// decide computes steps 1 and 2 for kernel k (read-only) and finds each module's source.
-func (o *Options) decide(r *os.Root, eng *weakupdates.Engine, k string) ([]row, error) {
-	kmps, err := eng.Registrations()
-	if err != nil {
-		return nil, err
-	}
-	plans, err := eng.Status()
-	if err != nil {
-		return nil, err
-	}
-	var plan *weakupdates.Plan
-	for _, p := range plans {
-		if p.Kernel == k {
-			plan = p
-		}
-	}
+// decide finds, for kernel k, each module's own build (step 1), link (step 2, from the
+// engine's plan) and source (step 4), without changing anything.
+func decide(r *os.Root, k string, kmps []weakupdates.KMP, plan *weakupdates.Plan, sources []SourceRecord) []row {
 	flavor := kernel.FlavorFromRelease(k)
 	byName := map[string]*row{}
 	get := func(n string) *row {
@@ -202,7 +216,7 @@ func (o *Options) decide(r *os.Root, eng *weakupdates.Engine, k string) ([]row, 
 			byName[n].rejected = plan.Rejected[n]
 		}
 	}
-	for _, s := range newestSources(readSources(r, o)) {
+	for _, s := range sources {
 		s := s
 		get(s.Name).src = &s
 	}
@@ -216,7 +230,7 @@ func (o *Options) decide(r *os.Root, eng *weakupdates.Engine, k string) ([]row, 
 	}) {
 		out = append(out, *byName[n])
 	}
-	return out, nil
+	return out
 }
 
 // newestSources keeps the highest version (dpkg's order) of each source name.

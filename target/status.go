@@ -121,6 +121,9 @@ func kernelRows(r *os.Root, p *weakupdates.Plan, kmps []weakupdates.KMP, sources
 			}
 		case res != nil && (res.State == StateFailed || res.State == StateSkipped):
 			row.State, row.Version, row.Reason, row.Log = res.State, res.Version, res.Reason, res.Log
+		case res != nil:
+			row.State = StateMissing
+			row.Reason = fmt.Sprintf("%s when kmpack autoinstall last ran (%s), not any more: run kmpack autoinstall %s", res.State, res.Time, k)
 		default:
 			row.State = StateMissing
 			row.Reason = "kmpack autoinstall has not run for " + k + " since " + n + " was registered"
