@@ -15,40 +15,6 @@ import (
 	"github.com/kmpack/kmpack/target"
 )
 
-// installHeaders gives root release's real headers the way Debian lays them out: the -amd64
-// tree (copied), its -common half and linux-kbuild (hard links), and /lib/modules/<release>/build
-// an absolute link to the tree, resolved inside the root by kmpack. (The tree's top Makefile
-// includes the -common Makefile by absolute path, which make resolves on this host: the same
-// files, which is why they are only hard links here.)
-func installHeaders(t *testing.T, root, release string) {
-	t.Helper()
-	host := testenv.HeadersDir(t, release)
-	dst := filepath.Join(root, "usr/src", filepath.Base(host))
-	os.RemoveAll(dst)
-	testenv.CopyTree(t, host, dst)
-	common, err := filepath.EvalSymlinks(filepath.Join("/lib/modules", release, "source"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kbuild, err := filepath.EvalSymlinks(filepath.Join(host, "scripts"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kbuild = filepath.Dir(kbuild)
-	for _, d := range []string{common, kbuild} {
-		if _, err := os.Stat(filepath.Join(root, d)); err == nil {
-			continue
-		}
-		os.MkdirAll(filepath.Dir(filepath.Join(root, d)), 0o755)
-		if out, err := exec.Command("cp", "-al", d, filepath.Join(root, d)).CombinedOutput(); err != nil {
-			t.Fatalf("cp -al %s: %v %s", d, err, out)
-		}
-	}
-	if err := os.Symlink("/usr/src/"+filepath.Base(host), filepath.Join(root, "lib/modules", release, "build")); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func statusJSON(t *testing.T, root string) map[string]target.StatusRow {
 	t.Helper()
 	out, stderr, code := kmpack(t, "status", "--root", root, "--json")
@@ -81,7 +47,7 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 	k53, k54 := testenv.Release53, testenv.Release54
 	testenv.InstallKernel(t, root, k53)
 	testenv.InstallKernel(t, root, k54)
-	installHeaders(t, root, k53)
+	testenv.InstallHeaders(t, root, k53)
 	if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
 		t.Fatalf("source add: %d %s", code, stderr)
 	}
@@ -202,7 +168,7 @@ func TestSourceRemoveUninstallsBuilds(t *testing.T) {
 	root := testenv.DpkgRoot(t)
 	k53 := testenv.Release53
 	testenv.InstallKernel(t, root, k53)
-	installHeaders(t, root, k53)
+	testenv.InstallHeaders(t, root, k53)
 	if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
 		t.Fatalf("source add: %d %s", code, stderr)
 	}
