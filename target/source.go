@@ -321,7 +321,11 @@ func registerInPlace(r *os.Root, o *AddSourceOptions) (SourceRecord, bool, error
 	if sourceDir(rec.Name, rec.Version) != sourceTree+"/"+base {
 		return SourceRecord{}, true, kmp.InputErrorf(o.Path, "holds %s %s, which belongs in /%s", rec.Name, rec.Version, sourceDir(rec.Name, rec.Version))
 	}
-	if _, err := r.Lstat(sourceRecordFile(rec.Name, rec.Version)); err == nil {
+	if b, _, err := kmp.ReadRootFile(r, sourceRecordFile(rec.Name, rec.Version), MaxSourceRecordSize); err == nil {
+		// Registered in place before (a package's postinst run again): nothing to do.
+		if old, err := ParseSourceRecord(o.display(sourceRecordFile(rec.Name, rec.Version)), b); err == nil && old == rec {
+			return rec, true, nil
+		}
 		return SourceRecord{}, true, kmp.InputErrorf(o.Path, "%s %s is already added", rec.Name, rec.Version)
 	}
 	if err := writeSourceRecord(r, rec); err != nil {

@@ -308,3 +308,49 @@ func TestKernelHooksRunAutoinstall(t *testing.T) {
 		t.Fatalf("kernel-install remove: %v\n%s", err, out)
 	}
 }
+
+// TestDKMSPackageRegistersWithKmpack: the debian profile's <name>-dkms package, installed with
+// the real dpkg into a root where kmpack's runtime package is, registers its source with
+// kmpack in place (not with dkms, which is absent here: --force-depends) and runs autoinstall,
+// which records that the kernel's headers are missing; a second configure is a no-op; its
+// removal forgets the source.
+func TestDKMSPackageRegistersWithKmpack(t *testing.T) {
+	testenv.Need(t, "dpkg")
+	k53 := testenv.Release53
+	cache := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-o", out, "--profile", "debian", "-k", testenv.HeadersDir(t, k53),
+		testenv.ExampleSource(t, true)); code != 0 {
+		t.Fatalf("build: %d %s", code, stderr)
+	}
+	var written []formats.Written
+	if err := json.Unmarshal(testenv.MustRead(t, filepath.Join(out, formats.PackagesDir, "packages.json")), &written); err != nil {
+		t.Fatal(err)
+	}
+	debs := map[string]string{}
+	for _, w := range written {
+		debs[w.Name] = filepath.Join(out, formats.PackagesDir, w.File)
+	}
+	s := &debSystem{t: t, root: testenv.DpkgRoot(t)}
+	testenv.InstallKernel(t, s.root, k53)
+	s.dpkg("-i", debs["kmpack"])
+	s.dpkg("--force-depends", "-i", debs["kmpack-hello-dkms"])
+	list, err := target.ListSources(target.Options{Root: s.root})
+	if err != nil || len(list) != 1 || list[0].Name != "kmpack-hello" || list[0].Owned {
+		t.Fatalf("sources after installing the -dkms package: %+v %v", list, err)
+	}
+	if row := statusJSON(t, s.root)[k53+" kmpack-hello"]; row.State != target.StateFailed || !strings.Contains(row.Reason, "linux-headers-"+k53) {
+		t.Fatalf("status: %+v", row)
+	}
+	s.dpkg("--force-depends", "-i", debs["kmpack-hello-dkms"]) // reinstall: prerm upgrade, postinst configure
+	if list, _ := target.ListSources(target.Options{Root: s.root}); len(list) != 1 {
+		t.Fatalf("sources after a reinstall: %+v", list)
+	}
+	s.dpkg("-r", "kmpack-hello-dkms")
+	if list, _ := target.ListSources(target.Options{Root: s.root}); len(list) != 0 {
+		t.Fatalf("sources after removal: %+v", list)
+	}
+	if _, err := os.Stat(filepath.Join(s.root, "usr/src/kmpack-hello-1.0")); !os.IsNotExist(err) {
+		t.Fatalf("the package's source is left: %v", err)
+	}
+}
