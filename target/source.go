@@ -46,6 +46,9 @@ const (
 	lockName   = autoDir + "/lock"
 	// sourceTree is where sources are kept, as dkms and Gentoo keep them.
 	sourceTree = "usr/src"
+	// stagingPrefix names a source being added (.kmpack-staging-<pid>-<time>): a dead run's is
+	// removed by the next add.
+	stagingPrefix = ".kmpack-staging-"
 )
 
 // Bounds on a source added from a directory or a tarball. Real module sources are far below
@@ -215,11 +218,13 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 			return rec, err
 		}
 	}
-	if err := r.MkdirAll(sourcesDir, 0o755); err != nil {
+	// Staged in /usr/src itself: the rename into place must not cross a file system (/var is
+	// often one of its own).
+	if err := r.MkdirAll(sourceTree, 0o755); err != nil {
 		return SourceRecord{}, err
 	}
-	kmp.RemoveDeadTemps(r, sourcesDir, ".staging-")
-	staging := fmt.Sprintf("%s/.staging-%d-%d", sourcesDir, os.Getpid(), time.Now().UnixNano())
+	kmp.RemoveDeadTemps(r, sourceTree, stagingPrefix)
+	staging := fmt.Sprintf("%s/%s%d-%d", sourceTree, stagingPrefix, os.Getpid(), time.Now().UnixNano())
 	if err := r.Mkdir(staging, 0o755); err != nil {
 		return SourceRecord{}, err
 	}
@@ -229,7 +234,6 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 		return SourceRecord{}, err
 	}
 	defer sr.Close()
-	base := filepath.Base(filepath.Clean(o.Path))
 	top := "."
 	if fi.IsDir() {
 		// Into a directory of its own: the staging directory is what gets renamed into place.
@@ -244,12 +248,11 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 		}
 	} else {
 		err = unpack.ExtractTarball(o.Path, sr, MaxSourceBytes, MaxSourceEntries)
-		base = ""
 	}
 	if err != nil {
 		return SourceRecord{}, err
 	}
-	if base == "" {
+	if !fi.IsDir() {
 		// A tarball: dkms mktarball's layout, or one top directory (name-version/), or the
 		// files themselves.
 		if st, err := sr.Lstat("dkms_source_tree"); err == nil && st.IsDir() {
@@ -258,7 +261,7 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 			ents, _ := d.ReadDir(3)
 			d.Close()
 			if len(ents) == 1 && ents[0].IsDir() {
-				top, base = ents[0].Name(), ents[0].Name()
+				top = ents[0].Name()
 			}
 		}
 	}
@@ -266,16 +269,13 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 	if err != nil {
 		return SourceRecord{}, err
 	}
-	rec, err := identify(tr, o.Path, base, o.Name, o.Version)
+	rec, err := identify(tr, o.Path, o.Name, o.Version)
 	tr.Close()
 	if err != nil {
 		return SourceRecord{}, err
 	}
 	dst := sourceDir(rec.Name, rec.Version)
 	if err := checkFree(r, o, rec); err != nil {
-		return SourceRecord{}, err
-	}
-	if err := r.MkdirAll(sourceTree, 0o755); err != nil {
 		return SourceRecord{}, err
 	}
 	from := staging + "/" + top
@@ -314,7 +314,7 @@ func registerInPlace(r *os.Root, o *AddSourceOptions) (SourceRecord, bool, error
 		return SourceRecord{}, true, err
 	}
 	defer sr.Close()
-	rec, err := identify(sr, o.Path, base, o.Name, o.Version)
+	rec, err := identify(sr, o.Path, o.Name, o.Version)
 	if err != nil {
 		return SourceRecord{}, true, err
 	}
@@ -357,7 +357,7 @@ func writeSourceRecord(r *os.Root, rec SourceRecord) error {
 // identify finds what kind of source sr holds and its name and version, validated. Only
 // kmpack.yaml is parsed (by the fuzzed spec parser); a dkms.conf is scanned for literal
 // assignments, never run.
-func identify(sr *os.Root, display, base, name, version string) (SourceRecord, error) {
+func identify(sr *os.Root, display, name, version string) (SourceRecord, error) {
 	rec := SourceRecord{}
 	var gotName, gotVersion string
 	switch {
