@@ -88,18 +88,18 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 	eng := o.engine()
 	kernels := o.Kernels
 	if len(kernels) == 0 {
-		kernels = installedKernels(r)
-	}
-	// Kernels whose depmod a killed run never finished.
-	for _, k := range pendingDepmods(r) {
-		if err := o.reindex(r, eng, k); err != nil {
-			return st, err
-		}
+		kernels = weakupdates.InstalledKernels(r)
 	}
 	// Bad input before any change: every kernel named must be installed.
 	for _, k := range kernels {
 		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
 			return st, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
+		}
+	}
+	// Kernels whose depmod a killed run never finished.
+	for _, k := range pendingDepmods(r) {
+		if err := o.reindex(r, eng, k); err != nil {
+			return st, err
 		}
 	}
 	// Step 2 first, for every module at once: the engine links all builds that load (once per
@@ -113,11 +113,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			}
 		}
 	}
-	kmps, err := eng.Registrations()
-	if err != nil {
-		return st, err
-	}
-	plans, err := eng.Status()
+	kmps, plans, err := engineFacts(eng)
 	if err != nil {
 		return st, err
 	}
@@ -169,6 +165,17 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
 	}
 	return st, nil
+}
+
+// engineFacts are the weak-updates engine's registrations and its plan for every installed
+// kernel (steps 1 and 2, decided; links for step 2 made by the engine beforehand).
+func engineFacts(eng *weakupdates.Engine) ([]weakupdates.KMP, []*weakupdates.Plan, error) {
+	kmps, err := eng.Registrations()
+	if err != nil {
+		return nil, nil, err
+	}
+	plans, err := eng.Status()
+	return kmps, plans, err
 }
 
 func (o *Options) engine() *weakupdates.Engine {
@@ -531,27 +538,6 @@ func pendingDepmods(r *os.Root) []string {
 		r.Remove(depmodPendingDir + "/" + n) // a kernel gone since, or not ours
 	}
 	sort.Strings(out)
-	return out
-}
-
-// installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
-func installedKernels(r *os.Root) []string {
-	d, err := r.Open("lib/modules")
-	if err != nil {
-		return nil
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	var out []string
-	for _, n := range names {
-		if ident.KernelRelease(n) != nil {
-			continue
-		}
-		if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
-			out = append(out, n)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return kernel.CompareReleases(out[i], out[j]) < 0 })
 	return out
 }
 

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/weakupdates"
 )
 
@@ -59,65 +58,42 @@ func Status(o Options) (*Report, error) {
 	}
 	defer r.Close()
 	rep := &Report{Schema: StatusSchema, Rows: []StatusRow{}}
-	eng := o.engine()
-	kmps, err := eng.Registrations()
-	if err != nil {
-		return nil, err
-	}
-	plans, err := eng.Status()
+	kmps, plans, err := engineFacts(o.engine())
 	if err != nil {
 		return nil, err
 	}
 	st := readState(r, &o)
 	sources := newestSources(readSources(r, &o))
 	for _, p := range plans {
-		rep.Rows = append(rep.Rows, kernelRows(r, p, kmps, sources, st)...)
+		rep.Rows = append(rep.Rows, kernelRows(r, p, decide(r, p.Kernel, kmps, p, sources), st)...)
 	}
 	return rep, nil
 }
 
-func kernelRows(r *os.Root, p *weakupdates.Plan, kmps []weakupdates.KMP, sources []SourceRecord, st *State) []StatusRow {
+// kernelRows reports kernel p.Kernel's modules: what decide finds on disk now, then what
+// autoinstall recorded.
+func kernelRows(r *os.Root, p *weakupdates.Plan, decided []row, st *State) []StatusRow {
 	k := p.Kernel
-	flavor := kernel.FlavorFromRelease(k)
-	var names []string
-	own := map[string]*weakupdates.KMP{}
-	for i := range kmps {
-		kp := &kmps[i]
-		if kernel.FlavorFromRelease(kp.Kernel) != flavor {
-			continue
-		}
-		names = append(names, kp.Name)
-		if kp.Kernel == k && modulesPresent(r, kp.Modules) {
-			own[kp.Name] = kp
-		}
-	}
-	src := map[string]SourceRecord{}
-	for _, s := range sources {
-		names = append(names, s.Name)
-		src[s.Name] = s
-	}
-	slices.Sort(names)
-	names = slices.Compact(names)
 	var rows []StatusRow
-	for _, n := range names {
+	for _, d := range decided {
+		n := d.name
 		row := StatusRow{Kernel: k, Module: n}
 		res := st.get(k, n)
 		if res != nil {
 			row.Checked = res.Time
 		}
 		switch {
-		case own[n] != nil:
-			row.State, row.Package, row.Version = StateBuiltForKernel, own[n].Package, own[n].Version
-		case p.From[n] != "" && len(p.Unlinked[n]) == 0:
-			row.State, row.From, row.Package = StateWeakLinked, p.From[n], strings.Fields(p.Chosen[n])[0]
+		case d.own != nil:
+			row.State, row.Package, row.Version = StateBuiltForKernel, d.own.Package, d.own.Version
+		case d.linkFrom != "":
+			row.State, row.From, row.Package = StateWeakLinked, d.linkFrom, d.linkPkg
 		case res != nil && res.State == StateBuiltLocally:
 			row.State, row.Version, row.Log = StateBuiltLocally, res.Version, res.Log
-			s, registered := src[n]
 			switch {
 			case !filesPresent(r, res.Files):
 				row.State, row.Reason = StateMissing, "the modules autoinstall built are gone: run kmpack autoinstall "+k
-			case registered && s.Version != res.Version:
-				row.Reason = fmt.Sprintf("built from %s %s; %s is registered since: run kmpack autoinstall %s", n, res.Version, s.Version, k)
+			case d.src != nil && d.src.Version != res.Version:
+				row.Reason = fmt.Sprintf("built from %s %s; %s is registered since: run kmpack autoinstall %s", n, res.Version, d.src.Version, k)
 			}
 		case res != nil && (res.State == StateFailed || res.State == StateSkipped):
 			row.State, row.Version, row.Reason, row.Log = res.State, res.Version, res.Reason, res.Log
@@ -153,7 +129,7 @@ func Gate(o Options, k string) ([]StatusRow, error) {
 		return nil, err
 	}
 	defer r.Close()
-	if !slices.Contains(installedKernels(r), k) {
+	if !slices.Contains(weakupdates.InstalledKernels(r), k) {
 		return nil, kmp.InputErrorf(k, "no such kernel installed (%s has no kernel/ directory)", o.display("lib/modules/"+k))
 	}
 	var bad []StatusRow

@@ -341,8 +341,12 @@ func (e *Engine) RemoveKernel(release string) error {
 }
 
 // installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
-func (s *session) installedKernels() []string {
-	d, err := s.r.Open("lib/modules")
+func (s *session) installedKernels() []string { return InstalledKernels(s.r) }
+
+// InstalledKernels are the releases under r's lib/modules with the kernel's own modules (a
+// kernel/ directory), sorted.
+func InstalledKernels(r *os.Root) []string {
+	d, err := r.Open("lib/modules")
 	if err != nil {
 		return nil
 	}
@@ -353,7 +357,7 @@ func (s *session) installedKernels() []string {
 		if ident.KernelRelease(n) != nil {
 			continue // not a kernel's directory
 		}
-		if _, err := s.r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+		if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
 			out = append(out, n)
 		}
 	}
