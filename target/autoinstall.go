@@ -38,6 +38,9 @@ type AutoinstallOptions struct {
 	BuildTimeout time.Duration
 	// Jobs is the build's job budget (one per CPU when 0).
 	Jobs int
+	// Rebuild builds sources again where an earlier build failed (izmod -R); a build that
+	// failed for a temporary cause (a signal, a full disk) is retried anyway.
+	Rebuild bool
 }
 
 // DefaultBuildTimeout bounds one local build: a kernel hook must end.
@@ -293,6 +296,11 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) {
 			return prev, false, nil // built before, from this very source version
 		}
+		// The same source failed the same way for this kernel before (not for a temporary
+		// cause): a boot-time run must not spend minutes failing again. --rebuild retries.
+		if prev != nil && prev.State == StateFailed && prev.FailureKind == build.FailureBuild && prev.Version == rw.src.Version && !o.Rebuild {
+			return prev, false, nil
+		}
 		return o.buildLocally(ctx, r, k, *rw.src, prev)
 	}
 	why := "no build of " + rw.name + " is installed for " + k + " and no source is registered"
@@ -432,9 +440,10 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 		return &Result{State: StateSkipped, Version: rec.Version, Reason: kb.Reason, Log: res.Log}, ch, err
 	case manifest.StatusBuilt:
 	default:
+		res.FailureKind = kb.FailureKind
 		res.Reason = "build failed: " + kb.Reason
-		if len(kb.LogTail) > 0 {
-			res.Reason += " (last line: " + kmp.OneLine(kb.LogTail[len(kb.LogTail)-1]) + ")"
+		if l := tellingLine(kb.LogTail); l != "" {
+			res.Reason += " (" + l + ")"
 		}
 		return res, false, nil
 	}
@@ -452,6 +461,22 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	}
 	o.logf("%s: installed %s", k, strings.Join(files, " "))
 	return &Result{State: StateBuiltLocally, Version: rec.Version, Log: res.Log, Files: files}, true, nil
+}
+
+// tellingLine is the line of a failed build's log tail a user needs first: the first
+// compiler or make error, else the last line that says anything.
+func tellingLine(tail []string) string {
+	last := ""
+	for _, l := range tail {
+		l = strings.TrimSpace(l)
+		if strings.Contains(l, "error:") || strings.Contains(l, "Error ") {
+			return kmp.OneLine(l)
+		}
+		if l != "" && !strings.HasPrefix(l, "#") && strings.Trim(l, "-=") != "" {
+			last = l
+		}
+	}
+	return kmp.OneLine(last)
 }
 
 // installBuilt copies a build's modules to /lib/modules/<k>/updates/kmpack-built/<name>/,

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/module"
 )
@@ -63,6 +64,9 @@ type Result struct {
 	// Reason says why it failed (or was skipped); Log is the build's log, a path from the root.
 	Reason string `json:"reason,omitempty"`
 	Log    string `json:"log,omitempty"`
+	// FailureKind is the build engine's for a failed build: "build" (the same inputs fail the
+	// same way: not retried until the source changes or autoinstall --rebuild) or "temporary".
+	FailureKind string `json:"failure_kind,omitempty"`
 	// Files are the modules autoinstall installed (built-locally), paths from the root, each
 	// under /lib/modules/<kernel>/updates/kmpack-built/<module>/.
 	Files []string `json:"files,omitempty"`
@@ -168,6 +172,11 @@ func (r *Result) validate(release, name string) error {
 		if len(v) > maxStateText || strings.ContainsAny(v, "\x00\n\r") {
 			return fmt.Errorf("%s: longer than %d bytes or not one line", field, maxStateText)
 		}
+	}
+	switch r.FailureKind {
+	case "", build.FailureBuild, build.FailureTemporary:
+	default:
+		return fmt.Errorf("unknown failure kind %q", r.FailureKind)
 	}
 	if r.Log != "" {
 		logs := "/" + autoBuildsDir + "/" + release + "/" + name + "/"

@@ -354,3 +354,41 @@ func TestDKMSPackageRegistersWithKmpack(t *testing.T) {
 		t.Fatalf("the package's source is left: %v", err)
 	}
 }
+
+// TestAutoinstallBuildFailure: a source that does not compile is recorded failed with the
+// compiler's complaint and its log; the next run does not build it again (a boot-time run
+// must not spend minutes failing the same way), --rebuild does; gate says why.
+func TestAutoinstallBuildFailure(t *testing.T) {
+	root := testenv.DpkgRoot(t)
+	k53 := testenv.Release53
+	testenv.InstallKernel(t, root, k53)
+	testenv.InstallHeaders(t, root, k53)
+	src := testenv.ExampleSource(t, true)
+	c := filepath.Join(src, "hello.c")
+	if err := os.WriteFile(c, append(testenv.MustRead(t, c), "\n#error kmpack-test-broken\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", src); code != 0 {
+		t.Fatalf("source add: %d %s", code, stderr)
+	}
+	out, stderr, code := kmpack(t, "autoinstall", "--root", root, k53)
+	if code != exitAutoinstallFailed || !strings.Contains(out, "building kmpack-hello") {
+		t.Fatalf("autoinstall: %d\n%s\n%s", code, out, stderr)
+	}
+	row := statusJSON(t, root)[k53+" kmpack-hello"]
+	if row.State != target.StateFailed || !strings.Contains(row.Reason, "kmpack-test-broken") || row.Log == "" {
+		t.Fatalf("status: %+v", row)
+	}
+	if !strings.Contains(string(testenv.MustRead(t, filepath.Join(root, row.Log))), "#error kmpack-test-broken") {
+		t.Fatalf("the log %s does not hold the compiler's error", row.Log)
+	}
+	if out, _, code := kmpack(t, "autoinstall", "--root", root, k53); code != exitAutoinstallFailed || strings.Contains(out, "building") {
+		t.Fatalf("second run: %d, built again:\n%s", code, out)
+	}
+	if out, _, code := kmpack(t, "autoinstall", "--rebuild", "--root", root, k53); code != exitAutoinstallFailed || !strings.Contains(out, "building") {
+		t.Fatalf("--rebuild: %d, not built again:\n%s", code, out)
+	}
+	if _, stderr, code := kmpack(t, "gate", "--root", root, k53); code != exitGateClosed || !strings.Contains(stderr, "kmpack-test-broken") {
+		t.Fatalf("gate: %d %s", code, stderr)
+	}
+}

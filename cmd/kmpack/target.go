@@ -140,6 +140,7 @@ module. --removed is for kernels that were removed (the postrm hooks): autoinsta
 them, their rows and their weak-updates links go.`,
 		Flags: []cli.Flag{rootFlag, lockTimeoutFlag,
 			&cli.BoolFlag{Name: "hook", Usage: "run from a kernel hook: report failures, exit 0"},
+			&cli.BoolFlag{Name: "rebuild", Usage: "build sources again where an earlier build failed (otherwise retried only when the source changes)"},
 			&cli.BoolFlag{Name: "removed", Usage: "the kernels were removed: take out what autoinstall built for them and their weak-updates links"},
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on one module's build for one kernel"},
 		},
@@ -155,7 +156,7 @@ them, their rows and their weak-updates links go.`,
 				err = target.RemoveKernels(targetOptions(c), kernels)
 			} else {
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
-					BuildTimeout: c.Duration("build-timeout")})
+					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild")})
 			}
 			if err == nil {
 				return nil
