@@ -313,11 +313,37 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 
 func filesPresent(r *os.Root, files []string) bool {
 	for _, f := range files {
-		if fi, err := r.Lstat(strings.TrimPrefix(f, "/")); err != nil || !fi.Mode().IsRegular() {
+		if !ownFile(r, f) {
 			return false
 		}
 	}
 	return len(files) > 0
+}
+
+// ownFile tells whether f (a path the state file lists, validated) is a regular file reached
+// through real directories only: a symbolic link planted on the way, even one that stays in
+// the root, makes it someone else's file.
+func ownFile(r *os.Root, f string) bool {
+	parts := strings.Split(strings.TrimPrefix(f, "/"), "/")
+	for i := 1; i < len(parts); i++ {
+		if fi, err := r.Lstat(strings.Join(parts[:i], "/")); err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	fi, err := r.Lstat(strings.Join(parts, "/"))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// removeOwn removes f when it is autoinstall's (ownFile); anything else in its place is left
+// alone.
+func removeOwn(r *os.Root, f string) error {
+	if !ownFile(r, f) {
+		return nil
+	}
+	if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // dropBuilt removes the modules an earlier run built locally, now that a cheaper way serves
@@ -331,7 +357,7 @@ func (o *Options) dropBuilt(r *os.Root, k string, prev *Result) (bool, error) {
 	}
 	for _, f := range prev.Files {
 		o.logf("remove %s (no longer needed)", f)
-		if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := removeOwn(r, f); err != nil {
 			return true, err
 		}
 	}
@@ -455,7 +481,7 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	if prev != nil {
 		for _, f := range prev.Files {
 			if !slices.Contains(files, f) {
-				r.Remove(strings.TrimPrefix(f, "/"))
+				removeOwn(r, f)
 			}
 		}
 	}
@@ -492,6 +518,13 @@ func (o *Options) installBuilt(r *os.Root, k, name, out string, kb *manifest.Ker
 	dir := strings.Trim(builtPrefix(k, name), "/")
 	if err := r.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
+	}
+	// Through real directories only: a link planted on the way would put the module (and
+	// later removals) somewhere else.
+	for d := dir; d != "lib/modules"; d = path.Dir(d) {
+		if fi, err := r.Lstat(d); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%s is not a directory (a symbolic link?): not installing there", o.display(d))
+		}
 	}
 	or, err := os.OpenRoot(out)
 	if err != nil {
@@ -642,7 +675,7 @@ func RemoveKernels(o Options, kernels []string) error {
 			for name, res := range st.Kernels[k] {
 				for _, f := range res.Files {
 					o.logf("remove %s", f)
-					if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					if err := removeOwn(r, f); err != nil {
 						return err
 					}
 				}
