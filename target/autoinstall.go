@@ -38,9 +38,13 @@ type AutoinstallOptions struct {
 	BuildTimeout time.Duration
 	// Jobs is the build's job budget (one per CPU when 0).
 	Jobs int
-	// Rebuild builds sources again where an earlier build failed (izmod -R); a build that
-	// failed for a temporary cause (a signal, a full disk) is retried anyway.
+	// Rebuild builds sources again where an earlier build failed or succeeded (izmod -R); a
+	// build that failed for a temporary cause (a signal, a full disk) is retried anyway.
+	// Steps 1 and 2 still come first: a package's build for the kernel, or a link, is never
+	// doubled by a local one.
 	Rebuild bool
+	// Only restricts the run to one module (kmpack load); "" is every registered module.
+	Only string
 }
 
 // DefaultBuildTimeout bounds one local build: a kernel hook must end.
@@ -130,6 +134,12 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			}
 		}
 		rows := decide(r, k, kmps, plan, sources)
+		if o.Only != "" {
+			rows = slices.DeleteFunc(rows, func(rw row) bool { return rw.name != o.Only })
+			if len(rows) == 0 {
+				return st, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
+			}
+		}
 		changed := false
 		for _, row := range rows {
 			res, ch, err := o.realize(ctx, r, st, k, row)
@@ -146,7 +156,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 		}
 		// Rows of modules no longer registered go, with whatever autoinstall built for them.
 		for name, res := range st.Kernels[k] {
-			if !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
+			if o.Only == "" && !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
 				ch, err := o.dropBuilt(r, k, res)
 				if err != nil {
 					return st, err
@@ -293,7 +303,7 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 	}
 	// Step 3, a prebuilt package from the machine's repositories (StateFromRepo), goes here.
 	if rw.src != nil {
-		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) {
+		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild {
 			return prev, false, nil // built before, from this very source version
 		}
 		// The same source failed the same way for this kernel before (not for a temporary

@@ -120,6 +120,22 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 	if out, stderr, code := kmpack(t, "gate", "--root", root, k53); code != 0 {
 		t.Fatalf("gate %s: %d %s %s", k53, code, out, stderr)
 	}
+	// load (izmod's): available in 53 (not the running kernel: not loaded), --rebuild builds
+	// it again, 54 says which package to install, an unknown name is bad input.
+	if out, stderr, code := kmpack(t, "load", "--root", root, "--kernel", k53, "kmpack-hello"); code != 0 ||
+		!strings.Contains(out, "kmpack_hello available in "+k53+" (built-locally); not loaded") || strings.Contains(out, "building") {
+		t.Fatalf("load %s: %d\n%s\n%s", k53, code, out, stderr)
+	}
+	if out, stderr, code := kmpack(t, "load", "--root", root, "--kernel", k53, "--rebuild", "kmpack-hello"); code != 0 || strings.Count(out, "building kmpack-hello") != 1 {
+		t.Fatalf("load --rebuild %s: %d\n%s\n%s", k53, code, out, stderr)
+	}
+	if _, stderr, code := kmpack(t, "load", "--root", root, "--kernel", k54, "kmpack-hello"); code != exitAutoinstallFailed || !strings.Contains(stderr, "install linux-headers-"+k54) {
+		t.Fatalf("load %s: %d %s", k54, code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "load", "--root", root, "--kernel", k53, "nope"); code != exitInput || !strings.Contains(stderr, "no module package or source") {
+		t.Fatalf("load nope: %d %s", code, stderr)
+	}
+
 	// Every installed kernel, again: nothing is rebuilt for 53.
 	out, _, _ := kmpack(t, "autoinstall", "--root", root)
 	if strings.Contains(out, "building") {

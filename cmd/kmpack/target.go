@@ -17,6 +17,7 @@ import (
 const (
 	exitAutoinstallFailed = 7 // autoinstall: a module is not available in a kernel (recorded; status says why)
 	exitGateClosed        = 8 // gate: a registered module will not be available in the kernel
+	exitLoadRefused       = 9 // load: the running kernel refused the module (modprobe failed)
 )
 
 var (
@@ -248,6 +249,60 @@ by its BUILD_EXCLUSIVE rules, or provably linkable by the compat check. Writes n
 				fmt.Fprintf(os.Stderr, "%s: %s: %s\n", r.Kernel, r.Module, describeRow(r))
 			}
 			return cli.Exit(fmt.Sprintf("gate %s: %d module(s) will not be available", kernels[0], len(bad)), exitGateClosed)
+		},
+	}
+}
+
+func loadCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "load",
+		Usage:     "make a registered module loadable in the running (or named) kernel by autoinstall's steps, then modprobe it",
+		ArgsUsage: "NAME",
+		Description: `NAME is a registered module package's or source's name. The module is made available in
+the kernel the cheapest way (its package's build, a weak-updates link, or a build of its
+registered source) and, in the running kernel of this machine (without --root), loaded with
+modprobe. --rebuild builds the source again (izmod -R), unless a package's build or a link
+serves the kernel. Exit status: 0 available (and loaded), 3 no such module registered, 7 not
+available (headers missing, naming the package to install; the build failed, with its error
+and log), 9 the kernel refused it (modprobe's and the kernel's words).`,
+		Flags: []cli.Flag{rootFlag, lockTimeoutFlag,
+			&cli.StringFlag{Name: "kernel", Usage: "the kernel release (default: the running kernel)"},
+			&cli.BoolFlag{Name: "rebuild", Usage: "build the source again (izmod -R)"},
+			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on the build"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("load takes one module name")
+			}
+			name := c.Args().First()
+			if err := ident.PackageName(name); err != nil {
+				return cli.Exit(fmt.Sprintf("load: %v", err), exitInput)
+			}
+			if k := c.String("kernel"); k != "" {
+				if err := ident.KernelRelease(k); err != nil {
+					return cli.Exit(fmt.Sprintf("load: --kernel: %v", err), exitInput)
+				}
+			}
+			res, err := target.Load(c.Context, target.LoadOptions{Options: targetOptions(c), Name: name, Kernel: c.String("kernel"),
+				Rebuild: c.Bool("rebuild"), BuildTimeout: c.Duration("build-timeout")})
+			switch {
+			case errors.Is(err, target.ErrFailures):
+				return cli.Exit(err.Error(), exitAutoinstallFailed)
+			case errors.Is(err, target.ErrRefused):
+				return cli.Exit(err.Error(), exitLoadRefused)
+			case err != nil:
+				return err
+			}
+			how := res.Result.State
+			if res.Result.From != "" {
+				how += " from " + res.Result.From
+			}
+			if res.Loaded {
+				fmt.Printf("%s: loaded %s in %s (%s)\n", name, strings.Join(res.Modules, " "), res.Kernel, how)
+			} else {
+				fmt.Printf("%s: %s available in %s (%s); not loaded: not the running kernel of this machine\n", name, strings.Join(res.Modules, " "), res.Kernel, how)
+			}
+			return nil
 		},
 	}
 }
