@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -77,5 +78,90 @@ func TestAutoinstallBuildLoadsInQemu(t *testing.T) {
 	if _, err := os.Stat(built); err != nil || !strings.Contains(string(testenv.MustRead(t, filepath.Join(root, "lib/modules", r54, "modules.dep"))), "updates/kmpack-built/kmpack-abichange/kmpack_abi.ko:") {
 		t.Errorf("the local build is not where the kernel finds it: %v", err)
 	}
+	results = append(results, loadInGuest(t, root, r54, filepath.Join(out, m.Kernels[0].Modules[0].File))...)
 	report(t, results, start)
+}
+
+// loadInGuest boots k with kmpack itself (static) in the initramfs, over the root's state and
+// k's modules, and runs kmpack load there, in the running kernel: the local build loads; a
+// local build that does not match the kernel (planted: the 53 build of the same module, as
+// "kmpack-bad") is refused, with the kernel's own words.
+func loadInGuest(t *testing.T, root, k, stale string) []result {
+	stage := t.TempDir()
+	bin := filepath.Join(stage, "kmpack")
+	cmd := exec.Command("go", "build", "-o", bin, "../cmd/kmpack")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("static kmpack: %v %s", err, out)
+	}
+	modDir := filepath.Join("lib/modules", k)
+	for _, d := range []string{"var/lib/kmpack", filepath.Join(modDir, "updates/kmpack-built")} {
+		os.MkdirAll(filepath.Dir(filepath.Join(stage, d)), 0o755)
+		run(t, "cp", "-a", filepath.Join(root, d), filepath.Join(stage, d))
+	}
+	os.MkdirAll(filepath.Join(stage, modDir, "kernel"), 0o755) // k counts as installed
+	bad := filepath.Join(modDir, "updates/kmpack-built/kmpack-bad/kmpack_bad.ko")
+	os.MkdirAll(filepath.Dir(filepath.Join(stage, bad)), 0o755)
+	run(t, "cp", stale, filepath.Join(stage, bad))
+	var st map[string]any
+	stateFile := filepath.Join(stage, "var/lib/kmpack/autoinstall/state.json")
+	if err := json.Unmarshal(testenv.MustRead(t, stateFile), &st); err != nil {
+		t.Fatal(err)
+	}
+	st["kernels"].(map[string]any)[k].(map[string]any)["kmpack-bad"] = map[string]any{"state": "built-locally", "version": "1.0", "files": []string{"/" + bad}}
+	b, _ := json.Marshal(st)
+	os.WriteFile(stateFile, b, 0o644)
+	os.MkdirAll(filepath.Join(stage, "var/lib/kmpack/sources/kmpack-bad"), 0o755)
+	os.WriteFile(filepath.Join(stage, "var/lib/kmpack/sources/kmpack-bad/1.0.json"),
+		[]byte(`{"name":"kmpack-bad","version":"1.0","kind":"kmpack.yaml","dir":"/usr/src/kmpack-bad-1.0","owned":true}`), 0o644)
+	run(t, "depmod", "-b", stage, k)
+
+	initScript := `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "E2E kernel $(uname -r)"
+/kmpack load kmpack-bad >/tmp/out 2>&1
+echo "E2E load bad $? $(tr '
+' ' ' </tmp/out)"
+/kmpack load kmpack-abichange >/tmp/out 2>&1
+echo "E2E load good $? $(tr '
+' ' ' </tmp/out)"
+echo "E2E loaded $(cut -d' ' -f1 /proc/modules | tr '
+' ' ')"
+echo "E2E end"
+poweroff -f
+`
+	initrd, err := initramfs(t, stage, initScript)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
+	lines, err := guest(k, "-nographic", "-no-reboot", "-m", "512", "-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) >= 3 && f[0] == "load" {
+			got[f[1]] = strings.Join(f[2:], " ")
+		} else if len(f) > 0 && f[0] == "loaded" {
+			got["loaded"] = l
+		}
+	}
+	var rows []result
+	row := func(what string, ok bool, want, observed string) {
+		if ok {
+			observed = want
+		}
+		rows = append(rows, result{"qemu", k, what, want, observed})
+	}
+	row("load (running)", strings.HasPrefix(got["good"], "0 ") && strings.Contains(got["good"], "loaded kmpack_abi in "+k) &&
+		strings.Contains(got["loaded"], "kmpack_abi"), "exit 0, kmpack_abi loaded", got["good"])
+	row("load (refused)", strings.HasPrefix(got["bad"], "9 ") && strings.Contains(got["bad"], "disagrees about version of symbol"),
+		"exit 9, the kernel's reason", got["bad"])
+	return rows
 }

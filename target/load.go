@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path"
 	"strings"
@@ -128,8 +127,11 @@ func (o *LoadOptions) moduleNames(k string, res *Result) ([]string, error) {
 }
 
 // modprobe loads the modules (and what they depend on) into the running kernel. When the
-// kernel refuses one, the error carries modprobe's words and the kernel's own lines about it.
+// kernel refuses one, the error carries modprobe's words and what the kernel logged meanwhile
+// (its reason: an unknown symbol, a rejected key), whatever name the module calls itself.
 func modprobe(ctx context.Context, names []string) error {
+	klog := openKernelLog()
+	defer klog.close()
 	ctx, cancel := context.WithTimeout(ctx, DefaultModprobeTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "modprobe", append([]string{"-a", "--"}, names...)...)
@@ -141,39 +143,57 @@ func modprobe(ctx context.Context, names []string) error {
 		return nil
 	}
 	kernelSays := ""
-	if lines := kernelLines(names); len(lines) > 0 {
+	if lines := klog.newLines(); len(lines) > 0 {
 		kernelSays = "; kernel: " + strings.Join(lines, "; ")
 	}
 	return fmt.Errorf("%w (%s): modprobe: %v: %s%s", ErrRefused, strings.Join(names, " "), err, kmp.OneLine(strings.TrimSpace(string(out))), kernelSays)
 }
 
-// kernelLines are the kernel log's last lines that name one of the modules (its reasons: an
-// unknown symbol, a rejected key), read from /dev/kmsg without waiting.
-func kernelLines(names []string) []string {
-	f, err := os.OpenFile("/dev/kmsg", os.O_RDONLY|syscall.O_NONBLOCK, 0)
+// kernelLog reads the kernel log's records from where it was opened, without waiting. The
+// descriptor is used with raw system calls: through an *os.File, Go's poller would wait for
+// more log instead of returning at its end.
+type kernelLog struct{ fd int }
+
+func openKernelLog() *kernelLog {
+	fd, err := syscall.Open("/dev/kmsg", syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
+		return &kernelLog{fd: -1}
+	}
+	if _, err := syscall.Seek(fd, 0, 2); err != nil { // SEEK_END: only what comes next
+		syscall.Close(fd)
+		return &kernelLog{fd: -1}
+	}
+	return &kernelLog{fd: fd}
+}
+
+func (l *kernelLog) close() {
+	if l.fd >= 0 {
+		syscall.Close(l.fd)
+	}
+}
+
+// newLines are the texts of the records logged since open, the last 8 at most.
+func (l *kernelLog) newLines() []string {
+	if l.fd < 0 {
 		return nil
 	}
-	defer f.Close()
 	var lines []string
 	buf := make([]byte, 8192)
-	for n := 0; n < 100_000; n++ {
-		c, err := f.Read(buf)
-		if err != nil {
+	for n := 0; n < 10_000; n++ {
+		c, err := syscall.Read(l.fd, buf)
+		if errors.Is(err, syscall.EPIPE) {
+			continue // records overwritten while reading: go on with the next
+		}
+		if err != nil || c <= 0 {
 			break // EAGAIN: the end of the log
 		}
-		rec := string(buf[:c])
-		_, text, _ := strings.Cut(rec, ";")
-		text = strings.TrimSpace(strings.SplitN(text, "\n", 2)[0])
-		for _, m := range names {
-			if strings.Contains(text, m) {
-				lines = append(lines, kmp.OneLine(text))
-				break
-			}
+		_, text, _ := strings.Cut(string(buf[:c]), ";")
+		if text = strings.TrimSpace(strings.SplitN(text, "\n", 2)[0]); text != "" {
+			lines = append(lines, kmp.OneLine(text))
 		}
 	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
 	}
 	return lines
 }
