@@ -149,9 +149,13 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			changed = changed || ch
 			res.Time = time.Now().UTC().Format(time.RFC3339)
 			st.set(k, row.name, res)
-			if res.State == StateFailed {
+			switch {
+			case res.State == StateFailed:
 				failed++
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
+			case res.State == StateBuiltLocally && res.Attempted != res.Version:
+				failed++ // available, but the registered version is not what runs
+				o.logf("%s: %s: %s", k, row.name, res.Reason)
 			}
 		}
 		// Rows of modules no longer registered go, with whatever autoinstall built for them.
@@ -306,9 +310,10 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild {
 			return prev, false, nil // built before, from this very source version
 		}
-		// The same source failed the same way for this kernel before (not for a temporary
-		// cause): a boot-time run must not spend minutes failing again. --rebuild retries.
-		if prev != nil && prev.State == StateFailed && prev.FailureKind == build.FailureBuild && prev.Version == rw.src.Version && !o.Rebuild {
+		// The same source version failed the same way for this kernel before (not for a
+		// temporary cause): a boot-time run must not spend minutes failing again. --rebuild
+		// retries.
+		if prev != nil && prev.FailureKind == build.FailureBuild && prev.Attempted == rw.src.Version && !o.Rebuild {
 			return prev, false, nil
 		}
 		return o.buildLocally(ctx, r, k, *rw.src, prev)
@@ -413,12 +418,25 @@ func (o *Options) kernelTree(r *os.Root, k string) (*kernel.KernelTree, string) 
 
 // buildLocally is step 4: build src for k, install its modules, record where the log is.
 func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k string, rec SourceRecord, prev *Result) (*Result, bool, error) {
-	res := &Result{State: StateFailed, Version: rec.Version}
+	// fail records why rec could not be built; a build of an earlier version (or of this
+	// one, for --rebuild) that still serves the kernel is kept and the row says so: missing
+	// headers or a broken new version must not take a working module away.
+	fail := func(reason, log, kind string) (*Result, bool, error) {
+		if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
+			kept := *prev
+			kept.Reason = fmt.Sprintf("%s %s could not be built, the build of %s stays: %s", rec.Name, rec.Version, prev.Version, reason)
+			kept.Attempted, kept.FailureKind = rec.Version, kind
+			if log != "" {
+				kept.Log = log
+			}
+			return &kept, false, nil
+		}
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateFailed, Version: rec.Version, Attempted: rec.Version, Reason: reason, Log: log, FailureKind: kind}, ch, err
+	}
 	tree, why := o.kernelTree(r, k)
 	if tree == nil {
-		res.Reason = why
-		ch, err := o.dropBuilt(r, k, prev)
-		return res, ch, err
+		return fail(why, "", "")
 	}
 	srcDir, err := securejoin.SecureJoin(o.root(), sourceDir(rec.Name, rec.Version))
 	if err != nil {
@@ -426,8 +444,7 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	}
 	src, err := source.OpenSource(srcDir)
 	if err != nil {
-		res.Reason = "the source " + rec.Dir + " is unusable: " + kmp.OneLine(err.Error())
-		return res, false, nil
+		return fail("the source "+rec.Dir+" is unusable: "+kmp.OneLine(err.Error()), "", "")
 	}
 	switch src.Kind {
 	case source.SourceDKMS, source.SourceKbuild:
@@ -438,8 +455,7 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 		}
 	default:
 		if src.Name != rec.Name || src.Version != rec.Version {
-			res.Reason = fmt.Sprintf("%s now says %s %s, registered as %s %s (kmpack source add it again)", rec.Dir, src.Name, src.Version, rec.Name, rec.Version)
-			return res, false, nil
+			return fail(fmt.Sprintf("%s now says %s %s, registered as %s %s (kmpack source add it again)", rec.Dir, src.Name, src.Version, rec.Name, rec.Version), "", "")
 		}
 	}
 	outRel := autoBuildsDir + "/" + k + "/" + rec.Name
@@ -461,27 +477,28 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	})
 	if m == nil {
 		if err != nil && (kmp.IsInputError(err) || errors.Is(err, build.ErrBuildFailed)) {
-			res.Reason = "build: " + kmp.OneLine(err.Error())
-			return res, false, nil
+			// The source's description is wrong (a dkms.conf that does not evaluate): the same
+			// every time.
+			return fail("build: "+kmp.OneLine(err.Error()), "", build.FailureBuild)
 		}
 		return nil, false, err
 	}
 	kb := m.Kernels[0]
+	log := ""
 	if kb.Log != "" {
-		res.Log = "/" + outRel + "/" + kb.Log
+		log = "/" + outRel + "/" + kb.Log
 	}
 	switch kb.Status {
 	case manifest.StatusSkipped:
 		ch, err := o.dropBuilt(r, k, prev)
-		return &Result{State: StateSkipped, Version: rec.Version, Reason: kb.Reason, Log: res.Log}, ch, err
+		return &Result{State: StateSkipped, Version: rec.Version, Attempted: rec.Version, Reason: kb.Reason, Log: log}, ch, err
 	case manifest.StatusBuilt:
 	default:
-		res.FailureKind = kb.FailureKind
-		res.Reason = "build failed: " + kb.Reason
+		reason := "build failed: " + kb.Reason
 		if l := tellingLine(kb.LogTail); l != "" {
-			res.Reason += " (" + l + ")"
+			reason += " (" + l + ")"
 		}
-		return res, false, nil
+		return fail(reason, log, kb.FailureKind)
 	}
 	files, err := o.installBuilt(r, k, rec.Name, out, kb)
 	if err != nil {
@@ -496,7 +513,7 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 		}
 	}
 	o.logf("%s: installed %s", k, strings.Join(files, " "))
-	return &Result{State: StateBuiltLocally, Version: rec.Version, Log: res.Log, Files: files}, true, nil
+	return &Result{State: StateBuiltLocally, Version: rec.Version, Attempted: rec.Version, Log: log, Files: files}, true, nil
 }
 
 // tellingLine is the line of a failed build's log tail a user needs first: the first

@@ -64,8 +64,11 @@ type Result struct {
 	// Reason says why it failed (or was skipped); Log is the build's log, a path from the root.
 	Reason string `json:"reason,omitempty"`
 	Log    string `json:"log,omitempty"`
-	// FailureKind is the build engine's for a failed build: "build" (the same inputs fail the
-	// same way: not retried until the source changes or autoinstall --rebuild) or "temporary".
+	// Attempted is the source version autoinstall last tried to build; FailureKind the build
+	// engine's word for its failure: "build" (the same inputs fail the same way: not retried
+	// until the source's version changes or autoinstall --rebuild) or "temporary". A row can
+	// be built-locally with a failure: the build of an earlier version stays (Reason says so).
+	Attempted   string `json:"attempted,omitempty"`
 	FailureKind string `json:"failure_kind,omitempty"`
 	// Files are the modules autoinstall installed (built-locally), paths from the root, each
 	// under /lib/modules/<kernel>/updates/kmpack-built/<module>/.
@@ -168,7 +171,7 @@ func (r *Result) validate(release, name string) error {
 			return fmt.Errorf("package: %v", err)
 		}
 	}
-	for field, v := range map[string]string{"version": r.Version, "reason": r.Reason, "time": r.Time} {
+	for field, v := range map[string]string{"version": r.Version, "attempted": r.Attempted, "reason": r.Reason, "time": r.Time} {
 		if len(v) > maxStateText || strings.ContainsAny(v, "\x00\n\r") {
 			return fmt.Errorf("%s: longer than %d bytes or not one line", field, maxStateText)
 		}

@@ -92,6 +92,8 @@ func kernelRows(r *os.Root, p *weakupdates.Plan, decided []row, st *State) []Sta
 			switch {
 			case !filesPresent(r, res.Files):
 				row.State, row.Reason = StateMissing, "the modules autoinstall built are gone: run kmpack autoinstall "+k
+			case res.Reason != "":
+				row.Reason = res.Reason // a newer version could not be built; this one stays
 			case d.src != nil && d.src.Version != res.Version:
 				row.Reason = fmt.Sprintf("built from %s %s; %s is registered since: run kmpack autoinstall %s", n, res.Version, d.src.Version, k)
 			}

@@ -407,4 +407,33 @@ func TestAutoinstallBuildFailure(t *testing.T) {
 	if _, stderr, code := kmpack(t, "gate", "--root", root, k53); code != exitGateClosed || !strings.Contains(stderr, "kmpack-test-broken") {
 		t.Fatalf("gate: %d %s", code, stderr)
 	}
+
+	// A version that builds (1.2) replaces the failure; a broken version after it (1.3) does
+	// not take the working build away: it stays, and status, gate and the exit status say so.
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", withVersion(t, testenv.ExampleSource(t, true), "1.2")); code != 0 {
+		t.Fatalf("source add 1.2: %d %s", code, stderr)
+	}
+	if out, stderr, code := kmpack(t, "autoinstall", "--root", root, k53); code != 0 {
+		t.Fatalf("autoinstall 1.2: %d\n%s\n%s", code, out, stderr)
+	}
+	if _, stderr, code := kmpack(t, "source", "--root", root, "add", withVersion(t, src, "1.3")); code != 0 {
+		t.Fatalf("source add 1.3: %d %s", code, stderr)
+	}
+	if out, _, code := kmpack(t, "autoinstall", "--root", root, k53); code != exitAutoinstallFailed || !strings.Contains(out, "building kmpack-hello 1.3") {
+		t.Fatalf("autoinstall 1.3: %d\n%s", code, out)
+	}
+	row = statusJSON(t, root)[k53+" kmpack-hello"]
+	if row.State != target.StateBuiltLocally || row.Version != "1.2" || !strings.Contains(row.Reason, "1.3 could not be built, the build of 1.2 stays") {
+		t.Fatalf("status with 1.3 broken: %+v", row)
+	}
+	ko := filepath.Join(root, "lib/modules", k53, "updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
+	if found, err := exec.Command("modinfo", "-b", root, "-k", k53, "-F", "filename", "kmpack_hello").Output(); err != nil || strings.TrimSpace(string(found)) != ko {
+		t.Fatalf("the 1.2 build is not indexed: %q %v", found, err)
+	}
+	if _, stderr, code := kmpack(t, "gate", "--root", root, k53); code != 0 {
+		t.Fatalf("gate with 1.2 kept: %d %s", code, stderr)
+	}
+	if out, _, _ := kmpack(t, "autoinstall", "--root", root, k53); strings.Contains(out, "building") {
+		t.Fatalf("1.3 built again:\n%s", out)
+	}
 }
