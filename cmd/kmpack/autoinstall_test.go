@@ -66,23 +66,24 @@ func TestAutoinstallBuildsRegisteredSource(t *testing.T) {
 		t.Fatalf("no depmod-pending mark after the kill: %v", err)
 	}
 
-	// Two kernels' hooks at once: the lock serializes them, one repairs, the other finds the
-	// build made.
+	// Two hooks at once, one for 53, one for 54 and 53 (two kernels arriving together): the
+	// lock serializes them, one repairs 53, the other finds the build made; 54, without
+	// headers, fails in its run (exit 7).
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
 	codes := make([]int, 2)
-	for i := range outs {
+	for i, kernels := range [][]string{{k53}, {k54, k53}} {
 		wg.Add(1)
-		go func(i int) {
+		go func() {
 			defer wg.Done()
 			var errs string
-			outs[i], errs, codes[i] = kmpack(t, "autoinstall", "--root", root, k53)
+			outs[i], errs, codes[i] = kmpack(t, append([]string{"autoinstall", "--root", root}, kernels...)...)
 			outs[i] += errs
-		}(i)
+		}()
 	}
 	wg.Wait()
 	builds := strings.Count(outs[0]+outs[1], "building kmpack-hello")
-	if codes[0] != 0 || codes[1] != 0 || builds != 1 {
+	if codes[0] != 0 || codes[1] != exitAutoinstallFailed || builds != 1 {
 		t.Fatalf("two runs: codes %v, %d builds\n%s\n---\n%s", codes, builds, outs[0], outs[1])
 	}
 	ko := filepath.Join(root, "lib/modules", k53, "updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
