@@ -280,6 +280,10 @@ func TestKernelHooksRunAutoinstall(t *testing.T) {
 		if row.State != target.StateFailed || !strings.Contains(row.Reason, "linux-headers-"+k54) {
 			t.Fatalf("%s: status %+v", step, row)
 		}
+		if out, _, code := kmpack(t, "status", "--root", root); code != 0 || !strings.Contains(out, "kmpack-hello") ||
+			!strings.Contains(out, "failed (1.0): the headers of "+k54+" are not installed") {
+			t.Fatalf("%s: status text (exit %d):\n%s", step, code, out)
+		}
 		os.Remove(filepath.Join(root, "var/lib/kmpack/autoinstall/state.json"))
 	}
 
