@@ -31,8 +31,8 @@ import (
 // AutoinstallOptions describe kmpack autoinstall.
 type AutoinstallOptions struct {
 	Options
-	// Kernels are the releases to act for (validated by the caller with ident); none: every
-	// installed kernel under the root's /lib/modules.
+	// Kernels are the releases to act for; none: every installed kernel under the root's
+	// /lib/modules.
 	Kernels []string
 	// BuildTimeout bounds one source's build for one kernel (DefaultBuildTimeout when 0).
 	BuildTimeout time.Duration
@@ -81,6 +81,15 @@ var ErrFailures = errors.New("some modules are not available")
 // repaired by the next: pending depmods are redone and an unrecorded build is made again.
 // Failures are recorded and reported as ErrFailures after every kernel and module was tried.
 func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
+	// Names become paths under the root: checked here too, for callers other than the CLI.
+	if err := validKernels(o.Kernels); err != nil {
+		return nil, err
+	}
+	if o.Only != "" {
+		if err := ident.PackageName(o.Only); err != nil {
+			return nil, kmp.InputErrorf(o.Only, "%v", err)
+		}
+	}
 	var st *State
 	err := o.locked(func(r *os.Root) error {
 		var err error
@@ -193,6 +202,15 @@ func engineFacts(eng *weakupdates.Engine) ([]weakupdates.KMP, []*weakupdates.Pla
 	}
 	plans, err := eng.Status()
 	return kmps, plans, err
+}
+
+func validKernels(kernels []string) error {
+	for _, k := range kernels {
+		if err := ident.KernelRelease(k); err != nil {
+			return kmp.InputErrorf(k, "%v", err)
+		}
+	}
+	return nil
 }
 
 func (o *Options) engine() *weakupdates.Engine {
@@ -692,6 +710,9 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 // installed (lib/modules/<k>/kernel) keeps autoinstall's builds, as the engine keeps its links:
 // a hook run too early must not strip a working kernel.
 func RemoveKernels(o Options, kernels []string) error {
+	if err := validKernels(kernels); err != nil {
+		return err
+	}
 	err := o.locked(func(r *os.Root) error {
 		st := readState(r, &o)
 		for _, k := range kernels {

@@ -67,6 +67,9 @@ func Load(ctx context.Context, o LoadOptions) (*LoadResult, error) {
 	if k == "" {
 		k = running
 	}
+	if err := ident.KernelRelease(k); err != nil {
+		return nil, kmp.InputErrorf(k, "%v", err)
+	}
 	st, err := Autoinstall(ctx, AutoinstallOptions{Options: o.Options, Kernels: []string{k}, Only: o.Name, Rebuild: o.Rebuild,
 		BuildTimeout: o.BuildTimeout})
 	if err != nil && !errors.Is(err, ErrFailures) {

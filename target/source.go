@@ -586,6 +586,13 @@ func ParseSourceRef(ref string) (name, version string, err error) {
 // kept, and takes the modules autoinstall built from it out of every kernel (depmod runs for
 // each kernel that lost one). A source that is not registered is an InputError.
 func RemoveSource(o Options, name, version string) error {
+	ref := name
+	if version != "" {
+		ref += "/" + version
+	}
+	if _, _, err := ParseSourceRef(ref); err != nil {
+		return kmp.InputErrorf(ref, "%v", err)
+	}
 	return o.locked(func(r *os.Root) error {
 		var gone []SourceRecord
 		for _, rec := range readSources(r, &o) {
@@ -594,10 +601,6 @@ func RemoveSource(o Options, name, version string) error {
 			}
 		}
 		if len(gone) == 0 {
-			ref := name
-			if version != "" {
-				ref += "/" + version
-			}
 			return kmp.InputErrorf(ref, "no such source registered (kmpack source list)")
 		}
 		for _, rec := range gone {
