@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"fmt"
 	"maps"
+	"path"
 	"slices"
 	"strings"
 
@@ -40,9 +41,36 @@ const (
 	// The kernel hooks are named to run before dkms and initramfs-tools (run-parts order), so
 	// a new kernel's initramfs is made with its weak-updates links in place.
 	RuntimePostinstHook = "/etc/kernel/postinst.d/50-kmpack-weak-updates"
-	RuntimePostrmHook   = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
-	RuntimeManPage      = "/usr/share/man/man1/kmpack.1.gz"
+	// RuntimeKernelInstall is systemd's kernel-install plugin, ordered before the initramfs
+	// plugins (50-dracut.install, 50-mkinitcpio.install) as dkms's 40-dkms.install is.
+	RuntimeKernelInstall = "/usr/lib/kernel/install.d/40-kmpack.install"
+	// RuntimeAutoinstallUnit catches up at boot; it is enabled by the link in
+	// RuntimeAutoinstallWants, shipped in the package (static enablement, no postinst logic).
+	RuntimeAutoinstallUnit  = "/usr/lib/systemd/system/kmpack-autoinstall.service"
+	RuntimeAutoinstallWants = "/usr/lib/systemd/system/multi-user.target.wants/kmpack-autoinstall.service"
+	RuntimePostrmHook       = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
+	RuntimeManPage          = "/usr/share/man/man1/kmpack.1.gz"
 )
+
+// runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
+// (installed by an image builder, or while kmpack was absent); with nothing to do it is fast.
+// %v is systemd's specifier for the running kernel's release.
+const runtimeAutoinstallUnit = `# Installed by kmpack.
+[Unit]
+Description=Give registered kernel modules a build for the running kernel (kmpack autoinstall)
+Documentation=man:kmpack(1)
+After=local-fs.target
+Before=network-pre.target graphical.target
+ConditionPathIsDirectory=/var/lib/kmpack
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + RuntimeBinary + ` autoinstall --hook %v
+
+[Install]
+WantedBy=multi-user.target
+`
 
 // runtimeCompletions are where each shell looks for a vendor's completion script.
 var runtimeCompletions = map[string]string{
@@ -77,16 +105,23 @@ installed kernel of their flavor whose symbol versions their modules match:
 the modules are linked into /lib/modules/<release>/weak-updates, a depmod.d
 file ranks those links after a kernel's own package builds and before its
 built-in modules, and kernel hooks link (and unlink) kernels installed (and
-removed) later. See kmpack weak-updates --help.`)
+removed) later. For a kernel no installed build serves, the hooks (Debian's
+postinst.d, systemd's kernel-install) and a boot-time unit build the module
+from a source registered with kmpack source add, or record why not (kmpack
+status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
+--help.`)
 	var s scriptlets
-	hook := func(cmd, why string) []byte {
-		return []byte(s.render("runtime-kernel-hook", map[string]any{"Binary": RuntimeBinary, "Command": cmd, "Why": why}))
-	}
+	data := map[string]any{"Binary": RuntimeBinary}
 	p.Files = []File{
 		{Path: RuntimeBinary, Body: rt.Binary, Mode: 0o755},
 		{Path: RuntimeDepmodConf, Body: []byte(weakupdates.DepmodConf), Mode: 0o644},
-		{Path: RuntimePostinstHook, Body: hook("add-kernel", "link compatible module packages into a newly installed kernel"), Mode: 0o755, Config: true},
-		{Path: RuntimePostrmHook, Body: hook("remove-kernel", "drop a removed kernel's weak-updates links and relink the rest"), Mode: 0o755, Config: true},
+		// The postinst hook keeps its name (a conffile an administrator may have edited) and
+		// now runs autoinstall, whose step 2 is what add-kernel did.
+		{Path: RuntimePostinstHook, Body: []byte(s.render("runtime-autoinstall-hook", data)), Mode: 0o755, Config: true},
+		{Path: RuntimePostrmHook, Body: []byte(s.render("runtime-autoinstall-hook", map[string]any{"Binary": RuntimeBinary, "Removed": true})), Mode: 0o755, Config: true},
+		{Path: RuntimeKernelInstall, Body: []byte(s.render("runtime-kernel-install", data)), Mode: 0o755},
+		{Path: RuntimeAutoinstallUnit, Body: []byte(runtimeAutoinstallUnit), Mode: 0o644},
+		{Path: RuntimeAutoinstallWants, Kind: Symlink, Target: "../" + path.Base(RuntimeAutoinstallUnit)},
 	}
 	if len(rt.ManPage) > 0 {
 		p.Files = append(p.Files, File{Path: RuntimeManPage, Body: gzipNoName(rt.ManPage), Mode: 0o644})
@@ -106,7 +141,6 @@ removed) later. See kmpack weak-updates --help.`)
 	if libc != nil {
 		p.Requires = append(p.Requires, *libc)
 	}
-	data := map[string]any{"Binary": RuntimeBinary}
 	p.Scripts = Scripts{
 		PostInstall: s.render("runtime-deb-postinst", data),
 		PostRemove:  s.render("runtime-deb-postrm", data),

@@ -103,8 +103,8 @@ func Validate(p *Package) error {
 func allowedRoots(p *Package) []string {
 	doc := "/usr/share/doc/" + p.Name
 	if p.runtime {
-		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", doc, "/usr/share/man/man1",
-			"/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d"}
+		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", path.Dir(RuntimeKernelInstall), "/usr/lib/systemd/system",
+			doc, "/usr/share/man/man1", "/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d"}
 	}
 	if p.certDir != "" {
 		return []string{p.certDir, doc}

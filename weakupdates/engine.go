@@ -117,7 +117,7 @@ func (e *Engine) run(write bool, fn func(s *session) error) error {
 		timeout = DefaultLockTimeout
 	}
 	lockName := stateDir + "/lock"
-	unlock, err := lockFile(r, lockName, !write || e.DryRun, timeout)
+	unlock, err := LockFile(r, lockName, !write || e.DryRun, timeout)
 	if err != nil {
 		return fmt.Errorf("%s: %v", filepath.Join(e.root(), lockName), err)
 	}
@@ -187,7 +187,7 @@ func (e *Engine) AddKMP(k KMP) error {
 	}
 	return e.run(true, func(s *session) error {
 		if !e.DryRun {
-			if err := writeAtomic(s.r, registrationFile(k.Package), append(b, '\n')); err != nil {
+			if err := WriteAtomic(s.r, registrationFile(k.Package), append(b, '\n')); err != nil {
 				return err
 			}
 		}
@@ -250,7 +250,7 @@ func (e *Engine) RemoveKMP(pkg string) error {
 		if err == nil || !errors.Is(err, fs.ErrNotExist) {
 			e.logf("unregister %s", pkg)
 			if !e.DryRun {
-				if err := removeDurably(s.r, name); err != nil {
+				if err := RemoveDurably(s.r, name); err != nil {
 					return err
 				}
 			}
@@ -258,6 +258,25 @@ func (e *Engine) RemoveKMP(pkg string) error {
 		all := slices.DeleteFunc(s.kmps(), func(o KMP) bool { return o.Package == pkg })
 		return s.sync(flavor, all)
 	})
+}
+
+// Registrations are the valid registrations (an invalid one is skipped with a warning).
+func (e *Engine) Registrations() ([]KMP, error) {
+	var out []KMP
+	err := e.run(false, func(s *session) error {
+		out = s.kmps()
+		return nil
+	})
+	return out, err
+}
+
+// Reindex runs depmod for one kernel under the engine's lock, as the engine does (with the
+// root's own depmod.d): for modules installed beside the engine's links (kmpack autoinstall).
+func (e *Engine) Reindex(release string) error {
+	if err := ident.KernelRelease(release); err != nil {
+		return fmt.Errorf("reindex: %v", err)
+	}
+	return e.run(true, func(s *session) error { return s.depmod(release) })
 }
 
 // Sync recomputes every installed kernel's links: what an upgraded engine, or a repair by
@@ -312,7 +331,7 @@ func (e *Engine) RemoveKernel(release string) error {
 				}
 			}
 			if !e.DryRun {
-				if err := removeDurably(s.r, depmodPending(release)); err != nil {
+				if err := RemoveDurably(s.r, depmodPending(release)); err != nil {
 					return err
 				}
 			}
@@ -322,8 +341,12 @@ func (e *Engine) RemoveKernel(release string) error {
 }
 
 // installedKernels are the releases under <root>/lib/modules with the kernel's own modules.
-func (s *session) installedKernels() []string {
-	d, err := s.r.Open("lib/modules")
+func (s *session) installedKernels() []string { return InstalledKernels(s.r) }
+
+// InstalledKernels are the releases under r's lib/modules with the kernel's own modules (a
+// kernel/ directory), sorted.
+func InstalledKernels(r *os.Root) []string {
+	d, err := r.Open("lib/modules")
 	if err != nil {
 		return nil
 	}
@@ -334,7 +357,7 @@ func (s *session) installedKernels() []string {
 		if ident.KernelRelease(n) != nil {
 			continue // not a kernel's directory
 		}
-		if _, err := s.r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+		if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
 			out = append(out, n)
 		}
 	}
@@ -350,6 +373,8 @@ type Plan struct {
 	// Chosen and Rejected say, per KMP name, which build is linked and why others are not.
 	Chosen   map[string]string   `json:"chosen"`
 	Rejected map[string][]string `json:"rejected,omitempty"`
+	// From says, per chosen KMP name, which kernel the linked build was built for.
+	From map[string]string `json:"from,omitempty"`
 	// Unlinked says, per chosen KMP name (filled by Status), why its links are not all in
 	// place on disk: a real file in the way, a directory that is a symbolic link, a link
 	// missing or pointing elsewhere until the next sync.
@@ -364,7 +389,7 @@ type Plan struct {
 // so far) available, repeated until nothing changes.
 func (s *session) plan(release string, all []KMP, infos map[string]*module.ModuleInfo) *Plan {
 	p := &Plan{Kernel: release, Links: map[string]string{}, Chosen: map[string]string{}, Rejected: map[string][]string{},
-		owner: map[string]string{}}
+		From: map[string]string{}, owner: map[string]string{}}
 	modDir := "lib/modules/" + release
 	kernelRoot, err := s.r.OpenRoot(modDir + "/kernel")
 	if err == nil {
@@ -431,6 +456,7 @@ func (s *session) plan(release string, all []KMP, infos map[string]*module.Modul
 					continue
 				}
 				p.Chosen[name] = fmt.Sprintf("%s %s (built for %s)", k.Package, k.Version, k.Kernel)
+				p.From[name] = k.Kernel
 				for _, m := range k.Modules {
 					link := path.Join("/lib/modules", release, "weak-updates", linkPath(&k, m))
 					p.Links[link] = m
@@ -529,7 +555,7 @@ func (s *session) sync(flavor string, all []KMP) error {
 				return err
 			}
 			killPoint("after-depmod")
-			if err := removeDurably(s.r, depmodPending(rel)); err != nil {
+			if err := RemoveDurably(s.r, depmodPending(rel)); err != nil {
 				return err
 			}
 		}
@@ -633,7 +659,7 @@ func (s *session) apply(p *Plan) (bool, error) {
 	// change records, before the first change, that this kernel needs depmod.
 	change := func() error {
 		if !changed && !e.DryRun {
-			if err := writeAtomic(s.r, depmodPending(p.Kernel), nil); err != nil {
+			if err := WriteAtomic(s.r, depmodPending(p.Kernel), nil); err != nil {
 				return err
 			}
 			killPoint("after-pending")

@@ -24,9 +24,9 @@ func rel(p string) string {
 	return p
 }
 
-// writeAtomic writes a file under r whole or not at all, and durably: the data is synced
+// WriteAtomic writes a file under r whole or not at all, and durably: the data is synced
 // before the rename and the directory after it.
-func writeAtomic(r *os.Root, name string, b []byte) error {
+func WriteAtomic(r *os.Root, name string, b []byte) error {
 	dir := dirOf(name)
 	if err := r.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -54,8 +54,8 @@ func writeAtomic(r *os.Root, name string, b []byte) error {
 	return syncDir(r, dir)
 }
 
-// removeDurably removes a file and syncs its directory; a missing file is no error.
-func removeDurably(r *os.Root, name string) error {
+// RemoveDurably removes a file and syncs its directory; a missing file is no error.
+func RemoveDurably(r *os.Root, name string) error {
 	if err := r.Remove(name); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -83,10 +83,10 @@ func dirOf(name string) string {
 // DefaultLockTimeout is how long a run waits for another to finish before giving up.
 const DefaultLockTimeout = 10 * time.Minute
 
-// lockFile takes the engine's lock under r: exclusive for runs that change things, shared
+// LockFile takes the engine's lock under r: exclusive for runs that change things, shared
 // for dry runs, which never create it (no lock file, no state directory: a dry run writes
 // nothing). It waits at most timeout; the lock goes with the process, however it exits.
-func lockFile(r *os.Root, name string, shared bool, timeout time.Duration) (func(), error) {
+func LockFile(r *os.Root, name string, shared bool, timeout time.Duration) (func(), error) {
 	var f *os.File
 	var err error
 	if shared {
@@ -119,7 +119,7 @@ func lockFile(r *os.Root, name string, shared bool, timeout time.Duration) (func
 		}
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("another kmpack weak-updates run still holds the lock after waiting %v", timeout)
+			return nil, fmt.Errorf("another kmpack run still holds the lock after waiting %v", timeout)
 		}
 		time.Sleep(min(wait, time.Until(deadline)+time.Millisecond))
 	}

@@ -109,7 +109,9 @@ many kernel devel trees and turns the results into SUSE KMP, Red Hat kmod and De
 Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command line,
 3 an input is malformed (the message names the file and the problem; nothing is written),
 4 build: at least one kernel failed, 5 build: every kernel was skipped (BUILD_EXCLUSIVE),
-6 verify: a module's signature does not check out,
+6 verify: a module's signature does not check out, 7 autoinstall: a module failed (not with
+--hook), 8 gate: a registered module will not be available in the kernel, 9 load: the kernel refused
+the module,
 130 interrupted by SIGINT or SIGTERM (child processes killed, temporary files removed).`,
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
@@ -135,6 +137,11 @@ Exit status: 0 success, 1 failure of the machine or of kmpack, 2 wrong command l
 			keygenCommand(),
 			verifyCommand(),
 			weakUpdatesCommand(),
+			sourceCommand(),
+			autoinstallCommand(),
+			statusCommand(),
+			gateCommand(),
+			loadCommand(),
 			completionCommand(),
 			manCommand(),
 		},

@@ -113,3 +113,37 @@ func WeakUpdatesLinks(root, release string) map[string]string {
 	})
 	return out
 }
+
+// InstallHeaders gives root release's real headers the way Debian lays them out: the -amd64
+// tree (copied), its -common half and linux-kbuild (hard links), and /lib/modules/<release>/build
+// an absolute link to the tree, resolved inside the root by kmpack. (The tree's top Makefile
+// includes the -common Makefile by absolute path, which make resolves on this host: the same
+// files, which is why they are only hard links here.)
+func InstallHeaders(t *testing.T, root, release string) {
+	t.Helper()
+	host := HeadersDir(t, release)
+	dst := filepath.Join(root, "usr/src", filepath.Base(host))
+	os.RemoveAll(dst)
+	CopyTree(t, host, dst)
+	common, err := filepath.EvalSymlinks(filepath.Join("/lib/modules", release, "source"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kbuild, err := filepath.EvalSymlinks(filepath.Join(host, "scripts"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kbuild = filepath.Dir(kbuild)
+	for _, d := range []string{common, kbuild} {
+		if _, err := os.Stat(filepath.Join(root, d)); err == nil {
+			continue
+		}
+		os.MkdirAll(filepath.Dir(filepath.Join(root, d)), 0o755)
+		if out, err := exec.Command("cp", "-al", d, filepath.Join(root, d)).CombinedOutput(); err != nil {
+			t.Fatalf("cp -al %s: %v %s", d, err, out)
+		}
+	}
+	if err := os.Symlink("/usr/src/"+filepath.Base(host), filepath.Join(root, "lib/modules", release, "build")); err != nil {
+		t.Fatal(err)
+	}
+}

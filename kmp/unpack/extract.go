@@ -95,6 +95,8 @@ func (x *extractor) knownDir(rel string) {
 type unpackBudget struct {
 	bytes, maxBytes int64
 	entries         int
+	// maxEntries bounds entries when set (MaxUnpackEntries otherwise).
+	maxEntries int
 	// links are the symlinks every package of the set created, checked once all are in place:
 	// a link one package makes can complete a chain another package's link starts.
 	links []createdLink
@@ -109,8 +111,12 @@ func (x *extractor) fail(name, format string, args ...any) error {
 // clean validates an entry name and returns it relative to root ("" for the root itself).
 func (x *extractor) clean(name string) (string, error) {
 	if x.budget != nil {
-		if x.budget.entries++; x.budget.entries > MaxUnpackEntries {
-			return "", x.fail(name, "more than %d entries", MaxUnpackEntries)
+		limit := MaxUnpackEntries
+		if x.budget.maxEntries > 0 {
+			limit = x.budget.maxEntries
+		}
+		if x.budget.entries++; x.budget.entries > limit {
+			return "", x.fail(name, "more than %d entries", limit)
 		}
 	}
 	if name == "" {

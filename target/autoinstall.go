@@ -1,0 +1,757 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	debversion "github.com/knqyf263/go-deb-version"
+
+	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/build"
+	"github.com/kmpack/kmpack/kmp/ident"
+	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/kmp/manifest"
+	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/source"
+	"github.com/kmpack/kmpack/weakupdates"
+)
+
+// AutoinstallOptions describe kmpack autoinstall.
+type AutoinstallOptions struct {
+	Options
+	// Kernels are the releases to act for; none: every installed kernel under the root's
+	// /lib/modules.
+	Kernels []string
+	// BuildTimeout bounds one source's build for one kernel (DefaultBuildTimeout when 0).
+	BuildTimeout time.Duration
+	// Jobs is the build's job budget (one per CPU when 0).
+	Jobs int
+	// Rebuild builds sources again where an earlier build failed or succeeded (izmod -R); a
+	// build that failed for a temporary cause (a signal, a full disk) is retried anyway.
+	// Steps 1 and 2 still come first: a package's build for the kernel, or a link, is never
+	// doubled by a local one.
+	Rebuild bool
+	// Only restricts the run to one module (kmpack load); "" is every registered module.
+	Only string
+}
+
+// DefaultBuildTimeout bounds one local build: a kernel hook must end.
+const DefaultBuildTimeout = time.Hour
+
+// KillPointEnv is weakupdates' variable: tests make autoinstall SIGKILL itself at a named point
+// ("autoinstall-after-install": modules installed, state not yet written).
+const KillPointEnv = weakupdates.KillPointEnv
+
+func killPoint(name string) {
+	if os.Getenv(KillPointEnv) == name {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// ErrFailures is returned (wrapped) by Autoinstall when a kernel × module ended failed: the
+// run went on with the others and recorded everything.
+var ErrFailures = errors.New("some modules are not available")
+
+// Autoinstall gives every registered module (module packages and sources) a build for each
+// kernel, the cheapest correct way first, and records the outcome in the state file:
+//
+//  1. a registered package built for that kernel is installed: nothing to do;
+//  2. a build for another kernel loads there (weakupdates' compat check): linked by the
+//     weak-updates engine;
+//  3. a prebuilt package from the machine's repositories: not done by this kmpack yet;
+//  4. a registered source: built with kmpack's build engine against the root's
+//     /lib/modules/<kernel>/build, installed under updates/kmpack-built/<name>/, depmod;
+//  5. otherwise a failure, with its reason.
+//
+// Runs hold one lock, so two at once end as one after the other, and a module already built
+// for a kernel from the same source version is not built again. A run killed midway is
+// repaired by the next: pending depmods are redone and an unrecorded build is made again.
+// Failures are recorded and reported as ErrFailures after every kernel and module was tried.
+func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
+	// Names become paths under the root: checked here too, for callers other than the CLI.
+	if err := validKernels(o.Kernels); err != nil {
+		return nil, err
+	}
+	if o.Only != "" {
+		if err := ident.PackageName(o.Only); err != nil {
+			return nil, kmp.InputErrorf(o.Only, "%v", err)
+		}
+	}
+	var st *State
+	err := o.locked(func(r *os.Root) error {
+		var err error
+		st, err = autoinstall(ctx, r, &o)
+		return err
+	})
+	return st, err
+}
+
+func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State, error) {
+	st := readState(r, &o.Options)
+	eng := o.engine()
+	kernels := o.Kernels
+	if len(kernels) == 0 {
+		kernels = weakupdates.InstalledKernels(r)
+	}
+	// Bad input before any change: every kernel named must be installed.
+	for _, k := range kernels {
+		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
+			return st, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
+		}
+	}
+	// Kernels whose depmod a killed run never finished.
+	for _, k := range pendingDepmods(r) {
+		if err := o.reindex(r, eng, k); err != nil {
+			return st, err
+		}
+	}
+	// Step 2 first, for every module at once: the engine links all builds that load (once per
+	// flavor: each run recomputes every kernel of it).
+	flavors := map[string]bool{}
+	for _, k := range kernels {
+		if f := kernel.FlavorFromRelease(k); !flavors[f] {
+			flavors[f] = true
+			if err := eng.AddKernel(k); err != nil {
+				o.warnf("weak-updates for %s: %v", k, err)
+			}
+		}
+	}
+	kmps, plans, err := engineFacts(eng)
+	if err != nil {
+		return st, err
+	}
+	sources := newestSources(readSources(r, &o.Options))
+	failed := 0
+	for _, k := range kernels {
+		var plan *weakupdates.Plan
+		for _, p := range plans {
+			if p.Kernel == k {
+				plan = p
+			}
+		}
+		rows := decide(r, k, kmps, plan, sources)
+		if o.Only != "" {
+			rows = slices.DeleteFunc(rows, func(rw row) bool { return rw.name != o.Only })
+			if len(rows) == 0 {
+				return st, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
+			}
+		}
+		changed := false
+		for _, row := range rows {
+			res, ch, err := o.realize(ctx, r, st, k, row)
+			if err != nil {
+				return st, err
+			}
+			changed = changed || ch
+			res.Time = time.Now().UTC().Format(time.RFC3339)
+			st.set(k, row.name, res)
+			switch {
+			case res.State == StateFailed:
+				failed++
+				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
+			case res.State == StateBuiltLocally && res.Attempted != res.Version:
+				failed++ // available, but the registered version is not what runs
+				o.logf("%s: %s: %s", k, row.name, res.Reason)
+			}
+		}
+		// Rows of modules no longer registered go, with whatever autoinstall built for them.
+		for name, res := range st.Kernels[k] {
+			if o.Only == "" && !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
+				ch, err := o.dropBuilt(r, k, res)
+				if err != nil {
+					return st, err
+				}
+				changed = changed || ch
+				delete(st.Kernels[k], name)
+			}
+		}
+		if changed {
+			if err := o.reindex(r, eng, k); err != nil {
+				return st, err
+			}
+		}
+		if err := writeState(r, st); err != nil {
+			return st, err
+		}
+	}
+	if failed > 0 {
+		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
+	}
+	return st, nil
+}
+
+// engineFacts are the weak-updates engine's registrations and its plan for every installed
+// kernel (steps 1 and 2, decided; links for step 2 made by the engine beforehand).
+func engineFacts(eng *weakupdates.Engine) ([]weakupdates.KMP, []*weakupdates.Plan, error) {
+	kmps, err := eng.Registrations()
+	if err != nil {
+		return nil, nil, err
+	}
+	plans, err := eng.Status()
+	return kmps, plans, err
+}
+
+func validKernels(kernels []string) error {
+	for _, k := range kernels {
+		if err := ident.KernelRelease(k); err != nil {
+			return kmp.InputErrorf(k, "%v", err)
+		}
+	}
+	return nil
+}
+
+func (o *Options) engine() *weakupdates.Engine {
+	return &weakupdates.Engine{Root: o.Root, Log: o.Log, Warn: o.Warn, LockTimeout: o.LockTimeout}
+}
+
+// row is what decide found for one module in one kernel before anything is built.
+type row struct {
+	name string
+	// own and linked are steps 1 and 2; src is step 4's source, nil when none.
+	own      *weakupdates.KMP
+	linkFrom string
+	linkPkg  string
+	src      *SourceRecord
+	// why the registered builds do not load here (step 2's rejections).
+	rejected []string
+}
+
+// decide finds, for kernel k, each module's own build (step 1), link (step 2, from the
+// engine's plan) and source (step 4), without changing anything.
+func decide(r *os.Root, k string, kmps []weakupdates.KMP, plan *weakupdates.Plan, sources []SourceRecord) []row {
+	flavor := kernel.FlavorFromRelease(k)
+	byName := map[string]*row{}
+	get := func(n string) *row {
+		if byName[n] == nil {
+			byName[n] = &row{name: n}
+		}
+		return byName[n]
+	}
+	for i := range kmps {
+		kp := &kmps[i]
+		if kernel.FlavorFromRelease(kp.Kernel) != flavor {
+			continue // built for another flavor: not meant for this kernel
+		}
+		rw := get(kp.Name)
+		if kp.Kernel == k && modulesPresent(r, kp.Modules) {
+			rw.own = kp
+		}
+	}
+	if plan != nil {
+		for n := range byName {
+			if from, ok := plan.From[n]; ok && len(plan.Unlinked[n]) == 0 {
+				byName[n].linkFrom, byName[n].linkPkg = from, strings.Fields(plan.Chosen[n])[0]
+			}
+			byName[n].rejected = plan.Rejected[n]
+		}
+	}
+	for _, s := range sources {
+		s := s
+		get(s.Name).src = &s
+	}
+	var out []row
+	for _, n := range slices.Sorted(func(yield func(string) bool) {
+		for n := range byName {
+			if !yield(n) {
+				return
+			}
+		}
+	}) {
+		out = append(out, *byName[n])
+	}
+	return out
+}
+
+// newestSources keeps the highest version (dpkg's order) of each source name.
+func newestSources(all []SourceRecord) []SourceRecord {
+	best := map[string]SourceRecord{}
+	for _, s := range all {
+		b, ok := best[s.Name]
+		if !ok || compareVersions(s.Version, b.Version) > 0 {
+			best[s.Name] = s
+		}
+	}
+	var out []SourceRecord
+	for _, s := range best {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func compareVersions(a, b string) int {
+	va, errA := debversion.NewVersion(a)
+	vb, errB := debversion.NewVersion(b)
+	if errA != nil || errB != nil {
+		return strings.Compare(a, b)
+	}
+	return va.Compare(vb)
+}
+
+func modulesPresent(r *os.Root, mods []string) bool {
+	for _, m := range mods {
+		fi, err := r.Stat(strings.TrimPrefix(m, "/"))
+		if err != nil || !fi.Mode().IsRegular() {
+			return false
+		}
+	}
+	return len(mods) > 0
+}
+
+// realize makes row's outcome in kernel k: nothing, a link (already made), a local build, or
+// a failure. changed says the kernel needs depmod.
+func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State, k string, rw row) (*Result, bool, error) {
+	prev := st.get(k, rw.name)
+	switch {
+	case rw.own != nil:
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateBuiltForKernel, Package: rw.own.Package, Version: rw.own.Version}, ch, err
+	case rw.linkFrom != "":
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateWeakLinked, From: rw.linkFrom, Package: rw.linkPkg}, ch, err
+	}
+	// Step 3, a prebuilt package from the machine's repositories (StateFromRepo), goes here.
+	if rw.src != nil {
+		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild {
+			return prev, false, nil // built before, from this very source version
+		}
+		// The same source version failed the same way for this kernel before (not for a
+		// temporary cause): a boot-time run must not spend minutes failing again. --rebuild
+		// retries.
+		if prev != nil && prev.FailureKind == build.FailureBuild && prev.Attempted == rw.src.Version && !o.Rebuild {
+			return prev, false, nil
+		}
+		return o.buildLocally(ctx, r, k, *rw.src, prev)
+	}
+	why := "no build of " + rw.name + " is installed for " + k + " and no source is registered"
+	if len(rw.rejected) > 0 {
+		why += "; builds for other kernels do not load here: " + strings.Join(rw.rejected, "; ")
+	}
+	ch, err := o.dropBuilt(r, k, prev)
+	return &Result{State: StateFailed, Reason: why}, ch, err
+}
+
+func filesPresent(r *os.Root, files []string) bool {
+	for _, f := range files {
+		if !ownFile(r, f) {
+			return false
+		}
+	}
+	return len(files) > 0
+}
+
+// ownFile tells whether f (a path the state file lists, validated) is a regular file reached
+// through real directories only: a symbolic link planted on the way, even one that stays in
+// the root, makes it someone else's file.
+func ownFile(r *os.Root, f string) bool {
+	parts := strings.Split(strings.TrimPrefix(f, "/"), "/")
+	for i := 1; i < len(parts); i++ {
+		if fi, err := r.Lstat(strings.Join(parts[:i], "/")); err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	fi, err := r.Lstat(strings.Join(parts, "/"))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// removeOwn removes f when it is autoinstall's (ownFile); anything else in its place is left
+// alone.
+func removeOwn(r *os.Root, f string) error {
+	if !ownFile(r, f) {
+		return nil
+	}
+	if err := r.Remove(strings.TrimPrefix(f, "/")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// dropBuilt removes the modules an earlier run built locally, now that a cheaper way serves
+// the kernel (two copies under updates/ would leave depmod to pick one).
+func (o *Options) dropBuilt(r *os.Root, k string, prev *Result) (bool, error) {
+	if prev == nil || len(prev.Files) == 0 {
+		return false, nil
+	}
+	if err := weakupdates.WriteAtomic(r, depmodPendingDir+"/"+k, nil); err != nil {
+		return false, err
+	}
+	for _, f := range prev.Files {
+		o.logf("remove %s (no longer needed)", f)
+		if err := removeOwn(r, f); err != nil {
+			return true, err
+		}
+	}
+	r.Remove(strings.TrimPrefix(path.Dir(prev.Files[0]), "/")) // only when empty
+	return true, nil
+}
+
+// HeadersPackage names the package that installs kernel k's headers on the root's
+// distribution (by its package database): what to tell the user to install.
+func HeadersPackage(r *os.Root, k string) string {
+	if _, err := r.Stat("var/lib/dpkg"); err == nil {
+		return "linux-headers-" + k
+	}
+	for _, db := range []string{"usr/lib/sysimage/rpm", "var/lib/rpm"} {
+		if _, err := r.Stat(db); err == nil {
+			return "kernel-devel-uname-r = " + k + " (kernel-devel, or kernel-<flavor>-devel on SUSE)"
+		}
+	}
+	return "the headers of " + k
+}
+
+// kernelTree finds k's headers through the root's /lib/modules/<k>/build: symbolic links are
+// resolved inside the root (an absolute link is taken from the root, as dpkg --root sees it).
+// A missing tree is a failure reason naming the package to install, not an error.
+func (o *Options) kernelTree(r *os.Root, k string) (*kernel.KernelTree, string) {
+	missing := fmt.Sprintf("the headers of %s are not installed (no /lib/modules/%s/build/include): install %s", k, k, HeadersPackage(r, k))
+	dir, err := securejoin.SecureJoin(o.root(), "lib/modules/"+k+"/build")
+	if err != nil {
+		return nil, missing
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "include")); err != nil || !fi.IsDir() {
+		return nil, missing
+	}
+	tree, err := kernel.OpenKernelTree(dir)
+	if err != nil {
+		return nil, fmt.Sprintf("the headers of %s are unusable: %s (reinstall %s)", k, kmp.OneLine(err.Error()), HeadersPackage(r, k))
+	}
+	if tree.Release != k {
+		return nil, fmt.Sprintf("/lib/modules/%s/build is the headers tree of %s, not %s", k, tree.Release, k)
+	}
+	return tree, ""
+}
+
+// buildLocally is step 4: build src for k, install its modules, record where the log is.
+func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k string, rec SourceRecord, prev *Result) (*Result, bool, error) {
+	// fail records why rec could not be built; a build of an earlier version (or of this
+	// one, for --rebuild) that still serves the kernel is kept and the row says so: missing
+	// headers or a broken new version must not take a working module away.
+	fail := func(reason, log, kind string) (*Result, bool, error) {
+		if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
+			kept := *prev
+			kept.Reason = fmt.Sprintf("%s %s could not be built, the build of %s stays: %s", rec.Name, rec.Version, prev.Version, reason)
+			kept.Attempted, kept.FailureKind = rec.Version, kind
+			if log != "" {
+				kept.Log = log
+			}
+			return &kept, false, nil
+		}
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateFailed, Version: rec.Version, Attempted: rec.Version, Reason: reason, Log: log, FailureKind: kind}, ch, err
+	}
+	tree, why := o.kernelTree(r, k)
+	if tree == nil {
+		return fail(why, "", "")
+	}
+	srcDir, err := securejoin.SecureJoin(o.root(), sourceDir(rec.Name, rec.Version))
+	if err != nil {
+		return nil, false, err
+	}
+	src, err := source.OpenSource(srcDir)
+	if err != nil {
+		return fail("the source "+rec.Dir+" is unusable: "+kmp.OneLine(err.Error()), "", "")
+	}
+	switch src.Kind {
+	case source.SourceDKMS, source.SourceKbuild:
+		// Registered name and version; a dkms.conf whose evaluation says otherwise fails its
+		// plan (source.Plan compares).
+		if err := src.SetIdentity(rec.Name, rec.Version); err != nil {
+			return nil, false, err
+		}
+	default:
+		if src.Name != rec.Name || src.Version != rec.Version {
+			return fail(fmt.Sprintf("%s now says %s %s, registered as %s %s (kmpack source add it again)", rec.Dir, src.Name, src.Version, rec.Name, rec.Version), "", "")
+		}
+	}
+	outRel := autoBuildsDir + "/" + k + "/" + rec.Name
+	if err := r.MkdirAll(filepath.Dir(outRel), 0o755); err != nil {
+		return nil, false, err
+	}
+	out, err := securejoin.SecureJoin(o.root(), outRel)
+	if err != nil {
+		return nil, false, err
+	}
+	timeout := o.BuildTimeout
+	if timeout == 0 {
+		timeout = DefaultBuildTimeout
+	}
+	o.logf("%s: building %s %s against %s", k, rec.Name, rec.Version, tree.Dir)
+	m, err := build.Build(ctx, src, []*kernel.KernelTree{tree}, build.BuildOptions{
+		OutputDir: out, Jobs: o.Jobs, Timeout: timeout,
+		Warn: func(s string) { o.warnf("%s: %s", rec.Name, s) },
+	})
+	if m == nil {
+		if err != nil && (kmp.IsInputError(err) || errors.Is(err, build.ErrBuildFailed)) {
+			// The source's description is wrong (a dkms.conf that does not evaluate): the same
+			// every time.
+			return fail("build: "+kmp.OneLine(err.Error()), "", build.FailureBuild)
+		}
+		return nil, false, err
+	}
+	kb := m.Kernels[0]
+	log := ""
+	if kb.Log != "" {
+		log = "/" + outRel + "/" + kb.Log
+	}
+	switch kb.Status {
+	case manifest.StatusSkipped:
+		ch, err := o.dropBuilt(r, k, prev)
+		return &Result{State: StateSkipped, Version: rec.Version, Attempted: rec.Version, Reason: kb.Reason, Log: log}, ch, err
+	case manifest.StatusBuilt:
+	default:
+		reason := "build failed: " + kb.Reason
+		if l := tellingLine(kb.LogTail); l != "" {
+			reason += " (" + l + ")"
+		}
+		return fail(reason, log, kb.FailureKind)
+	}
+	files, err := o.installBuilt(r, k, rec.Name, out, kb)
+	if err != nil {
+		return nil, true, err
+	}
+	killPoint("autoinstall-after-install")
+	if prev != nil {
+		for _, f := range prev.Files {
+			if !slices.Contains(files, f) {
+				removeOwn(r, f)
+			}
+		}
+	}
+	o.logf("%s: installed %s", k, strings.Join(files, " "))
+	return &Result{State: StateBuiltLocally, Version: rec.Version, Attempted: rec.Version, Log: log, Files: files}, true, nil
+}
+
+// tellingLine is the line of a failed build's log tail a user needs first: the first
+// compiler or make error, else the last line that says anything.
+func tellingLine(tail []string) string {
+	last := ""
+	for _, l := range tail {
+		l = strings.TrimSpace(l)
+		if strings.Contains(l, "error:") || strings.Contains(l, "Error ") {
+			return kmp.OneLine(l)
+		}
+		if l != "" && !strings.HasPrefix(l, "#") && strings.Trim(l, "-=") != "" {
+			last = l
+		}
+	}
+	return kmp.OneLine(last)
+}
+
+// installBuilt copies a build's modules to /lib/modules/<k>/updates/kmpack-built/<name>/,
+// each atomically (a new name, synced, renamed over), after marking the kernel's depmod as
+// pending, so a run killed midway has the next one re-index.
+func (o *Options) installBuilt(r *os.Root, k, name, out string, kb *manifest.KernelBuild) ([]string, error) {
+	if fi, err := r.Lstat("lib/modules/" + k); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory (a symbolic link?): not installing there", o.display("lib/modules/"+k))
+	}
+	if err := weakupdates.WriteAtomic(r, depmodPendingDir+"/"+k, nil); err != nil {
+		return nil, err
+	}
+	dir := strings.Trim(builtPrefix(k, name), "/")
+	if err := r.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	// Through real directories only: a link planted on the way would put the module (and
+	// later removals) somewhere else.
+	for d := dir; d != "lib/modules"; d = path.Dir(d) {
+		if fi, err := r.Lstat(d); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%s is not a directory (a symbolic link?): not installing there", o.display(d))
+		}
+	}
+	or, err := os.OpenRoot(out)
+	if err != nil {
+		return nil, err
+	}
+	defer or.Close()
+	var files []string
+	for _, bm := range kb.Modules {
+		base := filepath.Base(bm.File)
+		if ident.PathComponent(base) != nil || !module.IsModuleFileName(base) {
+			return nil, fmt.Errorf("%s: module file %q: not a module file name", out, bm.File)
+		}
+		in, _, err := kmp.OpenRootFile(or, bm.File, true)
+		if err != nil {
+			return nil, err
+		}
+		tmp := dir + "/." + base + ".kmpack-tmp"
+		r.Remove(tmp)
+		f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+		if err != nil {
+			in.Close()
+			return nil, err
+		}
+		_, err = io.Copy(f, io.LimitReader(in, weakupdates.MaxModuleSize))
+		in.Close()
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = r.Rename(tmp, dir+"/"+base)
+		}
+		if err != nil {
+			r.Remove(tmp)
+			return nil, err
+		}
+		files = append(files, "/"+dir+"/"+base)
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// reindex runs depmod for k (through the weak-updates engine, with the root's depmod.d) and
+// clears its pending mark.
+func (o *Options) reindex(r *os.Root, eng *weakupdates.Engine, k string) error {
+	if err := eng.Reindex(k); err != nil {
+		return err
+	}
+	return weakupdates.RemoveDurably(r, depmodPendingDir+"/"+k)
+}
+
+func pendingDepmods(r *os.Root) []string {
+	d, err := r.Open(depmodPendingDir)
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	var out []string
+	for _, n := range names {
+		if ident.KernelRelease(n) == nil {
+			if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
+				out = append(out, n)
+				continue
+			}
+		}
+		r.Remove(depmodPendingDir + "/" + n) // a kernel gone since, or not ours
+	}
+	sort.Strings(out)
+	return out
+}
+
+// readState reads the state file; one that is missing starts empty, one that is invalid is
+// reported and started afresh (every run recomputes what it records).
+func readState(r *os.Root, o *Options) *State {
+	b, _, err := kmp.ReadRootFile(r, stateFile, MaxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return newState()
+	}
+	if err != nil {
+		o.warnf("%s: %s; starting afresh", o.display(stateFile), kmp.OneLine(err.Error()))
+		return newState()
+	}
+	st, err := ParseState(o.display(stateFile), b)
+	if err != nil {
+		o.warnf("%s; starting afresh", err)
+		return newState()
+	}
+	return st
+}
+
+func writeState(r *os.Root, st *State) error {
+	b, err := marshalState(st)
+	if err != nil {
+		return err
+	}
+	return weakupdates.WriteAtomic(r, stateFile, b)
+}
+
+// uninstallBuilt removes every module autoinstall built from source name, in every kernel,
+// re-indexes those kernels and forgets the rows.
+func uninstallBuilt(r *os.Root, o *Options, name string) error {
+	st := readState(r, o)
+	eng := o.engine()
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range st.Kernels {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		res := st.get(k, name)
+		if res == nil {
+			continue
+		}
+		ch, err := o.dropBuilt(r, k, res)
+		if err != nil {
+			return err
+		}
+		delete(st.Kernels[k], name)
+		if ch {
+			if err := writeState(r, st); err != nil {
+				return err
+			}
+			if err := o.reindex(r, eng, k); err != nil {
+				return err
+			}
+		}
+	}
+	return writeState(r, st)
+}
+
+// RemoveKernels is for kernels that were removed (the kernel hooks' postrm and kernel-install
+// remove): what autoinstall built for each goes (its modules, build directory and rows), then
+// the weak-updates engine drops the kernel's links. A kernel whose modules are still
+// installed (lib/modules/<k>/kernel) keeps autoinstall's builds, as the engine keeps its links:
+// a hook run too early must not strip a working kernel.
+func RemoveKernels(o Options, kernels []string) error {
+	if err := validKernels(kernels); err != nil {
+		return err
+	}
+	err := o.locked(func(r *os.Root) error {
+		st := readState(r, &o)
+		for _, k := range kernels {
+			if _, err := r.Lstat("lib/modules/" + k + "/kernel"); err == nil {
+				o.warnf("%s is still installed (%s exists): its modules built by autoinstall are kept", k, o.display("lib/modules/"+k+"/kernel"))
+				continue
+			}
+			for name, res := range st.Kernels[k] {
+				for _, f := range res.Files {
+					o.logf("remove %s", f)
+					if err := removeOwn(r, f); err != nil {
+						return err
+					}
+				}
+				// Empty directories only: what a package put there stays.
+				for d := strings.Trim(builtPrefix(k, name), "/"); d != "lib/modules"; d = path.Dir(d) {
+					if r.Remove(d) != nil {
+						break
+					}
+				}
+			}
+			delete(st.Kernels, k)
+			if err := r.RemoveAll(autoBuildsDir + "/" + k); err != nil {
+				return err
+			}
+			if err := weakupdates.RemoveDurably(r, depmodPendingDir+"/"+k); err != nil {
+				return err
+			}
+		}
+		return writeState(r, st)
+	})
+	if err != nil {
+		return err
+	}
+	eng := o.engine()
+	for _, k := range kernels {
+		if err := eng.RemoveKernel(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
