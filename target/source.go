@@ -190,6 +190,8 @@ type AddSourceOptions struct {
 	// Name and Version name a source that does not say them itself (a bare Kbuild tree, a
 	// dkms.conf that computes them); for one that does, they must agree.
 	Name, Version string
+	// Replace forgets the other registered versions of the same name (a package upgrade).
+	Replace bool
 }
 
 // AddSource registers a module source and keeps it in <root>/usr/src/<name>-<version>. A
@@ -202,10 +204,34 @@ func AddSource(o AddSourceOptions) (SourceRecord, error) {
 	var rec SourceRecord
 	err := o.locked(func(r *os.Root) error {
 		var err error
-		rec, err = addSource(r, &o)
-		return err
+		if rec, err = addSource(r, &o); err != nil || !o.Replace {
+			return err
+		}
+		return replaceOthers(r, &o.Options, rec)
 	})
 	return rec, err
+}
+
+// replaceOthers forgets the other versions of rec's name (their records, and the copies kmpack
+// kept): an rpm upgrade runs the new package's %post before the old one's %preun, which cannot
+// tell an upgrade to another version from a reinstall. The modules built from them stay until
+// autoinstall replaces them with rec's.
+func replaceOthers(r *os.Root, o *Options, rec SourceRecord) error {
+	for _, old := range readSources(r, o) {
+		if old.Name != rec.Name || old.Version == rec.Version {
+			continue
+		}
+		if old.Owned {
+			if err := r.RemoveAll(sourceDir(old.Name, old.Version)); err != nil {
+				return err
+			}
+		}
+		if err := weakupdates.RemoveDurably(r, sourceRecordFile(old.Name, old.Version)); err != nil {
+			return err
+		}
+		o.logf("replaced %s %s", old.Name, old.Version)
+	}
+	return nil
 }
 
 func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {

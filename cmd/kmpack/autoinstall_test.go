@@ -442,3 +442,81 @@ func TestAutoinstallBuildFailure(t *testing.T) {
 		t.Fatalf("1.3 built again:\n%s", out)
 	}
 }
+
+// TestRPMDKMSPackageRegistersWithKmpack: the rhel profile's <name>-dkms RPM, installed,
+// upgraded and erased with the real rpm into a root holding a static kmpack and busybox as
+// /bin/sh (rpm runs scriptlets chrooted into --root), registers its source with kmpack in
+// place, replaces the old version on upgrade (the old package's %preun runs after the new
+// %post and leaves it alone), and forgets it on erase. dkms is absent (--nodeps).
+func TestRPMDKMSPackageRegistersWithKmpack(t *testing.T) {
+	testenv.Need(t, "rpm", "busybox")
+	k53 := testenv.Release53
+	cache := t.TempDir()
+	dkmsRPM := func(version string) string {
+		out := filepath.Join(t.TempDir(), "out")
+		if _, stderr, code := kmpackIn(t, cache, "build", "-q", "-o", out, "--profile", "rhel", "-k", testenv.HeadersDir(t, k53),
+			withVersion(t, testenv.ExampleSource(t, true), version)); code != 0 {
+			t.Fatalf("build: %d %s", code, stderr)
+		}
+		var written []formats.Written
+		if err := json.Unmarshal(testenv.MustRead(t, filepath.Join(out, formats.PackagesDir, "packages.json")), &written); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range written {
+			if strings.HasSuffix(w.Name, "-dkms") {
+				return filepath.Join(out, formats.PackagesDir, w.File)
+			}
+		}
+		t.Fatalf("no -dkms package in %+v", written)
+		return ""
+	}
+	rpm10, rpm11 := dkmsRPM("1.0"), dkmsRPM("1.1")
+
+	root := t.TempDir()
+	for _, d := range []string{"bin", "usr/bin", "dev", "tmp"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	testenv.CopyTree(t, "/bin/busybox", filepath.Join(root, "bin/busybox"))
+	os.Symlink("busybox", filepath.Join(root, "bin/sh"))
+	cmd := exec.Command("go", "build", "-o", filepath.Join(root, "usr/bin/kmpack"), ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("static kmpack: %v %s", err, out)
+	}
+	rpm := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("rpm", append([]string{"--root", root, "--nodeps"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("rpm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	if out, err := exec.Command("rpm", "--root", root, "--initdb").CombinedOutput(); err != nil {
+		t.Fatalf("rpm --initdb: %v %s", err, out)
+	}
+	versions := func() []string {
+		t.Helper()
+		list, err := target.ListSources(target.Options{Root: root})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v []string
+		for _, s := range list {
+			if s.Owned {
+				t.Errorf("%s %s registered as kmpack's copy, not in place", s.Name, s.Version)
+			}
+			v = append(v, s.Name+"/"+s.Version)
+		}
+		return v
+	}
+	rpm("-i", rpm10)
+	if v := versions(); strings.Join(v, " ") != "kmpack-hello/1.0" {
+		t.Fatalf("after install: %v", v)
+	}
+	rpm("-U", rpm11)
+	if v := versions(); strings.Join(v, " ") != "kmpack-hello/1.1" {
+		t.Fatalf("after upgrade: %v", v)
+	}
+	rpm("-e", "kmpack-hello-dkms")
+	if v := versions(); len(v) != 0 {
+		t.Fatalf("after erase: %v", v)
+	}
+}

@@ -58,6 +58,7 @@ every kernel.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "the source's name, when it does not say it"},
 					&cli.StringFlag{Name: "version", Usage: "the source's version, when it does not say it"},
+					&cli.BoolFlag{Name: "replace", Usage: "forget the other registered versions of the same name (a package upgrade)"},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
@@ -76,7 +77,7 @@ every kernel.`,
 						}
 					}
 					_, err := target.AddSource(target.AddSourceOptions{Options: targetOptions(c), Path: c.Args().First(),
-						Name: c.String("name"), Version: c.String("version")})
+						Name: c.String("name"), Version: c.String("version"), Replace: c.Bool("replace")})
 					return err
 				},
 			},
