@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/kmpack/kmpack/kmp/kernel"
 )
 
 // debianProfile writes one deb per kernel release, the way Debian's own prebuilt module
@@ -15,26 +17,9 @@ type debianProfile struct{}
 func (debianProfile) Name() string   { return "debian" }
 func (debianProfile) Format() string { return "deb" }
 
-// debArch maps uname -m to Debian's architecture names.
-func debArch(arch string) string {
-	switch arch {
-	case "x86_64":
-		return "amd64"
-	case "aarch64":
-		return "arm64"
-	case "arm":
-		return "armhf"
-	case "ppc64le":
-		return "ppc64el"
-	case "loongarch64":
-		return "loong64"
-	}
-	return arch
-}
-
 func (debianProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
 	md := in.Meta
-	p, err := perKernelPackage("debian", in, k, "/lib/modules/"+k.Release+"/updates/"+md.Name, debArch(k.Arch))
+	p, err := perKernelPackage("debian", in, k, "/lib/modules/"+k.Release+"/updates/"+md.Name, kernel.DebianArch(k.Arch))
 	if err != nil {
 		return nil, err
 	}

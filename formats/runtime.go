@@ -95,7 +95,7 @@ func RuntimePackage(rt *Runtime, in *Input) (*Package, error) {
 	}
 	p := &Package{
 		Profile: "debian", Format: "deb",
-		Name: RuntimePackageName, Version: debVersion(rt.Version), Release: "1", Arch: debArch(rt.Arch),
+		Name: RuntimePackageName, Version: debVersion(rt.Version), Release: "1", Arch: kernel.DebianArch(rt.Arch),
 		Summary: "kernel module packages' weak-updates engine (kmpack runtime)",
 		License: "NOASSERTION", Maintainer: "kmpack <kmpack@users.noreply.github.com>",
 		URL: "https://github.com/kmpack/kmpack", Section: "kernel", MTime: in.MTime, runtime: true,

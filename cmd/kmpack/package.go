@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -93,7 +92,7 @@ func selfRuntime(cache *formats.PackageCache) (*formats.Runtime, error) {
 	if stripped, err := strippedCopy(exe, cache); err == nil {
 		b = stripped
 	}
-	rt := &formats.Runtime{Binary: b, Version: version, Arch: unameMachine(), Completions: map[string][]byte{}}
+	rt := &formats.Runtime{Binary: b, Version: version, Arch: kernel.HostMachine(), Completions: map[string][]byte{}}
 	app := newApp()
 	man, err := manPage(app)
 	if err != nil {
@@ -440,7 +439,7 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 		}
 		arch, ok := kernel.MachineFromRelease(release)
 		if !ok {
-			arch = unameMachine()
+			arch = kernel.HostMachine()
 		}
 		return &kernel.KernelTree{Release: release, Arch: arch}, sv, nil
 	}
@@ -459,18 +458,4 @@ func kernelSymbols(path, release string) (*kernel.KernelTree, *module.Symvers, e
 		return nil, nil, usagef("--release %s does not match the tree's release %s", release, t.Release)
 	}
 	return t, sv, nil
-}
-
-// unameMachine is this machine's architecture in uname -m spelling, for symvers files that come
-// without a tree to read it from, nor a release that names one.
-func unameMachine() string {
-	switch runtime.GOARCH {
-	case "amd64":
-		return "x86_64"
-	case "arm64":
-		return "aarch64"
-	case "386":
-		return "i386"
-	}
-	return runtime.GOARCH
 }

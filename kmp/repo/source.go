@@ -17,6 +17,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/kernel"
 )
 
 // Source is a repository given on the command line: an apt source in sources.list one-line form
@@ -118,17 +119,8 @@ type Index struct {
 	Notes []string `json:"notes,omitempty"`
 }
 
-func debArch() string {
-	switch runtime.GOARCH {
-	case "386":
-		return "i386"
-	case "arm":
-		return "armhf"
-	case "ppc64le":
-		return "ppc64el"
-	}
-	return runtime.GOARCH // amd64, arm64, s390x, riscv64
-}
+// debArch is this host's Debian architecture name.
+func debArch() string { return kernel.DebianArch(kernel.HostMachine()) }
 
 func rpmArch() string {
 	switch runtime.GOARCH {
