@@ -354,11 +354,15 @@ func filesPresent(r *os.Root, files []string) bool {
 }
 
 // ownFile tells whether f (a path the state file lists, validated) is a regular file reached
-// through real directories only: a symbolic link planted on the way, even one that stays in
-// the root, makes it someone else's file.
+// through real directories only from lib/modules/K on: a symbolic link planted on the way,
+// even one that stays in the root, makes it someone else's file. Above K, /lib is a link to
+// usr/lib on every usr-merged system (Debian 12, Fedora, Arch), as installBuilt allows.
 func ownFile(r *os.Root, f string) bool {
 	parts := strings.Split(strings.TrimPrefix(f, "/"), "/")
-	for i := 1; i < len(parts); i++ {
+	if len(parts) < 4 || parts[0] != "lib" || parts[1] != "modules" {
+		return false
+	}
+	for i := 3; i < len(parts); i++ {
 		if fi, err := r.Lstat(strings.Join(parts[:i], "/")); err != nil || !fi.IsDir() {
 			return false
 		}
