@@ -295,6 +295,12 @@ func addSource(r *os.Root, o *AddSourceOptions) (SourceRecord, error) {
 	if err != nil {
 		return SourceRecord{}, err
 	}
+	// The tree kept is top: no link in it may lead out of it, through a chain of links or
+	// above a tarball's top directory (builds follow links without an os.Root).
+	if err := unpack.CheckTreeLinks(tr); err != nil {
+		tr.Close()
+		return SourceRecord{}, kmp.InputErrorf(o.Path, "%v", err)
+	}
 	rec, err := identify(tr, o.Path, o.Name, o.Version)
 	tr.Close()
 	if err != nil {

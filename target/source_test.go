@@ -109,6 +109,8 @@ func TestSourceAddHostile(t *testing.T) {
 		"link-out":     {conf, {name: "x-1/out", link: "../../../../etc", typ: tar.TypeSymlink}, {name: "x-1/out/shadow", typ: tar.TypeReg}},
 		"device":       {conf, {name: "x-1/dev", typ: tar.TypeChar}},
 		"hardlink-out": {conf, {name: "x-1/h", link: "/etc/passwd", typ: tar.TypeLink}},
+		// Inside the archive, but above its top directory, the tree that is kept.
+		"link-above-top": {conf, {name: "x-1/up", link: "../other", typ: tar.TypeSymlink}},
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -158,6 +160,17 @@ func TestSourceAddHostile(t *testing.T) {
 		t.Fatalf("link out: %v", err)
 	}
 	os.Remove(filepath.Join(dir, "shadow"))
+	// A chain of links each of which stays inside on its own: esc resolves to the directory
+	// above the source.
+	os.Mkdir(filepath.Join(dir, "x"), 0o755)
+	os.Symlink("..", filepath.Join(dir, "x", "s"))
+	os.Symlink("s/..", filepath.Join(dir, "x", "t"))
+	os.Symlink("x/t/../..", filepath.Join(dir, "esc"))
+	if _, err := target.AddSource(target.AddSourceOptions{Options: opts(t.TempDir()), Path: dir}); !kmp.IsInputError(err) || !strings.Contains(err.Error(), "symbolic link esc resolves outside") {
+		t.Fatalf("a chain of links out: %v", err)
+	}
+	os.RemoveAll(filepath.Join(dir, "x"))
+	os.Remove(filepath.Join(dir, "esc"))
 	os.WriteFile(filepath.Join(dir, "dkms.conf"), []byte("PACKAGE_NAME=$(touch /tmp/kmpack-ran)\nPACKAGE_VERSION=1\n"), 0o644)
 	if _, err := target.AddSource(target.AddSourceOptions{Options: opts(t.TempDir()), Path: dir}); !kmp.IsInputError(err) || !strings.Contains(err.Error(), "not a literal assignment") {
 		t.Fatalf("computed name: %v", err)
