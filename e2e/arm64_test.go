@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -103,22 +102,6 @@ func TestArm64PackagesLoadInArm64Kernels(t *testing.T) {
 	dpkg("-i", runtime)
 	dpkg(append([]string{"-i", "--force-depends"}, debs...)...)
 
-	var results []result
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, k := range kernels {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rows, err := boot(t, root, k, names, pkgs, expect, refusedFor)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				t.Errorf("%s: %v", k, err)
-			}
-			results = append(results, rows...)
-		}()
-	}
-	wg.Wait()
+	results := bootAll(t, root, kernels, names, pkgs, expect, refusedFor)
 	report(t, results, start)
 }

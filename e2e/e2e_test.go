@@ -228,23 +228,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 	dpkg(append([]string{"-i"}, debs...)...)
 
 	// Boot both kernels at once.
-	var results []result
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, k := range kernels {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rows, err := boot(t, root, k, names, pkgs, expect, refusedFor)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				t.Errorf("%s: %v", k, err)
-			}
-			results = append(results, rows...)
-		}()
-	}
-	wg.Wait()
+	results := bootAll(t, root, kernels, names, pkgs, expect, refusedFor)
 
 	// The RPM side: the same builds' suse and rhel packages for 53 installed with the real rpm
 	// (scripts off: SUSE's and Red Hat's scriptlet tools are not on Debian) into a root with the
@@ -552,6 +536,29 @@ func machineOf(t *testing.T, k string) machine {
 			filepath.Join(testenv.UnpackedDeb(t, "busybox-static"), "bin/busybox")}
 	}
 	return machine{"qemu-system-x86_64", nil, "ttyS0", "/bin/busybox"}
+}
+
+// bootAll boots each kernel (at once) from root with boot and returns every kernel's rows; a
+// kernel whose guest did not run to its end is an error of the test.
+func bootAll(t *testing.T, root string, kernels, names []string, pkgs map[string]*testPackage, expect map[[2]string]string, refusedFor map[[2]string]refusal) []result {
+	var results []result
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, k := range kernels {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rows, err := boot(t, root, k, names, pkgs, expect, refusedFor)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("%s: %v", k, err)
+			}
+			results = append(results, rows...)
+		}()
+	}
+	wg.Wait()
+	return results
 }
 
 // initramfs packs stage, with busybox (a static one for the kernel's architecture) as

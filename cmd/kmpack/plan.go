@@ -31,10 +31,8 @@ var (
 // kernelSelection is the kernels of a build before any repository package is downloaded: the
 // trees of --kernel (or the spec's paths, or the installed ones), and the repositories' listings.
 type kernelSelection struct {
-	args    []string
-	queries []repo.Query
-	local   *unpack.Found
-	remote  []repo.Result
+	local  *unpack.Found
+	remote []repo.Result
 }
 
 func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error) {
@@ -50,7 +48,7 @@ func selectKernels(c *cli.Context, src *source.Source) (*kernelSelection, error)
 	if len(kernelArgs) == 0 && len(repoSpecs) == 0 && src.Spec != nil {
 		kernelArgs, queries = src.Spec.KernelSources()
 	}
-	sel := &kernelSelection{args: kernelArgs, queries: queries, local: &unpack.Found{}}
+	sel := &kernelSelection{local: &unpack.Found{}}
 	// Without arguments FindKernels lists the installed trees; with repositories only, none.
 	if len(kernelArgs) > 0 || len(queries) == 0 {
 		if sel.local, err = unpack.FindKernels(c.String("cache-dir"), "/", kernelArgs); err != nil {
@@ -127,48 +125,47 @@ func (s *kernelSelection) trees(c *cli.Context, want map[string]bool) ([]*kernel
 			out = append(out, t)
 		}
 	}
-	if len(s.remote) > 0 {
-		remote := slices.Clone(s.remote)
-		listed := map[string]bool{}
-		fetch := false
-		for i, r := range remote {
-			r.Kernels = slices.DeleteFunc(slices.Clone(r.Kernels), func(k repo.Kernel) bool { return want != nil && !want[k.Release] })
-			for _, k := range r.Kernels {
-				listed[k.Release] = true
-			}
-			fetch = fetch || len(r.Kernels) > 0
-			remote[i] = r
+	// The repositories' kernels wanted, each result with only those (none: not fetched).
+	var fetch []repo.Result
+	listed := map[string]bool{}
+	for _, r := range s.remote {
+		r.Kernels = slices.DeleteFunc(slices.Clone(r.Kernels), func(k repo.Kernel) bool { return want != nil && !want[k.Release] })
+		for _, k := range r.Kernels {
+			listed[k.Release] = true
 		}
-		if fetch {
-			files, err := repo.FetchKernels(c.Context, repoFetcher(c), slices.DeleteFunc(remote, func(r repo.Result) bool { return len(r.Kernels) == 0 }))
-			if err != nil {
-				return nil, err
-			}
-			found, err := unpack.FindKernels(c.String("cache-dir"), "/", files)
-			if err != nil {
-				return nil, err
-			}
-			if len(found.Errors) > 0 {
-				return nil, cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
-			}
-			if want != nil {
-				// Shards were split by the listings' releases: a tree of another release would
-				// be built by no shard or by two, a listed release without its tree by none.
-				got := map[string]bool{}
-				for _, t := range found.Trees {
-					if !listed[t.Release] {
-						return nil, kmp.InputErrorf(t.Dir, "a repository's kernel package holds the tree of %s, which its listing does not name: build --shard needs them to agree (shard package files given with -k instead)", t.Release)
-					}
-					got[t.Release] = true
-				}
-				for r := range listed {
-					if !got[r] {
-						return nil, cli.Exit(fmt.Sprintf("the packages a repository lists for kernel %s hold no tree of that release: build --shard needs them to agree (shard package files given with -k instead)", r), exitInput)
-					}
-				}
-			}
-			out = append(out, found.Trees...)
+		if len(r.Kernels) > 0 {
+			fetch = append(fetch, r)
 		}
+	}
+	if len(fetch) > 0 {
+		files, err := repo.FetchKernels(c.Context, repoFetcher(c), fetch)
+		if err != nil {
+			return nil, err
+		}
+		found, err := unpack.FindKernels(c.String("cache-dir"), "/", files)
+		if err != nil {
+			return nil, err
+		}
+		if len(found.Errors) > 0 {
+			return nil, cli.Exit(strings.Join(found.Errors, "\nkmpack: "), exitInput)
+		}
+		if want != nil {
+			// Shards were split by the listings' releases: a tree of another release would
+			// be built by no shard or by two, a listed release without its tree by none.
+			got := map[string]bool{}
+			for _, t := range found.Trees {
+				if !listed[t.Release] {
+					return nil, kmp.InputErrorf(t.Dir, "a repository's kernel package holds the tree of %s, which its listing does not name: build --shard needs them to agree (shard package files given with -k instead)", t.Release)
+				}
+				got[t.Release] = true
+			}
+			for r := range listed {
+				if !got[r] {
+					return nil, cli.Exit(fmt.Sprintf("the packages a repository lists for kernel %s hold no tree of that release: build --shard needs them to agree (shard package files given with -k instead)", r), exitInput)
+				}
+			}
+		}
+		out = append(out, found.Trees...)
 	}
 	kernel.SortKernelTrees(out)
 	return out, nil
