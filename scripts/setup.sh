@@ -35,6 +35,9 @@ PACKAGES=(
   # A real PKCS#11 token for the signing tests (softhsm2) and the tool that stores a
   # certificate on it (opensc's pkcs11-tool).
   softhsm2 opensc
+  # kmpack status reads shim's MokList (EFI signature lists): its parser is checked against
+  # lists that efitools' cert-to-efi-sig-list writes.
+  efitools
   # The package managers that judge kmpack publish's repositories: apt (here already), dnf, zypper
   # and pacman install from them into test roots; gpgv checks the signed metadata.
   dnf zypper pacman-package-manager gpgv

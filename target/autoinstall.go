@@ -24,6 +24,7 @@ import (
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/manifest"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/kmp/source"
 	"github.com/kmpack/kmpack/weakupdates"
 )
@@ -45,6 +46,11 @@ type AutoinstallOptions struct {
 	Rebuild bool
 	// Only restricts the run to one module (kmpack load); "" is every registered module.
 	Only string
+	// Sign is the signing policy for local builds: SignAuto (""), SignAlways or SignNever.
+	Sign string
+
+	key       *MachineKey // the machine's signing key, once looked for
+	keyLooked bool
 }
 
 // DefaultBuildTimeout bounds one local build: a kernel hook must end.
@@ -89,6 +95,11 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 		if err := ident.PackageName(o.Only); err != nil {
 			return nil, kmp.InputErrorf(o.Only, "%v", err)
 		}
+	}
+	switch o.Sign {
+	case "", SignAuto, SignAlways, SignNever:
+	default:
+		return nil, kmp.InputErrorf(o.Sign, "signing policy must be auto, always or never")
 	}
 	var st *State
 	err := o.locked(func(r *os.Root) error {
@@ -325,8 +336,9 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 	}
 	// Step 3, a prebuilt package from the machine's repositories (StateFromRepo), goes here.
 	if rw.src != nil {
-		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild {
-			return prev, false, nil // built before, from this very source version
+		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild &&
+			!o.resignNeeded(r, k, prev) {
+			return prev, false, nil // built before, from this very source version, signed as it must be
 		}
 		// The same source version failed the same way for this kernel before (not for a
 		// temporary cause): a boot-time run must not spend minutes failing again. --rebuild
@@ -460,6 +472,17 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	if tree == nil {
 		return fail(why, "", "")
 	}
+	key, err := o.machineSigner(tree)
+	if err != nil {
+		if why := o.signaturesRequired(tree); why != "" {
+			return fail(fmt.Sprintf("%s, and no module signing key is usable: %s", why, kmp.OneLine(err.Error())), "", "")
+		}
+		o.warnf("%s: building %s unsigned: %v", k, rec.Name, err)
+	}
+	var signers []sign.Signer
+	if key != nil {
+		signers = []sign.Signer{*key.Signer}
+	}
 	srcDir, err := securejoin.SecureJoin(o.root(), sourceDir(rec.Name, rec.Version))
 	if err != nil {
 		return nil, false, err
@@ -494,7 +517,7 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 	}
 	o.logf("%s: building %s %s against %s", k, rec.Name, rec.Version, tree.Dir)
 	m, err := build.Build(ctx, src, []*kernel.KernelTree{tree}, build.BuildOptions{
-		OutputDir: out, Jobs: o.Jobs, Timeout: timeout,
+		OutputDir: out, Jobs: o.Jobs, Timeout: timeout, Signers: signers,
 		Warn: func(s string) { o.warnf("%s: %s", rec.Name, s) },
 	})
 	if m == nil {
@@ -534,8 +557,35 @@ func (o *AutoinstallOptions) buildLocally(ctx context.Context, r *os.Root, k str
 			}
 		}
 	}
-	o.logf("%s: installed %s", k, strings.Join(files, " "))
-	return &Result{State: StateBuiltLocally, Version: rec.Version, Attempted: rec.Version, Log: log, Files: files}, true, nil
+	res := &Result{State: StateBuiltLocally, Version: rec.Version, Attempted: rec.Version, Log: log, Files: files}
+	signed := ""
+	if len(kb.Modules) > 0 && kb.Modules[0].Signature != nil && key != nil {
+		res.Signer, res.KeyID = key.Signer.Cert.Issuer.CommonName, key.KeyID()
+		signed = ", signed with " + key.Origin + "'s key " + res.KeyID
+	}
+	o.logf("%s: installed %s%s", k, strings.Join(files, " "), signed)
+	return res, true, nil
+}
+
+// resignNeeded tells whether prev, a local build, is not signed with the key that would sign
+// it now: a key made or installed since (Secure Boot turned on, dkms generate_mok) must reach
+// the modules built before it.
+func (o *AutoinstallOptions) resignNeeded(r *os.Root, k string, prev *Result) bool {
+	if o.Sign == SignNever {
+		return false
+	}
+	if !o.keyLooked {
+		key, err := FindMachineKey(o.Options)
+		if err != nil {
+			return false // buildLocally would not sign either; it says why when it builds
+		}
+		o.key, o.keyLooked = key, true
+	}
+	if o.key == nil || prev.KeyID == o.key.KeyID() && prev.Signer == o.key.Signer.Cert.Issuer.CommonName {
+		return false
+	}
+	tree, _ := o.kernelTree(r, k)
+	return tree != nil && (tree.Signing.Enabled || o.Sign == SignAlways)
 }
 
 // tellingLine is the line of a failed build's log tail a user needs first: the first

@@ -26,6 +26,8 @@ type LoadOptions struct {
 	// Rebuild builds the source again even where a local build exists or failed (izmod -R).
 	Rebuild      bool
 	BuildTimeout time.Duration
+	// Sign is the signing policy of a local build (AutoinstallOptions.Sign).
+	Sign string
 }
 
 // LoadResult says how the module became available and whether it was loaded.
@@ -71,7 +73,7 @@ func Load(ctx context.Context, o LoadOptions) (*LoadResult, error) {
 		return nil, kmp.InputErrorf(k, "%v", err)
 	}
 	st, err := Autoinstall(ctx, AutoinstallOptions{Options: o.Options, Kernels: []string{k}, Only: o.Name, Rebuild: o.Rebuild,
-		BuildTimeout: o.BuildTimeout})
+		BuildTimeout: o.BuildTimeout, Sign: o.Sign})
 	if err != nil && !errors.Is(err, ErrFailures) {
 		return nil, err
 	}

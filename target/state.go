@@ -75,6 +75,10 @@ type Result struct {
 	Files []string `json:"files,omitempty"`
 	// Time is when autoinstall decided this (RFC 3339, UTC).
 	Time string `json:"time,omitempty"`
+	// Signer and KeyID name the key a local build's modules were signed with (the
+	// certificate's issuer common name and serial, as modinfo shows them); empty: unsigned.
+	Signer string `json:"signer,omitempty"`
+	KeyID  string `json:"key_id,omitempty"`
 }
 
 // State is autoinstall's record: per kernel release, per module name, the last outcome.
@@ -171,7 +175,8 @@ func (r *Result) validate(release, name string) error {
 			return fmt.Errorf("package: %v", err)
 		}
 	}
-	for field, v := range map[string]string{"version": r.Version, "attempted": r.Attempted, "reason": r.Reason, "time": r.Time} {
+	for field, v := range map[string]string{"version": r.Version, "attempted": r.Attempted, "reason": r.Reason, "time": r.Time,
+		"signer": r.Signer, "key_id": r.KeyID} {
 		if len(v) > maxStateText || strings.ContainsAny(v, "\x00\n\r") {
 			return fmt.Errorf("%s: longer than %d bytes or not one line", field, maxStateText)
 		}

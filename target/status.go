@@ -37,6 +37,9 @@ type StatusRow struct {
 	Linkable bool `json:"linkable,omitempty"`
 	// Checked is when autoinstall last decided this row ("" when it never has).
 	Checked string `json:"checked,omitempty"`
+	// Signature is the signature state of the modules that serve the row (absent when none
+	// do).
+	Signature *SignatureInfo `json:"signature,omitempty"`
 }
 
 // Available tells whether the module is (or provably will be, by a link) loadable in the
@@ -64,10 +67,41 @@ func Status(o Options) (*Report, error) {
 	}
 	st := readState(r, &o)
 	sources := newestSources(readSources(r, &o))
+	key, err := FindMachineKey(o)
+	if err != nil {
+		o.warnf("%v", err)
+	}
+	mok := o.enrolledCerts()
 	for _, p := range plans {
-		rep.Rows = append(rep.Rows, kernelRows(r, p, decide(r, p.Kernel, kmps, p, sources), st)...)
+		rows := kernelRows(r, p, decide(r, p.Kernel, kmps, p, sources), st)
+		for i := range rows {
+			rows[i].Signature = signatureOf(r, servingFiles(&rows[i], kmps, st), key, mok)
+		}
+		rep.Rows = append(rep.Rows, rows...)
 	}
 	return rep, nil
+}
+
+// servingFiles are the module files that serve row: the package's for this kernel, the linked
+// build's, or autoinstall's.
+func servingFiles(row *StatusRow, kmps []weakupdates.KMP, st *State) []string {
+	switch row.State {
+	case StateBuiltForKernel, StateWeakLinked:
+		k := row.Kernel
+		if row.State == StateWeakLinked {
+			k = row.From
+		}
+		for _, kp := range kmps {
+			if kp.Name == row.Module && kp.Kernel == k && kp.Package == row.Package {
+				return kp.Modules
+			}
+		}
+	case StateBuiltLocally:
+		if res := st.get(row.Kernel, row.Module); res != nil {
+			return res.Files
+		}
+	}
+	return nil
 }
 
 // kernelRows reports kernel p.Kernel's modules: what decide finds on disk now, then what

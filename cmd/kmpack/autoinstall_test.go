@@ -12,6 +12,7 @@ import (
 
 	"github.com/kmpack/kmpack/formats"
 	"github.com/kmpack/kmpack/internal/testenv"
+	"github.com/kmpack/kmpack/kmp/sign"
 	"github.com/kmpack/kmpack/target"
 )
 
@@ -518,5 +519,99 @@ func TestRPMDKMSPackageRegistersWithKmpack(t *testing.T) {
 	rpm("-e", "kmpack-hello-dkms")
 	if v := versions(); len(v) != 0 {
 		t.Fatalf("after erase: %v", v)
+	}
+}
+
+// TestAutoinstallSignsWithMachineKey: local builds are signed with the machine's key. A root
+// with dkms's key (made by the command dkms 3 runs, real openssl) signs with it under the
+// default policy (Debian's 53 checks signatures: CONFIG_MODULE_SIG), and status says so; the
+// signature verifies against that certificate and modinfo reads its signer. A root with no
+// key and --sign always gets kmpack's own key, made once, private, and a message saying how
+// to enroll it; a build made unsigned before a key existed is signed by the next run.
+func TestAutoinstallSignsWithMachineKey(t *testing.T) {
+	testenv.Need(t, "depmod", "modinfo", "openssl")
+	k53 := testenv.Release53
+	setup := func() string {
+		root := testenv.DpkgRoot(t)
+		testenv.InstallKernel(t, root, k53)
+		testenv.InstallHeaders(t, root, k53)
+		if _, stderr, code := kmpack(t, "source", "--root", root, "add", testenv.ExampleSource(t, true)); code != 0 {
+			t.Fatalf("source add: %d %s", code, stderr)
+		}
+		return root
+	}
+	ko := func(root string) string {
+		return filepath.Join(root, "lib/modules", k53, "updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
+	}
+	signer := func(root string) string {
+		out, err := exec.Command("modinfo", "-F", "signer", ko(root)).Output()
+		if err != nil {
+			t.Fatalf("modinfo: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+
+	// Unsigned first (no key, auto): then dkms's key appears and the next run signs.
+	root := setup()
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, k53); code != 0 {
+		t.Fatalf("autoinstall: %d %s", code, stderr)
+	}
+	if s := signer(root); s != "" {
+		t.Fatalf("signed without a key: %q", s)
+	}
+	if r := statusJSON(t, root)[k53+" kmpack-hello"]; r.Signature == nil || r.Signature.State != "unsigned" {
+		t.Fatalf("status before a key: %+v", r.Signature)
+	}
+	dkms := filepath.Join(root, "var/lib/dkms")
+	os.MkdirAll(dkms, 0o755)
+	if out, err := exec.Command("openssl", "req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", "/CN=DKMS module signing key",
+		"-newkey", "rsa:2048", "-keyout", filepath.Join(dkms, "mok.key"), "-addext", "extendedKeyUsage=codeSigning",
+		"-outform", "DER", "-out", filepath.Join(dkms, "mok.pub")).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	out, stderr, code := kmpack(t, "autoinstall", "--root", root, k53)
+	if code != 0 || !strings.Contains(out, "signed with dkms's key") {
+		t.Fatalf("autoinstall with dkms's key: %d\n%s\n%s", code, out, stderr)
+	}
+	if s := signer(root); s != "DKMS module signing key" {
+		t.Fatalf("signer %q", s)
+	}
+	cert, err := sign.LoadCertificate(filepath.Join(dkms, "mok.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := testenv.MustRead(t, ko(root))
+	if err := sign.VerifyModule(ko(root), data, cert); err != nil {
+		t.Fatalf("the signature does not verify with dkms's certificate: %v", err)
+	}
+	r := statusJSON(t, root)[k53+" kmpack-hello"]
+	if g := r.Signature; g == nil || g.State != "signed" || g.Signer != "DKMS module signing key" || !g.MachineKey || g.Enrolled != "" {
+		t.Fatalf("status signature: %+v", g)
+	}
+	if text, _, _ := kmpack(t, "status", "--root", root); !strings.Contains(text, "[signed by DKMS module signing key") {
+		t.Fatalf("status text:\n%s", text)
+	}
+	if out, _, _ := kmpack(t, "autoinstall", "--root", root, k53); strings.Contains(out, "building") {
+		t.Fatalf("rebuilt although signed with the machine's key:\n%s", out)
+	}
+
+	// No key, --sign always: kmpack makes its own, once.
+	root = setup()
+	out, stderr, code = kmpack(t, "autoinstall", "--root", root, "--sign", "always", k53)
+	if code != 0 || !strings.Contains(stderr, "made a module signing key because --sign always") || !strings.Contains(stderr, "mokutil --import /var/lib/kmpack/mok/kmpack-signing.der") {
+		t.Fatalf("autoinstall --sign always: %d\n%s\n%s", code, out, stderr)
+	}
+	keyFile := filepath.Join(root, target.MachineKeyDir, sign.KeyFile)
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("machine key %s: %v", keyFile, err)
+	}
+	if s := signer(root); s != "kmpack machine module signing key" {
+		t.Fatalf("signer %q", s)
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "always", "--rebuild", k53); code != 0 || strings.Contains(stderr, "made a module signing key") {
+		t.Fatalf("second run: %d %s", code, stderr)
+	}
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "sometimes", k53); code != exitInput || !strings.Contains(stderr, "auto, always or never") {
+		t.Fatalf("--sign sometimes: %d %s", code, stderr)
 	}
 }

@@ -145,6 +145,7 @@ them, their rows and their weak-updates links go.`,
 			&cli.BoolFlag{Name: "rebuild", Usage: "build sources again where an earlier build failed (otherwise retried only when the source changes)"},
 			&cli.BoolFlag{Name: "removed", Usage: "the kernels were removed: take out what autoinstall built for them and their weak-updates links"},
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on one module's build for one kernel"},
+			signPolicyFlag,
 		},
 		Action: func(c *cli.Context) error {
 			kernels, err := kernelArgs(c)
@@ -158,7 +159,7 @@ them, their rows and their weak-updates links go.`,
 				err = target.RemoveKernels(targetOptions(c), kernels)
 			} else {
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
-					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild")})
+					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign")})
 			}
 			if err == nil {
 				return nil
@@ -202,6 +203,10 @@ built-locally, skipped (BUILD_EXCLUSIVE), failed (reason, log) or missing. --jso
 	}
 }
 
+// signPolicyFlag is the signing policy of local builds.
+var signPolicyFlag = &cli.StringFlag{Name: "sign", Value: target.SignAuto,
+	Usage: "sign local builds with the machine's key: auto (when the kernel checks signatures and a key exists; a key is made when the kernel requires them), always, never"}
+
 func describeRow(r target.StatusRow) string {
 	s := r.State
 	switch {
@@ -217,6 +222,21 @@ func describeRow(r target.StatusRow) string {
 	}
 	if r.Log != "" {
 		s += " (log: " + r.Log + ")"
+	}
+	if g := r.Signature; g != nil {
+		switch g.State {
+		case "signed", "mixed":
+			s += " [" + g.State + " by " + g.Signer + " " + g.KeyID
+			if g.MachineKey {
+				s += ", this machine's key"
+			}
+			if g.Enrolled != "" {
+				s += ", enrolled: " + g.Enrolled
+			}
+			s += "]"
+		default:
+			s += " [" + g.State + "]"
+		}
 	}
 	return s
 }
@@ -270,6 +290,7 @@ and log), 9 the kernel refused it (modprobe's and the kernel's words).`,
 			&cli.StringFlag{Name: "kernel", Usage: "the kernel release (default: the running kernel)"},
 			&cli.BoolFlag{Name: "rebuild", Usage: "build the source again (izmod -R)"},
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on the build"},
+			signPolicyFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -285,7 +306,7 @@ and log), 9 the kernel refused it (modprobe's and the kernel's words).`,
 				}
 			}
 			res, err := target.Load(c.Context, target.LoadOptions{Options: targetOptions(c), Name: name, Kernel: c.String("kernel"),
-				Rebuild: c.Bool("rebuild"), BuildTimeout: c.Duration("build-timeout")})
+				Rebuild: c.Bool("rebuild"), BuildTimeout: c.Duration("build-timeout"), Sign: c.String("sign")})
 			switch {
 			case errors.Is(err, target.ErrFailures):
 				return cli.Exit(err.Error(), exitAutoinstallFailed)
