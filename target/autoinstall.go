@@ -48,6 +48,10 @@ type AutoinstallOptions struct {
 	Only string
 	// Sign is the signing policy for local builds: SignAuto (""), SignAlways or SignNever.
 	Sign string
+	// NoInitramfs leaves initramfs images alone: the kernel hooks pass it, as the
+	// distribution's initramfs hook runs after them. Otherwise an initramfs that holds a
+	// module whose files autoinstall changed is regenerated (refreshInitramfs).
+	NoInitramfs bool
 
 	key       *MachineKey // the machine's signing key, once looked for
 	keyLooked bool
@@ -81,6 +85,10 @@ var ErrFailures = errors.New("some modules are not available")
 //  4. a registered source: built with kmpack's build engine against the root's
 //     /lib/modules/<kernel>/build, installed under updates/kmpack-built/<name>/, depmod;
 //  5. otherwise a failure, with its reason.
+//
+// A local build is signed with the machine's key (Sign; see machineSigner). A kernel whose
+// initramfs holds a module whose files changed gets it regenerated (refreshInitramfs), unless
+// NoInitramfs.
 //
 // Runs hold one lock, so two at once end as one after the other, and a module already built
 // for a kernel from the same source version is not built again. A run killed midway is
@@ -161,12 +169,20 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			}
 		}
 		changed := false
+		var touched []string // modules whose files changed in k
 		for _, row := range rows {
+			prev := st.get(k, row.name)
 			res, ch, err := o.realize(ctx, r, st, k, row)
 			if err != nil {
 				return st, err
 			}
 			changed = changed || ch
+			if ch {
+				touched = appendModuleNames(touched, res.Files)
+				if prev != nil {
+					touched = appendModuleNames(touched, prev.Files)
+				}
+			}
 			res.Time = time.Now().UTC().Format(time.RFC3339)
 			st.set(k, row.name, res)
 			switch {
@@ -186,6 +202,9 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 					return st, err
 				}
 				changed = changed || ch
+				if ch {
+					touched = appendModuleNames(touched, res.Files)
+				}
 				delete(st.Kernels[k], name)
 			}
 		}
@@ -197,11 +216,22 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 		if err := writeState(r, st); err != nil {
 			return st, err
 		}
+		o.refreshInitramfs(ctx, r, k, touched)
 	}
 	if failed > 0 {
 		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
 	}
 	return st, nil
+}
+
+// appendModuleNames adds the module names of files (paths) to names, once each.
+func appendModuleNames(names []string, files []string) []string {
+	for _, f := range files {
+		if n := module.ModuleNameFromPath(path.Base(f)); !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // engineFacts are the weak-updates engine's registrations and its plan for every installed

@@ -529,7 +529,7 @@ func TestRPMDKMSPackageRegistersWithKmpack(t *testing.T) {
 // key and --sign always gets kmpack's own key, made once, private, and a message saying how
 // to enroll it; a build made unsigned before a key existed is signed by the next run.
 func TestAutoinstallSignsWithMachineKey(t *testing.T) {
-	testenv.Need(t, "depmod", "modinfo", "openssl")
+	testenv.Need(t, "depmod", "modinfo", "openssl", "cpio", "zstd")
 	k53 := testenv.Release53
 	setup := func() string {
 		root := testenv.DpkgRoot(t)
@@ -569,9 +569,16 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 		"-outform", "DER", "-out", filepath.Join(dkms, "mok.pub")).CombinedOutput(); err != nil {
 		t.Fatalf("openssl: %v\n%s", err, out)
 	}
+	// 53's initramfs holds the module (the real cpio and zstd, as initramfs-tools writes it):
+	// the signed build replaces it, so the initramfs is stale; in a root kmpack says what to
+	// run there instead of regenerating this machine's.
+	initrd(t, root, k53, "usr/lib/modules/"+k53+"/updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
 	out, stderr, code := kmpack(t, "autoinstall", "--root", root, k53)
 	if code != 0 || !strings.Contains(out, "signed with dkms's key") {
 		t.Fatalf("autoinstall with dkms's key: %d\n%s\n%s", code, out, stderr)
+	}
+	if !strings.Contains(stderr, "initrd.img-"+k53+" holds kmpack_hello, which changed: not regenerated in a root; run /usr/sbin/update-initramfs -u -k "+k53+" in it") {
+		t.Fatalf("no word on the stale initramfs:\n%s", stderr)
 	}
 	if s := signer(root); s != "DKMS module signing key" {
 		t.Fatalf("signer %q", s)
@@ -608,10 +615,34 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 	if s := signer(root); s != "kmpack machine module signing key" {
 		t.Fatalf("signer %q", s)
 	}
-	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "always", "--rebuild", k53); code != 0 || strings.Contains(stderr, "made a module signing key") {
+	// An initramfs without the module is left alone; one with it is too when the kernel hooks
+	// say the distribution's initramfs hook comes after them (--no-initramfs).
+	initrd(t, root, k53, "usr/lib/modules/"+k53+"/kernel/fs/ext4/ext4.ko")
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "always", "--rebuild", k53); code != 0 ||
+		strings.Contains(stderr, "made a module signing key") || strings.Contains(stderr, "initrd") {
 		t.Fatalf("second run: %d %s", code, stderr)
+	}
+	initrd(t, root, k53, "usr/lib/modules/"+k53+"/updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--rebuild", "--no-initramfs", k53); code != 0 || strings.Contains(stderr, "initrd") {
+		t.Fatalf("--no-initramfs: %d %s", code, stderr)
 	}
 	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "sometimes", k53); code != exitInput || !strings.Contains(stderr, "auto, always or never") {
 		t.Fatalf("--sign sometimes: %d %s", code, stderr)
+	}
+}
+
+// initrd writes root's /boot/initrd.img-K holding files, with the real cpio and zstd.
+func initrd(t *testing.T, root, k string, files ...string) {
+	t.Helper()
+	tree := t.TempDir()
+	for _, f := range files {
+		os.MkdirAll(filepath.Join(tree, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(tree, f), []byte("x"), 0o644)
+	}
+	os.MkdirAll(filepath.Join(root, "boot"), 0o755)
+	cmd := exec.Command("sh", "-c", "find . | cpio --quiet -o -H newc | zstd -q -c > "+filepath.Join(root, "boot/initrd.img-"+k))
+	cmd.Dir = tree
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("initrd: %v\n%s", err, out)
 	}
 }

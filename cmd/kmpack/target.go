@@ -146,6 +146,7 @@ them, their rows and their weak-updates links go.`,
 			&cli.BoolFlag{Name: "removed", Usage: "the kernels were removed: take out what autoinstall built for them and their weak-updates links"},
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on one module's build for one kernel"},
 			signPolicyFlag,
+			&cli.BoolFlag{Name: "no-initramfs", Usage: "leave initramfs images alone (the kernel hooks pass it: the distribution's initramfs hook runs after them)"},
 		},
 		Action: func(c *cli.Context) error {
 			kernels, err := kernelArgs(c)
@@ -159,7 +160,8 @@ them, their rows and their weak-updates links go.`,
 				err = target.RemoveKernels(targetOptions(c), kernels)
 			} else {
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
-					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign")})
+					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign"),
+					NoInitramfs: c.Bool("no-initramfs")})
 			}
 			if err == nil {
 				return nil
