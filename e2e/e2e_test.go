@@ -416,7 +416,7 @@ echo "E2E kernel $K"
 probe() {
 	m=$1
 	shift
-	path=$(grep "/$m.ko:" /lib/modules/$K/modules.dep | cut -d: -f1)
+	path=$(grep -E "/$m\.ko(\.xz|\.zst|\.gz)?:" /lib/modules/$K/modules.dep | cut -d: -f1)
 	if modprobe "$m" "$@" 2>/tmp/err; then st=loaded; else st=failed; fi
 	echo "E2E module $m ${path:--} $st $(head -c 160 /tmp/err | tr '\n' ' ')"
 }
@@ -437,7 +437,7 @@ poweroff -f
 	if err != nil {
 		return nil, err
 	}
-	vmlinuz := filepath.Join(testenv.UnpackedDeb(t, "linux-image-"+k), "boot/vmlinuz-"+k)
+	vmlinuz := filepath.Join(testenv.KernelImage(t, k), "boot/vmlinuz-"+k)
 	lines, err := guest(k, m.qemu, append(m.args, "-nographic", "-no-reboot", "-m", "512",
 		"-kernel", vmlinuz, "-initrd", initrd, "-append", "console="+m.console+" panic=-1 quiet")...)
 	if err != nil {

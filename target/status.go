@@ -138,7 +138,7 @@ func kernelRows(r *os.Root, p *weakupdates.Plan, decided []row, st *State) []Sta
 			row.Reason = fmt.Sprintf("%s when kmpack autoinstall last ran (%s), not any more: run kmpack autoinstall %s", res.State, res.Time, k)
 		default:
 			row.State = StateMissing
-			row.Reason = "kmpack autoinstall has not run for " + k + " since " + n + " was registered"
+			row.Reason = "nothing serves it and kmpack autoinstall has not run for " + k + " since " + n + " was registered or its source removed: run kmpack autoinstall " + k
 		}
 		if row.State == StateMissing || row.State == StateFailed {
 			if p.From[n] != "" {

@@ -17,7 +17,8 @@ import (
 func InstallKernel(t testing.TB, root, release string) {
 	t.Helper()
 	pkg := "linux-image-" + release
-	img := filepath.Join(UnpackedDeb(t, pkg), "lib/modules", release)
+	image := KernelImage(t, release)
+	img := filepath.Join(image, "lib/modules", release)
 	dst := filepath.Join(root, "lib/modules", release)
 	hdr := filepath.Join(root, "usr/src/linux-headers-"+release)
 	for _, d := range []string{dst, hdr} {
@@ -46,14 +47,21 @@ func InstallKernel(t testing.TB, root, release string) {
 	if _, err := os.Stat(db); err != nil {
 		return
 	}
-	deb := Debs(t, pkg)[0]
-	control := strings.Replace(mustRun(t, "dpkg-deb", "-f", deb), "\n", "\nStatus: install ok installed\n", 1)
+	var control, files string
+	if image == "/" { // installed on this machine: its records are dpkg's own
+		control = mustRun(t, "dpkg-query", "-s", pkg)
+		files = mustRun(t, "dpkg", "-L", pkg)
+	} else {
+		deb := Debs(t, pkg)[0]
+		control = strings.Replace(mustRun(t, "dpkg-deb", "-f", deb), "\n", "\nStatus: install ok installed\n", 1)
+		files = mustRun(t, "sh", "-c", "dpkg-deb --fsys-tarfile "+deb+" | tar t")
+	}
 	status, _ := os.ReadFile(filepath.Join(db, "status"))
 	if err := os.WriteFile(filepath.Join(db, "status"), append(status, []byte(strings.TrimRight(control, "\n")+"\n\n")...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var list strings.Builder
-	for _, l := range strings.Split(mustRun(t, "sh", "-c", "dpkg-deb --fsys-tarfile "+deb+" | tar t"), "\n") {
+	for _, l := range strings.Split(files, "\n") {
 		if l = strings.TrimSuffix(strings.TrimPrefix(l, "."), "/"); l != "" {
 			list.WriteString(l + "\n")
 		}

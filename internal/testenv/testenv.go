@@ -104,6 +104,22 @@ func Debs(t testing.TB, prefixes ...string) []string {
 	return out
 }
 
+// KernelImage is a directory holding release's image package files (boot/vmlinuz-K,
+// lib/modules/K): its downloaded .deb unpacked, or, for a kernel scripts/setup.sh installs on
+// this machine (6.12, which its headers depend on), this machine's root.
+func KernelImage(t testing.TB, release string) string {
+	t.Helper()
+	pkg := "linux-image-" + release
+	if m, _ := filepath.Glob(filepath.Join(CacheDir(), "debs", pkg+"_*.deb")); len(m) > 0 {
+		return UnpackedDeb(t, pkg)
+	}
+	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", pkg).Output(); err == nil && string(out) == "install ok installed" {
+		return "/"
+	}
+	t.Fatalf("%s is neither downloaded nor installed: run scripts/setup.sh and scripts/testdata.sh", pkg)
+	return ""
+}
+
 var unpackMu sync.Mutex
 
 // UnpackedDeb unpacks a downloaded package once (with dpkg-deb, the reference tool) and returns
