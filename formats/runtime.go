@@ -54,7 +54,9 @@ const (
 
 // runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
 // (installed by an image builder, or while kmpack was absent); with nothing to do it is fast.
-// %v is systemd's specifier for the running kernel's release.
+// %v is systemd's specifier for the running kernel's release. It orders itself before network
+// and graphics, which may need the modules, so it is bounded: a build by --build-timeout, the
+// whole unit by TimeoutStartSec (a run killed there is repaired by the next one).
 const runtimeAutoinstallUnit = `# Installed by kmpack.
 [Unit]
 Description=Give registered kernel modules a build for the running kernel (kmpack autoinstall)
@@ -66,7 +68,8 @@ ConditionPathIsDirectory=/var/lib/kmpack
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=` + RuntimeBinary + ` autoinstall --hook %v
+TimeoutStartSec=90min
+ExecStart=` + RuntimeBinary + ` autoinstall --hook --build-timeout 30m %v
 
 [Install]
 WantedBy=multi-user.target

@@ -771,6 +771,7 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 		if res == nil {
 			continue
 		}
+		res.Files = append(res.Files, unrecordedFiles(r, k, name, res.Files)...)
 		ch, err := o.dropBuilt(r, k, res)
 		if err != nil {
 			return err
@@ -785,7 +786,43 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 			}
 		}
 	}
+	// A run killed between installing a build and recording it leaves files no row lists (the
+	// next autoinstall would replace them): they are autoinstall's too, in its own directory.
+	for _, k := range weakupdates.InstalledKernels(r) {
+		if st.get(k, name) != nil {
+			continue
+		}
+		if files := unrecordedFiles(r, k, name, nil); len(files) > 0 {
+			if _, err := o.dropBuilt(r, k, &Result{Files: files}); err != nil {
+				return err
+			}
+			if err := o.reindex(r, eng, k); err != nil {
+				return err
+			}
+		}
+	}
 	return writeState(r, st)
+}
+
+// unrecordedFiles are the module files in autoinstall's directory for name in kernel k
+// (reached through real directories only) that known does not list.
+func unrecordedFiles(r *os.Root, k, name string, known []string) []string {
+	prefix := builtPrefix(k, name)
+	d, err := r.Open(strings.Trim(prefix, "/"))
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(maxStateFiles)
+	d.Close()
+	var out []string
+	for _, n := range names {
+		f := prefix + n
+		if module.IsModuleFileName(n) && ident.PathComponent(n) == nil && !slices.Contains(known, f) && ownFile(r, f) {
+			out = append(out, f)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // RemoveKernels is for kernels that were removed (the kernel hooks' postrm and kernel-install

@@ -360,6 +360,9 @@ func registerInPlace(r *os.Root, o *AddSourceOptions) (SourceRecord, bool, error
 		}
 		return SourceRecord{}, true, kmp.InputErrorf(o.Path, "%s %s is already added", rec.Name, rec.Version)
 	}
+	if err := dirTaken(r, &o.Options, o.Path, rec); err != nil {
+		return SourceRecord{}, true, err
+	}
 	if err := writeSourceRecord(r, rec); err != nil {
 		return SourceRecord{}, true, err
 	}
@@ -371,9 +374,24 @@ func checkFree(r *os.Root, o *AddSourceOptions, rec SourceRecord) error {
 	if _, err := r.Lstat(sourceRecordFile(rec.Name, rec.Version)); err == nil {
 		return kmp.InputErrorf(o.Path, "%s %s is already added (kmpack source remove %s/%s first)", rec.Name, rec.Version, rec.Name, rec.Version)
 	}
+	if err := dirTaken(r, &o.Options, o.Path, rec); err != nil {
+		return err
+	}
 	dst := sourceDir(rec.Name, rec.Version)
 	if _, err := r.Lstat(dst); err == nil {
 		return kmp.InputErrorf(o.Path, "%s exists and is not a registered source: add it in place (kmpack source add %s) or remove it", o.display(dst), o.display(dst))
+	}
+	return nil
+}
+
+// dirTaken refuses rec when another registration names the same directory: "a-b" 1 and "a"
+// "b-1" are both /usr/src/a-b-1, and removing one would delete the other's source.
+func dirTaken(r *os.Root, o *Options, display string, rec SourceRecord) error {
+	dir := "/" + sourceDir(rec.Name, rec.Version)
+	for _, s := range readSources(r, o) {
+		if s.Dir == dir && (s.Name != rec.Name || s.Version != rec.Version) {
+			return kmp.InputErrorf(display, "%s %s would be kept in %s, where %s %s is registered", rec.Name, rec.Version, dir, s.Name, s.Version)
+		}
 	}
 	return nil
 }

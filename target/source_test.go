@@ -59,6 +59,11 @@ func TestSourceAddListRemove(t *testing.T) {
 	if err != nil || rec.Owned {
 		t.Fatalf("in place: %+v %v", rec, err)
 	}
+	// The same directory under another split of its name: one removal would take both.
+	if _, err := target.AddSource(target.AddSourceOptions{Options: opts(root), Path: inPlace, Name: "kmpack", Version: "bare-2"}); !kmp.IsInputError(err) ||
+		!strings.Contains(err.Error(), "where kmpack-bare 2 is registered") {
+		t.Fatalf("kmpack bare-2 in kmpack-bare 2's directory: %v", err)
+	}
 
 	list, err := target.ListSources(opts(root))
 	if err != nil {

@@ -198,6 +198,26 @@ func TestSourceRemoveUninstallsBuilds(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// In a copy: a run killed after installing a build and before recording it, then the
+	// source removed: the unrecorded build goes too.
+	killed := filepath.Join(t.TempDir(), "root")
+	if out, err := exec.Command("cp", "-a", root, killed).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	os.Remove(filepath.Join(killed, "var/lib/kmpack/autoinstall/state.json"))
+	os.Remove(filepath.Join(killed, strings.TrimPrefix(ko, root)))
+	cmd := exec.Command(bin, "autoinstall", "--root", killed, k53)
+	cmd.Env = append(os.Environ(), target.KillPointEnv+"=autoinstall-after-install")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("the kill point did not kill: %v\n%s", err, out)
+	}
+	if _, stderr, code := kmpack(t, "source", "--root", killed, "remove", "kmpack-hello"); code != 0 {
+		t.Fatalf("source remove after a killed run: %d %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(killed, strings.TrimPrefix(ko, root))); !os.IsNotExist(err) {
+		t.Fatalf("the unrecorded build survived the source's removal: %v", err)
+	}
+
 	// The kernel goes, in a copy of this root: its image's files go (dpkg), then the postrm
 	// hook's autoinstall --removed takes out what autoinstall made for it. Run before the
 	// image is gone, it keeps everything.
