@@ -49,7 +49,11 @@ const (
 	RuntimeAutoinstallUnit  = "/usr/lib/systemd/system/kmpack-autoinstall.service"
 	RuntimeAutoinstallWants = "/usr/lib/systemd/system/multi-user.target.wants/kmpack-autoinstall.service"
 	RuntimePostrmHook       = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
-	RuntimeManPage          = "/usr/share/man/man1/kmpack.1.gz"
+	// RuntimeHeaderHook runs when a kernel's headers are configured (Debian's linux-headers
+	// packages run /etc/kernel/header_postinst.d, as dkms uses it): headers configured after
+	// their kernel's image are when a source can be built for it.
+	RuntimeHeaderHook = "/etc/kernel/header_postinst.d/50-kmpack"
+	RuntimeManPage    = "/usr/share/man/man1/kmpack.1.gz"
 )
 
 // runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
@@ -122,6 +126,7 @@ status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
 		// now runs autoinstall, whose step 2 is what add-kernel did.
 		{Path: RuntimePostinstHook, Body: []byte(s.render("runtime-autoinstall-hook", data)), Mode: 0o755, Config: true},
 		{Path: RuntimePostrmHook, Body: []byte(s.render("runtime-autoinstall-hook", map[string]any{"Binary": RuntimeBinary, "Removed": true})), Mode: 0o755, Config: true},
+		{Path: RuntimeHeaderHook, Body: []byte(s.render("runtime-autoinstall-hook", map[string]any{"Binary": RuntimeBinary, "Headers": true})), Mode: 0o755, Config: true},
 		{Path: RuntimeKernelInstall, Body: []byte(s.render("runtime-kernel-install", data)), Mode: 0o755},
 		{Path: RuntimeAutoinstallUnit, Body: []byte(runtimeAutoinstallUnit), Mode: 0o644},
 		{Path: RuntimeAutoinstallWants, Kind: Symlink, Target: "../" + path.Base(RuntimeAutoinstallUnit)},

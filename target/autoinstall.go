@@ -137,6 +137,9 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			return st, err
 		}
 	}
+	if !o.NoInitramfs {
+		o.pendingInitramfs(ctx, r)
+	}
 	// Step 2 first, for every module at once: the engine links all builds that load (once per
 	// flavor: each run recomputes every kernel of it).
 	flavors := map[string]bool{}
@@ -213,10 +216,14 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 				return st, err
 			}
 		}
+		var initramfs *initramfsJob
+		if !o.NoInitramfs {
+			initramfs = o.planInitramfs(r, k, touched)
+		}
 		if err := writeState(r, st); err != nil {
 			return st, err
 		}
-		o.refreshInitramfs(ctx, r, k, touched)
+		o.runInitramfs(ctx, r, initramfs)
 	}
 	if failed > 0 {
 		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
@@ -615,7 +622,7 @@ func (o *AutoinstallOptions) resignNeeded(r *os.Root, k string, prev *Result) bo
 		return false
 	}
 	tree, _ := o.kernelTree(r, k)
-	return tree != nil && (tree.Signing.Enabled || o.Sign == SignAlways)
+	return tree != nil && tree.Signing.Enabled
 }
 
 // tellingLine is the line of a failed build's log tail a user needs first: the first
@@ -778,12 +785,14 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 		}
 		delete(st.Kernels[k], name)
 		if ch {
+			job := o.planInitramfs(r, k, appendModuleNames(nil, res.Files))
 			if err := writeState(r, st); err != nil {
 				return err
 			}
 			if err := o.reindex(r, eng, k); err != nil {
 				return err
 			}
+			o.runInitramfs(context.Background(), r, job)
 		}
 	}
 	// A run killed between installing a build and recording it leaves files no row lists (the
@@ -796,9 +805,11 @@ func uninstallBuilt(r *os.Root, o *Options, name string) error {
 			if _, err := o.dropBuilt(r, k, &Result{Files: files}); err != nil {
 				return err
 			}
+			job := o.planInitramfs(r, k, appendModuleNames(nil, files))
 			if err := o.reindex(r, eng, k); err != nil {
 				return err
 			}
+			o.runInitramfs(context.Background(), r, job)
 		}
 	}
 	return writeState(r, st)

@@ -8,13 +8,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/proc"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 // Bounds on an initramfs read for its module list: Debian's with MODULES=most is ~70 MB
@@ -23,6 +26,8 @@ const (
 	maxInitramfsBytes   = 4 << 30
 	maxInitramfsEntries = 1 << 20
 	maxCpioName         = 4096
+	maxModuleName       = 55 // MODULE_NAME_LEN (64 - sizeof(unsigned long)) less its NUL
+	maxInitramfsModules = 1 << 16
 )
 
 // InitramfsModules lists the kernel modules (by module name, as the kernel knows them) in an
@@ -39,7 +44,9 @@ func InitramfsModules(file string, r io.Reader) (mods []string, err error) {
 	add := func(name string) {
 		base := name[strings.LastIndexByte(name, '/')+1:]
 		if module.IsModuleFileName(base) {
-			if n := module.ModuleNameFromPath(base); !seen[n] {
+			// Longer names are no kernel's modules (MODULE_NAME_LEN); and a bound on distinct
+			// names keeps a small hostile image from costing gigabytes.
+			if n := module.ModuleNameFromPath(base); len(n) <= maxModuleName && !seen[n] && len(mods) < maxInitramfsModules {
 				seen[n] = true
 				mods = append(mods, n)
 			}
@@ -169,14 +176,17 @@ func initramfsImages(k string) []string {
 // DefaultInitramfsTimeout bounds one initramfs regeneration.
 const DefaultInitramfsTimeout = 10 * time.Minute
 
-// refreshInitramfs regenerates k's initramfs when it holds one of mods (module names whose
-// files autoinstall just changed), with the distribution's own tool: update-initramfs
-// (initramfs-tools) or dracut. Nothing else is ever regenerated: an initramfs without them
-// does not change, and a kernel that has none yet gets one from its own hooks (which run after
-// kmpack's). In a root other than "/", it says what to run instead.
-func (o *AutoinstallOptions) refreshInitramfs(ctx context.Context, r *os.Root, k string, mods []string) {
-	if len(mods) == 0 || o.NoInitramfs {
-		return
+// initramfsPendingDir holds one mark per kernel whose initramfs must be regenerated: written
+// before the state that makes the need invisible, removed once the tool succeeded, so a run
+// killed (or a tool that failed) in between is caught up by the next.
+const initramfsPendingDir = autoDir + "/initramfs-pending"
+
+// staleInitramfs says which of k's images holds one of mods (module names whose files changed)
+// and why it must be regenerated; "" when none does. An image kmpack cannot read is
+// regenerated too: a stale initramfs loads the old module at boot.
+func (o *Options) staleInitramfs(r *os.Root, k string, mods []string) (img, why string) {
+	if len(mods) == 0 {
+		return "", ""
 	}
 	for _, img := range initramfsImages(k) {
 		f, err := r.Open(img)
@@ -186,50 +196,112 @@ func (o *AutoinstallOptions) refreshInitramfs(ctx context.Context, r *os.Root, k
 		held, err := InitramfsModules(o.display(img), f)
 		f.Close()
 		if err != nil {
-			o.warnf("%v: not regenerated; regenerate it if it holds %s", err, strings.Join(mods, " "))
-			return
+			return img, "it cannot be read to tell whether it holds " + strings.Join(mods, " ") + ": " + kmp.OneLine(err.Error())
 		}
 		var in []string
 		for _, m := range mods {
-			if containsModule(held, m) {
+			if slices.Contains(held, m) {
 				in = append(in, m)
 			}
 		}
-		if len(in) == 0 {
-			return
+		if len(in) > 0 {
+			return img, "it holds " + strings.Join(in, " ")
 		}
-		var cmd []string
-		switch {
-		case fileExists("/usr/sbin/update-initramfs") && strings.HasPrefix(img, "boot/initrd.img-"):
-			cmd = []string{"/usr/sbin/update-initramfs", "-u", "-k", k}
-		case fileExists("/usr/bin/dracut"):
-			cmd = []string{"/usr/bin/dracut", "-f", "--kver", k}
-		default:
-			o.warnf("%s holds %s, which changed: regenerate it (no update-initramfs or dracut here)", o.display(img), strings.Join(in, " "))
-			return
-		}
-		if o.root() != "/" {
-			o.warnf("%s holds %s, which changed: not regenerated in a root; run %s in it", o.display(img), strings.Join(in, " "), strings.Join(cmd, " "))
-			return
-		}
-		o.logf("%s: regenerating %s (it holds %s): %s", k, o.display(img), strings.Join(in, " "), strings.Join(cmd, " "))
-		cctx, cancel := context.WithTimeout(ctx, DefaultInitramfsTimeout)
-		out, err := exec.CommandContext(cctx, cmd[0], cmd[1:]...).CombinedOutput()
-		cancel()
-		if err != nil {
-			o.warnf("%s: %s: %v: %s", k, strings.Join(cmd, " "), err, kmp.OneLine(lastLines(string(out), 3)))
-		}
-		return
+		return "", ""
+	}
+	return "", ""
+}
+
+// initramfsCommand is the distribution's tool that rebuilds img for k.
+func initramfsCommand(img, k string) []string {
+	switch {
+	case fileExists("/usr/sbin/update-initramfs") && strings.HasPrefix(img, "boot/initrd.img-"):
+		return []string{"/usr/sbin/update-initramfs", "-u", "-k", k}
+	case fileExists("/usr/bin/dracut"):
+		// The image named: dracut's default is initramfs-K.img, or a BLS entry's.
+		return []string{"/usr/bin/dracut", "-f", "/" + img, k}
+	}
+	return nil
+}
+
+// initramfsJob is a regeneration decided: which image, why, with what.
+type initramfsJob struct {
+	k, img, why string
+	cmd         []string
+}
+
+// planInitramfs decides whether k's initramfs must be regenerated after mods changed
+// (staleInitramfs), and marks it pending before the caller records the change: a run killed
+// before the tool succeeded leaves the mark for the next. In a root other than "/" it only says
+// what to run there (this machine's tool builds this machine's image) and returns nil.
+func (o *Options) planInitramfs(r *os.Root, k string, mods []string) *initramfsJob {
+	img, why := o.staleInitramfs(r, k, mods)
+	if img == "" {
+		return nil
+	}
+	cmd := initramfsCommand(img, k)
+	switch {
+	case cmd == nil:
+		o.warnf("%s must be regenerated (%s): no update-initramfs or dracut here", o.display(img), why)
+		return nil
+	case o.root() != "/":
+		o.warnf("%s must be regenerated (%s): not done in a root; run %s in it", o.display(img), why, strings.Join(cmd, " "))
+		return nil
+	}
+	if err := weakupdates.WriteAtomic(r, initramfsPendingDir+"/"+k, []byte(img+"\n")); err != nil {
+		o.warnf("%s: %v", k, err)
+	}
+	return &initramfsJob{k, img, why, cmd}
+}
+
+func (o *Options) runInitramfs(ctx context.Context, r *os.Root, j *initramfsJob) {
+	if j != nil {
+		o.regenerate(ctx, r, j.k, j.img, j.why, j.cmd)
 	}
 }
 
-func containsModule(list []string, m string) bool {
-	for _, l := range list {
-		if l == m {
-			return true
+func (o *Options) regenerate(ctx context.Context, r *os.Root, k, img, why string, cmd []string) {
+	o.logf("%s: regenerating %s (%s): %s", k, o.display(img), why, strings.Join(cmd, " "))
+	cctx, cancel := context.WithTimeout(ctx, DefaultInitramfsTimeout)
+	defer cancel()
+	c := proc.Command(cctx, cmd[0], cmd[1:]...)
+	var out proc.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	if err := proc.Run(c); err != nil {
+		o.warnf("%s: %s: %v: %s (the next kmpack autoinstall tries again)", k, strings.Join(cmd, " "), err, kmp.OneLine(lastLines(out.String(), 3)))
+		return
+	}
+	weakupdates.RemoveDurably(r, initramfsPendingDir+"/"+k)
+}
+
+// pendingInitramfs regenerates the images a killed run or a failed tool left marked.
+func (o *Options) pendingInitramfs(ctx context.Context, r *os.Root) {
+	d, err := r.Open(initramfsPendingDir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(maxStateKernels)
+	d.Close()
+	slices.Sort(names)
+	for _, k := range names {
+		if ident.KernelRelease(k) != nil {
+			r.Remove(initramfsPendingDir + "/" + k)
+			continue
+		}
+		done := true
+		for _, img := range initramfsImages(k) {
+			if _, err := r.Stat(img); err == nil {
+				if cmd := initramfsCommand(img, k); cmd != nil && o.root() == "/" {
+					o.regenerate(ctx, r, k, img, "an earlier run could not", cmd)
+					done = false
+				}
+				break
+			}
+		}
+		if done {
+			r.Remove(initramfsPendingDir + "/" + k) // its kernel and image are gone
 		}
 	}
-	return false
 }
 
 func fileExists(p string) bool {

@@ -9,11 +9,15 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/sign"
@@ -36,19 +40,66 @@ const (
 // DER certificate is what mokutil --import takes).
 const MachineKeyDir = stateBase + "/mok"
 
-// machineKeys are the machine signing keys autoinstall uses, in order: the first that exists
-// is the machine's. Others' keys come first after kmpack's own because the machine's owner may
-// have enrolled one already (dkms 3's, Ubuntu's shim-signed, Fedora's akmods): one enrollment
+// keyLocation is a machine key's key and certificate, paths from the root.
+type keyLocation struct{ origin, key, cert string }
+
+// machineKeyLocations are the machine signing keys autoinstall may use, in order: kmpack's
+// own, then others' because the machine's owner may have enrolled one already (dkms 3's, the
+// one dkms's framework.conf names, Ubuntu's shim-signed, Fedora's akmods): one enrollment then
 // serves all the tools.
-var machineKeys = []struct{ origin, dir, key, cert string }{
-	{"kmpack", MachineKeyDir, sign.KeyFile, sign.CertDERFile},
-	{"dkms", "var/lib/dkms", "mok.key", "mok.pub"},
-	{"shim-signed", "var/lib/shim-signed/mok", "MOK.priv", "MOK.der"},
-	{"akmods", "etc/pki/akmods", "private/private_key.priv", "certs/public_key.der"},
+func machineKeyLocations(r *os.Root, o *Options) []keyLocation {
+	locs := []keyLocation{{"kmpack", MachineKeyDir + "/" + sign.KeyFile, MachineKeyDir + "/" + sign.CertDERFile}}
+	if k, c := dkmsFrameworkKey(r, o); k != "" {
+		locs = append(locs, keyLocation{"dkms framework.conf", k, c})
+	}
+	return append(locs,
+		keyLocation{"dkms", "var/lib/dkms/mok.key", "var/lib/dkms/mok.pub"},
+		keyLocation{"shim-signed", "var/lib/shim-signed/mok/MOK.priv", "var/lib/shim-signed/mok/MOK.der"},
+		keyLocation{"akmods", "etc/pki/akmods/private/private_key.priv", "etc/pki/akmods/certs/public_key.der"})
+}
+
+// dkmsFrameworkKey is the key and certificate dkms's framework.conf (and framework.conf.d/*.conf,
+// later files winning) set with mok_signing_key and mok_certificate, when both are literal
+// absolute paths: the files are read for assignments, never run; a computed value or a
+// PKCS#11 URI is not followed.
+func dkmsFrameworkKey(r *os.Root, o *Options) (key, cert string) {
+	files := []string{"etc/dkms/framework.conf"}
+	if d, err := r.Open("etc/dkms/framework.conf.d"); err == nil {
+		names, _ := d.Readdirnames(256)
+		d.Close()
+		slices.Sort(names)
+		for _, n := range names {
+			if strings.HasSuffix(n, ".conf") && ident.PathComponent(n) == nil {
+				files = append(files, "etc/dkms/framework.conf.d/"+n)
+			}
+		}
+	}
+	for _, f := range files {
+		b, _, err := kmp.ReadRootFile(r, f, maxConfScan)
+		if err != nil {
+			continue
+		}
+		if v := literalAssignment(b, "mok_signing_key"); v != "" {
+			key = v
+		}
+		if v := literalAssignment(b, "mok_certificate"); v != "" {
+			cert = v
+		}
+	}
+	for _, p := range []string{key, cert} {
+		if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
+			if key != "" || cert != "" {
+				o.warnf("%s: mok_signing_key %q and mok_certificate %q are not both absolute file paths: not used", o.display("etc/dkms/framework.conf"), key, cert)
+			}
+			return "", ""
+		}
+	}
+	return strings.TrimPrefix(key, "/"), strings.TrimPrefix(cert, "/")
 }
 
 // MachineKey is the key local builds are signed with.
 type MachineKey struct {
+	// Signer's Key is nil when only the certificate was read (status).
 	Signer *sign.Signer
 	// Cert is the certificate's path from the root (for mokutil --import).
 	Cert string
@@ -62,41 +113,165 @@ func (k *MachineKey) KeyID() string {
 	return module.HexBytes(k.Signer.Cert.SerialNumber.Bytes()).String()
 }
 
-// FindMachineKey returns the machine's signing key (the first of machineKeys present), or nil
-// when there is none. A key that is present but unusable is an error naming it: signing with
-// another one would leave the user's enrolled key silently unused.
-func FindMachineKey(o Options) (*MachineKey, error) {
-	for _, l := range machineKeys {
-		dir, err := securejoin.SecureJoin(o.root(), l.dir)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := os.Lstat(path.Join(dir, l.key)); errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		s, err := sign.LoadKeyInDir(dir, l.key, l.cert, nil)
-		if err != nil {
-			return nil, fmt.Errorf("machine signing key (%s's): %w", l.origin, err)
-		}
-		return &MachineKey{Signer: s, Cert: "/" + l.dir + "/" + l.cert, Origin: l.origin}, nil
-	}
-	return nil, nil
-}
+// FindMachineKey returns the machine's signing key, or nil when there is none: the first
+// location of machineKeyLocations that holds a key, except that where shim's MokList can be
+// read (this machine) an enrolled key is preferred to one that is not. A key that is present
+// but unusable, and chosen, is an error naming it: signing with another one would leave the
+// owner's key silently unused.
+func FindMachineKey(o Options) (*MachineKey, error) { return findMachineKey(o, true) }
 
-// makeMachineKey makes kmpack's own key in MachineKeyDir.
-func makeMachineKey(o Options) (*MachineKey, error) {
-	dir, err := securejoin.SecureJoin(o.root(), MachineKeyDir)
+func findMachineKey(o Options, withKey bool) (*MachineKey, error) {
+	r, err := os.OpenRoot(o.root())
 	if err != nil {
 		return nil, err
 	}
+	defer r.Close()
+	mok := o.enrolledCerts()
+	var first *MachineKey
+	var firstErr error
+	for _, l := range machineKeyLocations(r, &o) {
+		k, err := loadMachineKey(r, &o, l, withKey)
+		if k == nil && err == nil {
+			continue // not there
+		}
+		if first == nil && firstErr == nil {
+			first, firstErr = k, err
+		}
+		if mok == nil {
+			break
+		}
+		if err == nil && enrolled(mok, k.Signer.Cert) {
+			return k, nil
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if first != nil && mok != nil && withKey {
+		o.warnf("the machine's module signing key %s (%s's) is not enrolled in shim's MokList: mokutil --import %s, then reboot and confirm in MokManager",
+			first.Cert, first.Origin, first.Cert)
+	}
+	return first, nil
+}
+
+// loadMachineKey reads l inside the root: its paths are resolved there (an absolute link is
+// taken from the root, as the system sees it), and read through an os.Root, so that nothing
+// outside the root is read even if a link changes meanwhile. nil, nil: l's key is not there.
+func loadMachineKey(r *os.Root, o *Options, l keyLocation, withKey bool) (*MachineKey, error) {
+	read := func(rel string) (string, []byte, error) {
+		resolved, err := securejoin.SecureJoin(o.root(), rel)
+		if err != nil {
+			return "", nil, err
+		}
+		inRoot := strings.TrimPrefix(strings.TrimPrefix(resolved, strings.TrimSuffix(o.root(), "/")), "/")
+		b, _, err := kmp.ReadRootFile(r, inRoot, sign.MaxKeyFile)
+		if err != nil {
+			return "", nil, kmp.InputErrorf(o.display(rel), "%v", kmp.UnwrapPathError(err))
+		}
+		return o.display(rel), b, nil
+	}
+	resolved, err := securejoin.SecureJoin(o.root(), l.key)
+	if err != nil {
+		return nil, nil
+	}
+	if _, err := os.Lstat(resolved); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	certPath, certData, err := read(l.cert)
+	if err != nil {
+		return nil, fmt.Errorf("machine signing key (%s's): %w", l.origin, err)
+	}
+	var s *sign.Signer
+	if withKey {
+		keyPath, keyData, err := read(l.key)
+		if err == nil {
+			s, err = sign.NewSigner(keyPath, certPath, keyData, certData, nil)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("machine signing key (%s's): %w", l.origin, err)
+		}
+	} else {
+		cert, err := sign.ParseCertificate(certPath, certData)
+		if err != nil {
+			return nil, fmt.Errorf("machine signing key (%s's): %w", l.origin, err)
+		}
+		s = &sign.Signer{Cert: cert, Name: certPath}
+	}
+	return &MachineKey{Signer: s, Cert: "/" + l.cert, Origin: l.origin}, nil
+}
+
+func enrolled(mok []*x509.Certificate, c *x509.Certificate) bool {
+	for _, m := range mok {
+		if m.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// makeMachineKey makes kmpack's own key in MachineKeyDir: generated in a private directory of
+// this machine, then written into a new directory in the root through the os.Root and renamed
+// into place whole, so a run killed midway leaves no half of a key behind.
+func makeMachineKey(o Options) (*MachineKey, error) {
+	tmp, err := os.MkdirTemp("", "kmpack-mok-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
 	cn := "kmpack machine module signing key"
 	if o.root() == "/" {
 		if h, err := os.Hostname(); err == nil && h != "" {
 			cn += " (" + h + ")"
 		}
 	}
-	if _, err := sign.Keygen(sign.KeygenOptions{Dir: dir, CN: cn}); err != nil {
+	if _, err := sign.Keygen(sign.KeygenOptions{Dir: tmp, CN: cn}); err != nil {
 		return nil, err
+	}
+	r, err := os.OpenRoot(o.root())
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if err := r.MkdirAll(stateBase, 0o755); err != nil {
+		return nil, err
+	}
+	if fi, err := r.Lstat(stateBase); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", o.display(stateBase))
+	}
+	staging := fmt.Sprintf("%s.new-%d", MachineKeyDir, os.Getpid())
+	r.RemoveAll(staging)
+	if err := r.Mkdir(staging, 0o700); err != nil {
+		return nil, err
+	}
+	defer r.RemoveAll(staging)
+	for _, f := range []struct {
+		name string
+		mode os.FileMode
+	}{{sign.KeyFile, 0o600}, {sign.CertPEMFile, 0o644}, {sign.CertDERFile, 0o644}} {
+		b, err := os.ReadFile(filepath.Join(tmp, f.name))
+		if err != nil {
+			return nil, err
+		}
+		out, err := r.OpenFile(staging+"/"+f.name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, f.mode)
+		if err != nil {
+			return nil, err
+		}
+		_, err = out.Write(b)
+		if err == nil {
+			err = out.Sync()
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	// A directory left without a key (an older run's, emptied by hand) is replaced; one with
+	// anything in it is never touched.
+	r.Remove(MachineKeyDir)
+	if err := r.Rename(staging, MachineKeyDir); err != nil {
+		return nil, fmt.Errorf("%s: %v (kmpack never replaces a key)", o.display(MachineKeyDir), kmp.UnwrapPathError(err))
 	}
 	return FindMachineKey(o)
 }
@@ -113,6 +288,9 @@ func (o *Options) signaturesRequired(t *kernel.KernelTree) string {
 	}
 	if b, err := os.ReadFile("/sys/module/module/parameters/sig_enforce"); err == nil && strings.TrimSpace(string(b)) == "Y" {
 		return "the running kernel enforces module signatures (module.sig_enforce)"
+	}
+	if b, err := os.ReadFile("/sys/kernel/security/lockdown"); err == nil && !strings.Contains(string(b), "[none]") && strings.Contains(string(b), "[") {
+		return "the running kernel is locked down (" + strings.TrimSpace(string(b)) + "), which enforces module signatures"
 	}
 	if secureBootEnabled() {
 		return "this machine boots with Secure Boot (its kernels then refuse unsigned modules)"
@@ -146,11 +324,11 @@ func (o *AutoinstallOptions) machineSigner(t *kernel.KernelTree) (*MachineKey, e
 		}
 		o.key, o.keyLooked = k, true
 	}
+	if !t.Signing.Enabled {
+		return nil, nil // the kernel checks no signature (CONFIG_MODULE_SIG unset): nothing to sign for
+	}
 	if o.key != nil {
-		if o.Sign == SignAlways || t.Signing.Enabled {
-			return o.key, nil
-		}
-		return nil, nil
+		return o.key, nil
 	}
 	why := o.signaturesRequired(t)
 	if o.Sign == SignAlways && why == "" {

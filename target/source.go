@@ -466,7 +466,7 @@ func isFile(r *os.Root, name string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-var assignRE = regexp.MustCompile(`^\s*([A-Z_]+)=(.*?)\s*$`)
+var assignRE = regexp.MustCompile(`^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*?)\s*$`)
 
 // literalAssignment is the value of the last `NAME=value` line of a dkms.conf when every
 // assignment of NAME there is a plain word (optionally quoted): anything a shell would expand

@@ -67,7 +67,7 @@ func Status(o Options) (*Report, error) {
 	}
 	st := readState(r, &o)
 	sources := newestSources(readSources(r, &o))
-	key, err := FindMachineKey(o)
+	key, err := findMachineKey(o, false)
 	if err != nil {
 		o.warnf("%v", err)
 	}

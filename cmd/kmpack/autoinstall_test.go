@@ -286,7 +286,8 @@ func runtimeFile(t *testing.T, path string) []byte {
 // kernel-install plugin through systemd's real kernel-install (pointed at the plugin with
 // $KERNEL_INSTALL_PLUGINS; kernel-install has no root, so the plugin's kmpack is a wrapper
 // adding --root). The kernel has no headers: each records the failure and exits 0, and so
-// does kernel-install.
+// does kernel-install. Then its headers arrive and their header_postinst.d hook builds the
+// source.
 func TestKernelHooksRunAutoinstall(t *testing.T) {
 	testenv.Need(t, "run-parts", "kernel-install")
 	k54 := testenv.Release54
@@ -348,6 +349,21 @@ func TestKernelHooksRunAutoinstall(t *testing.T) {
 		"KERNEL_INSTALL_CONF_ROOT="+filepath.Join(dir, "conf"), "KERNEL_INSTALL_MACHINE_ID=0123456789abcdef0123456789abcdef")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kernel-install remove: %v\n%s", err, out)
+	}
+
+	// 54's headers are configured after its image: their header_postinst.d hook builds the
+	// source (Debian's linux-headers postinst runs it with the release).
+	testenv.InstallHeaders(t, root, k54)
+	headerDir := filepath.Join(root, filepath.Dir(formats.RuntimeHeaderHook))
+	os.MkdirAll(headerDir, 0o755)
+	os.WriteFile(filepath.Join(root, formats.RuntimeHeaderHook), runtimeFile(t, formats.RuntimeHeaderHook), 0o755)
+	cmd = exec.Command("run-parts", "--report", "--exit-on-error", "--arg="+k54, headerDir)
+	cmd.Env = append(os.Environ(), "DPKG_ROOT="+root)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "building kmpack-hello") {
+		t.Fatalf("header_postinst.d hook: %v\n%s", err, out)
+	}
+	if row := statusJSON(t, root)[k54+" kmpack-hello"]; row.State != target.StateBuiltLocally {
+		t.Fatalf("after the headers' hook: %+v", row)
 	}
 }
 
@@ -582,13 +598,20 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 	if r := statusJSON(t, root)[k53+" kmpack-hello"]; r.Signature == nil || r.Signature.State != "unsigned" {
 		t.Fatalf("status before a key: %+v", r.Signature)
 	}
+	// dkms's files are links (one absolute, as the root's system resolves it), as an owner
+	// who keeps the enrolled key elsewhere makes them.
 	dkms := filepath.Join(root, "var/lib/dkms")
-	os.MkdirAll(dkms, 0o755)
-	if out, err := exec.Command("openssl", "req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", "/CN=DKMS module signing key",
-		"-newkey", "rsa:2048", "-keyout", filepath.Join(dkms, "mok.key"), "-addext", "extendedKeyUsage=codeSigning",
-		"-outform", "DER", "-out", filepath.Join(dkms, "mok.pub")).CombinedOutput(); err != nil {
-		t.Fatalf("openssl: %v\n%s", err, out)
+	mokKey := func(dir, cn string) {
+		os.MkdirAll(dir, 0o755)
+		if out, err := exec.Command("openssl", "req", "-new", "-x509", "-nodes", "-days", "36500", "-subj", "/CN="+cn,
+			"-newkey", "rsa:2048", "-keyout", filepath.Join(dir, "mok.key"), "-addext", "extendedKeyUsage=codeSigning",
+			"-outform", "DER", "-out", filepath.Join(dir, "mok.pub")).CombinedOutput(); err != nil {
+			t.Fatalf("openssl: %v\n%s", err, out)
+		}
 	}
+	mokKey(filepath.Join(dkms, "keys"), "DKMS module signing key")
+	os.Symlink("/var/lib/dkms/keys/mok.key", filepath.Join(dkms, "mok.key"))
+	os.Symlink("keys/mok.pub", filepath.Join(dkms, "mok.pub"))
 	// 53's initramfs holds the module (the real cpio and zstd, as initramfs-tools writes it):
 	// the signed build replaces it, so the initramfs is stale; in a root kmpack says what to
 	// run there instead of regenerating this machine's.
@@ -597,13 +620,13 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "signed with dkms's key") {
 		t.Fatalf("autoinstall with dkms's key: %d\n%s\n%s", code, out, stderr)
 	}
-	if !strings.Contains(stderr, "initrd.img-"+k53+" holds kmpack_hello, which changed: not regenerated in a root; run /usr/sbin/update-initramfs -u -k "+k53+" in it") {
+	if !strings.Contains(stderr, "initrd.img-"+k53+" must be regenerated (it holds kmpack_hello): not done in a root; run /usr/sbin/update-initramfs -u -k "+k53+" in it") {
 		t.Fatalf("no word on the stale initramfs:\n%s", stderr)
 	}
 	if s := signer(root); s != "DKMS module signing key" {
 		t.Fatalf("signer %q", s)
 	}
-	cert, err := sign.LoadCertificate(filepath.Join(dkms, "mok.pub"))
+	cert, err := sign.LoadCertificate(filepath.Join(dkms, "keys/mok.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,9 +644,23 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 	if out, _, _ := kmpack(t, "autoinstall", "--root", root, k53); strings.Contains(out, "building") {
 		t.Fatalf("rebuilt although signed with the machine's key:\n%s", out)
 	}
+	// dkms's framework.conf names another key (the Debian wiki's recipe): it is dkms's chosen
+	// key, so the next run signs with it.
+	mokKey(filepath.Join(root, "etc/mykeys"), "framework key")
+	os.MkdirAll(filepath.Join(root, "etc/dkms/framework.conf.d"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf.d/signing.conf"),
+		[]byte("mok_signing_key=\"/etc/mykeys/mok.key\"\nmok_certificate=/etc/mykeys/mok.pub\n"), 0o644)
+	if out, stderr, code := kmpack(t, "autoinstall", "--root", root, k53); code != 0 || !strings.Contains(out, "signed with dkms framework.conf's key") {
+		t.Fatalf("autoinstall with framework.conf's key: %d\n%s\n%s", code, out, stderr)
+	}
+	if s := signer(root); s != "framework key" {
+		t.Fatalf("signer with framework.conf %q", s)
+	}
 
-	// No key, --sign always: kmpack makes its own, once.
+	// No key, --sign always: kmpack makes its own, once (an empty key directory left by hand
+	// is no key).
 	root = setup()
+	os.MkdirAll(filepath.Join(root, target.MachineKeyDir), 0o700)
 	out, stderr, code = kmpack(t, "autoinstall", "--root", root, "--sign", "always", k53)
 	if code != 0 || !strings.Contains(stderr, "made a module signing key because --sign always") || !strings.Contains(stderr, "mokutil --import /var/lib/kmpack/mok/kmpack-signing.der") {
 		t.Fatalf("autoinstall --sign always: %d\n%s\n%s", code, out, stderr)
@@ -645,6 +682,12 @@ func TestAutoinstallSignsWithMachineKey(t *testing.T) {
 	initrd(t, root, k53, "usr/lib/modules/"+k53+"/updates/kmpack-built/kmpack-hello/kmpack_hello.ko")
 	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--rebuild", "--no-initramfs", k53); code != 0 || strings.Contains(stderr, "initrd") {
 		t.Fatalf("--no-initramfs: %d %s", code, stderr)
+	}
+	// An image kmpack cannot read may hold the module: it must be regenerated.
+	os.WriteFile(filepath.Join(root, "boot/initrd.img-"+k53), []byte("\x04\x22\x4d\x18 an lz4 frame"), 0o644)
+	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--rebuild", k53); code != 0 ||
+		!strings.Contains(stderr, "must be regenerated (it cannot be read to tell whether it holds kmpack_hello") {
+		t.Fatalf("unreadable initramfs: %d %s", code, stderr)
 	}
 	if _, stderr, code := kmpack(t, "autoinstall", "--root", root, "--sign", "sometimes", k53); code != exitInput || !strings.Contains(stderr, "auto, always or never") {
 		t.Fatalf("--sign sometimes: %d %s", code, stderr)

@@ -55,6 +55,16 @@ func LoadKeyInDir(dir, keyRel, certRel string, passphrase []byte) (*Signer, erro
 	if err != nil {
 		return nil, err
 	}
+	return NewSigner(keyPath, certPath, keyData, certData, passphrase)
+}
+
+// MaxKeyFile bounds what kmpack reads of a key or certificate file.
+const MaxKeyFile = maxKeyFile
+
+// NewSigner makes a Signer of a key and certificate already read (by a caller that reads them
+// its own way, through an os.Root), checking that they are a pair; the paths name them in
+// errors.
+func NewSigner(keyPath, certPath string, keyData, certData, passphrase []byte) (*Signer, error) {
 	key, err := ParsePrivateKey(keyPath, keyData, passphrase)
 	if err != nil {
 		return nil, err
