@@ -69,7 +69,7 @@ func TestAutoinstallBuildLoadsInQemu(t *testing.T) {
 	// boot's checks of the other test packages are off: they are not in this root.
 	expect := map[[2]string]string{{r54, "kmpack-abichange"}: "updates", {r54, "kmpack-hello"}: "absent",
 		{r54, "kmpack-pair"}: "absent", {r54, "v4l2loopback"}: "absent"}
-	rows, err := boot(t, root, r54, []string{"kmpack-abichange"}, pkgs, expect, nil)
+	rows, err := boot(t, root, r54, []string{"kmpack-abichange"}, pkgs, expect, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

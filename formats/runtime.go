@@ -187,3 +187,87 @@ func libcRequirement(binary []byte) (*Relation, error) {
 	}
 	return &Relation{Name: "libc6", Sense: GreatEq, Version: newest}, nil
 }
+
+// runtimesFor picks, for every architecture of the debian profile's kernel packages in pkgs,
+// the runtime built for it, in the order of the architectures' Debian names: a module package
+// depends on the runtime of its own architecture, so each needs one.
+func runtimesFor(pkgs []*Package, rts []*Runtime) ([]*Runtime, error) {
+	byArch := map[string]*Runtime{}
+	for _, rt := range rts {
+		a := kernel.DebianArch(rt.Arch)
+		if _, dup := byArch[a]; dup {
+			return nil, fmt.Errorf("runtime package: two kmpack binaries for %s", a)
+		}
+		byArch[a] = rt
+	}
+	need := map[string]string{} // Debian architecture -> a kernel of it
+	for _, p := range pkgs {
+		if p.Profile == "debian" && p.Kernel != "" && need[p.Arch] == "" {
+			need[p.Arch] = p.Kernel
+		}
+	}
+	var out []*Runtime
+	for _, a := range slices.Sorted(maps.Keys(need)) {
+		rt, ok := byArch[a]
+		if !ok {
+			return nil, fmt.Errorf("runtime package: the debian package for %s (%s) depends on the kmpack runtime, and no kmpack binary for %s was given", need[a], a, a)
+		}
+		out = append(out, rt)
+	}
+	return out, nil
+}
+
+// RuntimeMachine reads the architecture (uname -m spelling: x86_64, aarch64, ppc64le) a kmpack
+// binary is built for from its ELF header (machine, class, byte order), without running it, and
+// refuses one that is no executable or is dynamically linked: kmpack is built with
+// CGO_ENABLED=0 for the runtime packages of other architectures, and a binary that needs a
+// dynamic loader and libraries may find neither on the target.
+func RuntimeMachine(binary []byte) (string, error) {
+	f, err := elf.NewFile(bytes.NewReader(binary))
+	if err != nil {
+		return "", fmt.Errorf("not an ELF executable (%v)", err)
+	}
+	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return "", fmt.Errorf("not an executable (ELF type %v)", f.Type)
+	}
+	m := elfMachine(f.FileHeader)
+	if m == "" {
+		return "", fmt.Errorf("built for %v (%v, %v), an architecture kmpack does not know", f.Machine, f.Class, f.Data)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return "", fmt.Errorf("dynamically linked (%s): build it with CGO_ENABLED=0", m)
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		return "", fmt.Errorf("dynamically linked (%s, needs %s): build it with CGO_ENABLED=0", m, strings.Join(libs, ", "))
+	}
+	return m, nil
+}
+
+// elfMachine names an ELF file's machine in uname -m spelling, or "" for one kmpack does not
+// build for.
+func elfMachine(h elf.FileHeader) string {
+	b64, le := h.Class == elf.ELFCLASS64, h.Data == elf.ELFDATA2LSB
+	switch {
+	case h.Machine == elf.EM_X86_64 && b64 && le:
+		return "x86_64"
+	case h.Machine == elf.EM_386 && !b64 && le:
+		return "i386"
+	case h.Machine == elf.EM_AARCH64 && b64 && le:
+		return "aarch64"
+	case h.Machine == elf.EM_ARM && !b64 && le:
+		return "arm"
+	case h.Machine == elf.EM_PPC64 && b64 && le:
+		return "ppc64le"
+	case h.Machine == elf.EM_PPC64 && b64:
+		return "ppc64"
+	case h.Machine == elf.EM_S390 && b64:
+		return "s390x"
+	case h.Machine == elf.EM_RISCV && b64 && le:
+		return "riscv64"
+	case h.Machine == elf.EM_LOONGARCH && b64 && le:
+		return "loongarch64"
+	}
+	return ""
+}
