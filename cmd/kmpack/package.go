@@ -91,7 +91,7 @@ func selfRuntime(cache *formats.PackageCache) (*formats.Runtime, error) {
 	sum := sha256.Sum256(b)
 	cache.Salt = hex.EncodeToString(sum[:])
 	if strip, err := exec.LookPath("strip"); err == nil {
-		if stripped, err := strippedCopy(exe, cache.Salt, strip, cache); err == nil {
+		if stripped, err := strippedCopy("runtime binary "+exe, exe, cache.Salt, strip, cache); err == nil {
 			b = stripped
 		}
 	}
@@ -118,15 +118,15 @@ var stripArgs = []string{"--remove-section=.comment", "--remove-section=.note"}
 
 // strippedCopy is exe (whose sha256 is sum) stripped with strip (binutils' strip for exe's
 // architecture) as dh_strip does; a kmpack built with -ldflags=-s -w is unchanged. The result
-// is kept in cache, keyed by the binary's and strip's own sha256.
-func strippedCopy(exe, sum, strip string, cache *formats.PackageCache) ([]byte, error) {
+// is kept in cache's slot, keyed by the binary's and strip's own sha256.
+func strippedCopy(slot, exe, sum, strip string, cache *formats.PackageCache) ([]byte, error) {
 	tool, err := os.ReadFile(strip)
 	if err != nil {
 		return nil, err
 	}
 	toolSum := sha256.Sum256(tool)
 	keySum := sha256.Sum256([]byte(strings.Join(append([]string{"strip", sum, hex.EncodeToString(toolSum[:])}, stripArgs...), "\x00")))
-	slot, key := "runtime binary "+exe, hex.EncodeToString(keySum[:])
+	key := hex.EncodeToString(keySum[:])
 	if b := cache.Get(slot, key); b != nil {
 		return b, nil
 	}

@@ -71,7 +71,7 @@ func runtimes(c *cli.Context, m *manifest.Manifest, cache *formats.PackageCache)
 			strip = "strip"
 		}
 		if path, err := exec.LookPath(strip); err == nil {
-			if b, err = strippedCopy(g.path, hex.EncodeToString(sum[:]), path, cache); err != nil {
+			if b, err = stripChecked(g, hex.EncodeToString(sum[:]), path, cache); err != nil {
 				return nil, cli.Exit(fmt.Sprintf("--runtime-binary %s: %s: %v", g.name, strip, err), exitFailure)
 			}
 		} else if hasSymbols(b) {
@@ -80,6 +80,21 @@ func runtimes(c *cli.Context, m *manifest.Manifest, cache *formats.PackageCache)
 		out = append(out, &formats.Runtime{Binary: b, Version: self.Version, Arch: a, ManPage: self.ManPage, Completions: self.Completions})
 	}
 	return out, nil
+}
+
+// stripChecked strips the bytes of g that were checked (a copy: the file may have changed since),
+// its slot in the cache named by g's path.
+func stripChecked(g runtimeBinary, sum, strip string, cache *formats.PackageCache) ([]byte, error) {
+	tmp, err := os.MkdirTemp("", "kmpack-runtime-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	in := filepath.Join(tmp, "kmpack")
+	if err := os.WriteFile(in, g.binary, 0o755); err != nil {
+		return nil, err
+	}
+	return strippedCopy("runtime binary "+g.path, in, sum, strip, cache)
 }
 
 // addArch records a kernel's architecture (this host's when unknown).

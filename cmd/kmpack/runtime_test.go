@@ -34,7 +34,8 @@ func goBuild(t *testing.T, dir, pkg, goarch, out string, extra ...string) string
 // file that is no ELF executable, is dynamically linked, is for an architecture no packaged
 // kernel has, is not kmpack or another version of it, or is a second one for an
 // architecture, is refused naming the file. Same inputs and SOURCE_DATE_EPOCH give the same
-// bytes, from an empty or a warm package cache, and another binary is another package.
+// bytes, from an empty or a warm package cache, and another binary is another package; without
+// aarch64-linux-gnu-strip the binary goes in as it is, with a warning.
 func TestRuntimePackagePerArchitecture(t *testing.T) {
 	testenv.Need(t, "dpkg-deb", "dpkg", "file", "aarch64-linux-gnu-gcc-12", "aarch64-linux-gnu-strip")
 	cache := t.TempDir()
@@ -185,6 +186,20 @@ func TestRuntimePackagePerArchitecture(t *testing.T) {
 	}
 	if errOut, code := pkg(cache, both, "--runtime-binary", arm64); code != 0 || errOut != "" || !bytes.Equal(runtimeDebs(both)[rtArm], runs[0][rtArm]) {
 		t.Errorf("the first binary again: exit %d %s, same bytes %v", code, errOut, bytes.Equal(runtimeDebs(both)[rtArm], runs[0][rtArm]))
+	}
+
+	// Without aarch64-linux-gnu-strip the binary is packaged as it is, with a warning.
+	cmd := exec.Command(bin, "package", "-p", "debian", "--no-source-package", "--runtime-binary", arm64, both)
+	cmd.Env = append(os.Environ(), "KMPACK_CACHE_DIR="+t.TempDir(), "PATH="+t.TempDir())
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "kmpack: warning: --runtime-binary "+arm64+" is packaged unstripped: no aarch64-linux-gnu-strip here (Debian's binutils-aarch64-linux-gnu)") {
+		t.Errorf("package without aarch64-linux-gnu-strip: %v\n%s", err, out)
+	}
+	x = t.TempDir()
+	if b, err := exec.Command("dpkg-deb", "-x", filepath.Join(dir, rtArm), x).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb -x: %v %s", err, b)
+	}
+	if !bytes.Equal(testenv.MustRead(t, filepath.Join(x, formats.RuntimeBinary)), testenv.MustRead(t, arm64)) {
+		t.Errorf("without aarch64-linux-gnu-strip: %s is not the --runtime-binary as it was given", formats.RuntimeBinary)
 	}
 
 	// Only arm64 kernels: only the arm64 runtime.
