@@ -50,6 +50,11 @@ const (
 	RuntimeAutoinstallWants = "/usr/lib/systemd/system/multi-user.target.wants/kmpack-autoinstall.service"
 	RuntimePostrmHook       = "/etc/kernel/postrm.d/50-kmpack-weak-updates"
 	RuntimeManPage          = "/usr/share/man/man1/kmpack.1.gz"
+	// RuntimeLintianOverrides holds the override of lintian's statically-linked-binary for a
+	// static kmpack (CGO_ENABLED=0, as the runtime packages of other architectures require):
+	// Go links statically by design, and lintian exempts Go binaries only when it sees the
+	// source package's golang build dependency, which a package made by kmpack has none of.
+	RuntimeLintianOverrides = "/usr/share/lintian/overrides/kmpack"
 )
 
 // runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
@@ -126,6 +131,10 @@ status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
 	if len(rt.ManPage) > 0 {
 		p.Files = append(p.Files, File{Path: RuntimeManPage, Body: gzipNoName(rt.ManPage), Mode: 0o644})
 	}
+	if staticELF(rt.Binary) {
+		p.Files = append(p.Files, File{Path: RuntimeLintianOverrides, Mode: 0o644,
+			Body: []byte(RuntimePackageName + ": statically-linked-binary [" + strings.TrimPrefix(RuntimeBinary, "/") + "]\n")})
+	}
 	for _, sh := range slices.Sorted(maps.Keys(rt.Completions)) {
 		dst, ok := runtimeCompletions[sh]
 		if !ok {
@@ -161,6 +170,22 @@ License: NOASSERTION
 `, p.URL, in.MTime.Year())
 	p.Files = append(p.Files, debDocs(p, in.MTime, copyright)...)
 	return p, nil
+}
+
+// staticELF tells whether an ELF executable is statically linked: no program interpreter, no
+// shared library needed.
+func staticELF(binary []byte) bool {
+	f, err := elf.NewFile(bytes.NewReader(binary))
+	if err != nil {
+		return false
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	libs, _ := f.ImportedLibraries()
+	return len(libs) == 0
 }
 
 // libcRequirement is the libc6 dependency of a dynamically linked binary (a kmpack built with

@@ -173,6 +173,12 @@ func TestRuntimePackagePerArchitecture(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(x, formats.RuntimeDepmodConf)); err != nil {
 		t.Errorf("%s: %v", rtArm, err)
 	}
+	// lintian: no errors (a static Go binary's statically-linked-binary is overridden).
+	if _, err := exec.LookPath("lintian"); err == nil {
+		if out, err := exec.Command("lintian", "--fail-on", "error", filepath.Join(dir, rtArm)).CombinedOutput(); err != nil {
+			t.Errorf("lintian finds errors in %s: %v\n%s", rtArm, err, out)
+		}
+	}
 
 	// Another arm64 binary, the package cache warm: another arm64 runtime package, the amd64
 	// one from the cache unchanged; and back to the first binary: its bytes again.
