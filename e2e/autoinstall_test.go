@@ -71,7 +71,7 @@ func TestAutoinstallBuildLoadsInQemu(t *testing.T) {
 	// boot's checks of the other test packages are off: they are not in this root.
 	expect := map[[2]string]string{{r54, "kmpack-abichange"}: "updates", {r54, "kmpack-hello"}: "absent",
 		{r54, "kmpack-pair"}: "absent", {r54, "v4l2loopback"}: "absent"}
-	rows, err := boot(t, root, r54, []string{"kmpack-abichange"}, pkgs, expect, nil)
+	rows, err := boot(t, root, r54, []string{"kmpack-abichange"}, pkgs, expect, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestTargetLifeCycleInDpkgRoot(t *testing.T) {
 	pkgs := map[string]*testPackage{"kmpack-hello": {probe: "kmpack_hello", params: []string{"greeting=4711"}}, "kmpack-abichange": {probe: "kmpack_abi"}}
 	expect := map[[2]string]string{{r612, "kmpack-hello"}: "updates", {r612, "kmpack-abichange"}: "updates",
 		{r612, "kmpack-pair"}: "absent", {r612, "v4l2loopback"}: "absent"}
-	rows, err := boot(t, root, r612, []string{"kmpack-hello", "kmpack-abichange"}, pkgs, expect, nil)
+	rows, err := boot(t, root, r612, []string{"kmpack-hello", "kmpack-abichange"}, pkgs, expect, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

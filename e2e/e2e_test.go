@@ -228,7 +228,7 @@ func TestPackagesLoadInRealKernels(t *testing.T) {
 	dpkg(append([]string{"-i"}, debs...)...)
 
 	// Boot both kernels at once.
-	results := bootAll(t, root, kernels, names, pkgs, expect, refusedFor)
+	results := bootAll(t, root, kernels, names, pkgs, expect, refusedFor, nil)
 
 	// The RPM side: the same builds' suse and rhel packages for 53 installed with the real rpm
 	// (scripts off: SUSE's and Red Hat's scriptlet tools are not on Debian) into a root with the
@@ -332,7 +332,7 @@ func expectations(t *testing.T, names []string, pkgs map[string]*testPackage, ke
 // boot makes kernel k's initramfs from root (busybox, the modules the probes need with their
 // dependencies, modules.dep as the packages' scripts and the runtime left it) and boots it,
 // returning one row per package plus the checks of parameters, load order and dependencies.
-func boot(t *testing.T, root, k string, names []string, pkgs map[string]*testPackage, expect map[[2]string]string, refusedFor map[[2]string]refusal) ([]result, error) {
+func boot(t *testing.T, root, k string, names []string, pkgs map[string]*testPackage, expect map[[2]string]string, refusedFor map[[2]string]refusal, gk *guestKmpack) ([]result, error) {
 	stage := t.TempDir()
 	modDir := filepath.Join("lib/modules", k)
 	dep, err := os.ReadFile(filepath.Join(root, modDir, "modules.dep"))
@@ -404,6 +404,54 @@ func boot(t *testing.T, root, k string, names []string, pkgs map[string]*testPac
 			fmt.Fprintf(&probes, "force %s\n", filepath.Base(f))
 		}
 	}
+	// The runtime package's kmpack, run by the guest against the kernel it booted: its version,
+	// and its compat check of each package's build for the other kernel (the candidates),
+	// reading the kernel's symvers where the root has them (Debian's headers) and vermagic and
+	// struct module size from the kernel's own modules in the initramfs.
+	kmpackScript := ""
+	if gk != nil {
+		b, err := os.ReadFile(gk.binary)
+		if err != nil {
+			return nil, err
+		}
+		os.MkdirAll(filepath.Join(stage, "usr/bin"), 0o755)
+		if err := os.WriteFile(filepath.Join(stage, "usr/bin/kmpack"), b, 0o755); err != nil {
+			return nil, err
+		}
+		if err := copyFile(filepath.Join("usr/src/linux-headers-"+k, "Module.symvers")); err != nil {
+			return nil, err
+		}
+		// One of the kernel's own modules, for vermagic and struct module size (the probes'
+		// dependencies may bring none: 54 loads no in-tree module).
+		for _, line := range strings.Split(string(dep), "\n") {
+			if file, _, ok := strings.Cut(line, ":"); ok && strings.HasPrefix(file, "kernel/") {
+				if err := copyFile(filepath.Join(modDir, file)); err != nil {
+					return nil, err
+				}
+				break
+			}
+		}
+		var calls strings.Builder
+		for _, name := range names {
+			for _, f := range gk.candidates[name] {
+				dst := filepath.Join(stage, "candidates", name, filepath.Base(f))
+				os.MkdirAll(filepath.Dir(dst), 0o755)
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return nil, err
+				}
+				os.WriteFile(dst, b, 0o644)
+			}
+			if len(gk.candidates[name]) > 0 {
+				fmt.Fprintf(&calls, "kc %s\n", name)
+			}
+		}
+		kmpackScript = `t0=$(cut -d' ' -f1 /proc/uptime)
+echo "E2E kmpack version $(/usr/bin/kmpack --version 2>&1)"
+kc() { /usr/bin/kmpack compat -k /lib/modules/$K /candidates/$1/* 2>&1 | sed "s/^/E2E kmpack $1 /"; }
+` + calls.String() + `echo "E2E kmpack time $t0 $(cut -d' ' -f1 /proc/uptime)"
+`
+	}
 	initScript := `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox --install -s /bin
@@ -429,7 +477,7 @@ echo "E2E loaded $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 echo "E2E param $(cat /sys/module/kmpack_hello/parameters/greeting 2>/dev/null)"
 [ -c /dev/video0 ] && echo "E2E device /dev/video0"
 dmesg | grep -E 'kmpack|v4l2loopback|disagrees|Unknown symbol' | sed 's/^/E2E dmesg /'
-echo "E2E end"
+` + kmpackScript + `echo "E2E end"
 poweroff -f
 `
 	m := machineOf(t, k)
@@ -447,6 +495,7 @@ poweroff -f
 	var rows []result
 	observed, forced := map[string]string{}, map[string]string{}
 	loaded, param, dmesg, video := "", "", []string{}, false
+	var kmpackLines [][]string
 	for _, l := range lines {
 		f := strings.Fields(l)
 		switch {
@@ -472,6 +521,8 @@ poweroff -f
 			dmesg = append(dmesg, l)
 		case f[0] == "device":
 			video = true
+		case f[0] == "kmpack" && len(f) >= 3:
+			kmpackLines = append(kmpackLines, f[1:])
 		}
 	}
 	for _, name := range names {
@@ -506,6 +557,9 @@ poweroff -f
 				"refused: "+strings.Join(r.symbols, ","), "insmod "+forced[filepath.Base(f)])
 		}
 	}
+	if gk != nil {
+		rows = append(rows, gk.rows(t, k, names, pkgs, expect, refusedFor, kmpackLines)...)
+	}
 	if expect[[2]string{k, "kmpack-hello"}] != "absent" {
 		check("hello param", param == "4711" && index("greeting=4711") >= 0, "greeting=4711 in sysfs and log", "sysfs "+param)
 	}
@@ -539,8 +593,9 @@ func machineOf(t *testing.T, k string) machine {
 }
 
 // bootAll boots each kernel (at once) from root with boot and returns every kernel's rows; a
-// kernel whose guest did not run to its end is an error of the test.
-func bootAll(t *testing.T, root string, kernels, names []string, pkgs map[string]*testPackage, expect map[[2]string]string, refusedFor map[[2]string]refusal) []result {
+// kernel whose guest did not run to its end is an error of the test. gk, when set, is the
+// kmpack each guest runs (boot).
+func bootAll(t *testing.T, root string, kernels, names []string, pkgs map[string]*testPackage, expect map[[2]string]string, refusedFor map[[2]string]refusal, gk *guestKmpack) []result {
 	var results []result
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -548,7 +603,7 @@ func bootAll(t *testing.T, root string, kernels, names []string, pkgs map[string
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rows, err := boot(t, root, k, names, pkgs, expect, refusedFor)
+			rows, err := boot(t, root, k, names, pkgs, expect, refusedFor, gk)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -51,7 +51,7 @@ func TestPackageCache(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
 		testenv.CopyTree(t, b.out, out)
 		written, err := formats.PackageBuild(formats.Request{Source: b.src, Manifest: b.manifest, OutputDir: out,
-			Trees: b.trees, Profiles: []string{"debian", "suse"}, Options: formats.Options{Runtime: rt, Cache: c}})
+			Trees: b.trees, Profiles: []string{"debian", "suse"}, Options: formats.Options{Runtimes: []*formats.Runtime{rt}, Cache: c}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -72,8 +72,11 @@ type Options struct {
 	UsrMerge bool
 	// NoSource leaves out the <name>-dkms source fallback packages.
 	NoSource bool
-	// Runtime, when set, adds the kmpack runtime package the debian profile's packages depend on.
-	Runtime *Runtime
+	// Runtimes, when set, add the kmpack runtime packages the debian profile's packages depend
+	// on: one per architecture of the kernels packaged, each carrying the Runtimes entry of
+	// that architecture (a kmpack binary built for it). A packaged architecture without one
+	// is an error; entries for other architectures are not written.
+	Runtimes []*Runtime
 	// Signing, when set, signs RPMs (OpenPGP) and apk packages (RSA).
 	Signing *PackageSigning
 	// Served says what a kernel served by another kernel's build gets: ServedPackage (a

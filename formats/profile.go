@@ -137,12 +137,18 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 			}
 		}
 	}
-	if opts.Runtime != nil && slices.Contains(profileNames, "debian") {
-		p, err := RuntimePackage(opts.Runtime, in)
+	if len(opts.Runtimes) > 0 && slices.Contains(profileNames, "debian") {
+		rts, err := runtimesFor(out, opts.Runtimes)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		for _, rt := range rts {
+			p, err := RuntimePackage(rt, in)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p)
+		}
 	}
 	names := map[string]string{}
 	kept := out[:0]

@@ -54,6 +54,11 @@ const (
 	// their kernel's image are when a source can be built for it.
 	RuntimeHeaderHook = "/etc/kernel/header_postinst.d/50-kmpack"
 	RuntimeManPage    = "/usr/share/man/man1/kmpack.1.gz"
+	// RuntimeLintianOverrides holds the override of lintian's statically-linked-binary for a
+	// static kmpack (CGO_ENABLED=0, as the runtime packages of other architectures require):
+	// Go links statically by design, and lintian exempts Go binaries only when it sees the
+	// source package's golang build dependency, which a package made by kmpack has none of.
+	RuntimeLintianOverrides = "/usr/share/lintian/overrides/kmpack"
 )
 
 // runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
@@ -134,6 +139,10 @@ status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
 	if len(rt.ManPage) > 0 {
 		p.Files = append(p.Files, File{Path: RuntimeManPage, Body: gzipNoName(rt.ManPage), Mode: 0o644})
 	}
+	if staticELF(rt.Binary) {
+		p.Files = append(p.Files, File{Path: RuntimeLintianOverrides, Mode: 0o644,
+			Body: []byte(RuntimePackageName + ": statically-linked-binary [" + strings.TrimPrefix(RuntimeBinary, "/") + "]\n")})
+	}
 	for _, sh := range slices.Sorted(maps.Keys(rt.Completions)) {
 		dst, ok := runtimeCompletions[sh]
 		if !ok {
@@ -171,6 +180,22 @@ License: NOASSERTION
 	return p, nil
 }
 
+// staticELF tells whether an ELF executable is statically linked: no program interpreter, no
+// shared library needed.
+func staticELF(binary []byte) bool {
+	f, err := elf.NewFile(bytes.NewReader(binary))
+	if err != nil {
+		return false
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	libs, _ := f.ImportedLibraries()
+	return len(libs) == 0
+}
+
 // libcRequirement is the libc6 dependency of a dynamically linked binary (a kmpack built with
 // cgo): the newest GLIBC_x.y symbol version it imports, as dpkg-shlibdeps would compute it.
 // A static binary needs none.
@@ -194,4 +219,88 @@ func libcRequirement(binary []byte) (*Relation, error) {
 		return &Relation{Name: "libc6"}, nil
 	}
 	return &Relation{Name: "libc6", Sense: GreatEq, Version: newest}, nil
+}
+
+// runtimesFor picks, for every architecture of the debian profile's kernel packages in pkgs,
+// the runtime built for it, in the order of the architectures' Debian names: a module package
+// depends on the runtime of its own architecture, so each needs one.
+func runtimesFor(pkgs []*Package, rts []*Runtime) ([]*Runtime, error) {
+	byArch := map[string]*Runtime{}
+	for _, rt := range rts {
+		a := kernel.DebianArch(rt.Arch)
+		if _, dup := byArch[a]; dup {
+			return nil, fmt.Errorf("runtime package: two kmpack binaries for %s", a)
+		}
+		byArch[a] = rt
+	}
+	need := map[string]string{} // Debian architecture -> a kernel of it
+	for _, p := range pkgs {
+		if p.Profile == "debian" && p.Kernel != "" && need[p.Arch] == "" {
+			need[p.Arch] = p.Kernel
+		}
+	}
+	var out []*Runtime
+	for _, a := range slices.Sorted(maps.Keys(need)) {
+		rt, ok := byArch[a]
+		if !ok {
+			return nil, fmt.Errorf("runtime package: the debian package for %s (%s) depends on the kmpack runtime, and no kmpack binary for %s was given", need[a], a, a)
+		}
+		out = append(out, rt)
+	}
+	return out, nil
+}
+
+// RuntimeMachine reads the architecture (uname -m spelling: x86_64, aarch64, ppc64le) a kmpack
+// binary is built for from its ELF header (machine, class, byte order), without running it, and
+// refuses one that is no executable or is dynamically linked: kmpack is built with
+// CGO_ENABLED=0 for the runtime packages of other architectures, and a binary that needs a
+// dynamic loader and libraries may find neither on the target.
+func RuntimeMachine(binary []byte) (string, error) {
+	f, err := elf.NewFile(bytes.NewReader(binary))
+	if err != nil {
+		return "", fmt.Errorf("not an ELF executable (%v)", err)
+	}
+	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return "", fmt.Errorf("not an executable (ELF type %v)", f.Type)
+	}
+	m := elfMachine(f.FileHeader)
+	if m == "" {
+		return "", fmt.Errorf("built for %v (%v, %v), an architecture kmpack does not know", f.Machine, f.Class, f.Data)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return "", fmt.Errorf("dynamically linked (%s): build it with CGO_ENABLED=0", m)
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		return "", fmt.Errorf("dynamically linked (%s, needs %s): build it with CGO_ENABLED=0", m, strings.Join(libs, ", "))
+	}
+	return m, nil
+}
+
+// elfMachine names an ELF file's machine in uname -m spelling, or "" for one kmpack does not
+// build for.
+func elfMachine(h elf.FileHeader) string {
+	b64, le := h.Class == elf.ELFCLASS64, h.Data == elf.ELFDATA2LSB
+	switch {
+	case h.Machine == elf.EM_X86_64 && b64 && le:
+		return "x86_64"
+	case h.Machine == elf.EM_386 && !b64 && le:
+		return "i386"
+	case h.Machine == elf.EM_AARCH64 && b64 && le:
+		return "aarch64"
+	case h.Machine == elf.EM_ARM && !b64 && le:
+		return "arm"
+	case h.Machine == elf.EM_PPC64 && b64 && le:
+		return "ppc64le"
+	case h.Machine == elf.EM_PPC64 && b64:
+		return "ppc64"
+	case h.Machine == elf.EM_S390 && b64:
+		return "s390x"
+	case h.Machine == elf.EM_RISCV && b64 && le:
+		return "riscv64"
+	case h.Machine == elf.EM_LOONGARCH && b64 && le:
+		return "loongarch64"
+	}
+	return ""
 }

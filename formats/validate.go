@@ -104,7 +104,7 @@ func allowedRoots(p *Package) []string {
 	doc := "/usr/share/doc/" + p.Name
 	if p.runtime {
 		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", path.Dir(RuntimeKernelInstall), "/usr/lib/systemd/system",
-			doc, "/usr/share/man/man1", "/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d"}
+			doc, "/usr/share/man/man1", "/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d", path.Dir(RuntimeLintianOverrides)}
 	}
 	if p.certDir != "" {
 		return []string{p.certDir, doc}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -161,6 +162,19 @@ func runBuild(c *cli.Context) error {
 		return usagef("--costs balances shards: it goes with --shard")
 	} else if trees, err = sel.trees(c, nil); err != nil {
 		return err
+	}
+
+	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
+		// The runtime packages' binaries are checked before anything is built.
+		arches := map[string]string{}
+		for _, t := range trees {
+			addArch(arches, t.Arch, t.Release)
+		}
+		if _, err := checkRuntimeBinaries(c, arches); err != nil {
+			return err
+		}
+	} else if len(c.StringSlice("runtime-binary")) > 0 {
+		return usagef("%s", errRuntimeBinaryUnused)
 	}
 
 	ctx := c.Context

@@ -14,7 +14,8 @@ import (
 // An arm64 tree from Debian's .deb files beside the host's amd64 tree: kernels shows its
 // architecture and cross build, --arch selects trees by architecture (Debian's or uname -m's
 // name), and a build for arm64 packages its modules as arm64 (deb) and aarch64 (rpm), the same
-// bytes again from a second build with the same SOURCE_DATE_EPOCH.
+// bytes again from a second build with the same SOURCE_DATE_EPOCH. (The arm64 runtime package
+// needs an arm64 kmpack: TestRuntimePackagePerArchitecture.)
 func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 	testenv.Need(t, "dpkg-deb", "rpm", "aarch64-linux-gnu-gcc-12")
 	cache := t.TempDir()
@@ -58,7 +59,7 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 	var debs, rpms [][]byte
 	for run := 0; run < 2; run++ {
 		o := filepath.Join(t.TempDir(), "out")
-		args := []string{"build", "-q", "--arch", "aarch64", "-p", "debian,rhel", "-o", o}
+		args := []string{"build", "-q", "--arch", "aarch64", "-p", "debian,rhel", "--no-runtime-package", "-o", o}
 		for _, k := range kernels {
 			args = append(args, "--kernel", k)
 		}
@@ -67,9 +68,6 @@ func TestCrossArm64KernelsArchAndPackages(t *testing.T) {
 		b, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("build: %v\n%s", err, b)
-		}
-		if !strings.Contains(string(b), "kmpack: warning: the debian packages for 6.1.0-53-arm64 (aarch64) depend on the kmpack runtime package, which is this x86_64 kmpack") {
-			t.Errorf("no warning about the runtime package's architecture:\n%s", b)
 		}
 		deb := filepath.Join(o, "packages/acpi-call-modules-6.1.0-53-arm64_1.2.2-1_arm64.deb")
 		rpm := filepath.Join(o, "packages/kmod-acpi-call-1.2.2-1.6.1.0_53_arm64.aarch64.rpm")

@@ -38,6 +38,7 @@ func packagingFlags() []cli.Flag {
 		&cli.StringFlag{Name: "kmm-base", Usage: "kmm: layer the kmod images on this base image, an OCI image layout DIR[:TAG] (skopeo copy docker://busybox:stable oci:DIR:stable): KMM's worker runs sh, mkdir and cp in the kmod image"},
 		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built that no other module depends on)"},
 		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
+		&cli.StringSliceFlag{Name: "runtime-binary", Usage: "debian: the kmpack binary (this kmpack's version, CGO_ENABLED=0) the runtime package of its architecture carries, for kernels of another architecture than this host's (repeatable: one per architecture)"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
 		&cli.StringFlag{Name: "apk-key", EnvVars: []string{"KMPACK_APK_KEY"}, Usage: "sign apk packages with this RSA PEM private key (abuild-keygen's NAME.rsa)"},
@@ -89,8 +90,10 @@ func selfRuntime(cache *formats.PackageCache) (*formats.Runtime, error) {
 	}
 	sum := sha256.Sum256(b)
 	cache.Salt = hex.EncodeToString(sum[:])
-	if stripped, err := strippedCopy(exe, cache); err == nil {
-		b = stripped
+	if strip, err := exec.LookPath("strip"); err == nil {
+		if stripped, err := strippedCopy("runtime binary "+exe, exe, cache.Salt, strip, cache); err == nil {
+			b = stripped
+		}
 	}
 	rt := &formats.Runtime{Binary: b, Version: version, Arch: kernel.HostMachine(), Completions: map[string][]byte{}}
 	app := newApp()
@@ -113,21 +116,17 @@ func selfRuntime(cache *formats.PackageCache) (*formats.Runtime, error) {
 // executables (Debian policy 10.1).
 var stripArgs = []string{"--remove-section=.comment", "--remove-section=.note"}
 
-// strippedCopy is exe (whose sha256 is cache.Salt) stripped as dh_strip does; a kmpack built
-// with -ldflags=-s -w is unchanged. Where binutils' strip is missing the binary is packaged as
-// it is. The result is kept in cache, keyed by the binary's and strip's own sha256.
-func strippedCopy(exe string, cache *formats.PackageCache) ([]byte, error) {
-	strip, err := exec.LookPath("strip")
-	if err != nil {
-		return nil, err
-	}
+// strippedCopy is exe (whose sha256 is sum) stripped with strip (binutils' strip for exe's
+// architecture) as dh_strip does; a kmpack built with -ldflags=-s -w is unchanged. The result
+// is kept in cache's slot, keyed by the binary's and strip's own sha256.
+func strippedCopy(slot, exe, sum, strip string, cache *formats.PackageCache) ([]byte, error) {
 	tool, err := os.ReadFile(strip)
 	if err != nil {
 		return nil, err
 	}
 	toolSum := sha256.Sum256(tool)
-	keySum := sha256.Sum256([]byte(strings.Join(append([]string{"strip", cache.Salt, hex.EncodeToString(toolSum[:])}, stripArgs...), "\x00")))
-	slot, key := "runtime binary "+exe, hex.EncodeToString(keySum[:])
+	keySum := sha256.Sum256([]byte(strings.Join(append([]string{"strip", sum, hex.EncodeToString(toolSum[:])}, stripArgs...), "\x00")))
+	key := hex.EncodeToString(keySum[:])
 	if b := cache.Get(slot, key); b != nil {
 		return b, nil
 	}
@@ -208,19 +207,13 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 		} else {
 			opts.Cache.Secret = secret
 		}
-		rt, err := selfRuntime(opts.Cache)
+		rts, err := runtimes(c, m, opts.Cache)
 		if err != nil {
 			return err
 		}
-		opts.Runtime = rt
-		// The module packages depend on the runtime, and this one holds this host's binary.
-		for _, k := range m.Kernels {
-			if k.Arch != "" && k.Arch != rt.Arch {
-				opts.Cache.Warn(fmt.Sprintf("the debian packages for %s (%s) depend on the kmpack runtime package, which is this %s kmpack: a %s machine needs the runtime package written by a %s kmpack (or --no-runtime-package here)",
-					k.Release, k.Arch, rt.Arch, k.Arch, k.Arch))
-				break
-			}
-		}
+		opts.Runtimes = rts
+	} else if len(c.StringSlice("runtime-binary")) > 0 {
+		return usagef("%s", errRuntimeBinaryUnused)
 	}
 	written, err := formats.PackageBuild(formats.Request{
 		Source: src, Manifest: m, OutputDir: outDir, Trees: trees, Profiles: profiles, Options: opts,

@@ -301,3 +301,22 @@ func MachineFromRelease(release string) (machine string, ok bool) {
 	}
 	return "", false
 }
+
+// GNUTriplet is Debian's GNU triplet for a machine (uname -m spelling), the prefix of its
+// cross binutils' commands (aarch64-linux-gnu-strip), or "" for one kmpack does not know.
+func GNUTriplet(machine string) string { return gnuTriplet(machine) }
+
+// GoArch is Go's GOARCH for a machine (uname -m spelling): what building kmpack for it takes.
+func GoArch(machine string) string {
+	switch machine {
+	case "x86_64":
+		return "amd64"
+	case "aarch64":
+		return "arm64"
+	case "i386", "i686":
+		return "386"
+	case "loongarch64":
+		return "loong64"
+	}
+	return machine // arm, ppc64le, ppc64, s390x, riscv64
+}
