@@ -82,8 +82,9 @@ WantedBy=multi-user.target
 const runtimeAptHook = `// Installed by kmpack: once dpkg has finished, install the kernel module packages a kernel hook
 // found in the configured repositories but could not install while dpkg ran (kmpack
 // autoinstall, step 3; kmpack status shows them as repo_pending). apt holds its lock until this
-// returns: kmpack runs detached and waits for it.
-DPkg::Post-Invoke { "kmpack=` + RuntimeBinary + `; if [ -d ` + runtimeRepoPending + ` ] && [ -x $kmpack ]; then setsid $kmpack autoinstall --hook </dev/null >/dev/null 2>&1 & fi; true"; };
+// returns: kmpack runs detached and waits for it (for as long as the rest of apt's run takes,
+// within --repo-timeout).
+DPkg::Post-Invoke { "kmpack=` + RuntimeBinary + `; if [ -d ` + runtimeRepoPending + ` ] && [ -x $kmpack ]; then setsid $kmpack autoinstall --hook --repo-timeout 1h </dev/null >/dev/null 2>&1 & fi; true"; };
 `
 
 // runtimeRepoPending is target.RepoPendingDir (formats does not import target).

@@ -122,10 +122,10 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 	}
 	var st *State
 	var wants []repoWant
-	failed := 0
+	var n counts
 	err := o.locked(func(r *os.Root) error {
 		var err error
-		st, wants, failed, err = autoinstall(ctx, r, &o, nil)
+		st, wants, n, err = autoinstall(ctx, r, &o, nil)
 		return err
 	})
 	if err == nil && len(wants) > 0 {
@@ -142,17 +142,27 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 		o2.Kernels = kernels
 		err = o.locked(func(r *os.Root) error {
 			var err error
-			var f int
-			st, _, f, err = autoinstall(ctx, r, &o2, outcomes)
-			failed += f
+			var n2 counts
+			st, _, n2, err = autoinstall(ctx, r, &o2, outcomes)
+			n.failed, n.pending = n.failed+n2.failed, n.pending+n2.pending
 			return err
 		})
 	}
-	if err == nil && failed > 0 {
-		err = fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
+	switch {
+	case err != nil:
+	case n.failed > 0 && n.pending > 0:
+		err = fmt.Errorf("%w: %d failed, %d waiting for the package manager to finish (kmpack status says why)", ErrFailures, n.failed, n.pending)
+	case n.failed > 0:
+		err = fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, n.failed)
+	case n.pending > 0:
+		err = fmt.Errorf("%w: %d waiting for the package manager to finish (kmpack status says why)", ErrFailures, n.pending)
 	}
 	return st, err
 }
+
+// counts are a pass's rows that are not available: failed, or waiting for a repository
+// package (step 3 deferred).
+type counts struct{ failed, pending int }
 
 // installFromRepo installs w's package with the package manager, its time bounded.
 func (o *AutoinstallOptions) installFromRepo(ctx context.Context, w repoWant) *repoOutcome {
@@ -170,7 +180,7 @@ func (o *AutoinstallOptions) installFromRepo(ctx context.Context, w repoWant) *r
 // autoinstall is one pass under the lock. outcomes is nil for the first pass, which returns
 // the rows whose step 3 found a package to install (their rows are left for the second pass);
 // the second pass decides only those rows, with what became of their installs.
-func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcomes map[string]*repoOutcome) (*State, []repoWant, int, error) {
+func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcomes map[string]*repoOutcome) (*State, []repoWant, counts, error) {
 	st := readState(r, &o.Options)
 	eng := o.engine()
 	kernels := o.Kernels
@@ -180,13 +190,13 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 	// Bad input before any change: every kernel named must be installed.
 	for _, k := range kernels {
 		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
-			return st, nil, 0, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
+			return st, nil, counts{}, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
 		}
 	}
 	// Kernels whose depmod a killed run never finished.
 	for _, k := range pendingDepmods(r) {
 		if err := o.reindex(r, eng, k); err != nil {
-			return st, nil, 0, err
+			return st, nil, counts{}, err
 		}
 	}
 	// Step 2 first, for every module at once: the engine links all builds that load (once per
@@ -202,10 +212,10 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 	}
 	kmps, plans, err := engineFacts(eng)
 	if err != nil {
-		return st, nil, 0, err
+		return st, nil, counts{}, err
 	}
 	sources := newestSources(readSources(r, &o.Options))
-	failed := 0
+	var n counts
 	var wants []repoWant
 	for _, k := range kernels {
 		var plan *weakupdates.Plan
@@ -218,7 +228,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 		if o.Only != "" {
 			rows = slices.DeleteFunc(rows, func(rw row) bool { return rw.name != o.Only })
 			if len(rows) == 0 {
-				return st, nil, 0, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
+				return st, nil, counts{}, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
 			}
 		}
 		if outcomes != nil {
@@ -233,7 +243,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 			}
 			res, want, ch, err := o.realize(ctx, r, st, k, row, kmps, out)
 			if err != nil {
-				return st, nil, 0, err
+				return st, nil, counts{}, err
 			}
 			changed = changed || ch
 			if want != nil {
@@ -244,13 +254,13 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 			st.set(k, row.name, res)
 			switch {
 			case res.RepoPending:
-				failed++
+				n.pending++
 				o.logf("%s: %s: %s", k, row.name, res.Reason)
 			case res.State == StateFailed:
-				failed++
+				n.failed++
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
 			case res.State == StateBuiltLocally && res.Attempted != res.Version:
-				failed++ // available, but the registered version is not what runs
+				n.failed++ // available, but the registered version is not what runs
 				o.logf("%s: %s: %s", k, row.name, res.Reason)
 			}
 		}
@@ -259,7 +269,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 			if o.Only == "" && outcomes == nil && !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
 				ch, err := o.dropBuilt(r, k, res)
 				if err != nil {
-					return st, nil, 0, err
+					return st, nil, counts{}, err
 				}
 				changed = changed || ch
 				delete(st.Kernels[k], name)
@@ -267,21 +277,21 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 		}
 		if changed {
 			if err := o.reindex(r, eng, k); err != nil {
-				return st, nil, 0, err
+				return st, nil, counts{}, err
 			}
 		}
 		if err := writeState(r, st); err != nil {
-			return st, nil, 0, err
+			return st, nil, counts{}, err
 		}
 		pending := false
 		for _, res := range st.Kernels[k] {
 			pending = pending || res.RepoPending
 		}
 		if err := markRepoPending(r, k, pending); err != nil {
-			return st, nil, 0, err
+			return st, nil, counts{}, err
 		}
 	}
-	return st, wants, failed, nil
+	return st, wants, n, nil
 }
 
 // engineFacts are the weak-updates engine's registrations and its plan for every installed

@@ -267,12 +267,13 @@ func (a *aptManager) install(ctx context.Context, pkg, version string) error {
 	return nil
 }
 
-// lockWait is how long apt waits for dpkg's lock (another apt run): most of what is left of
-// the time budget.
+// lockWait is how long apt waits for dpkg's lock (another apt run: the one whose
+// DPkg::Post-Invoke started this run holds it until its whole upgrade is done): half of what
+// is left of the time budget.
 func lockWait(ctx context.Context) time.Duration {
-	d := 5 * time.Minute
+	d := DefaultRepoTimeout / 2
 	if dl, ok := ctx.Deadline(); ok {
-		d = min(d, time.Until(dl)/2)
+		d = time.Until(dl) / 2
 	}
 	return max(d, time.Second)
 }
