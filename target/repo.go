@@ -120,11 +120,52 @@ DPkg::Options { "--root=` + root + `"; "--force-script-chrootless"; "--log=` + r
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := a.run(ctx, aptConfigPath, "dump")
-	if err != nil || !strings.Contains(out, `"--root=`+root+`"`) {
+	if err == nil {
+		err = checkAptDump(out, root)
+	}
+	if err != nil {
 		a.close()
-		return nil, fmt.Errorf("apt-config dump for %s does not pass --root to dpkg: not installing there (%v)", root, err)
+		return nil, fmt.Errorf("apt's configuration for %s: %v: not installing there", root, err)
 	}
 	return a, nil
+}
+
+// checkAptDump checks apt-config dump's answer for a root: apt's Dir is the root, and dpkg is
+// given --root=ROOT and no other root, instdir, admindir or chroot (the root's apt.conf.d, read
+// after kmpack's file, could say otherwise, and dpkg would install into this machine).
+func checkAptDump(out, root string) error {
+	rootOK, dirOK := false, false
+	for _, l := range strings.Split(out, "\n") {
+		key, val, ok := strings.Cut(strings.TrimSpace(l), " ")
+		if !ok {
+			continue
+		}
+		val = strings.TrimSuffix(strings.TrimPrefix(val, `"`), `";`)
+		switch {
+		case strings.EqualFold(key, "Dir"):
+			if val != root+"/" {
+				return fmt.Errorf("Dir is %q", val)
+			}
+			dirOK = true
+		case strings.EqualFold(key, "DPkg::Options::"):
+			for _, opt := range []string{"--root", "--instdir", "--admindir"} {
+				if strings.HasPrefix(val, opt) {
+					if val != "--root="+root {
+						return fmt.Errorf("dpkg is given %s", val)
+					}
+					rootOK = true
+				}
+			}
+		case strings.HasPrefix(strings.ToLower(key), "dpkg::chroot-directory"):
+			if val != "/" && val != "" {
+				return fmt.Errorf("dpkg runs chrooted into %s", val)
+			}
+		}
+	}
+	if !rootOK || !dirOK {
+		return fmt.Errorf("apt-config dump does not show Dir %q and dpkg's --root=%s", root+"/", root)
+	}
+	return nil
 }
 
 // aptSourcesConfigured tells whether the root has apt repositories configured (sources.list or

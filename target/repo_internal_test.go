@@ -1,6 +1,7 @@
 package target
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kmpack/kmpack/weakupdates"
@@ -64,5 +65,28 @@ func TestInPackageTransaction(t *testing.T) {
 	t.Setenv("DPKG_MAINTSCRIPT_NAME", "postinst")
 	if !InPackageTransaction() {
 		t.Error("inside dpkg: not in a transaction")
+	}
+}
+
+// With --root, apt's final configuration must point apt and dpkg at the root only: the root's
+// own apt.conf.d, read after kmpack's file, must not send dpkg to this machine.
+func TestCheckAptDump(t *testing.T) {
+	const root = "/srv/root"
+	good := "Dir \"/srv/root/\";\nDPkg::Options \"\";\nDPkg::Options:: \"--root=/srv/root\";\nDPkg::Options:: \"--force-script-chrootless\";\n"
+	if err := checkAptDump(good, root); err != nil {
+		t.Fatalf("good: %v", err)
+	}
+	for name, out := range map[string]string{
+		"second root": good + "DPkg::Options:: \"--root=/\";\n",
+		"instdir":     good + "DPkg::Options:: \"--instdir=/\";\n",
+		"admindir":    good + "DPkg::Options:: \"--admindir=/var/lib/dpkg\";\n",
+		"chroot":      good + "DPkg::Chroot-Directory \"/\";\nDPkg::Chroot-Directory \"/elsewhere\";\n",
+		"another Dir": strings.Replace(good, "Dir \"/srv/root/\"", "Dir \"/\"", 1),
+		"no root":     "Dir \"/srv/root/\";\n",
+		"nothing":     "",
+	} {
+		if err := checkAptDump(out, root); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
