@@ -255,7 +255,8 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 			switch {
 			case res.RepoPending:
 				n.pending++
-				o.logf("%s: %s: %s", k, row.name, res.Reason)
+				o.logf("%s: %s: waiting for %s %s from the repositories: the package manager runs this; autoinstall installs it once it has finished",
+					k, row.name, res.RepoPackage, res.RepoVersion)
 			case res.State == StateFailed:
 				n.failed++
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
@@ -450,12 +451,11 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 				repo.RepoReason = kmp.OneLine(err.Error())
 			case v == "":
 				repo.RepoReason = "no package " + pkg + " in the configured repositories (" + o.pm.name() + ")"
-			case InPackageTransaction():
+			case o.inTransaction(r):
 				// dpkg runs this (a kernel hook): its lock is held until it finishes. Not built
 				// either: the package serves a moment later; the state says what waits.
-				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager is running (a kernel hook inside dpkg); "+
+				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager runs this (a kernel hook or maintainer script inside dpkg); "+
 					"kmpack autoinstall installs it once dpkg has finished (apt's DPkg::Post-Invoke, the boot unit, or by hand)", pkg, v)
-				o.logf("%s: %s: %s", k, rw.name, why)
 				if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
 					kept := *prev
 					kept.RepoPackage, kept.RepoVersion, kept.RepoPending, kept.RepoReason = pkg, v, true, ""

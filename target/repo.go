@@ -62,6 +62,60 @@ func InPackageTransaction() bool {
 	return os.Getenv("DPKG_MAINTSCRIPT_NAME") != ""
 }
 
+// inTransaction is InPackageTransaction, or the root's dpkg (or apt frontend) lock held by
+// one of this process's ancestors: a script that cleared the environment still runs inside
+// dpkg or apt, and an apt-get started now would wait for its own caller.
+func (o *Options) inTransaction(r *os.Root) bool {
+	if InPackageTransaction() {
+		return true
+	}
+	for _, name := range []string{"var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"} {
+		if pid := fcntlLockHolder(r, name); pid > 0 && isAncestor(pid) {
+			o.logf("%s is held by process %d, which runs this one", o.display(name), pid)
+			return true
+		}
+	}
+	return false
+}
+
+// fcntlLockHolder is the process holding a POSIX record lock on name (dpkg's and apt's kind of
+// lock), 0 when none or unknown.
+func fcntlLockHolder(r *os.Root, name string) int {
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil || lk.Type == syscall.F_UNLCK {
+		return 0
+	}
+	return int(lk.Pid)
+}
+
+// isAncestor tells whether pid is this process's parent, or its parent's, and so on.
+func isAncestor(pid int) bool {
+	for p, n := os.Getppid(), 0; p > 1 && n < 64; n++ {
+		if p == pid {
+			return true
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses, the last ")" ends it.
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if i < 0 || len(f) < 2 {
+			return false
+		}
+		if _, err := fmt.Sscan(f[1], &p); err != nil {
+			return false
+		}
+	}
+	return false
+}
+
 // repoManager is the system's package manager as step 3 drives it.
 type repoManager interface {
 	name() string

@@ -147,7 +147,9 @@ func repoDebs(t *testing.T) map[string]string {
 
 // TestAutoinstallFromRepository is step 3 with the real apt: kernel 54 arrives in a root where
 // abichange's package for 53 is installed and its source registered (54's headers too, so a
-// local build could be made). The kernel hook runs inside dpkg (DPKG_MAINTSCRIPT_NAME): it
+// local build could be made). Run by a maintainer script inside the real dpkg with dpkg's
+// variables cleared, autoinstall finds dpkg's lock held by its ancestor and defers. The kernel
+// hook runs inside dpkg (DPKG_MAINTSCRIPT_NAME): it
 // finds <name>-modules-54 in the configured `file:` repository, records it pending (status:
 // missing, repo_pending; gate closed) and builds nothing. apt's next dpkg run fires the
 // runtime's DPkg::Post-Invoke snippet, which starts autoinstall detached; its apt-get waits
@@ -161,10 +163,20 @@ func TestAutoinstallFromRepository(t *testing.T) {
 	s.repo.put([]string{debs[s.pkg54], fakeDeb(t, "unrelated", "", "")}, nil)
 	s.update()
 
+	// Inside the real dpkg with dpkg's variables cleared: its lock, held by an ancestor, says so.
+	cleared := fakeDeb(t, "env-cleared", "", "#!/bin/sh\nenv -u DPKG_MAINTSCRIPT_NAME -u DPKG_MAINTSCRIPT_PACKAGE \"$DPKG_ROOT/usr/bin/kmpack\" autoinstall --root \"$DPKG_ROOT\" "+s.r54+" || true\n")
+	out, err := exec.Command("dpkg", "--root", s.root, "--force-script-chrootless", "-i", cleared).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "is held by process") || !strings.Contains(string(out), "waiting for "+s.pkg54) {
+		t.Fatalf("autoinstall inside dpkg, its variables cleared: %v\n%s", err, out)
+	}
+	if row := s.row(); !row.RepoPending || s.built() || s.installed(s.pkg54) != "" {
+		t.Fatalf("inside dpkg, its variables cleared: %+v, built %v", row, s.built())
+	}
+
 	// The kernel's postinst.d hook, as dpkg runs it (the runtime package installed it).
 	cmd := exec.Command("run-parts", "--report", "--arg="+s.r54, "--arg=/boot/vmlinuz-"+s.r54, filepath.Join(s.root, "etc/kernel/postinst.d"))
 	cmd.Env = append(os.Environ(), "DPKG_ROOT="+s.root, "DPKG_MAINTSCRIPT_NAME=postinst", "DPKG_MAINTSCRIPT_PACKAGE=linux-image-"+s.r54)
-	out, err := cmd.CombinedOutput()
+	out, err = cmd.CombinedOutput()
 	if err != nil || strings.Contains(string(out), "building") {
 		t.Fatalf("postinst.d hook: %v\n%s", err, out)
 	}

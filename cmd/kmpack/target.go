@@ -225,7 +225,10 @@ func describeRow(r target.StatusRow) string {
 	if r.Log != "" {
 		s += " (log: " + r.Log + ")"
 	}
-	if r.RepoReason != "" {
+	switch {
+	case r.RepoPending && r.State != target.StateMissing: // a missing row's reason says it
+		s += " [repositories: waiting for " + r.RepoPackage + " " + r.RepoVersion + "]"
+	case r.RepoReason != "":
 		s += " [repositories: " + r.RepoReason + "]"
 	}
 	return s
