@@ -247,7 +247,8 @@ func TestAutoinstallFromRepository(t *testing.T) {
 // The repository first has only a package that Provides <name>-modules-54 under another name:
 // never installed; the source is built locally, the row says why the repositories did not
 // serve. Then the index lists the package but its file is gone: apt-get fails, recorded, the
-// local build stays. Then the package is there, its index claiming it depends on a package
+// local build stays. Then another dpkg run holds the lock: apt gives up within --repo-timeout,
+// recorded. Then the package is there, its index claiming it depends on a package
 // whose postinst runs kmpack autoinstall (inside dpkg, while the outer autoinstall waits for
 // apt): nothing waits on itself, the package is installed, the local build goes.
 func TestAutoinstallRepositoryFallsThrough(t *testing.T) {
@@ -279,10 +280,37 @@ func TestAutoinstallRepositoryFallsThrough(t *testing.T) {
 		t.Fatalf("apt-get failing: %+v\n%s", row, out)
 	}
 
-	// The file is back: installed (with calls-kmpack, whose postinst runs autoinstall inside
-	// dpkg), the local build goes.
+	// The file is back, but another dpkg run (not this one's caller) holds the lock: apt waits
+	// for it within --repo-timeout only, the failure is recorded, the local build stays.
 	os.Rename(filepath.Join(s.repo.dir, "gone"), filepath.Join(s.repo.dir, filepath.Base(debs[s.pkg54])))
+	flag := filepath.Join(t.TempDir(), "hold")
+	os.WriteFile(flag, nil, 0o644)
+	slow := fakeDeb(t, "slow", "", "#!/bin/sh\ntouch "+flag+".held\nwhile [ -e "+flag+" ]; do sleep 0.1; done\n")
+	holder := exec.Command("dpkg", "--root", s.root, "--force-script-chrootless", "-i", slow)
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := os.Stat(flag + ".held"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	start := time.Now()
+	o, stderr, code := kmpack(t, "autoinstall", "--root", s.root, "--repo-timeout", "4s", s.r54)
+	took := time.Since(start)
+	os.Remove(flag)
+	holder.Wait()
+	row = s.row()
+	if code != 0 || row.State != target.StateBuiltLocally || !strings.Contains(row.RepoReason, "apt-get install "+s.pkg54) ||
+		!strings.Contains(row.RepoReason, "lock") || took > 20*time.Second || s.installed(s.pkg54) != "" {
+		t.Fatalf("apt waiting for another dpkg (%v): exit %d %+v\n%s%s", took, code, row, o, stderr)
+	}
+	t.Logf("with the lock held elsewhere, after %v: %s", took.Round(time.Millisecond), row.RepoReason)
+
+	// Nothing holds the lock: installed (with calls-kmpack, whose postinst runs autoinstall
+	// inside dpkg), the local build goes.
+	start = time.Now()
 	out = s.autoinstall()
 	row = s.row()
 	if row.State != target.StateFromRepo || row.Package != s.pkg54 || row.RepoReason != "" || s.built() || s.installed(s.pkg54) != "ii" {
