@@ -25,15 +25,17 @@ import (
 // package is that name with the kernel release replaced: <name>-modules-K2. Only that exact
 // name at the version the repositories offer for it (name=version) is ever installed: a package
 // that merely Provides the name is not that name, and apt is never left to pick it. rpm
-// registrations (kmod-<name> of rhel, <name>-kmp-<flavor> of suse: one name for every kernel)
-// are not looked up by this kmpack: their build for K2 is a newer version of the same name whose
-// Requires match K2, which needs the rpm-md metadata read (kmp/repo) rather than a name; it is
-// documented as not done.
+// profiles are not done (see the README): their packages do not register with kmpack's engine
+// (they call weak-modules), their name is the same for every kernel (rhel kmod-<name>, suse
+// <name>-kmp-<flavor>), so the build for K2 is the version whose requirements K2 satisfies
+// (rpm-md metadata, not a name), and dnf or zypper would upgrade the running kernel's build away
+// unless the name is install-only.
 //
 // The package manager is found at fixed paths (never a command a file names), runs with a
 // bounded time (RepoTimeout), removes nothing (--no-remove) and installs no recommendations.
-// It runs while autoinstall does NOT hold its lock: the package's maintainer scripts call
-// kmpack (weak-updates add-kmp, and possibly autoinstall, source add), and those take the lock.
+// It runs while autoinstall does NOT hold its lock: the package's maintainer scripts run kmpack
+// (weak-updates add-kmp, which takes the engine's lock; possibly autoinstall or source add,
+// which take autoinstall's), and nothing may wait for itself.
 
 // Fixed paths of the package managers' tools.
 const (
