@@ -59,6 +59,9 @@ const (
 	// Go links statically by design, and lintian exempts Go binaries only when it sees the
 	// source package's golang build dependency, which a package made by kmpack has none of.
 	RuntimeLintianOverrides = "/usr/share/lintian/overrides/kmpack"
+	// RuntimeAptHook runs autoinstall once apt's dpkg run has finished, for the module
+	// packages a kernel hook found in the repositories but could not install while dpkg ran.
+	RuntimeAptHook = "/etc/apt/apt.conf.d/50kmpack-autoinstall"
 )
 
 // runtimeAutoinstallUnit catches up at boot on a kernel that arrived without kmpack's hooks
@@ -83,6 +86,21 @@ ExecStart=` + RuntimeBinary + ` autoinstall --hook --build-timeout 30m %v
 [Install]
 WantedBy=multi-user.target
 `
+
+// runtimeAptHook is apt's DPkg::Post-Invoke for autoinstall's step 3 deferred by a kernel
+// hook (which runs inside dpkg, whose lock it cannot wait for). It does nothing unless a
+// kernel waits for a repository package (target.RepoPendingDir). apt still holds its lock
+// while Post-Invoke runs, so kmpack runs detached and its apt-get waits for the lock.
+const runtimeAptHook = `// Installed by kmpack: once dpkg has finished, install the kernel module packages a kernel hook
+// found in the configured repositories but could not install while dpkg ran (kmpack
+// autoinstall, step 3; kmpack status shows them as repo_pending). apt holds its lock until this
+// returns: kmpack runs detached and waits for it (for as long as the rest of apt's run takes,
+// within --repo-timeout).
+DPkg::Post-Invoke { "kmpack=` + RuntimeBinary + `; if [ -d ` + runtimeRepoPending + ` ] && [ -x $kmpack ]; then setsid $kmpack autoinstall --hook --repo-timeout 1h </dev/null >/dev/null 2>&1 & fi; true"; };
+`
+
+// runtimeRepoPending is target.RepoPendingDir (formats does not import target).
+const runtimeRepoPending = "/var/lib/kmpack/autoinstall/repo-pending"
 
 // runtimeCompletions are where each shell looks for a vendor's completion script.
 var runtimeCompletions = map[string]string{
@@ -134,6 +152,7 @@ status, kmpack gate). See kmpack weak-updates --help and kmpack autoinstall
 		{Path: RuntimeHeaderHook, Body: []byte(s.render("runtime-autoinstall-hook", map[string]any{"Binary": RuntimeBinary, "Headers": true})), Mode: 0o755, Config: true},
 		{Path: RuntimeKernelInstall, Body: []byte(s.render("runtime-kernel-install", data)), Mode: 0o755},
 		{Path: RuntimeAutoinstallUnit, Body: []byte(runtimeAutoinstallUnit), Mode: 0o644},
+		{Path: RuntimeAptHook, Body: []byte(runtimeAptHook), Mode: 0o644, Config: true},
 		{Path: RuntimeAutoinstallWants, Kind: Symlink, Target: "../" + path.Base(RuntimeAutoinstallUnit)},
 	}
 	if len(rt.ManPage) > 0 {

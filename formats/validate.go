@@ -103,7 +103,7 @@ func Validate(p *Package) error {
 func allowedRoots(p *Package) []string {
 	doc := "/usr/share/doc/" + p.Name
 	if p.runtime {
-		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", path.Dir(RuntimeKernelInstall), "/usr/lib/systemd/system",
+		return []string{"/usr/bin", path.Dir(RuntimeDepmodConf), "/etc/kernel", path.Dir(RuntimeAptHook), path.Dir(RuntimeKernelInstall), "/usr/lib/systemd/system",
 			doc, "/usr/share/man/man1", "/usr/share/bash-completion/completions", "/usr/share/zsh/vendor-completions", "/usr/share/fish/vendor_completions.d", path.Dir(RuntimeLintianOverrides)}
 	}
 	if p.certDir != "" {

@@ -55,6 +55,12 @@ type AutoinstallOptions struct {
 
 	key       *MachineKey // the machine's signing key, once looked for
 	keyLooked bool
+	// NoRepo skips step 3 (the repositories); Rebuild does too. RepoTimeout bounds one
+	// package manager run (DefaultRepoTimeout when 0).
+	NoRepo      bool
+	RepoTimeout time.Duration
+
+	pm repoManager // step 3's package manager, nil when none is used
 }
 
 // DefaultBuildTimeout bounds one local build: a kernel hook must end.
@@ -81,7 +87,14 @@ var ErrFailures = errors.New("some modules are not available")
 //  1. a registered package built for that kernel is installed: nothing to do;
 //  2. a build for another kernel loads there (weakupdates' compat check): linked by the
 //     weak-updates engine;
-//  3. a prebuilt package from the machine's repositories: not done by this kmpack yet;
+//  3. a prebuilt package for that kernel in the machine's configured repositories: installed
+//     by the system's package manager (apt; see repo.go for which name is looked for), then
+//     served as in step 1 and recorded installed-from-repo. Inside a package manager's
+//     transaction (a kernel hook run by dpkg) the package manager cannot run: the row is
+//     recorded missing with repo_pending (and not built: the package comes a moment later),
+//     and the runtime's apt DPkg::Post-Invoke snippet (or the boot unit) runs autoinstall
+//     again once dpkg has finished. A package that is not in the repositories, or that the
+//     package manager fails to install, is recorded (repo_reason) and step 4 follows;
 //  4. a registered source: built with kmpack's build engine against the root's
 //     /lib/modules/<kernel>/build, installed under updates/kmpack-built/<name>/, depmod;
 //  5. otherwise a failure, with its reason.
@@ -91,9 +104,12 @@ var ErrFailures = errors.New("some modules are not available")
 // NoInitramfs.
 //
 // Runs hold one lock, so two at once end as one after the other, and a module already built
-// for a kernel from the same source version is not built again. A run killed midway is
-// repaired by the next: pending depmods are redone and an unrecorded build is made again.
-// Failures are recorded and reported as ErrFailures after every kernel and module was tried.
+// for a kernel from the same source version is not built again. The lock is released while
+// the package manager runs (its maintainer scripts call kmpack, which takes the lock: nothing
+// waits on itself); the rows it was for are decided again under the lock afterwards. A run
+// killed midway is repaired by the next: pending depmods are redone and an unrecorded build is
+// made again. Failures are recorded and reported as ErrFailures after every kernel and module
+// was tried.
 func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 	// Names become paths under the root: checked here too, for callers other than the CLI.
 	if err := validKernels(o.Kernels); err != nil {
@@ -109,16 +125,81 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 	default:
 		return nil, kmp.InputErrorf(o.Sign, "signing policy must be auto, always or never")
 	}
+	if !o.NoRepo && !o.Rebuild {
+		r, err := os.OpenRoot(o.root())
+		if err != nil {
+			return nil, err
+		}
+		o.pm, err = o.repoManagerFor(r)
+		r.Close()
+		if err != nil {
+			o.warnf("the repositories are not used (step 3): %v", err)
+		}
+		if o.pm != nil {
+			defer o.pm.close()
+		}
+	}
 	var st *State
+	var wants []repoWant
+	var n counts
 	err := o.locked(func(r *os.Root) error {
 		var err error
-		st, err = autoinstall(ctx, r, &o)
+		st, wants, n, err = autoinstall(ctx, r, &o, nil)
 		return err
 	})
+	if err == nil && len(wants) > 0 {
+		// Step 3's installs, without the lock, then those rows decided again under it.
+		outcomes := map[string]*repoOutcome{}
+		var kernels []string
+		for _, w := range wants {
+			outcomes[w.kernel+" "+w.module] = o.installFromRepo(ctx, w)
+			if !slices.Contains(kernels, w.kernel) {
+				kernels = append(kernels, w.kernel)
+			}
+		}
+		o2 := o
+		o2.Kernels = kernels
+		err = o.locked(func(r *os.Root) error {
+			var err error
+			var n2 counts
+			st, _, n2, err = autoinstall(ctx, r, &o2, outcomes)
+			n.failed, n.pending = n.failed+n2.failed, n.pending+n2.pending
+			return err
+		})
+	}
+	switch {
+	case err != nil:
+	case n.failed > 0 && n.pending > 0:
+		err = fmt.Errorf("%w: %d failed, %d waiting for the package manager to finish (kmpack status says why)", ErrFailures, n.failed, n.pending)
+	case n.failed > 0:
+		err = fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, n.failed)
+	case n.pending > 0:
+		err = fmt.Errorf("%w: %d waiting for the package manager to finish (kmpack status says why)", ErrFailures, n.pending)
+	}
 	return st, err
 }
 
-func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State, error) {
+// counts are a pass's rows that are not available: failed, or waiting for a repository
+// package (step 3 deferred).
+type counts struct{ failed, pending int }
+
+// installFromRepo installs w's package with the package manager, its time bounded.
+func (o *AutoinstallOptions) installFromRepo(ctx context.Context, w repoWant) *repoOutcome {
+	ctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
+	defer cancel()
+	o.logf("%s: installing %s %s from the repositories (%s)", w.kernel, w.pkg, w.version, o.pm.name())
+	out := &repoOutcome{pkg: w.pkg, version: w.version}
+	if err := o.pm.install(ctx, w.pkg, w.version); err != nil {
+		out.err = kmp.OneLine(err.Error())
+		o.warnf("%s: %s", w.kernel, out.err)
+	}
+	return out
+}
+
+// autoinstall is one pass under the lock. outcomes is nil for the first pass, which returns
+// the rows whose step 3 found a package to install (their rows are left for the second pass);
+// the second pass decides only those rows, with what became of their installs.
+func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcomes map[string]*repoOutcome) (*State, []repoWant, counts, error) {
 	st := readState(r, &o.Options)
 	eng := o.engine()
 	kernels := o.Kernels
@@ -128,13 +209,13 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 	// Bad input before any change: every kernel named must be installed.
 	for _, k := range kernels {
 		if _, err := r.Stat("lib/modules/" + k + "/kernel"); err != nil {
-			return st, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
+			return st, nil, counts{}, kmp.InputErrorf(k, "no such kernel installed (%s)", o.display("lib/modules/"+k+"/kernel"))
 		}
 	}
 	// Kernels whose depmod a killed run never finished.
 	for _, k := range pendingDepmods(r) {
 		if err := o.reindex(r, eng, k); err != nil {
-			return st, err
+			return st, nil, counts{}, err
 		}
 	}
 	if !o.NoInitramfs {
@@ -153,10 +234,11 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 	}
 	kmps, plans, err := engineFacts(eng)
 	if err != nil {
-		return st, err
+		return st, nil, counts{}, err
 	}
 	sources := newestSources(readSources(r, &o.Options))
-	failed := 0
+	var n counts
+	var wants []repoWant
 	for _, k := range kernels {
 		var plan *weakupdates.Plan
 		for _, p := range plans {
@@ -168,18 +250,30 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 		if o.Only != "" {
 			rows = slices.DeleteFunc(rows, func(rw row) bool { return rw.name != o.Only })
 			if len(rows) == 0 {
-				return st, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
+				return st, nil, counts{}, kmp.InputErrorf(o.Only, "no module package or source of that name is registered for %s (kmpack source add DIR)", k)
 			}
+		}
+		if outcomes != nil {
+			// The second pass: only the rows whose package was installed (or tried).
+			rows = slices.DeleteFunc(rows, func(rw row) bool { return outcomes[k+" "+rw.name] == nil })
 		}
 		changed := false
 		var touched []string // modules whose files changed in k
 		for _, row := range rows {
 			prev := st.get(k, row.name)
-			res, ch, err := o.realize(ctx, r, st, k, row)
+			var out *repoOutcome
+			if outcomes != nil {
+				out = outcomes[k+" "+row.name]
+			}
+			res, want, ch, err := o.realize(ctx, r, st, k, row, kmps, out)
 			if err != nil {
-				return st, err
+				return st, nil, counts{}, err
 			}
 			changed = changed || ch
+			if want != nil {
+				wants = append(wants, *want)
+				continue
+			}
 			if ch {
 				touched = appendModuleNames(touched, res.Files)
 				if prev != nil {
@@ -189,20 +283,24 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			res.Time = time.Now().UTC().Format(time.RFC3339)
 			st.set(k, row.name, res)
 			switch {
+			case res.RepoPending:
+				n.pending++
+				o.logf("%s: %s: waiting for %s %s from the repositories: the package manager runs this; autoinstall installs it once it has finished",
+					k, row.name, res.RepoPackage, res.RepoVersion)
 			case res.State == StateFailed:
-				failed++
+				n.failed++
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
 			case res.State == StateBuiltLocally && res.Attempted != res.Version:
-				failed++ // available, but the registered version is not what runs
+				n.failed++ // available, but the registered version is not what runs
 				o.logf("%s: %s: %s", k, row.name, res.Reason)
 			}
 		}
 		// Rows of modules no longer registered go, with whatever autoinstall built for them.
 		for name, res := range st.Kernels[k] {
-			if o.Only == "" && !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
+			if o.Only == "" && outcomes == nil && !slices.ContainsFunc(rows, func(rw row) bool { return rw.name == name }) {
 				ch, err := o.dropBuilt(r, k, res)
 				if err != nil {
-					return st, err
+					return st, nil, counts{}, err
 				}
 				changed = changed || ch
 				if ch {
@@ -213,7 +311,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 		}
 		if changed {
 			if err := o.reindex(r, eng, k); err != nil {
-				return st, err
+				return st, nil, counts{}, err
 			}
 		}
 		var initramfs *initramfsJob
@@ -221,14 +319,18 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions) (*State
 			initramfs = o.planInitramfs(r, k, touched)
 		}
 		if err := writeState(r, st); err != nil {
-			return st, err
+			return st, nil, counts{}, err
+		}
+		pending := false
+		for _, res := range st.Kernels[k] {
+			pending = pending || res.RepoPending
+		}
+		if err := markRepoPending(r, k, pending); err != nil {
+			return st, nil, counts{}, err
 		}
 		o.runInitramfs(ctx, r, initramfs)
 	}
-	if failed > 0 {
-		return st, fmt.Errorf("%w: %d failed (kmpack status says why)", ErrFailures, failed)
-	}
-	return st, nil
+	return st, wants, n, nil
 }
 
 // appendModuleNames adds the module names of files (paths) to names, once each.
@@ -359,38 +461,101 @@ func modulesPresent(r *os.Root, mods []string) bool {
 	return len(mods) > 0
 }
 
-// realize makes row's outcome in kernel k: nothing, a link (already made), a local build, or
-// a failure. changed says the kernel needs depmod.
-func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State, k string, rw row) (*Result, bool, error) {
+// realize makes row's outcome in kernel k: nothing, a link (already made), a package from the
+// repositories, a local build, or a failure. changed says the kernel needs depmod. want is set,
+// and the result nil, when step 3 found a package to install: the caller installs it without
+// the lock and calls realize again with its outcome (out).
+func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State, k string, rw row, kmps []weakupdates.KMP, out *repoOutcome) (res *Result, want *repoWant, changed bool, err error) {
 	prev := st.get(k, rw.name)
 	switch {
 	case rw.own != nil:
 		ch, err := o.dropBuilt(r, k, prev)
-		return &Result{State: StateBuiltForKernel, Package: rw.own.Package, Version: rw.own.Version}, ch, err
+		res := &Result{State: StateBuiltForKernel, Package: rw.own.Package, Version: rw.own.Version}
+		// The package step 3 installed, now or in an earlier run, stays installed-from-repo.
+		if (out != nil && out.err == "" && out.pkg == rw.own.Package) || (prev != nil && prev.State == StateFromRepo && prev.Package == rw.own.Package) {
+			res.State = StateFromRepo
+		}
+		return res, nil, ch, err
 	case rw.linkFrom != "":
 		ch, err := o.dropBuilt(r, k, prev)
-		return &Result{State: StateWeakLinked, From: rw.linkFrom, Package: rw.linkPkg}, ch, err
+		return &Result{State: StateWeakLinked, From: rw.linkFrom, Package: rw.linkPkg}, nil, ch, err
 	}
-	// Step 3, a prebuilt package from the machine's repositories (StateFromRepo), goes here.
+	// Step 3: the repositories' build of the module for k.
+	var repo Result
+	switch {
+	case out != nil:
+		repo.RepoPackage, repo.RepoVersion, repo.RepoReason = out.pkg, out.version, out.err
+		if out.err == "" {
+			repo.RepoReason = fmt.Sprintf("%s %s was installed from the repositories but registered no build for %s", out.pkg, out.version, k)
+		}
+	case o.pm != nil:
+		if pkg := repoPackageFor(kmps, rw.name, k); pkg != "" {
+			qctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
+			v, err := o.pm.candidate(qctx, pkg)
+			cancel()
+			repo.RepoPackage, repo.RepoVersion = pkg, v
+			switch {
+			case err != nil:
+				repo.RepoReason = kmp.OneLine(err.Error())
+			case v == "":
+				repo.RepoReason = "no package " + pkg + " in the configured repositories (" + o.pm.name() + ")"
+			case o.inTransaction(r):
+				// dpkg runs this (a kernel hook): its lock is held until it finishes. Not built
+				// either: the package serves a moment later; the state says what waits.
+				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager runs this (a kernel hook or maintainer script inside dpkg); "+
+					"kmpack autoinstall installs it once dpkg has finished (apt's DPkg::Post-Invoke, the boot unit, or by hand)", pkg, v)
+				if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
+					kept := *prev
+					kept.RepoPackage, kept.RepoVersion, kept.RepoPending, kept.RepoReason = pkg, v, true, ""
+					return &kept, nil, false, nil
+				}
+				ch, err := o.dropBuilt(r, k, prev)
+				return &Result{State: StateMissing, Reason: why, RepoPackage: pkg, RepoVersion: v, RepoPending: true}, nil, ch, err
+			default:
+				return nil, &repoWant{kernel: k, module: rw.name, pkg: pkg, version: v}, false, nil
+			}
+		}
+	}
+	withRepo := func(res *Result) *Result {
+		if res != nil && res != prev {
+			res.RepoPackage, res.RepoVersion, res.RepoReason = repo.RepoPackage, repo.RepoVersion, repo.RepoReason
+		}
+		return res
+	}
 	if rw.src != nil {
 		if prev != nil && prev.State == StateBuiltLocally && prev.Version == rw.src.Version && filesPresent(r, prev.Files) && !o.Rebuild &&
 			!o.resignNeeded(r, k, prev) {
-			return prev, false, nil // built before, from this very source version, signed as it must be
+			kept := *prev // built before, from this very source version, signed as it must be
+			kept.RepoPending = false
+			return withRepo(&kept), nil, false, nil
 		}
 		// The same source version failed the same way for this kernel before (not for a
 		// temporary cause): a boot-time run must not spend minutes failing again. --rebuild
 		// retries.
 		if prev != nil && prev.FailureKind == build.FailureBuild && prev.Attempted == rw.src.Version && !o.Rebuild {
-			return prev, false, nil
+			kept := *prev
+			kept.RepoPending = false
+			return withRepo(&kept), nil, false, nil
 		}
-		return o.buildLocally(ctx, r, k, *rw.src, prev)
+		res, ch, err := o.buildLocally(ctx, r, k, *rw.src, prev)
+		return withRepo(res), nil, ch, err
 	}
 	why := "no build of " + rw.name + " is installed for " + k + " and no source is registered"
+	if repo.RepoReason != "" {
+		why += "; " + repo.RepoReason
+	}
 	if len(rw.rejected) > 0 {
 		why += "; builds for other kernels do not load here: " + strings.Join(rw.rejected, "; ")
 	}
 	ch, err := o.dropBuilt(r, k, prev)
-	return &Result{State: StateFailed, Reason: why}, ch, err
+	return withRepo(&Result{State: StateFailed, Reason: why}), nil, ch, err
+}
+
+func (o *AutoinstallOptions) repoTimeout() time.Duration {
+	if o.RepoTimeout == 0 {
+		return DefaultRepoTimeout
+	}
+	return o.RepoTimeout
 }
 
 func filesPresent(r *os.Root, files []string) bool {

@@ -17,6 +17,9 @@ func FuzzParseState(f *testing.F) {
 	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"k":{"m":{"state":"failed","reason":"x"}}}}`))
 	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"k":{"m":{"state":"built-locally","files":["/lib/modules/k/updates/kmpack-built/m/../../../../etc/shadow.ko"]}}}}`))
 	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"k":{"m":null}}}`))
+	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"6.1.0-54-amd64":{"hello":{"state":"installed-from-repo","package":"hello-modules-6.1.0-54-amd64","version":"1:1.0-1"}}}}`))
+	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"k":{"m":{"state":"missing","repo_package":"m-modules-k","repo_version":"1.0","repo_pending":true,"repo_reason":"waiting"}}}}`))
+	f.Add([]byte(`{"schema":"kmpack-autoinstall-state/1","kernels":{"k":{"m":{"state":"failed","repo_package":"-o Dir=/","repo_reason":"a\nb"}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		const name = "/root/state.json"
 		st, err := target.ParseState(name, data)

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -268,7 +267,7 @@ func (o *Options) regenerate(ctx context.Context, r *os.Root, k, img, why string
 	var out proc.Buffer
 	c.Stdout, c.Stderr = &out, &out
 	if err := proc.Run(c); err != nil {
-		o.warnf("%s: %s: %v: %s (the next kmpack autoinstall tries again)", k, strings.Join(cmd, " "), err, kmp.OneLine(lastLines(out.String(), 3)))
+		o.warnf("%s: %s: %v: %s (the next kmpack autoinstall tries again)", k, strings.Join(cmd, " "), err, lastLines(out.String()))
 		return
 	}
 	weakupdates.RemoveDurably(r, initramfsPendingDir+"/"+k)
@@ -307,12 +306,4 @@ func (o *Options) pendingInitramfs(ctx context.Context, r *os.Root) {
 func fileExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.Mode().IsRegular()
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return fmt.Sprint(strings.Join(l, "; "))
 }

@@ -19,8 +19,8 @@ const (
 	StateBuiltForKernel = "built-for-this-kernel"
 	// StateWeakLinked: a build for another kernel (From) loads here and is linked.
 	StateWeakLinked = "weak-linked"
-	// StateFromRepo: a prebuilt package for this kernel was installed from the machine's
-	// repositories (autoinstall's step 3: not done yet by this kmpack, never recorded).
+	// StateFromRepo: a prebuilt package for this kernel (Package, Version) was installed from
+	// the machine's repositories by autoinstall's step 3.
 	StateFromRepo = "installed-from-repo"
 	// StateBuiltLocally: autoinstall built the registered source for this kernel.
 	StateBuiltLocally = "built-locally"
@@ -73,6 +73,14 @@ type Result struct {
 	// Files are the modules autoinstall installed (built-locally), paths from the root, each
 	// under /lib/modules/<kernel>/updates/kmpack-built/<module>/.
 	Files []string `json:"files,omitempty"`
+	// RepoPackage and RepoVersion are the package step 3 looked for (the repositories' build of
+	// the module for this kernel) and the version they offer; RepoPending is true while it
+	// waits for the package manager that is running now (a kernel hook inside dpkg); RepoReason
+	// says why step 3 did not serve (not in the repositories, the package manager failed).
+	RepoPackage string `json:"repo_package,omitempty"`
+	RepoVersion string `json:"repo_version,omitempty"`
+	RepoPending bool   `json:"repo_pending,omitempty"`
+	RepoReason  string `json:"repo_reason,omitempty"`
 	// Time is when autoinstall decided this (RFC 3339, UTC).
 	Time string `json:"time,omitempty"`
 	// Signer and KeyID name the key a local build's modules were signed with (the
@@ -170,13 +178,15 @@ func (r *Result) validate(release, name string) error {
 			return fmt.Errorf("from: %v", err)
 		}
 	}
-	if r.Package != "" {
-		if err := ident.PackageName(r.Package); err != nil {
-			return fmt.Errorf("package: %v", err)
+	for field, p := range map[string]string{"package": r.Package, "repo_package": r.RepoPackage} {
+		if p != "" {
+			if err := ident.PackageName(p); err != nil {
+				return fmt.Errorf("%s: %v", field, err)
+			}
 		}
 	}
 	for field, v := range map[string]string{"version": r.Version, "attempted": r.Attempted, "reason": r.Reason, "time": r.Time,
-		"signer": r.Signer, "key_id": r.KeyID} {
+		"signer": r.Signer, "key_id": r.KeyID, "repo_version": r.RepoVersion, "repo_reason": r.RepoReason} {
 		if len(v) > maxStateText || strings.ContainsAny(v, "\x00\n\r") {
 			return fmt.Errorf("%s: longer than %d bytes or not one line", field, maxStateText)
 		}

@@ -24,7 +24,8 @@ type Report struct {
 type StatusRow struct {
 	Kernel string `json:"kernel"`
 	Module string `json:"module"`
-	// State is one of built-for-this-kernel, weak-linked, installed-from-repo, built-locally,
+	// State is one of built-for-this-kernel, weak-linked, installed-from-repo (Package and
+	// Version: the package autoinstall installed from the repositories), built-locally,
 	// skipped, failed, missing.
 	State   string `json:"state"`
 	From    string `json:"from,omitempty"`
@@ -35,6 +36,14 @@ type StatusRow struct {
 	// Linkable is true for a missing module that a build for another kernel (From) provably
 	// loads in: the next autoinstall (or weak-updates sync) links it.
 	Linkable bool `json:"linkable,omitempty"`
+	// RepoPackage and RepoVersion are the package autoinstall's step 3 looked for in the
+	// repositories (the build of the module for this kernel) and the version offered;
+	// RepoPending is true while it waits for the package manager to finish (the row is
+	// missing meanwhile); RepoReason says why step 3 did not serve.
+	RepoPackage string `json:"repo_package,omitempty"`
+	RepoVersion string `json:"repo_version,omitempty"`
+	RepoPending bool   `json:"repo_pending,omitempty"`
+	RepoReason  string `json:"repo_reason,omitempty"`
 	// Checked is when autoinstall last decided this row ("" when it never has).
 	Checked string `json:"checked,omitempty"`
 	// Signature is the signature state of the modules that serve the row (absent when none
@@ -115,10 +124,15 @@ func kernelRows(r *os.Root, p *weakupdates.Plan, decided []row, st *State) []Sta
 		res := st.get(k, n)
 		if res != nil {
 			row.Checked = res.Time
+			row.RepoPackage, row.RepoVersion, row.RepoPending, row.RepoReason = res.RepoPackage, res.RepoVersion, res.RepoPending, res.RepoReason
 		}
 		switch {
 		case d.own != nil:
 			row.State, row.Package, row.Version = StateBuiltForKernel, d.own.Package, d.own.Version
+			if res != nil && res.State == StateFromRepo && res.Package == d.own.Package {
+				row.State = StateFromRepo
+			}
+			row.RepoPending, row.RepoReason = false, ""
 		case d.linkFrom != "":
 			row.State, row.From, row.Package = StateWeakLinked, d.linkFrom, d.linkPkg
 		case res != nil && res.State == StateBuiltLocally:
@@ -133,6 +147,8 @@ func kernelRows(r *os.Root, p *weakupdates.Plan, decided []row, st *State) []Sta
 			}
 		case res != nil && (res.State == StateFailed || res.State == StateSkipped):
 			row.State, row.Version, row.Reason, row.Log = res.State, res.Version, res.Reason, res.Log
+		case res != nil && res.RepoPending:
+			row.State, row.Reason = StateMissing, res.Reason
 		case res != nil:
 			row.State = StateMissing
 			row.Reason = fmt.Sprintf("%s when kmpack autoinstall last ran (%s), not any more: run kmpack autoinstall %s", res.State, res.Time, k)

@@ -128,7 +128,11 @@ func autoinstallCommand() *cli.Command {
 		Description: `For each kernel (default: every kernel installed under --root's /lib/modules) and every
 registered module package and source, in this order, stopping at the first that works: a
 package built for that kernel is installed; a build for another kernel loads there (linked by
-the weak-updates engine); the source is registered (kmpack source add): it is built with
+the weak-updates engine); the machine's configured repositories have the module package for
+that kernel (apt: the registered <name>-modules-<kernel> package's name with the new kernel's
+release): it is installed with apt-get (name=version, nothing removed) and recorded
+installed-from-repo, or, inside a kernel hook run by dpkg, recorded pending until apt has
+finished (apt's DPkg::Post-Invoke runs autoinstall again); the source is registered (kmpack source add): it is built with
 kmpack's build engine against /lib/modules/<kernel>/build and installed under
 /lib/modules/<kernel>/updates/kmpack-built/<name>/, then depmod; else a failure is recorded
 with its reason (missing headers name the package to install). The outcome of every kernel ×
@@ -147,6 +151,8 @@ them, their rows and their weak-updates links go.`,
 			&cli.DurationFlag{Name: "build-timeout", Value: target.DefaultBuildTimeout, Usage: "bound on one module's build for one kernel"},
 			signPolicyFlag,
 			&cli.BoolFlag{Name: "no-initramfs", Usage: "leave initramfs images alone (the kernel hooks pass it: the distribution's initramfs hook runs after them)"},
+			&cli.BoolFlag{Name: "no-repo", Usage: "do not install module packages from the configured repositories (step 3)"},
+			&cli.DurationFlag{Name: "repo-timeout", Value: target.DefaultRepoTimeout, Usage: "bound on one package manager run (a query, an install)"},
 		},
 		Action: func(c *cli.Context) error {
 			kernels, err := kernelArgs(c)
@@ -161,7 +167,7 @@ them, their rows and their weak-updates links go.`,
 			} else {
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
 					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign"),
-					NoInitramfs: c.Bool("no-initramfs")})
+					NoInitramfs: c.Bool("no-initramfs"), NoRepo: c.Bool("no-repo"), RepoTimeout: c.Duration("repo-timeout")})
 			}
 			if err == nil {
 				return nil
@@ -183,7 +189,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show, per installed kernel and registered module, whether and how the module is available",
 		Description: `One row per kernel × module: built-for-this-kernel, weak-linked (from KERNEL),
-built-locally, skipped (BUILD_EXCLUSIVE), failed (reason, log) or missing. --json prints
+installed-from-repo (PACKAGE VERSION), built-locally, skipped (BUILD_EXCLUSIVE), failed (reason, log) or missing. --json prints
 {"schema": "kmpack-status/1", "rows": [...]} (see the README).`,
 		Flags: []cli.Flag{rootFlag, jsonFlag},
 		Action: func(c *cli.Context) error {
@@ -239,6 +245,12 @@ func describeRow(r target.StatusRow) string {
 		default:
 			s += " [" + g.State + "]"
 		}
+	}
+	switch {
+	case r.RepoPending && r.State != target.StateMissing: // a missing row's reason says it
+		s += " [repositories: waiting for " + r.RepoPackage + " " + r.RepoVersion + "]"
+	case r.RepoReason != "":
+		s += " [repositories: " + r.RepoReason + "]"
 	}
 	return s
 }
