@@ -53,7 +53,9 @@ func (debianProfile) SourcePackage(in *Input, opts Options) (*Package, error) {
 	p.Description = debDescription(md.Summary+" (DKMS source)",
 		md.Description+"\n\nThis package provides the source for DKMS, which builds the modules for kernels that have no prebuilt package.")
 	p.Files = append(p.Files, debDocs(p, in.MTime, moduleCopyright(p, in.MTime))...)
-	p.Requires = []Relation{Rel("dkms")}
+	// dkms, or kmpack's runtime, whose source registration the postinst prefers: apt installs
+	// the first alternative when neither is there, so a machine without kmpack keeps dkms.
+	p.Requires = []Relation{Rel(fmt.Sprintf("dkms | %s (>= %s)", RuntimePackageName, RuntimeMinVersion))}
 	var s scriptlets
 	data := map[string]any{"Name": md.Name, "Version": md.Version}
 	p.Scripts = Scripts{

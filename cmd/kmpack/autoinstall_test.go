@@ -369,7 +369,7 @@ func TestKernelHooksRunAutoinstall(t *testing.T) {
 
 // TestDKMSPackageRegistersWithKmpack: the debian profile's <name>-dkms package, installed with
 // the real dpkg into a root where kmpack's runtime package is, registers its source with
-// kmpack in place (not with dkms, which is absent here: --force-depends) and runs autoinstall,
+// kmpack in place (not with dkms, which is absent here: the package depends on dkms or kmpack) and runs autoinstall,
 // which records that the kernel's headers are missing; a second configure is a no-op; its
 // removal forgets the source.
 func TestDKMSPackageRegistersWithKmpack(t *testing.T) {
@@ -392,7 +392,7 @@ func TestDKMSPackageRegistersWithKmpack(t *testing.T) {
 	s := &debSystem{t: t, root: testenv.DpkgRoot(t)}
 	testenv.InstallKernel(t, s.root, k53)
 	s.dpkg("-i", debs["kmpack"])
-	s.dpkg("--force-depends", "-i", debs["kmpack-hello-dkms"])
+	s.dpkg("-i", debs["kmpack-hello-dkms"])
 	list, err := target.ListSources(target.Options{Root: s.root})
 	if err != nil || len(list) != 1 || list[0].Name != "kmpack-hello" || list[0].Owned {
 		t.Fatalf("sources after installing the -dkms package: %+v %v", list, err)
@@ -400,7 +400,7 @@ func TestDKMSPackageRegistersWithKmpack(t *testing.T) {
 	if row := statusJSON(t, s.root)[k53+" kmpack-hello"]; row.State != target.StateFailed || !strings.Contains(row.Reason, "linux-headers-"+k53) {
 		t.Fatalf("status: %+v", row)
 	}
-	s.dpkg("--force-depends", "-i", debs["kmpack-hello-dkms"]) // reinstall: prerm upgrade, postinst configure
+	s.dpkg("-i", debs["kmpack-hello-dkms"]) // reinstall: prerm upgrade, postinst configure
 	if list, _ := target.ListSources(target.Options{Root: s.root}); len(list) != 1 {
 		t.Fatalf("sources after a reinstall: %+v", list)
 	}
