@@ -145,3 +145,42 @@ func openRPMTrees(t *testing.T, cache string, files ...string) []*kernel.KernelT
 	}
 	return d.Trees
 }
+
+// SUSE's pair for an aarch64 kernel (staged from the same real parts: see
+// testenv.StageSUSEDevelArm64): the noarch kernel-devel holds the tools' sources in the source
+// tree, kernel-default-devel the AArch64 programs in the -obj tree, whose Makefile includes the
+// source tree's. kmpack rebuilds the programs into a copy of the -obj tree from the source
+// tree's scripts/, and the module equals the Debian arm64 tree's.
+func TestCrossBuildSUSERPMArm64RebuildsHostTools(t *testing.T) {
+	testenv.Need(t, "make", "gcc", "flex", "bison", "rpmbuild", "dpkg-deb", "aarch64-linux-gnu-gcc-12", "file")
+	start := time.Now()
+	ref := builtArm64(t, testenv.Arm64Tree(t), "")
+	t.Logf("the Debian arm64 tree's build: %v", time.Since(start).Round(time.Millisecond))
+	devel, flavor := testenv.StageSUSEDevelArm64(t)
+	out := t.TempDir()
+	rpms := []string{
+		testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-devel", Version: "6.1.187", Arch: "noarch", Stage: devel}, out),
+		testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-default-devel", Version: "6.1.187", Arch: "aarch64", Stage: flavor}, out),
+	}
+	cache := t.TempDir()
+	trees := openRPMTrees(t, cache, rpms...)
+	if len(trees) != 1 || trees[0].Layout != "suse" || trees[0].Arch != "aarch64" || trees[0].Flavor != "default" {
+		t.Fatalf("trees %+v", trees)
+	}
+	st := trees[0]
+	obj := st.Dir
+	start = time.Now()
+	got := builtArm64(t, st, cache)
+	t.Logf("the SUSE tree's first build (with the host tools rebuild): %v", time.Since(start).Round(time.Millisecond))
+	if st.Dir == obj {
+		t.Errorf("the build used the unpacked tree %s", obj)
+	}
+	for _, p := range []string{"scripts/basic/fixdep", "scripts/mod/modpost", "scripts/genksyms/genksyms"} {
+		if f, _ := exec.Command("file", "-b", filepath.Join(st.Dir, p)).Output(); !strings.Contains(string(f), "x86-64") {
+			t.Errorf("rebuilt %s: %s", p, f)
+		}
+	}
+	if got.Vermagic != ref.Vermagic || got.SrcVersion != ref.SrcVersion || importsText(got) != importsText(ref) {
+		t.Errorf("vermagic %q srcversion %s imports\n%s\nthe Debian tree's %q %s\n%s", got.Vermagic, got.SrcVersion, importsText(got), ref.Vermagic, ref.SrcVersion, importsText(ref))
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -57,36 +56,6 @@ var hostToolsArgs = []string{"may-sync-config=", "CONFIG_SECURITY_SELINUX=",
 	"-o", "include/generated/autoconf.h", "-o", "include/config/kernel.release",
 	"-o", "include/generated/utsrelease.h"}
 
-var absIncludeRE = regexp.MustCompile(`(?m)^\s*-?include\s+(/\S+)/Makefile\s*$`)
-
-// toolSources is the directory holding the sources of the tree's host programs: the tree
-// itself (RHEL's kernel-devel, a build tree), or the source tree its Makefile includes (SUSE's
-// -obj tree: "include /usr/src/linux-<ver>/Makefile"). "" when there is none.
-func toolSources(dir string) string {
-	has := func(d string) bool {
-		fi, err := os.Stat(filepath.Join(d, "scripts/basic/fixdep.c"))
-		return err == nil && fi.Mode().IsRegular()
-	}
-	if has(dir) {
-		return dir
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return ""
-	}
-	defer root.Close()
-	b, _, err := kmp.ReadRootFile(root, "Makefile", maxMakefileSize)
-	if err != nil {
-		return ""
-	}
-	if m := absIncludeRE.FindSubmatch(b); m != nil && has(string(m[1])) {
-		return string(m[1])
-	}
-	return ""
-}
-
-const maxMakefileSize = 1 << 20
-
 // prepareHostTools makes a tree whose host programs are built for another machine usable
 // here, when it has their sources: it points t.Dir at a cached copy of the tree whose programs
 // were rebuilt with this host's gcc. foreign is CheckHostTools' error for the tree, returned
@@ -96,7 +65,7 @@ func prepareHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptio
 	if !errors.As(foreign, &fe) {
 		return foreign
 	}
-	srcDir := toolSources(t.Dir)
+	srcDir := kernel.ToolSources(t.Dir)
 	if fi, err := os.Lstat(filepath.Join(t.Dir, "scripts")); srcDir == "" || err != nil || !fi.IsDir() {
 		return foreign // Debian's trees: the hint names the kbuild package to use instead
 	}
@@ -157,7 +126,7 @@ func prepareHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptio
 		return err
 	}
 	defer work.Remove(false)
-	if err := rebuildHostTools(ctx, t, opts, work.Path, args); err != nil {
+	if err := rebuildHostTools(ctx, t, opts, work.Path, srcDir, args); err != nil {
 		return err
 	}
 	got, err := dirDigest(filepath.Join(work.Path, "tree"), "")
@@ -179,10 +148,25 @@ func prepareHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptio
 // rebuildHostTools copies the tree into work/tree, removes the programs built for another
 // machine (and the object files they were linked from), and runs the tree's make for this
 // host's programs, bounded by the build's timeout and killed with its process group.
-func rebuildHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptions, work string, args []string) error {
+func rebuildHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptions, work, srcDir string, args []string) error {
 	tree := filepath.Join(work, "tree")
 	if out, err := exec.CommandContext(ctx, "cp", "-a", "--", t.Dir, tree).CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: copying the tree to rebuild its host tools: %v: %s", t.Dir, err, strings.TrimSpace(string(out)))
+	}
+	if srcDir != t.Dir {
+		// The copy lives elsewhere: its Makefile names the source tree by absolute path.
+		mk := filepath.Join(tree, "Makefile")
+		b, err := os.ReadFile(mk)
+		if err != nil {
+			return err
+		}
+		b = kernel.IncludeRE.ReplaceAll(b, []byte("${1}"+strings.ReplaceAll(srcDir, "$", "$$$$")+"/Makefile"))
+		if err := os.Remove(mk); err != nil {
+			return err
+		}
+		if err := os.WriteFile(mk, b, 0o644); err != nil {
+			return err
+		}
 	}
 	for _, sub := range []string{"scripts", "tools"} {
 		if fi, err := os.Lstat(filepath.Join(tree, sub)); err != nil || !fi.IsDir() {

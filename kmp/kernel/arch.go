@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 
@@ -344,4 +345,40 @@ func MachineFromRelease(release string) (machine string, ok bool) {
 		return m, true
 	}
 	return "", false
+}
+
+// IncludeRE is the one line of a SUSE -obj tree's generated Makefile (scripts/mkmakefile):
+// "include /usr/src/linux-<ver>/Makefile", or relative, "include ../../../linux-<ver>/Makefile".
+var IncludeRE = regexp.MustCompile(`(?m)^(\s*-?include\s+)(\S+)/Makefile\s*$`)
+
+// ToolSources is the directory holding the sources of the tree's host programs: the tree
+// itself (RHEL's kernel-devel, a build tree), or the source tree its Makefile includes (SUSE's
+// -obj tree: "include /usr/src/linux-<ver>/Makefile"). "" when there is none.
+func ToolSources(dir string) string {
+	has := func(d string) bool {
+		fi, err := os.Stat(filepath.Join(d, "scripts/basic/fixdep.c"))
+		return err == nil && fi.Mode().IsRegular()
+	}
+	if has(dir) {
+		return dir
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return ""
+	}
+	defer root.Close()
+	b, _, err := kmp.ReadRootFile(root, "Makefile", maxSmallFile*16)
+	if err != nil {
+		return ""
+	}
+	if m := IncludeRE.FindSubmatch(b); m != nil {
+		src := string(m[2])
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(dir, src)
+		}
+		if src, err = filepath.EvalSymlinks(src); err == nil && has(src) {
+			return src
+		}
+	}
+	return ""
 }
