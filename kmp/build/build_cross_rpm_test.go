@@ -184,3 +184,34 @@ func TestCrossBuildSUSERPMArm64RebuildsHostTools(t *testing.T) {
 		t.Errorf("vermagic %q srcversion %s imports\n%s\nthe Debian tree's %q %s\n%s", got.Vermagic, got.SrcVersion, importsText(got), ref.Vermagic, ref.SrcVersion, importsText(ref))
 	}
 }
+
+// A rebuild that fails (here genksyms' grammar is missing from the tree's sources) is one line
+// naming the tree, the make arguments and the make log's telling line; nothing is cached and
+// the tree is left as it was.
+func TestHostToolsRebuildFailureIsOneLine(t *testing.T) {
+	testenv.Need(t, "make", "gcc", "flex", "bison", "dpkg-deb", "aarch64-linux-gnu-gcc-12")
+	_, dir := testenv.StageRHELDevelArm64(t, true)
+	if err := os.Remove(filepath.Join(dir, "scripts/genksyms/parse.y")); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := kernel.OpenKernelTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	_, err = runBuild(t, testenv.ExampleSource(t, false), []*kernel.KernelTree{tr}, build.BuildOptions{OutputDir: filepath.Join(t.TempDir(), "out"), CacheDir: cache})
+	want := dir + ": rebuilding its host tools (built for aarch64) for this machine failed: make ARCH=arm64 HOSTCC=gcc CROSS_COMPILE=aarch64-linux-gnu- CC=aarch64-linux-gnu-gcc-12: "
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "No rule to make target 'scripts/genksyms/parse.tab.c'") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v", err)
+	}
+	t.Log(err)
+	if e, _ := filepath.Glob(filepath.Join(cache, "hosttools", "*")); len(e) != 0 {
+		t.Errorf("left in the cache: %v", e)
+	}
+	if e, _ := filepath.Glob(filepath.Join(cache, "hosttools", ".rebuild-*")); len(e) != 0 {
+		t.Errorf("left in the cache: %v", e)
+	}
+	if tr.Dir != dir {
+		t.Errorf("the tree is now %s", tr.Dir)
+	}
+}
