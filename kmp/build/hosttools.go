@@ -207,11 +207,45 @@ func rebuildHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptio
 	defer cancel()
 	argv := append([]string{"-C", tree, "-f", "Makefile", "-f", mk, "-j" + strconv.Itoa(max(opts.Jobs, 1))}, args...)
 	argv = append(append(argv, hostToolsArgs...), "kmpack-host-programs")
-	cmd := proc.Command(mctx, "make", argv...)
-	cmd.Env = append(source.CleanBuildEnv(os.Environ()), "LC_ALL=C")
-	var log proc.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := proc.Run(cmd); err != nil {
+	makePath, err := exec.LookPath("make")
+	if err != nil {
+		return kmp.InputErrorf(t.Dir, "its host tools are built for another machine and this host has no make to rebuild them with")
+	}
+	env := append(source.CleanBuildEnv(os.Environ()), "LC_ALL=C")
+	var log *proc.Buffer
+	run := func(private bool) error {
+		log = &proc.Buffer{}
+		if !private {
+			cmd := proc.Command(mctx, makePath, argv...)
+			cmd.Env = env
+			cmd.Stdout, cmd.Stderr = log, log
+			return proc.Run(cmd)
+		}
+		// As a module build's commands do, make runs in a mount namespace of its own in
+		// which the tree it was given, the source tree its Makefile includes and the cache
+		// are read-only, all but the copy it rebuilds in.
+		plan := &mountPlan{Dir: tree, Binds: []bindMount{{Source: t.Dir, Target: t.Dir, ReadOnly: true}}}
+		if srcDir != t.Dir {
+			plan.Binds = append(plan.Binds, bindMount{Source: srcDir, Target: srcDir, ReadOnly: true})
+		}
+		base := filepath.Dir(work)
+		plan.Binds = append(plan.Binds, bindMount{Source: base, Target: base, ReadOnly: true},
+			bindMount{Source: work, Target: work, Writable: true})
+		cmd, status, statusW, err := privateCommand(mctx, plan, nil, env, makePath, argv...)
+		if err != nil {
+			return err
+		}
+		cmd.Stdout, cmd.Stderr = log, log
+		return runPrivate(cmd, status, statusW)
+	}
+	err = run(!opts.NoPrivateMounts)
+	var pme *privateMountError
+	if errors.As(err, &pme) {
+		// No private mount namespaces here (the build says so once): as a build then does,
+		// run without them.
+		err = run(false)
+	}
+	if err != nil {
 		why := tellingLine(log.String())
 		if mctx.Err() != nil {
 			why = fmt.Sprintf("did not finish within %v", timeout)
