@@ -72,6 +72,10 @@ func prepareHostTools(ctx context.Context, t *kernel.KernelTree, opts BuildOptio
 	if opts.CacheDir == "" {
 		return fmt.Errorf("%w (kmpack rebuilds them from the tree's scripts/ sources into its cache: give a cache directory)", foreign)
 	}
+	if t.Cross() && !t.Compiler.Available {
+		// scripts/mod compiles a file with the kernel's compiler (devicetable-offsets.s).
+		return kmp.InputErrorf(t.Dir, "its host tools are built for %s and rebuilding them needs the kernel's compiler: %s", t.Arch, t.Compiler.Missing(t.Arch))
+	}
 	hostcc, err := exec.LookPath("gcc")
 	if err != nil {
 		return kmp.InputErrorf(t.Dir, "its host tools are built for another machine and this host has no gcc to rebuild them with")
