@@ -54,6 +54,10 @@ PACKAGES=(
   # CONFIG_CC_VERSION_TEXT), so kmpack builds their modules with aarch64-linux-gnu-gcc-12, and
   # strips them with aarch64-linux-gnu-strip (binutils).
   gcc-12-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # RHEL/SUSE devel trees of another architecture have their host tools rebuilt from the tree's
+  # scripts/ sources: genksyms' (and kconfig's, dtc's) parsers are generated with flex and bison
+  # since 6.x ships no *_shipped files; sign-file links libcrypto.
+  flex bison libssl-dev
   # The end-to-end suite boots Debian's arm64 kernel too (qemu-system-aarch64, TCG).
   qemu-system-arm
 )

@@ -75,4 +75,29 @@ if ((${#missing[@]})); then
   apt-get download "${missing[@]}" >&2 || { apt-get update -qq >&2 && apt-get download "${missing[@]}" >&2; }
 fi
 # An interrupted download leaves a *.deb only after it completed (apt renames at the end), so what is here is whole.
+
+# For RHEL/SUSE-style aarch64 devel trees (kmp/build's TestCrossBuildRPMArm64RebuildsHostTools): the
+# sources of the host tools at the arm64 headers' exact upstream version (linux-source-6.1 6.1.187-1,
+# the version of linux-headers-6.1.0-53-*), and host tools really built for AArch64 (the arm64
+# linux-kbuild-6.1). Kept apart from debs/, whose newest-by-name file per package the tests take.
+mkdir -p "$cache/foreign"
+cd "$cache/foreign"
+fmissing=()
+compgen -G "linux-source-6.1_6.1.187-1_all.deb" >/dev/null || fmissing+=(linux-source-6.1=6.1.187-1)
+compgen -G "linux-kbuild-6.1_*_arm64.deb" >/dev/null || fmissing+=(linux-kbuild-6.1:arm64)
+if ((${#fmissing[@]})); then
+  echo "testdata: downloading ${fmissing[*]}" >&2
+  apt-get download "${fmissing[@]}" >&2 || { apt-get update -qq >&2 && apt-get download "${fmissing[@]}" >&2; }
+fi
+# Only what kernel-devel packages carry of the source tree for building host programs: scripts/, the
+# tools/include headers (sorttable) and SELinux's class map (RHEL 9 ships both "for make scripts").
+src="$cache/unpacked/linux-source-6.1.187"
+if [[ ! -e $src/.complete ]]; then
+  echo "testdata: extracting scripts/ from linux-source-6.1 6.1.187" >&2
+  rm -rf "$src.tmp" && mkdir -p "$src.tmp"
+  dpkg-deb --fsys-tarfile linux-source-6.1_6.1.187-1_all.deb | tar -xO ./usr/src/linux-source-6.1.tar.xz |
+    tar -xJ -C "$src.tmp" --strip-components=1 linux-source-6.1/scripts linux-source-6.1/tools/include linux-source-6.1/security/selinux/include
+  touch "$src.tmp/.complete"
+  rm -rf "$src" && mv "$src.tmp" "$src"
+fi
 echo "$cache"

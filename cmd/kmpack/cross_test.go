@@ -154,3 +154,50 @@ func TestCrossArm64FromRepo(t *testing.T) {
 		t.Errorf("acpi_call.ko: %q %v", f, err)
 	}
 }
+
+// An aarch64 RHEL-style kernel-devel RPM (staged from real parts, testenv.StageRHELDevelArm64)
+// given to kmpack as a package file: kernels says its tools are AArch64 and will be rebuilt,
+// build rebuilds them into the cache and writes an aarch64 kmod RPM whose module is AArch64;
+// the same tree without the tools' sources is refused (exit 3) naming fixdep, nothing written.
+func TestCrossArm64RHELDevelRPM(t *testing.T) {
+	testenv.Need(t, "rpm", "rpmbuild", "rpm2cpio", "cpio", "file", "flex", "bison", "aarch64-linux-gnu-gcc-12")
+	cache := t.TempDir()
+	stage, _ := testenv.StageRHELDevelArm64(t, true)
+	rpmFile := testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-devel", Version: "6.1.187", Arch: "aarch64", Stage: stage}, t.TempDir())
+	out, errOut, code := kmpackIn(t, cache, "kernels", "--arch", "aarch64", rpmFile)
+	if code != 0 || !strings.Contains(out, "6.1.0-53-arm64  (rhel layout, flavor default, aarch64)") ||
+		!strings.Contains(out, "host tool scripts/basic/fixdep is built for AArch64, which this x86_64 machine cannot run: kmpack build rebuilds them for this machine from the tree's scripts/ sources, once (cached)") {
+		t.Fatalf("kernels: exit %d\n%s%s", code, out, errOut)
+	}
+	o := filepath.Join(t.TempDir(), "out")
+	out, errOut, code = kmpackIn(t, cache, "build", "-q", "-p", "rhel", "-o", o, "--kernel", rpmFile, testenv.ExampleSource(t, true))
+	if code != 0 {
+		t.Fatalf("build: exit %d\n%s%s", code, out, errOut)
+	}
+	m, _ := filepath.Glob(filepath.Join(o, "packages/kmod-*.rpm"))
+	if len(m) != 1 {
+		t.Fatalf("packages: %v", m)
+	}
+	if a, err := exec.Command("rpm", "-qp", "--qf", "%{ARCH}", m[0]).Output(); err != nil || string(a) != "aarch64" {
+		t.Errorf("%s: ARCH %q %v", m[0], a, err)
+	}
+	x := exec.Command("bash", "-c", "rpm2cpio "+m[0]+" | cpio -idm --quiet && file -b $(find . -name '*.ko*')")
+	x.Dir = t.TempDir()
+	if b, err := x.CombinedOutput(); err != nil || !strings.Contains(string(b), "ARM aarch64") {
+		t.Errorf("the module in %s: %v %s", m[0], err, b)
+	}
+	if h, _ := filepath.Glob(filepath.Join(cache, "hosttools", "*", "tree")); len(h) != 1 {
+		t.Errorf("hosttools cache: %v", h)
+	}
+
+	bare, _ := testenv.StageRHELDevelArm64(t, false)
+	bareRPM := testenv.BuildRPM(t, testenv.RPMSpec{Name: "kernel-devel", Version: "6.1.187", Release: "2", Arch: "aarch64", Stage: bare}, t.TempDir())
+	o = filepath.Join(t.TempDir(), "out")
+	out, errOut, code = kmpackIn(t, cache, "build", "-q", "-p", "rhel", "-o", o, "--kernel", bareRPM, testenv.ExampleSource(t, true))
+	if code != 3 || !strings.Contains(errOut, "/usr/src/kernels/6.1.0-53-arm64: host tool scripts/basic/fixdep is built for AArch64, which this x86_64 machine cannot run") {
+		t.Errorf("a tree without tool sources: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Lstat(o); !os.IsNotExist(err) {
+		t.Errorf("the refused build left %s", o)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -58,4 +59,122 @@ func StageRHELDevelAs(t *testing.T, release string) string {
 	os.MkdirAll(filepath.Join(stage, "lib/modules", release), 0o755)
 	os.Symlink("/usr/src/kernels/"+release, filepath.Join(stage, "lib/modules", release, "build"))
 	return stage
+}
+
+// LinuxSourceScripts is the directory scripts/testdata.sh extracts from Debian's
+// linux-source-6.1 at 6.1.187-1, the upstream version of the arm64 6.1.0-53 headers: the
+// source tree's scripts/ (the host tools' sources and make rules), tools/include and
+// security/selinux/include, what RHEL's kernel-devel carries of them.
+func LinuxSourceScripts(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(CacheDir(), "unpacked/linux-source-6.1.187")
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err != nil {
+		t.Fatalf("%s is not there: run scripts/testdata.sh", dir)
+	}
+	return dir
+}
+
+// Arm64KbuildDeb is the arm64 linux-kbuild-6.1 that scripts/testdata.sh downloads (apart from
+// debs/): its scripts/ holds host tools really built for AArch64.
+func Arm64KbuildDeb(t testing.TB) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(CacheDir(), "foreign/linux-kbuild-6.1_*_arm64.deb"))
+	if len(m) == 0 {
+		t.Fatalf("the arm64 linux-kbuild-6.1 is not in %s/foreign: run scripts/testdata.sh", CacheDir())
+	}
+	return m[len(m)-1]
+}
+
+// StageRHELDevelArm64 lays out ReleaseArm64's tree as an aarch64 RHEL kernel-devel would hold
+// it in /usr/src/kernels/<release>, from real parts (no RHEL repository is reachable here):
+// the -common half and the arm64 flavor's .config, Module.symvers, include/ and arch/ merged
+// into one tree (as StageRHELDevel does), and a scripts/ directory as RHEL's kernel.spec
+// makes it ("cp -a scripts" after the build: sources and make rules with the programs built
+// beside them), here the 6.1.187 sources (LinuxSourceScripts) with the AArch64 programs of
+// the arm64 linux-kbuild-6.1 over them, plus tools/include and security/selinux/include.
+// Without sources, scripts/ is the arm64 kbuild's alone: programs, no .c file.
+// It returns the staging root (holding usr/ and lib/) and the tree in it.
+func StageRHELDevelArm64(t testing.TB, withSources bool) (stage, tree string) {
+	t.Helper()
+	arm := Arm64Tree(t)
+	root := filepath.Dir(filepath.Dir(filepath.Dir(arm.Dir))) // .../root of usr/src/linux-headers-*
+	common := filepath.Join(root, "usr/src/linux-headers-"+strings.TrimSuffix(ReleaseArm64, "-arm64")+"-common")
+	stage = t.TempDir()
+	tree = filepath.Join(stage, "usr/src/kernels", ReleaseArm64)
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	run("cp", "-r", filepath.Join(common, "Makefile"), filepath.Join(common, "arch"), filepath.Join(common, "include"), tree)
+	for _, f := range []string{".config", "Module.symvers", "include", "arch"} {
+		run("cp", "-rL", filepath.Join(arm.Dir, f), tree)
+	}
+	kb := t.TempDir()
+	run("dpkg-deb", "-x", Arm64KbuildDeb(t), kb)
+	if withSources {
+		src := LinuxSourceScripts(t)
+		run("cp", "-a", filepath.Join(src, "scripts"), tree)
+		run("mkdir", "-p", filepath.Join(tree, "tools"), filepath.Join(tree, "security/selinux"))
+		run("cp", "-a", filepath.Join(src, "tools/include"), filepath.Join(tree, "tools"))
+		run("cp", "-a", filepath.Join(src, "security/selinux/include"), filepath.Join(tree, "security/selinux"))
+	} else {
+		run("mkdir", "-p", filepath.Join(tree, "scripts"))
+	}
+	run("cp", "-a", filepath.Join(kb, "usr/lib/linux-kbuild-6.1/scripts")+"/.", filepath.Join(tree, "scripts"))
+	os.MkdirAll(filepath.Join(stage, "lib/modules", ReleaseArm64), 0o755)
+	os.Symlink("/usr/src/kernels/"+ReleaseArm64, filepath.Join(stage, "lib/modules", ReleaseArm64, "build"))
+	return stage, tree
+}
+
+// StageSUSEDevelArm64 lays out ReleaseArm64's tree as SUSE's two devel packages do for an
+// aarch64 kernel, from the same real parts as StageRHELDevelArm64: the noarch kernel-devel's
+// source tree /usr/src/linux-<ver> (Makefiles and headers, Debian's -common here, and the
+// source tree's scripts/ with the tools' .c sources, as rpm/group-source-files.pl files every
+// scripts/ file as devel) and kernel-default-devel's /usr/src/linux-<ver>-obj/aarch64/default
+// (the flavor's .config, Module.symvers, generated include/ and arch/, its scripts/ holding
+// only the built programs, AArch64 ones from the arm64 kbuild here, and the one-line Makefile
+// that includes the source tree's). It returns the two staging roots.
+func StageSUSEDevelArm64(t testing.TB) (develStage, flavorStage string) {
+	t.Helper()
+	const ver = "6.1.0-53"
+	arm := Arm64Tree(t)
+	root := filepath.Dir(filepath.Dir(filepath.Dir(arm.Dir)))
+	common := filepath.Join(root, "usr/src/linux-headers-"+ver+"-common")
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	develStage, flavorStage = t.TempDir(), t.TempDir()
+	src := filepath.Join(develStage, "usr/src/linux-"+ver)
+	run("mkdir", "-p", filepath.Join(src, "tools"))
+	run("cp", "-r", filepath.Join(common, "Makefile"), filepath.Join(common, "arch"), filepath.Join(common, "include"), src)
+	ls := LinuxSourceScripts(t)
+	run("cp", "-a", filepath.Join(ls, "scripts"), src)
+	run("cp", "-a", filepath.Join(ls, "tools/include"), filepath.Join(src, "tools"))
+	os.Symlink("linux-"+ver, filepath.Join(develStage, "usr/src/linux"))
+
+	obj := filepath.Join(flavorStage, "usr/src/linux-"+ver+"-obj/aarch64/default")
+	run("mkdir", "-p", filepath.Join(obj, "scripts"))
+	for _, f := range []string{".config", "Module.symvers", "include", "arch"} {
+		run("cp", "-rL", filepath.Join(arm.Dir, f), obj)
+	}
+	kb := t.TempDir()
+	run("dpkg-deb", "-x", Arm64KbuildDeb(t), kb)
+	run("cp", "-a", filepath.Join(kb, "usr/lib/linux-kbuild-6.1/scripts")+"/.", filepath.Join(obj, "scripts"))
+	if err := os.WriteFile(filepath.Join(obj, "Makefile"), []byte("# Automatically generated by scripts/mkmakefile: don't edit\ninclude ../../../linux-"+ver+"/Makefile\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("/usr/src/linux-"+ver, filepath.Join(obj, "source"))
+	os.MkdirAll(filepath.Join(flavorStage, "usr/src/linux-obj/aarch64"), 0o755)
+	os.Symlink("../../linux-"+ver+"-obj/aarch64/default", filepath.Join(flavorStage, "usr/src/linux-obj/aarch64/default"))
+	os.MkdirAll(filepath.Join(flavorStage, "lib/modules", ReleaseArm64), 0o755)
+	os.Symlink("/usr/src/linux-"+ver+"-obj/aarch64/default", filepath.Join(flavorStage, "lib/modules", ReleaseArm64, "build"))
+	return develStage, flavorStage
 }

@@ -40,8 +40,12 @@ func prepareSource(ctx context.Context, src *source.Source, trees []*kernel.Kern
 		seen[t.Release] = true
 		// make would run the tree's fixdep and modpost: one built for another machine must not
 		// get that far (with binfmt_misc it might even run, emulated). A plan says so too.
+		// A RHEL/SUSE devel tree of another architecture has its tools' sources: they are
+		// rebuilt for this host, in a cached copy of the tree that t then names.
 		if err := kernel.CheckHostTools(t); err != nil {
-			return nil, err
+			if err := prepareHostTools(ctx, t, opts, err); err != nil {
+				return nil, err
+			}
 		}
 		// Describing a tree runs nothing; building runs its (checked, PATH-found) compiler anyway.
 		ProbeCompiler(&t.Compiler)

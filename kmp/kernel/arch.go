@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 
@@ -152,29 +153,73 @@ func CheckHostTools(t *KernelTree) error {
 			if err != nil || fi.Mode()&0o111 == 0 {
 				return nil
 			}
-			m, little, ok, err := elfProgramMachine(root, p)
-			if err != nil || !ok {
-				return nil
-			}
-			got, known := elfMachines[m]
-			if m == 21 && little { // EM_PPC64 is both: the byte order tells ppc64le
-				got.machine = "ppc64le"
-			}
-			if !known || got.machine != host && !(host == "x86_64" && got.machine == "i386") {
-				name := fmt.Sprintf("ELF machine %d", m)
-				if known {
-					name = got.name
-				}
-				return fmt.Errorf("host tool %s is built for %s, which this %s machine cannot run%s", filepath.Join(d, p), name, host, hostToolsHint(t))
+			name, foreign := foreignProgram(root, p, host)
+			if foreign {
+				return &ForeignToolError{fmt.Sprintf("host tool %s is built for %s, which this %s machine cannot run%s", filepath.Join(d, p), name, host, hostToolsHint(t))}
 			}
 			return nil
 		})
 		root.Close()
 		if err != nil {
-			return kmp.InputErrorf(t.Dir, "%v", err)
+			return kmp.InputErrorf(t.Dir, "%w", err)
 		}
 	}
 	return nil
+}
+
+// ForeignToolError is CheckHostTools' error for a host tool built for another machine (as
+// opposed to a tree without tools): a tree that has the tools' sources can have them rebuilt.
+type ForeignToolError struct{ msg string }
+
+func (e *ForeignToolError) Error() string { return e.msg }
+
+// foreignProgram tells whether rel under root is an ELF program this host cannot run, and
+// names its machine as file(1) does.
+func foreignProgram(root *os.Root, rel, host string) (name string, foreign bool) {
+	m, little, ok, err := elfProgramMachine(root, rel)
+	if err != nil || !ok {
+		return "", false
+	}
+	got, known := elfMachines[m]
+	if m == 21 && little { // EM_PPC64 is both: the byte order tells ppc64le
+		got.machine = "ppc64le"
+	}
+	if known && (got.machine == host || host == "x86_64" && got.machine == "i386") {
+		return "", false
+	}
+	if !known {
+		return fmt.Sprintf("ELF machine %d", m), true
+	}
+	return got.name, true
+}
+
+// ForeignPrograms lists the ELF programs under dir/sub (a real directory, walked through an
+// os.Root without following links) that this host cannot run, as paths relative to dir.
+func ForeignPrograms(dir, sub string) ([]string, error) {
+	root, err := os.OpenRoot(filepath.Join(dir, sub))
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	host := HostMachine()
+	var out []string
+	files := 0
+	err = fs.WalkDir(root.FS(), ".", func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if files++; files > maxHostToolFiles {
+			return fmt.Errorf("more than %d files in %s", maxHostToolFiles, sub)
+		}
+		if !e.Type().IsRegular() {
+			return nil
+		}
+		if _, foreign := foreignProgram(root, p, host); foreign {
+			out = append(out, filepath.Join(sub, p))
+		}
+		return nil
+	})
+	return out, err
 }
 
 // hostToolsHint says how to get host tools that run here. Debian's linux-kbuild-<series> is
@@ -319,4 +364,40 @@ func GoArch(machine string) string {
 		return "loong64"
 	}
 	return machine // arm, ppc64le, ppc64, s390x, riscv64
+}
+
+// IncludeRE is the one line of a SUSE -obj tree's generated Makefile (scripts/mkmakefile):
+// "include /usr/src/linux-<ver>/Makefile", or relative, "include ../../../linux-<ver>/Makefile".
+var IncludeRE = regexp.MustCompile(`(?m)^(\s*-?include\s+)(\S+)/Makefile\s*$`)
+
+// ToolSources is the directory holding the sources of the tree's host programs: the tree
+// itself (RHEL's kernel-devel, a build tree), or the source tree its Makefile includes (SUSE's
+// -obj tree: "include /usr/src/linux-<ver>/Makefile"). "" when there is none.
+func ToolSources(dir string) string {
+	has := func(d string) bool {
+		fi, err := os.Stat(filepath.Join(d, "scripts/basic/fixdep.c"))
+		return err == nil && fi.Mode().IsRegular()
+	}
+	if has(dir) {
+		return dir
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return ""
+	}
+	defer root.Close()
+	b, _, err := kmp.ReadRootFile(root, "Makefile", maxSmallFile*16)
+	if err != nil {
+		return ""
+	}
+	if m := IncludeRE.FindSubmatch(b); m != nil {
+		src := string(m[2])
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(dir, src)
+		}
+		if src, err = filepath.EvalSymlinks(src); err == nil && has(src) {
+			return src
+		}
+	}
+	return ""
 }

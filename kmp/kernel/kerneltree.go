@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -156,7 +157,12 @@ func openKernelTree(dir string, keepSymvers bool) (*KernelTree, error) {
 		t.Warnings = append(t.Warnings, fmt.Sprintf("the kernel was built with %q, which is not on this host", t.Compiler.VersionText))
 	}
 	if err := CheckHostTools(t); err != nil {
-		t.Warnings = append(t.Warnings, strings.TrimPrefix(err.Error(), t.Dir+": "))
+		w := strings.TrimPrefix(err.Error(), t.Dir+": ")
+		var fe *ForeignToolError
+		if errors.As(err, &fe) && ToolSources(t.Dir) != "" {
+			w += ": kmpack build rebuilds them for this machine from the tree's scripts/ sources, once (cached)"
+		}
+		t.Warnings = append(t.Warnings, w)
 	}
 	sv := filepath.Join(real, "Module.symvers")
 	if _, err := root.Lstat("Module.symvers"); err == nil {
