@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path"
 	"strings"
@@ -139,7 +140,11 @@ func modprobe(ctx context.Context, names []string) error {
 	defer klog.close()
 	ctx, cancel := context.WithTimeout(ctx, DefaultModprobeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "modprobe", append([]string{"-a", "--"}, names...)...)
+	bin, err := modprobePath()
+	if err != nil {
+		return fmt.Errorf("%w (%s): %v", ErrRefused, strings.Join(names, " "), err)
+	}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-a", "--"}, names...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
@@ -152,6 +157,19 @@ func modprobe(ctx context.Context, names []string) error {
 		kernelSays = "; kernel: " + strings.Join(lines, "; ")
 	}
 	return fmt.Errorf("%w (%s): modprobe: %v: %s%s", ErrRefused, strings.Join(names, " "), err, kmp.OneLine(strings.TrimSpace(string(out))), kernelSays)
+}
+
+// modprobePaths are where systems keep modprobe (kmod's, or busybox's in an initramfs): kmpack
+// runs as root, so it takes the system's own from a fixed place, never from $PATH.
+var modprobePaths = []string{"/usr/sbin/modprobe", "/sbin/modprobe", "/usr/bin/modprobe", "/bin/modprobe"}
+
+func modprobePath() (string, error) {
+	for _, p := range modprobePaths {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no modprobe in %s", strings.Join(modprobePaths, ", "))
 }
 
 // kernelLog reads the kernel log's records from where it was opened, without waiting. The
