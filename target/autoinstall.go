@@ -880,21 +880,29 @@ func (o *Options) reindex(r *os.Root, eng *weakupdates.Engine, k string) error {
 }
 
 func pendingDepmods(r *os.Root) []string {
-	d, err := r.Open(depmodPendingDir)
+	return pendingMarks(r, depmodPendingDir, func(k string) bool {
+		_, err := r.Stat("lib/modules/" + k + "/kernel")
+		return err == nil
+	})
+}
+
+// pendingMarks lists, sorted, the kernels marked in dir (one file per release, as the
+// depmod- and initramfs-pending marks are) that still need their work (need); a mark naming no
+// valid release, or a kernel that no longer needs it (gone since, or not ours), is removed.
+func pendingMarks(r *os.Root, dir string, need func(k string) bool) []string {
+	d, err := r.Open(dir)
 	if err != nil {
 		return nil
 	}
-	names, _ := d.Readdirnames(-1)
+	names, _ := d.Readdirnames(maxStateKernels)
 	d.Close()
 	var out []string
 	for _, n := range names {
-		if ident.KernelRelease(n) == nil {
-			if _, err := r.Stat("lib/modules/" + n + "/kernel"); err == nil {
-				out = append(out, n)
-				continue
-			}
+		if ident.KernelRelease(n) == nil && need(n) {
+			out = append(out, n)
+			continue
 		}
-		r.Remove(depmodPendingDir + "/" + n) // a kernel gone since, or not ours
+		r.Remove(dir + "/" + n)
 	}
 	sort.Strings(out)
 	return out

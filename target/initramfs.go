@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
-	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/proc"
 	"github.com/kmpack/kmpack/weakupdates"
@@ -275,31 +274,18 @@ func (o *Options) regenerate(ctx context.Context, r *os.Root, k, img, why string
 
 // pendingInitramfs regenerates the images a killed run or a failed tool left marked.
 func (o *Options) pendingInitramfs(ctx context.Context, r *os.Root) {
-	d, err := r.Open(initramfsPendingDir)
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(maxStateKernels)
-	d.Close()
-	slices.Sort(names)
-	for _, k := range names {
-		if ident.KernelRelease(k) != nil {
-			r.Remove(initramfsPendingDir + "/" + k)
-			continue
-		}
-		done := true
+	images := map[string]string{}
+	// A mark whose kernel and image are gone, or that this run cannot act on, goes.
+	for _, k := range pendingMarks(r, initramfsPendingDir, func(k string) bool {
 		for _, img := range initramfsImages(k) {
 			if _, err := r.Stat(img); err == nil {
-				if cmd := initramfsCommand(img, k); cmd != nil && o.root() == "/" {
-					o.regenerate(ctx, r, k, img, "an earlier run could not", cmd)
-					done = false
-				}
-				break
+				images[k] = img
+				return initramfsCommand(img, k) != nil && o.root() == "/"
 			}
 		}
-		if done {
-			r.Remove(initramfsPendingDir + "/" + k) // its kernel and image are gone
-		}
+		return false
+	}) {
+		o.regenerate(ctx, r, k, images[k], "an earlier run could not", initramfsCommand(images[k], k))
 	}
 }
 

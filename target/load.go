@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"strings"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 	"github.com/kmpack/kmpack/kmp"
 	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/module"
+	"github.com/kmpack/kmpack/kmp/proc"
 )
 
 // LoadOptions describe kmpack load (izmod's load).
@@ -144,10 +144,7 @@ func modprobe(ctx context.Context, names []string) error {
 	if err != nil {
 		return fmt.Errorf("%w (%s): %v", ErrRefused, strings.Join(names, " "), err)
 	}
-	cmd := exec.CommandContext(ctx, bin, append([]string{"-a", "--"}, names...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
+	cmd := proc.Command(ctx, bin, append([]string{"-a", "--"}, names...)...)
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		return nil
