@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmpack/kmpack/formats/names"
 	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
 )
@@ -18,7 +19,7 @@ func KernelProvides(release string, sv *module.Symvers, profile string) ([]Relat
 	out := []Relation{RelEq("kernel-uname-r", release)}
 	switch profile {
 	case "suse":
-		_, flavor, err := suseKernel(release)
+		_, flavor, err := names.SUSEKernel(release)
 		if err != nil {
 			return nil, err
 		}
@@ -48,7 +49,7 @@ func KernelSymbolsPackage(t *kernel.KernelTree, sv *module.Symvers, profile stri
 	rel := strings.TrimSuffix(t.Release, "."+t.Arch)
 	name := "kernel-ksyms"
 	if profile == "suse" {
-		kver, flavor, _ := suseKernel(t.Release)
+		kver, flavor, _ := names.SUSEKernel(t.Release)
 		rel, name = kver, "kernel-"+flavor+"-ksyms"
 	}
 	version, release, _ := strings.Cut(rel, "-")

@@ -3,6 +3,8 @@ package formats
 import (
 	"fmt"
 	"strings"
+
+	"github.com/kmpack/kmpack/formats/names"
 )
 
 // rhelProfile writes kmod packages the way Red Hat's kmodtool (kernel-srpm-macros) and the
@@ -28,10 +30,10 @@ func (rhelProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 	}
 	// kmodtool builds for one kernel; kmpack may build for several, so the release carries the
 	// kernel (as vendors' multi-kernel kmods do) and every kernel's package has its own NEVRA.
-	ktag := strings.ReplaceAll(strings.TrimSuffix(k.Release, "."+k.Arch), "-", "_")
+	ktag := names.RHELKernelTag(k.Release, k.Arch)
 	p := &Package{
 		Profile: "rhel", Kernel: k.Release,
-		Name: "kmod-" + md.Name, Version: packageVersion("rpm", md.Version), Release: md.Release + "." + ktag, Arch: k.Arch,
+		Name: names.RHEL(md.Name), Version: packageVersion("rpm", md.Version), Release: md.Release + "." + ktag, Arch: k.Arch,
 		Summary: md.Summary, Description: md.Description, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Group: "System Environment/Kernel",
 		Files: files,

@@ -2,7 +2,8 @@ package formats
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/kmpack/kmpack/formats/names"
 )
 
 // suseProfile writes KMPs the way kernel-source's rpm/kernel-module-subpackage and
@@ -12,16 +13,6 @@ type suseProfile struct{}
 func (suseProfile) Name() string   { return "suse" }
 func (suseProfile) Format() string { return "rpm" }
 
-// suseKernel splits a release the way SUSE's tools do (weak-modules2, find-provides.ksyms):
-// the flavor is the last dash component, the kernel version what precedes it.
-func suseKernel(krel string) (kver, flavor string, err error) {
-	i := strings.LastIndex(krel, "-")
-	if i <= 0 || i == len(krel)-1 {
-		return "", "", fmt.Errorf("kernel release %q has no -<flavor> suffix, and SUSE KMPs are made per flavor", krel)
-	}
-	return krel[:i], krel[i+1:], nil
-}
-
 func suseModuleRoot(opts Options) (string, string) {
 	if opts.UsrMerge {
 		return "/usr/lib/modules", "1"
@@ -30,12 +21,13 @@ func suseModuleRoot(opts Options) (string, string) {
 }
 
 func (suseProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, error) {
-	kver, flavor, err := suseKernel(k.Release)
+	kver, flavor, err := names.SUSEKernel(k.Release)
 	if err != nil {
 		return nil, err
 	}
 	md := in.Meta
-	kverTag := "k" + strings.ReplaceAll(kver, "-", "_")
+	name, _ := names.SUSE(md.Name, k.Release)
+	kverTag, _ := names.SUSEKernelTag(k.Release)
 	root, usrmerged := suseModuleRoot(opts)
 	kdir := root + "/" + k.Release
 	files, err := moduleFiles(k, kdir+"/updates")
@@ -44,7 +36,7 @@ func (suseProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 	}
 	p := &Package{
 		Profile: "suse", Kernel: k.Release,
-		Name: md.Name + "-kmp-" + flavor, Version: packageVersion("rpm", md.Version) + "_" + kverTag, Release: md.Release, Arch: k.Arch,
+		Name: name, Version: packageVersion("rpm", md.Version) + "_" + kverTag, Release: md.Release, Arch: k.Arch,
 		Summary: md.Summary, Description: md.Description, License: md.License,
 		Vendor: md.Vendor, Maintainer: md.Maintainer, URL: md.URL, Group: "System/Kernel",
 		Files: files,

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,29 @@ type AutoinstallOptions struct {
 	RepoTimeout time.Duration
 
 	pm repoManager // step 3's package manager, nil when none is used
+	// inTx says, once looked at (txKnown), whether this run is inside the package manager's
+	// transaction; txHolder is the ancestor holding its lock (0: unknown).
+	inTx, txKnown bool
+	txHolder      int
+	// AfterPID makes autoinstall wait, before anything else, until process AfterPID has
+	// ended (at most RepoTimeout): the run a deferred step 3 starts waits for the package
+	// manager's transaction that deferred it.
+	AfterPID int
+	// Defer starts, detached, a run of autoinstall for kernels that waits (AfterPID) for
+	// process pid, the package manager whose transaction this run is inside: step 3 found
+	// packages it could not install meanwhile, and no package manager hook will run kmpack
+	// afterwards (dnf, zypper). The CLI sets it (it knows how to run itself); nil: the boot
+	// unit or the next run installs them.
+	Defer func(pid int, kernels []string) error
+}
+
+// inTransactionOnce is inTransaction, looked at once per run.
+func (o *AutoinstallOptions) inTransactionOnce(r *os.Root) bool {
+	if !o.txKnown {
+		o.txKnown = true
+		o.inTx, o.txHolder = o.inTransaction(r, o.pm.locks())
+	}
+	return o.inTx
 }
 
 // DefaultBuildTimeout bounds one local build: a kernel hook must end.
@@ -139,6 +163,9 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 			defer o.pm.close()
 		}
 	}
+	if o.AfterPID > 0 {
+		waitForExit(ctx, o.AfterPID, o.repoTimeout())
+	}
 	var st *State
 	var wants []repoWant
 	var n counts
@@ -167,6 +194,13 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 			return err
 		})
 	}
+	if err == nil && n.pending > 0 && o.pm != nil && o.pm.deferSelf() && o.txHolder > 0 && o.AfterPID == 0 && o.Defer != nil {
+		if derr := o.Defer(o.txHolder, o.Kernels); derr != nil {
+			o.warnf("could not start the run that installs the packages after the transaction: %v (the boot unit, or kmpack autoinstall by hand, does)", derr)
+		} else {
+			o.logf("a kmpack autoinstall waits for process %d (%s's transaction) to end, then installs the packages", o.txHolder, o.pm.name())
+		}
+	}
 	switch {
 	case err != nil:
 	case n.failed > 0 && n.pending > 0:
@@ -177,6 +211,26 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 		err = fmt.Errorf("%w: %d waiting for the package manager to finish (kmpack status says why)", ErrFailures, n.pending)
 	}
 	return st, err
+}
+
+// waitForExit waits until process pid has ended (or is a zombie), at most bound.
+func waitForExit(ctx context.Context, pid int, bound time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X') {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // counts are a pass's rows that are not available: failed, or waiting for a repository
@@ -237,6 +291,7 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 		return st, nil, counts{}, err
 	}
 	sources := newestSources(readSources(r, &o.Options))
+	kmps = o.rpmRegistrations(ctx, r, kmps, sources)
 	var n counts
 	var wants []repoWant
 	for _, k := range kernels {
@@ -489,9 +544,9 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 			repo.RepoReason = fmt.Sprintf("%s %s was installed from the repositories but registered no build for %s", out.pkg, out.version, k)
 		}
 	case o.pm != nil:
-		if pkg := repoPackageFor(kmps, rw.name, k); pkg != "" {
+		if pkg := o.pm.packageFor(kmps, rw.name, k); pkg != "" {
 			qctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
-			v, err := o.pm.candidate(qctx, pkg)
+			v, err := o.pm.candidate(qctx, pkg, k)
 			cancel()
 			repo.RepoPackage, repo.RepoVersion = pkg, v
 			switch {
@@ -499,11 +554,16 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 				repo.RepoReason = kmp.OneLine(err.Error())
 			case v == "":
 				repo.RepoReason = "no package " + pkg + " in the configured repositories (" + o.pm.name() + ")"
-			case o.inTransaction(r):
-				// dpkg runs this (a kernel hook): its lock is held until it finishes. Not built
-				// either: the package serves a moment later; the state says what waits.
-				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager runs this (a kernel hook or maintainer script inside dpkg); "+
-					"kmpack autoinstall installs it once dpkg has finished (apt's DPkg::Post-Invoke, the boot unit, or by hand)", pkg, v)
+			case o.inTransactionOnce(r):
+				// The package manager runs this (a kernel hook): its lock is held until it
+				// finishes. Not built either: the package serves a moment later; the state says
+				// what waits.
+				then := "apt's DPkg::Post-Invoke, the boot unit, or by hand"
+				if o.pm.deferSelf() {
+					then = "a kmpack autoinstall started now waits for it; else the boot unit, or by hand"
+				}
+				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager runs this (a kernel hook or a package's script inside its transaction); "+
+					"kmpack autoinstall installs it once %s has finished (%s)", pkg, v, o.pm.name(), then)
 				if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
 					kept := *prev
 					kept.RepoPackage, kept.RepoVersion, kept.RepoPending, kept.RepoReason = pkg, v, true, ""

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -64,20 +63,21 @@ func InPackageTransaction() bool {
 	return os.Getenv("DPKG_MAINTSCRIPT_NAME") != ""
 }
 
-// inTransaction is InPackageTransaction, or the root's dpkg (or apt frontend) lock held by
-// one of this process's ancestors: a script that cleared the environment still runs inside
-// dpkg or apt, and an apt-get started now would wait for its own caller.
-func (o *Options) inTransaction(r *os.Root) bool {
+// inTransaction is InPackageTransaction, or one of the package manager's transaction locks
+// held by one of this process's ancestors (then its pid): a script that cleared the
+// environment, or a kernel hook an rpm scriptlet runs (rpm sets no variable), still runs
+// inside the transaction, and a package manager started now would wait for its own caller.
+func (o *Options) inTransaction(r *os.Root, locks []string) (bool, int) {
 	if InPackageTransaction() {
-		return true
+		return true, 0
 	}
-	for _, name := range []string{"var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"} {
+	for _, name := range locks {
 		if pid := fcntlLockHolder(r, name); pid > 0 && isAncestor(pid) {
 			o.logf("%s is held by process %d, which runs this one", o.display(name), pid)
-			return true
+			return true, pid
 		}
 	}
-	return false
+	return false, 0
 }
 
 // fcntlLockHolder is the process holding a POSIX record lock on name (dpkg's and apt's kind of
@@ -121,17 +121,29 @@ func isAncestor(pid int) bool {
 // repoManager is the system's package manager as step 3 drives it.
 type repoManager interface {
 	name() string
-	// candidate is the version the repositories offer for exactly pkg, "" when none.
-	candidate(ctx context.Context, pkg string) (string, error)
+	// packageFor is the name of module's package for kernel k, "" when none can be named.
+	packageFor(kmps []weakupdates.KMP, module, k string) string
+	// candidate is the version the repositories offer of pkg as the build for kernel k, ""
+	// when none.
+	candidate(ctx context.Context, pkg, k string) (string, error)
 	// install installs exactly pkg at version and checks that it is installed.
 	install(ctx context.Context, pkg, version string) error
+	// locks are the package database's locks (from the root) that the package manager holds
+	// for a whole transaction: held by an ancestor, this process runs inside one.
+	locks() []string
+	// deferSelf tells whether a deferred step 3 must be run by autoinstall itself once the
+	// transaction ended (no package manager hook does it).
+	deferSelf() bool
 	close()
 }
 
 // repoManagerFor is the package manager that manages the root, nil when none this kmpack
-// drives is (an rpm system, no apt on this machine) or no repository is configured.
+// drives is (no apt, dnf or zypper on this machine) or no repository is configured.
 func (o *Options) repoManagerFor(r *os.Root) (repoManager, error) {
 	if _, err := r.Stat("var/lib/dpkg/status"); err != nil {
+		if m := o.rpmManagerFor(r); m != nil {
+			return m, nil
+		}
 		return nil, nil
 	}
 	for _, p := range []string{aptGetPath, aptCachePath, dpkgQueryPath} {
@@ -281,25 +293,26 @@ func (a *aptManager) env() []string {
 	return env
 }
 
-// run runs a tool with a bounded time; the whole process group (apt's dpkg and maintainer
-// scripts) is killed when the time is up.
+// run runs a tool with a bounded time and output, its stdout and stderr together; the whole
+// process group (apt's dpkg and maintainer scripts) is killed when the time is up.
 func (a *aptManager) run(ctx context.Context, tool string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, tool, args...)
-	cmd.Env = a.env()
-	cmd.Stdin = nil
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%s timed out (%v)", filepath.Base(tool), ctx.Err())
-	}
-	return out.String(), err
+	out := &boundedBuffer{max: maxToolOutput}
+	err := runToolTo(ctx, a.env(), out, out, tool, args...)
+	return string(out.b), err
 }
 
-func (a *aptManager) candidate(ctx context.Context, pkg string) (string, error) {
+func (a *aptManager) packageFor(kmps []weakupdates.KMP, module, k string) string {
+	return repoPackageFor(kmps, module, k)
+}
+
+func (a *aptManager) locks() []string {
+	return []string{"var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"}
+}
+
+// deferSelf: the runtime package's DPkg::Post-Invoke snippet runs the deferred step 3.
+func (a *aptManager) deferSelf() bool { return false }
+
+func (a *aptManager) candidate(ctx context.Context, pkg, _ string) (string, error) {
 	out, err := a.run(ctx, aptCachePath, "policy", pkg)
 	if err != nil {
 		return "", fmt.Errorf("apt-cache policy %s: %v: %s", pkg, err, lastLines(out))

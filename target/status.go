@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -76,6 +77,9 @@ func Status(o Options) (*Report, error) {
 	}
 	st := readState(r, &o)
 	sources := newestSources(readSources(r, &o))
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultRepoTimeout)
+	defer cancel()
+	kmps = o.rpmRegistrations(ctx, r, kmps, sources)
 	key, err := findMachineKey(o, false)
 	if err != nil {
 		o.warnf("%v", err)
@@ -95,7 +99,7 @@ func Status(o Options) (*Report, error) {
 // build's, or autoinstall's.
 func servingFiles(row *StatusRow, kmps []weakupdates.KMP, st *State) []string {
 	switch row.State {
-	case StateBuiltForKernel, StateWeakLinked:
+	case StateBuiltForKernel, StateFromRepo, StateWeakLinked:
 		k := row.Kernel
 		if row.State == StateWeakLinked {
 			k = row.From

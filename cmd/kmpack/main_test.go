@@ -17,6 +17,9 @@ var bin string
 // TestMain builds the real binary: these tests run kmpack as users do and check output and
 // exit status.
 func TestMain(m *testing.M) {
+	if lock := os.Getenv("KMPACK_TEST_HOLD_LOCK"); lock != "" {
+		os.Exit(holdLock(lock, os.Args[1:]))
+	}
 	dir, err := os.MkdirTemp("", "kmpack-bin")
 	if err != nil {
 		panic(err)

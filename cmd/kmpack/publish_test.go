@@ -302,7 +302,9 @@ func symvers(t *testing.T, release string) map[string]string {
 func fakeKernelRPM(t *testing.T, release string, syms []string, out string, suse bool) string {
 	t.Helper()
 	crcs := symvers(t, release)
-	provides := []string{"/usr/sbin/depmod", "/usr/sbin/weak-modules", "/bin/sh", "coreutils", "grep", "suse-kernel-rpm-scriptlets"}
+	// system-release(releasever) is how dnf tells a root's release (a RHEL root has it from
+	// redhat-release).
+	provides := []string{"/usr/sbin/depmod", "/usr/sbin/weak-modules", "/bin/sh", "coreutils", "grep", "suse-kernel-rpm-scriptlets", "system-release(releasever) = 9"}
 	for _, s := range syms {
 		if crcs[s] == "" {
 			t.Fatalf("%s: no CRC for %s", release, s)

@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -153,6 +157,7 @@ them, their rows and their weak-updates links go.`,
 			&cli.BoolFlag{Name: "no-initramfs", Usage: "leave initramfs images alone (the kernel hooks pass it: the distribution's initramfs hook runs after them)"},
 			&cli.BoolFlag{Name: "no-repo", Usage: "do not install module packages from the configured repositories (step 3)"},
 			&cli.DurationFlag{Name: "repo-timeout", Value: target.DefaultRepoTimeout, Usage: "bound on one package manager run (a query, an install)"},
+			&cli.IntFlag{Name: "after-pid", Hidden: true, Usage: "first wait until this process has ended (the run a deferred step 3 starts)"},
 		},
 		Action: func(c *cli.Context) error {
 			kernels, err := kernelArgs(c)
@@ -167,7 +172,8 @@ them, their rows and their weak-updates links go.`,
 			} else {
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
 					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign"),
-					NoInitramfs: c.Bool("no-initramfs"), NoRepo: c.Bool("no-repo"), RepoTimeout: c.Duration("repo-timeout")})
+					NoInitramfs: c.Bool("no-initramfs"), NoRepo: c.Bool("no-repo"), RepoTimeout: c.Duration("repo-timeout"),
+					AfterPID: c.Int("after-pid"), Defer: deferAutoinstall(c)})
 			}
 			if err == nil {
 				return nil
@@ -181,6 +187,35 @@ them, their rows and their weak-updates links go.`,
 			}
 			return err
 		},
+	}
+}
+
+// deferAutoinstall starts this kmpack again, detached (its own session, no terminal, output
+// discarded: the state file records the outcome), as autoinstall --hook --after-pid PID for
+// the kernels: the package manager whose transaction deferred step 3 has ended by the time it
+// installs. It does what this run was asked to, initramfs included: the distribution's
+// initramfs hook has run by then.
+func deferAutoinstall(c *cli.Context) func(int, []string) error {
+	return func(pid int, kernels []string) error {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		args := []string{"autoinstall", "--hook", "--after-pid", strconv.Itoa(pid), "--repo-timeout", "1h", "--sign", c.String("sign"),
+			"--build-timeout", c.Duration("build-timeout").String()}
+		if root := c.String("root"); root != "" && root != "/" {
+			abs, err := filepath.Abs(root)
+			if err != nil {
+				return err
+			}
+			args = append(args, "--root", abs)
+		}
+		cmd := exec.Command(exe, append(args, kernels...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		return cmd.Process.Release()
 	}
 }
 

@@ -1,0 +1,96 @@
+package target
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kmpack/kmpack/kmp/kernel"
+)
+
+// The build for a kernel is told by the profile's tag in the release (rhel) or version (suse),
+// of this machine's architecture; the highest such version wins, in rpm's order.
+func TestRPMCandidateChoice(t *testing.T) {
+	arch := kernel.HostMachine()
+	k := "6.1.0-54-amd64"
+	dnf := &rpmManager{arch: map[string]string{}}
+	zyp := &rpmManager{zypper: true, arch: map[string]string{}}
+	pkg := func(v, r, a string) *rpmPackage { return &rpmPackage{name: "x", version: v, release: r, arch: a} }
+	for _, c := range []struct {
+		m    *rpmManager
+		p    *rpmPackage
+		want bool
+	}{
+		{dnf, pkg("1.0", "1.6.1.0_54_amd64", arch), true},
+		{dnf, pkg("1.0", "1.2.6.1.0_54_amd64", arch), true},
+		{dnf, pkg("1.0", "1.6.1.0_53_amd64", arch), false},
+		{dnf, pkg("1.0", "1.16.1.0_54_amd64", arch), false},
+		{dnf, pkg("1.0", "1.6.1.0_54_amd64", "noarch"), true},
+		{dnf, pkg("1.0", "1.6.1.0_54_amd64", "s390x"), arch == "s390x"},
+		{zyp, pkg("1.0_k6.1.0_54", "1", arch), true},
+		{zyp, pkg("1.0_k6.1.0_53", "1", arch), false},
+		{zyp, pkg("1.0_k16.1.0_54", "1", arch), false},
+		{zyp, pkg("1.0", "1.6.1.0_54_amd64", arch), false},
+	} {
+		if got := c.m.forKernel(c.p, k); got != c.want {
+			t.Errorf("%s %s-%s.%s for %s: %v, want %v", c.m.name(), c.p.name, c.p.version, c.p.release, k, got, c.want)
+		}
+	}
+	a, b := &rpmPackage{version: "1.10", release: "1"}, &rpmPackage{version: "1.9", release: "2"}
+	if compareEVR(a, b) <= 0 || compareEVR(b, a) >= 0 {
+		t.Errorf("1.10-1 must be above 1.9-2")
+	}
+	if e := (&rpmPackage{epoch: "1", version: "0.1", release: "1"}); compareEVR(e, a) <= 0 {
+		t.Errorf("an epoch must win")
+	}
+}
+
+// What dnf, zypper and rpm print is read strictly: another name, a field that is not a plain
+// word (it would reach a command line), a malformed edition are skipped.
+func TestRPMToolAnswers(t *testing.T) {
+	dnf := "x 0 1.0 1.6.1.0_54_amd64 x86_64\nx 0 1.0 1;rm x86_64\ny 0 1.0 1 x86_64\nx 2 1.1 1.6.1.0_54_amd64 x86_64\nx (none) 1.2 1 noarch\nx 0 1.0\n"
+	var got []string
+	for _, p := range dnfOffered(dnf, "x") {
+		got = append(got, p.nevra())
+	}
+	if want := []string{"x-1.0-1.6.1.0_54_amd64.x86_64", "x-2:1.1-1.6.1.0_54_amd64.x86_64", "x-1.2-1.noarch"}; !slices.Equal(got, want) {
+		t.Errorf("dnf: %v, want %v", got, want)
+	}
+	zyp := `<?xml version='1.0'?><stream><search-result version="0.0"><solvable-list>
+<solvable status="not-installed" name="x" kind="package" edition="1.0_k6.1.0_54-1" arch="x86_64" repository="r"/>
+<solvable status="not-installed" name="x" kind="srcpackage" edition="1.0-1" arch="src" repository="r"/>
+<solvable status="not-installed" name="x" kind="package" edition="3:2.0-1.1" arch="x86_64" repository="r"/>
+<solvable status="not-installed" name="x" kind="package" edition="1.0" arch="x86_64" repository="r"/>
+<solvable status="not-installed" name="x" kind="package" edition="1.0-$(id)" arch="x86_64" repository="r"/>
+<solvable status="not-installed" name="xy" kind="package" edition="1.0-1" arch="x86_64" repository="r"/>
+</solvable-list></search-result></stream>`
+	got = nil
+	for _, p := range zypperSolvables(zyp, "x") {
+		got = append(got, p.nevra())
+	}
+	if want := []string{"x-1.0_k6.1.0_54-1.x86_64", "x-3:2.0-1.1.x86_64"}; !slices.Equal(got, want) {
+		t.Errorf("zypper search: %v, want %v", got, want)
+	}
+	plan := `<stream><install-summary><to-install><solvable type="package" name="x" edition="1.0_k6.1.0_54-1" arch="x86_64"/></to-install>
+<to-upgrade><solvable type="package" name="x" edition="1.0_k6.1.0_54-1" arch="x86_64" edition-old="1.0_k6.1.0_53-1"/></to-upgrade>
+<to-remove><solvable type="package" name="y" edition="1-1" arch="noarch"/></to-remove></install-summary></stream>`
+	if ch := zypperChanges(plan); len(ch) != 2 || !strings.HasPrefix(ch[0], "upgrade x 1.0_k6.1.0_53-1") || !strings.HasPrefix(ch[1], "remove y") {
+		t.Errorf("zypper plan: %q", ch)
+	}
+	if ch := zypperChanges(`<stream><install-summary><to-install><solvable name="x" edition="1-1"/></to-install></install-summary></stream>`); len(ch) != 0 {
+		t.Errorf("a plan that only installs: %q", ch)
+	}
+	q := rpmQueryMark + "x 0 1.0 1.6.1.0_54_amd64 x86_64\n/lib/modules/6.1.0-54-amd64\n/lib/modules/6.1.0-54-amd64/extra/x/a.ko\n" +
+		"/lib/modules/6.1.0-54-amd64/extra/x/b.ko.xz\n/usr/lib/modules/6.1.0-53-amd64/updates/c.ko\n/lib/modules/6.1.0-54-amd64/kernel/d.ko\n" +
+		"/lib/modules/6.1.0-54-amd64/weak-updates/e.ko\n/lib/modules/../../etc/f.ko\n/lib/modules/6.1.0-54-amd64/extra/../../g.ko\n" +
+		"package y is not installed\n" + rpmQueryMark + "x 0 1.0 1;x x86_64\n/lib/modules/6.1.0-54-amd64/extra/h.ko\n"
+	ps := parseRPMQuery(q)
+	if len(ps) != 1 {
+		t.Fatalf("rpm -q: %+v", ps)
+	}
+	mods := rpmModules(ps[0].files)
+	if !slices.Equal(mods["6.1.0-54-amd64"], []string{"/lib/modules/6.1.0-54-amd64/extra/x/a.ko", "/lib/modules/6.1.0-54-amd64/extra/x/b.ko.xz"}) ||
+		!slices.Equal(mods["6.1.0-53-amd64"], []string{"/lib/modules/6.1.0-53-amd64/updates/c.ko"}) || len(mods) != 2 {
+		t.Errorf("modules by kernel: %v", mods)
+	}
+}
