@@ -463,6 +463,13 @@ func decide(r *os.Root, k string, kmps []weakupdates.KMP, plan *weakupdates.Plan
 			byName[n].rejected = plan.Rejected[n]
 		}
 	}
+	// Links the distribution's weak-modules made for the rpm profiles' builds (kmpack's engine
+	// does not make them: those packages do not register with it).
+	for n, kp := range distroWeakLinks(r, k, kmps) {
+		if rw := byName[n]; rw != nil && rw.own == nil && rw.linkFrom == "" {
+			rw.linkFrom, rw.linkPkg = kp.Kernel, kp.Package
+		}
+	}
 	for _, s := range sources {
 		s := s
 		get(s.Name).src = &s

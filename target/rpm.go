@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path"
@@ -273,6 +274,63 @@ func (d *rpmDB) registrations(ctx context.Context, modules, kernels []string) ([
 	}
 	return kmps, nil
 }
+
+// distroWeakLinks are, for kernel k, the rpm profiles' builds for other kernels that the
+// distribution's weak-modules (RHEL's weak-modules, SUSE's weak-modules2) linked into k's
+// weak-updates/: step 2, made by the distribution's tool rather than kmpack's engine. A build
+// counts when every one of its modules is the target of a symbolic link there; by module name.
+func distroWeakLinks(r *os.Root, k string, kmps []weakupdates.KMP) map[string]*weakupdates.KMP {
+	targets := map[string]*weakupdates.KMP{}
+	for i := range kmps {
+		if kp := &kmps[i]; kp.Format == weakupdates.FormatRPM && kp.Kernel != k {
+			for _, m := range kp.Modules {
+				targets[m] = kp
+			}
+		}
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	linked := map[*weakupdates.KMP]int{}
+	seen := 0
+	fs.WalkDir(r.FS(), "lib/modules/"+k+"/weak-updates", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if seen++; seen > maxWeakLinks {
+			return fs.SkipAll
+		}
+		if d.Type()&fs.ModeSymlink == 0 {
+			return nil
+		}
+		t, err := r.Readlink(p)
+		if err != nil {
+			return nil
+		}
+		if !path.IsAbs(t) {
+			t = path.Join("/", path.Dir(p), t)
+		}
+		t = path.Clean(t)
+		if rest, ok := strings.CutPrefix(t, "/usr/lib/modules/"); ok {
+			t = "/lib/modules/" + rest
+		}
+		if kp := targets[t]; kp != nil {
+			linked[kp]++
+			delete(targets, t) // two links to one module count once
+		}
+		return nil
+	})
+	out := map[string]*weakupdates.KMP{}
+	for kp, n := range linked {
+		if n == len(kp.Modules) && (out[kp.Name] == nil || kp.Kernel > out[kp.Name].Kernel) {
+			out[kp.Name] = kp
+		}
+	}
+	return out
+}
+
+// maxWeakLinks bounds the entries of one kernel's weak-updates/ looked at.
+const maxWeakLinks = 100000
 
 // rpmRegistrations adds, on an rpm system, step 1's builds of the rpm profiles' packages to
 // the engine's registrations. A database rpm cannot read is a warning: steps 2 to 5 go on.

@@ -1,11 +1,14 @@
 package target
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kmpack/kmpack/kmp/kernel"
+	"github.com/kmpack/kmpack/weakupdates"
 )
 
 // The build for a kernel is told by the profile's tag in the release (rhel) or version (suse),
@@ -92,5 +95,49 @@ func TestRPMToolAnswers(t *testing.T) {
 	if !slices.Equal(mods["6.1.0-54-amd64"], []string{"/lib/modules/6.1.0-54-amd64/extra/x/a.ko", "/lib/modules/6.1.0-54-amd64/extra/x/b.ko.xz"}) ||
 		!slices.Equal(mods["6.1.0-53-amd64"], []string{"/lib/modules/6.1.0-53-amd64/updates/c.ko"}) || len(mods) != 2 {
 		t.Errorf("modules by kernel: %v", mods)
+	}
+}
+
+// A build of the rpm profiles for 53 that the distribution's weak-modules linked into 54's
+// weak-updates/ (relative or absolute links, /usr/lib/modules too) is step 2 for 54; one
+// module of two linked, or a link to something else, is not.
+func TestDistroWeakLinks(t *testing.T) {
+	dir := t.TempDir()
+	k53, k54 := "6.1.0-53-amd64", "6.1.0-54-amd64"
+	for _, d := range []string{"lib/modules/" + k53 + "/extra/x", "lib/modules/" + k54 + "/weak-updates/x", "lib/modules/" + k54 + "/weak-updates/updates", "lib/modules/" + k54 + "/kernel"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	for _, f := range []string{"a.ko", "b.ko", "c.ko"} {
+		os.WriteFile(filepath.Join(dir, "lib/modules", k53, "extra/x", f), []byte("m"), 0o644)
+	}
+	wu := filepath.Join(dir, "lib/modules", k54, "weak-updates")
+	os.Symlink("../../../"+k53+"/extra/x/a.ko", filepath.Join(wu, "x/a.ko"))
+	os.Symlink("/usr/lib/modules/"+k53+"/extra/x/b.ko", filepath.Join(wu, "x/b.ko"))
+	os.Symlink("/lib/modules/"+k53+"/extra/x/c.ko", filepath.Join(wu, "updates/c.ko"))
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	reg := func(name string, mods ...string) weakupdates.KMP {
+		kp := weakupdates.KMP{Name: name, Package: "kmod-" + name, Version: "1.0-1", Format: weakupdates.FormatRPM, Kernel: k53}
+		for _, m := range mods {
+			kp.Modules = append(kp.Modules, "/lib/modules/"+k53+"/extra/x/"+m)
+		}
+		return kp
+	}
+	kmps := []weakupdates.KMP{reg("x", "a.ko", "b.ko"), reg("y", "c.ko", "d.ko"), reg("z", "e.ko")}
+	got := distroWeakLinks(r, k54, kmps)
+	if len(got) != 1 || got["x"] == nil || got["x"].Kernel != k53 {
+		t.Fatalf("linked builds: %v", got)
+	}
+	rows := decide(r, k54, kmps, nil, nil)
+	if len(rows) != 3 || rows[0].linkFrom != k53 || rows[0].linkPkg != "kmod-x" || rows[1].linkFrom != "" || rows[2].linkFrom != "" {
+		t.Fatalf("decide: %+v", rows)
+	}
+	// A deb registration is the engine's: never taken from links here.
+	kmps[0].Format = weakupdates.FormatDeb
+	if got := distroWeakLinks(r, k54, kmps); len(got) != 0 {
+		t.Fatalf("deb registration: %v", got)
 	}
 }
