@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,12 +71,15 @@ type AutoinstallOptions struct {
 	// ended (at most RepoTimeout): the run a deferred step 3 starts waits for the package
 	// manager's transaction that deferred it.
 	AfterPID int
-	// Defer starts, detached, a run of autoinstall for kernels that waits (AfterPID) for
-	// process pid, the package manager whose transaction this run is inside: step 3 found
-	// packages it could not install meanwhile, and no package manager hook will run kmpack
-	// afterwards (dnf, zypper). The CLI sets it (it knows how to run itself); nil: the boot
-	// unit or the next run installs them.
-	Defer func(pid int, kernels []string) error
+	// AfterStart is AfterPID's start time (/proc/PID/stat's 22nd field) when it deferred: a
+	// process with another is not it (the pid was reused). 0: not checked.
+	AfterStart uint64
+	// Defer starts, detached, a run of autoinstall for kernels that waits (AfterPID,
+	// AfterStart) for process pid, the package manager whose transaction this run is inside:
+	// step 3 found packages it could not install meanwhile, and no package manager hook will
+	// run kmpack afterwards (dnf, zypper). The CLI sets it (it knows how to run itself); nil:
+	// the boot unit or the next run installs them.
+	Defer func(pid int, start uint64, kernels []string) error
 }
 
 // inTransactionOnce is inTransaction, looked at once per run.
@@ -164,7 +168,7 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 		}
 	}
 	if o.AfterPID > 0 {
-		waitForExit(ctx, o.AfterPID, o.repoTimeout())
+		o.waitForTransaction(ctx)
 	}
 	var st *State
 	var wants []repoWant
@@ -195,7 +199,8 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 		})
 	}
 	if err == nil && n.pending > 0 && o.pm != nil && o.pm.deferSelf() && o.txHolder > 0 && o.AfterPID == 0 && o.Defer != nil {
-		if derr := o.Defer(o.txHolder, o.Kernels); derr != nil {
+		start, _ := procStartTime(o.txHolder)
+		if derr := o.Defer(o.txHolder, start, o.Kernels); derr != nil {
 			o.warnf("could not start the run that installs the packages after the transaction: %v (the boot unit, or kmpack autoinstall by hand, does)", derr)
 		} else {
 			o.logf("a kmpack autoinstall waits for process %d (%s's transaction) to end, then installs the packages", o.txHolder, o.pm.name())
@@ -213,24 +218,83 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 	return st, err
 }
 
-// waitForExit waits until process pid has ended (or is a zombie), at most bound.
-func waitForExit(ctx context.Context, pid int, bound time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, bound)
+// waitForTransaction waits, at most RepoTimeout, until the transaction of process AfterPID
+// has ended: the process is gone (or another has its pid, or it is a zombie), or it holds none
+// of the package manager's locks any more (a daemon such as PackageKit lives on after its
+// transaction).
+func (o *AutoinstallOptions) waitForTransaction(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
 	defer cancel()
+	r, err := os.OpenRoot(o.root())
+	if err != nil {
+		return
+	}
+	defer r.Close()
+	began := time.Now()
+	defer func() {
+		o.logf("waited %v for process %d's transaction to end", time.Since(began).Round(time.Millisecond), o.AfterPID)
+	}()
 	for {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
+		start, alive := procStartTime(o.AfterPID)
+		if !alive || (o.AfterStart != 0 && start != o.AfterStart) {
 			return
 		}
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X') {
+		held := o.pm == nil
+		if o.pm != nil {
+			for _, l := range o.pm.locks() {
+				held = held || l.holder(r) == o.AfterPID
+			}
+		}
+		if !held {
 			return
 		}
 		select {
 		case <-ctx.Done():
+			o.warnf("process %d still holds the package manager's lock after %v: going on", o.AfterPID, o.repoTimeout())
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// procStartTime is process pid's start time (/proc/PID/stat's 22nd field); alive is false
+// when there is no such process or it is a zombie.
+func procStartTime(pid int) (start uint64, alive bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return 0, false
+	}
+	start, _ = strconv.ParseUint(f[19], 10, 64)
+	return start, true
+}
+
+// DeferredLog is where the runs Defer starts write (from the root): they run detached.
+const DeferredLog = "/" + autoDir + "/deferred.log"
+
+// OpenDeferredLog opens DeferredLog for appending, through the root (no link followed), made
+// 0600; one that grew past 1 MiB is emptied first.
+func OpenDeferredLog(o Options) (*os.File, error) {
+	r, err := os.OpenRoot(o.root())
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if err := r.MkdirAll(autoDir, 0o755); err != nil {
+		return nil, err
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND | syscall.O_NOFOLLOW
+	if fi, err := r.Lstat(strings.TrimPrefix(DeferredLog, "/")); err == nil && fi.Size() > 1<<20 {
+		flags |= os.O_TRUNC
+	}
+	return r.OpenFile(strings.TrimPrefix(DeferredLog, "/"), flags, 0o600)
 }
 
 // counts are a pass's rows that are not available: failed, or waiting for a repository
@@ -340,8 +404,8 @@ func autoinstall(ctx context.Context, r *os.Root, o *AutoinstallOptions, outcome
 			switch {
 			case res.RepoPending:
 				n.pending++
-				o.logf("%s: %s: waiting for %s %s from the repositories: the package manager runs this; autoinstall installs it once it has finished",
-					k, row.name, res.RepoPackage, res.RepoVersion)
+				o.logf("%s: %s: waiting for %s from the repositories: the package manager runs this; autoinstall installs it once it has finished",
+					k, row.name, strings.TrimSpace(res.RepoPackage+" "+res.RepoVersion))
 			case res.State == StateFailed:
 				n.failed++
 				o.logf("%s: %s: failed: %s", k, row.name, res.Reason)
@@ -551,36 +615,48 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 			repo.RepoReason = fmt.Sprintf("%s %s was installed from the repositories but registered no build for %s", out.pkg, out.version, k)
 		}
 	case o.pm != nil:
-		if pkg := o.pm.packageFor(kmps, rw.name, k); pkg != "" {
-			qctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
-			v, err := o.pm.candidate(qctx, pkg, k)
-			cancel()
-			repo.RepoPackage, repo.RepoVersion = pkg, v
-			switch {
-			case err != nil:
-				repo.RepoReason = kmp.OneLine(err.Error())
-			case v == "":
-				repo.RepoReason = "no package " + pkg + " in the configured repositories (" + o.pm.name() + ")"
-			case o.inTransactionOnce(r):
-				// The package manager runs this (a kernel hook): its lock is held until it
-				// finishes. Not built either: the package serves a moment later; the state says
-				// what waits.
-				then := "apt's DPkg::Post-Invoke, the boot unit, or by hand"
-				if o.pm.deferSelf() {
-					then = "a kmpack autoinstall started now waits for it; else the boot unit, or by hand"
-				}
-				why := fmt.Sprintf("waiting for %s %s from the repositories: the package manager runs this (a kernel hook or a package's script inside its transaction); "+
-					"kmpack autoinstall installs it once %s has finished (%s)", pkg, v, o.pm.name(), then)
-				if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
-					kept := *prev
-					kept.RepoPackage, kept.RepoVersion, kept.RepoPending, kept.RepoReason = pkg, v, true, ""
-					return &kept, nil, false, nil
-				}
-				ch, err := o.dropBuilt(r, k, prev)
-				return &Result{State: StateMissing, Reason: why, RepoPackage: pkg, RepoVersion: v, RepoPending: true}, nil, ch, err
-			default:
-				return nil, &repoWant{kernel: k, module: rw.name, pkg: pkg, version: v}, false, nil
+		pkg := o.pm.packageFor(kmps, rw.name, k)
+		if pkg == "" {
+			break
+		}
+		// The package manager runs this (a kernel hook): its lock is held until it finishes.
+		// Not built either: the package serves a moment later; the state says what waits.
+		pending := func(v string) (*Result, *repoWant, bool, error) {
+			then := "apt's DPkg::Post-Invoke, the boot unit, or by hand"
+			if o.pm.deferSelf() {
+				then = "a kmpack autoinstall started now waits for it; else the boot unit, or by hand"
 			}
+			what := pkg + " " + v
+			if v == "" {
+				// zypper cannot even be asked inside a transaction (its query takes the lock).
+				what = pkg + " (or, when the repositories have none, a local build)"
+			}
+			why := fmt.Sprintf("waiting for %s from the repositories: the package manager runs this (a kernel hook or a package's script inside its transaction); "+
+				"kmpack autoinstall installs it once %s has finished (%s)", what, o.pm.name(), then)
+			if prev != nil && prev.State == StateBuiltLocally && filesPresent(r, prev.Files) {
+				kept := *prev
+				kept.RepoPackage, kept.RepoVersion, kept.RepoPending, kept.RepoReason = pkg, v, true, ""
+				return &kept, nil, false, nil
+			}
+			ch, err := o.dropBuilt(r, k, prev)
+			return &Result{State: StateMissing, Reason: why, RepoPackage: pkg, RepoVersion: v, RepoPending: true}, nil, ch, err
+		}
+		if o.pm.deferSelf() && o.inTransactionOnce(r) {
+			return pending("")
+		}
+		qctx, cancel := context.WithTimeout(ctx, o.repoTimeout())
+		v, err := o.pm.candidate(qctx, pkg, k)
+		cancel()
+		repo.RepoPackage, repo.RepoVersion = pkg, v
+		switch {
+		case err != nil:
+			repo.RepoReason = kmp.OneLine(err.Error())
+		case v == "":
+			repo.RepoReason = "no package " + pkg + " in the configured repositories (" + o.pm.name() + ")"
+		case o.inTransactionOnce(r):
+			return pending(v)
+		default:
+			return nil, &repoWant{kernel: k, module: rw.name, pkg: pkg, version: v}, false, nil
 		}
 	}
 	withRepo := func(res *Result) *Result {

@@ -53,6 +53,11 @@ func FuzzRPMToolAnswers(f *testing.F) {
 		}
 		check(dnfOffered(out, "x"))
 		check(zypperSolvables(out, "x"))
+		for _, p := range zypperInstalls(out) {
+			if _, err := newRPMPackage(p.name, p.epoch, p.version, p.release, p.arch); err != nil {
+				t.Fatalf("plan installs %q: %v", p.nevra(), err)
+			}
+		}
 		zypperChanges(out)
 		zypperMessages(out)
 		for _, p := range parseRPMQuery(out) {

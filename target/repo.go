@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,17 +69,46 @@ func InPackageTransaction() bool {
 // held by one of this process's ancestors (then its pid): a script that cleared the
 // environment, or a kernel hook an rpm scriptlet runs (rpm sets no variable), still runs
 // inside the transaction, and a package manager started now would wait for its own caller.
-func (o *Options) inTransaction(r *os.Root, locks []string) (bool, int) {
+func (o *Options) inTransaction(r *os.Root, locks []txLock) (bool, int) {
 	if InPackageTransaction() {
 		return true, 0
 	}
-	for _, name := range locks {
-		if pid := fcntlLockHolder(r, name); pid > 0 && isAncestor(pid) {
-			o.logf("%s is held by process %d, which runs this one", o.display(name), pid)
+	for _, l := range locks {
+		if pid := l.holder(r); pid > 0 && isAncestor(pid) {
+			o.logf("%s is held by process %d, which runs this one", o.display(l.path), pid)
 			return true, pid
 		}
 	}
 	return false, 0
+}
+
+// txLock is a package manager's lock: a POSIX record lock on path (dpkg, apt, rpm), or a file
+// holding the pid of the process that holds it (libzypp's zypp.pid, which is not locked).
+type txLock struct {
+	path    string
+	pidFile bool
+}
+
+// holder is the process holding the lock, 0 when none or unknown.
+func (l txLock) holder(r *os.Root) int {
+	if !l.pidFile {
+		return fcntlLockHolder(r, l.path)
+	}
+	f, err := r.OpenFile(l.path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	b := make([]byte, 32)
+	n, _ := io.ReadFull(f, b)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	if err != nil || pid <= 1 {
+		return 0
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		return 0 // a stale file: libzypp checks the process too
+	}
+	return pid
 }
 
 // fcntlLockHolder is the process holding a POSIX record lock on name (dpkg's and apt's kind of
@@ -130,7 +161,7 @@ type repoManager interface {
 	install(ctx context.Context, pkg, version string) error
 	// locks are the package database's locks (from the root) that the package manager holds
 	// for a whole transaction: held by an ancestor, this process runs inside one.
-	locks() []string
+	locks() []txLock
 	// deferSelf tells whether a deferred step 3 must be run by autoinstall itself once the
 	// transaction ended (no package manager hook does it).
 	deferSelf() bool
@@ -140,7 +171,7 @@ type repoManager interface {
 // repoManagerFor is the package manager that manages the root, nil when none this kmpack
 // drives is (no apt, dnf or zypper on this machine) or no repository is configured.
 func (o *Options) repoManagerFor(r *os.Root) (repoManager, error) {
-	if _, err := r.Stat("var/lib/dpkg/status"); err != nil {
+	if !dpkgManaged(r) {
 		if m := o.rpmManagerFor(r); m != nil {
 			return m, nil
 		}
@@ -305,8 +336,8 @@ func (a *aptManager) packageFor(kmps []weakupdates.KMP, module, k string) string
 	return repoPackageFor(kmps, module, k)
 }
 
-func (a *aptManager) locks() []string {
-	return []string{"var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"}
+func (a *aptManager) locks() []txLock {
+	return []txLock{{path: "var/lib/dpkg/lock-frontend"}, {path: "var/lib/dpkg/lock"}}
 }
 
 // deferSelf: the runtime package's DPkg::Post-Invoke snippet runs the deferred step 3.

@@ -31,7 +31,7 @@ import (
 // Which package: the rpm profiles give a module's package one name for every kernel (rhel
 // kmod-<name>, suse <name>-kmp-<flavor>: formats/names) and put the kernel into its release
 // (rhel: "." + RHELKernelTag) or version (suse: "_" + SUSEKernelTag). The build for kernel K
-// is the highest version of exactly that name, of this machine's architecture (or noarch),
+// is the highest version of exactly that name, of this machine's architecture,
 // whose release or version ends with K's tag. dnf looks for the rhel profile's name, zypper
 // for the suse profile's; the one used is the one whose repositories the root configures
 // (zypper first: it is SUSE's, and a SUSE system may carry dnf too).
@@ -160,8 +160,13 @@ func (d *rpmDB) installed(ctx context.Context, pkgs []string) ([]rpmPackage, err
 	out, errOut, err := runTool(ctx, toolEnv(), rpmPath, args...)
 	// rpm -q exits non-zero for each name not installed, saying so on stdout; anything on
 	// stderr is a real failure (a database it cannot open).
-	if err != nil && strings.TrimSpace(errOut) != "" {
-		return nil, fmt.Errorf("rpm -q: %v: %s", err, lastLines(errOut))
+	if err != nil && exitCode(err) < 0 {
+		return nil, fmt.Errorf("rpm -q: %v", err)
+	}
+	for _, l := range strings.Split(errOut, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "warning:") && err != nil {
+			return nil, fmt.Errorf("rpm -q: %v: %s", err, lastLines(errOut))
+		}
 	}
 	return parseRPMQuery(out), nil
 }
@@ -335,8 +340,13 @@ const maxWeakLinks = 100000
 // rpmRegistrations adds, on an rpm system, step 1's builds of the rpm profiles' packages to
 // the engine's registrations. A database rpm cannot read is a warning: steps 2 to 5 go on.
 func (o *Options) rpmRegistrations(ctx context.Context, r *os.Root, kmps []weakupdates.KMP, sources []SourceRecord) []weakupdates.KMP {
+	if len(sources) == 0 {
+		return kmps
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	db := openRPMDB(ctx, o, r)
-	if db == nil || len(sources) == 0 {
+	if db == nil {
 		return kmps
 	}
 	var mods []string
@@ -398,7 +408,15 @@ func (m *rpmManager) name() string {
 
 func (m *rpmManager) close() {}
 
-func (m *rpmManager) locks() []string { return []string{m.db.lock()} }
+// locks: zypper's own (a pid file; zypper runs rpm once per package, so rpm's lock comes and
+// goes during its transaction), then rpm's (dnf holds it for its whole transaction).
+func (m *rpmManager) locks() []txLock {
+	l := []txLock{{path: m.db.lock()}}
+	if m.zypper {
+		l = append([]txLock{{path: "run/zypp.pid", pidFile: true}, {path: "var/run/zypp.pid", pidFile: true}}, l...)
+	}
+	return l
+}
 
 // deferSelf: no package manager hook runs kmpack after an rpm transaction, so a deferred
 // run is started by autoinstall itself.
@@ -420,8 +438,8 @@ func (m *rpmManager) packageFor(_ []weakupdates.KMP, module, k string) string {
 
 // forKernel tells whether p is the rpm profile's build for kernel k.
 func (m *rpmManager) forKernel(p *rpmPackage, k string) bool {
-	if p.arch != kernel.HostMachine() && p.arch != "noarch" {
-		return false
+	if p.arch != kernel.HostMachine() {
+		return false // the profiles' module packages are of the kernel's architecture
 	}
 	if m.zypper {
 		tag, err := names.SUSEKernelTag(k)
@@ -459,14 +477,15 @@ func (m *rpmManager) tool() string {
 func (m *rpmManager) candidate(ctx context.Context, pkg, k string) (string, error) {
 	var offered []rpmPackage
 	if m.zypper {
-		out, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "-q", "--xmlout", "search", "-s", "--match-exact", "-t", "package", pkg)...)
-		// 104: nothing found.
-		if err != nil && exitCode(err) != 104 {
+		out, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "-q", "--xmlout", "--no-refresh", "search", "-s", "--match-exact", "-t", "package", pkg)...)
+		// 104: nothing found; 100 and up: answered, with a remark (106: a repository could
+		// not be refreshed, the others were read).
+		if err != nil && exitCode(err) < 100 {
 			return "", fmt.Errorf("zypper search %s: %v: %s", pkg, err, zypperMessages(out))
 		}
 		offered = zypperSolvables(out, pkg)
 	} else {
-		out, errOut, err := runTool(ctx, m.env(), dnfPath, m.args("-q", "repoquery", "--available", "--qf", "%{name} %{epoch} %{version} %{release} %{arch}", pkg)...)
+		out, errOut, err := runTool(ctx, m.env(), dnfPath, m.args("-q", "repoquery", "--available", "--qf", "%{name} %{epoch} %{version} %{release} %{arch}\\n", pkg)...)
 		if err != nil {
 			return "", fmt.Errorf("dnf repoquery %s: %v: %s", pkg, err, lastLines(errOut+"\n"+out))
 		}
@@ -541,15 +560,7 @@ func zypperSolvables(out, pkg string) []rpmPackage {
 		if a["name"] != pkg || (a["kind"] != "" && a["kind"] != "package") {
 			continue
 		}
-		epoch, vr := "", a["edition"]
-		if e, rest, ok := strings.Cut(vr, ":"); ok {
-			epoch, vr = e, rest
-		}
-		i := strings.LastIndexByte(vr, '-')
-		if i <= 0 {
-			continue
-		}
-		if p, err := newRPMPackage(pkg, epoch, vr[:i], vr[i+1:], a["arch"]); err == nil {
+		if p := parseEdition(pkg, a["edition"], a["arch"]); p != nil {
 			ps = append(ps, *p)
 		}
 	}
@@ -581,6 +592,55 @@ func zypperMessages(out string) string {
 		return lastLines(out)
 	}
 	return lastLines(strings.Join(msgs, "\n"))
+}
+
+// zypperInstalls are the packages zypper's --dry-run --xmlout plan would install.
+func zypperInstalls(out string) []rpmPackage {
+	var ps []rpmPackage
+	dec := xml.NewDecoder(strings.NewReader(out))
+	in := false
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ps
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if t.Name.Local == "to-install" {
+				in = true
+			} else if t.Name.Local == "solvable" && in {
+				a := map[string]string{}
+				for _, at := range t.Attr {
+					a[at.Name.Local] = at.Value
+				}
+				if p := parseEdition(a["name"], a["edition"], a["arch"]); p != nil {
+					ps = append(ps, *p)
+				}
+			}
+		case xml.EndElement:
+			if t.Name.Local == "to-install" {
+				in = false
+			}
+		}
+	}
+}
+
+// parseEdition is a package from zypper's name, edition ([epoch:]version-release) and arch,
+// nil when they are not valid.
+func parseEdition(name, edition, arch string) *rpmPackage {
+	epoch, vr := "", edition
+	if e, rest, ok := strings.Cut(vr, ":"); ok {
+		epoch, vr = e, rest
+	}
+	i := strings.LastIndexByte(vr, '-')
+	if i <= 0 {
+		return nil
+	}
+	p, err := newRPMPackage(name, epoch, vr[:i], vr[i+1:], arch)
+	if err != nil {
+		return nil
+	}
+	return p
 }
 
 // zypperChanges are the installed packages zypper's --dry-run --xmlout plan would upgrade,
@@ -629,16 +689,21 @@ func (m *rpmManager) install(ctx context.Context, pkg, version string) error {
 	}
 	var out, errOut string
 	if m.zypper {
+		// --name: exactly a package of that name, never one that merely provides it;
+		// --no-refresh: the metadata candidate read, not a newer one.
 		spec := pkg + "." + arch + "=" + version
-		plan, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "--xmlout", "install", "--dry-run", "--no-recommends", spec)...)
-		if err != nil {
+		plan, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "--xmlout", "--no-refresh", "install", "--name", "--dry-run", "--no-recommends", spec)...)
+		if err != nil && (exitCode(err) < 100 || exitCode(err) == 104) {
 			return fmt.Errorf("zypper install --dry-run %s: %v: %s", spec, err, zypperMessages(plan))
 		}
 		if ch := zypperChanges(plan); len(ch) > 0 {
 			return fmt.Errorf("zypper install %s would change installed packages (%s): not installing; make %s multiversion in /etc/zypp/zypp.conf "+
 				"(SUSE's default: multiversion = provides:multiversion(kernel), which kmpack's KMPs provide)", spec, strings.Join(ch, "; "), pkg)
 		}
-		out, errOut, err = runTool(ctx, m.env(), zypperPath, m.args("-n", "install", "--no-recommends", spec)...)
+		if !slices.ContainsFunc(zypperInstalls(plan), func(p rpmPackage) bool { return p.name == pkg && p.evr() == version && p.arch == arch }) {
+			return fmt.Errorf("zypper install --dry-run %s does not plan to install it: %s", spec, zypperMessages(plan))
+		}
+		out, errOut, err = runTool(ctx, m.env(), zypperPath, m.args("-n", "--no-refresh", "install", "--name", "--no-recommends", spec)...)
 		// 100 and up are zypper's "done, but" codes (107: a scriptlet failed): the rpm
 		// database, checked below, says what was installed.
 		if err != nil && exitCode(err) < 100 {

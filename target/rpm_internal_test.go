@@ -28,7 +28,7 @@ func TestRPMCandidateChoice(t *testing.T) {
 		{dnf, pkg("1.0", "1.2.6.1.0_54_amd64", arch), true},
 		{dnf, pkg("1.0", "1.6.1.0_53_amd64", arch), false},
 		{dnf, pkg("1.0", "1.16.1.0_54_amd64", arch), false},
-		{dnf, pkg("1.0", "1.6.1.0_54_amd64", "noarch"), true},
+		{dnf, pkg("1.0", "1.6.1.0_54_amd64", "noarch"), false},
 		{dnf, pkg("1.0", "1.6.1.0_54_amd64", "s390x"), arch == "s390x"},
 		{zyp, pkg("1.0_k6.1.0_54", "1", arch), true},
 		{zyp, pkg("1.0_k6.1.0_53", "1", arch), false},
@@ -79,6 +79,9 @@ func TestRPMToolAnswers(t *testing.T) {
 <to-remove><solvable type="package" name="y" edition="1-1" arch="noarch"/></to-remove></install-summary></stream>`
 	if ch := zypperChanges(plan); len(ch) != 2 || !strings.HasPrefix(ch[0], "upgrade x 1.0_k6.1.0_53-1") || !strings.HasPrefix(ch[1], "remove y") {
 		t.Errorf("zypper plan: %q", ch)
+	}
+	if in := zypperInstalls(plan); len(in) != 1 || in[0].nevra() != "x-1.0_k6.1.0_54-1.x86_64" {
+		t.Errorf("zypper plan's installs: %+v", in)
 	}
 	if ch := zypperChanges(`<stream><install-summary><to-install><solvable name="x" edition="1-1"/></to-install></install-summary></stream>`); len(ch) != 0 {
 		t.Errorf("a plan that only installs: %q", ch)

@@ -157,7 +157,8 @@ them, their rows and their weak-updates links go.`,
 			&cli.BoolFlag{Name: "no-initramfs", Usage: "leave initramfs images alone (the kernel hooks pass it: the distribution's initramfs hook runs after them)"},
 			&cli.BoolFlag{Name: "no-repo", Usage: "do not install module packages from the configured repositories (step 3)"},
 			&cli.DurationFlag{Name: "repo-timeout", Value: target.DefaultRepoTimeout, Usage: "bound on one package manager run (a query, an install)"},
-			&cli.IntFlag{Name: "after-pid", Hidden: true, Usage: "first wait until this process has ended (the run a deferred step 3 starts)"},
+			&cli.IntFlag{Name: "after-pid", Hidden: true, Usage: "first wait until this process's package transaction has ended (the run a deferred step 3 starts)"},
+			&cli.Uint64Flag{Name: "after-start", Hidden: true, Usage: "--after-pid's start time: another process with that pid is not it"},
 		},
 		Action: func(c *cli.Context) error {
 			kernels, err := kernelArgs(c)
@@ -173,7 +174,7 @@ them, their rows and their weak-updates links go.`,
 				_, err = target.Autoinstall(c.Context, target.AutoinstallOptions{Options: targetOptions(c), Kernels: kernels,
 					BuildTimeout: c.Duration("build-timeout"), Rebuild: c.Bool("rebuild"), Sign: c.String("sign"),
 					NoInitramfs: c.Bool("no-initramfs"), NoRepo: c.Bool("no-repo"), RepoTimeout: c.Duration("repo-timeout"),
-					AfterPID: c.Int("after-pid"), Defer: deferAutoinstall(c)})
+					AfterPID: c.Int("after-pid"), AfterStart: c.Uint64("after-start"), Defer: deferAutoinstall(c)})
 			}
 			if err == nil {
 				return nil
@@ -190,27 +191,48 @@ them, their rows and their weak-updates links go.`,
 	}
 }
 
-// deferAutoinstall starts this kmpack again, detached (its own session, no terminal, output
-// discarded: the state file records the outcome), as autoinstall --hook --after-pid PID for
-// the kernels: the package manager whose transaction deferred step 3 has ended by the time it
-// installs. It does what this run was asked to, initramfs included: the distribution's
-// initramfs hook has run by then.
-func deferAutoinstall(c *cli.Context) func(int, []string) error {
-	return func(pid int, kernels []string) error {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		args := []string{"autoinstall", "--hook", "--after-pid", strconv.Itoa(pid), "--repo-timeout", "1h", "--sign", c.String("sign"),
-			"--build-timeout", c.Duration("build-timeout").String()}
-		if root := c.String("root"); root != "" && root != "/" {
+// deferAutoinstall starts this kmpack again, detached, as autoinstall --hook --after-pid PID
+// for the kernels: it installs once the package manager's transaction that deferred step 3 has
+// ended. On a machine run by systemd it is a transient unit (systemd-run), so that it outlives
+// the service the package manager may run in (dnf-automatic.service, packagekit.service: their
+// cgroup is killed when they stop); elsewhere (and in a --root) its own session (setsid), running
+// this very binary (/proc/self/exe: kmpack's own package may be replaced by the same
+// transaction). Its output is appended to the root's target.DeferredLog. It does what this run
+// was asked to, initramfs included: the distribution's initramfs hook has run by then.
+func deferAutoinstall(c *cli.Context) func(int, uint64, []string) error {
+	return func(pid int, start uint64, kernels []string) error {
+		args := []string{"autoinstall", "--hook", "--after-pid", strconv.Itoa(pid), "--after-start", strconv.FormatUint(start, 10),
+			"--repo-timeout", "1h", "--sign", c.String("sign"), "--build-timeout", c.Duration("build-timeout").String()}
+		root := c.String("root")
+		if root != "" && root != "/" {
 			abs, err := filepath.Abs(root)
 			if err != nil {
 				return err
 			}
 			args = append(args, "--root", abs)
 		}
-		cmd := exec.Command(exe, append(args, kernels...)...)
+		args = append(args, kernels...)
+		if root == "" || root == "/" {
+			if _, err := os.Stat("/run/systemd/system"); err == nil {
+				if exe, err := os.Executable(); err == nil {
+					unit := "kmpack-autoinstall-after-" + strconv.Itoa(pid)
+					run := exec.Command("/usr/bin/systemd-run", append([]string{"--no-block", "--collect", "--quiet", "--unit=" + unit,
+						"--description=kmpack autoinstall after the package manager's transaction", exe}, args...)...)
+					out, err := run.CombinedOutput()
+					if err == nil || strings.Contains(string(out), "already") { // another hook of the same transaction started it
+						return nil
+					}
+					fmt.Fprintf(os.Stderr, "kmpack: warning: systemd-run: %v: %s; starting it in its own session\n", err, strings.TrimSpace(string(out)))
+				}
+			}
+		}
+		log, err := target.OpenDeferredLog(targetOptions(c))
+		if err != nil {
+			return err
+		}
+		defer log.Close()
+		cmd := exec.Command("/proc/self/exe", args...)
+		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			return err
