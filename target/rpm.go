@@ -286,8 +286,9 @@ func (d *rpmDB) registrations(ctx context.Context, modules, kernels []string) ([
 // counts when every one of its modules is the target of a symbolic link there; by module name.
 func distroWeakLinks(r *os.Root, k string, kmps []weakupdates.KMP) map[string]*weakupdates.KMP {
 	targets := map[string]*weakupdates.KMP{}
+	flavor := kernel.FlavorFromRelease(k)
 	for i := range kmps {
-		if kp := &kmps[i]; kp.Format == weakupdates.FormatRPM && kp.Kernel != k {
+		if kp := &kmps[i]; kp.Format == weakupdates.FormatRPM && kp.Kernel != k && kernel.FlavorFromRelease(kp.Kernel) == flavor {
 			for _, m := range kp.Modules {
 				targets[m] = kp
 			}
@@ -773,14 +774,28 @@ func runToolTo(ctx context.Context, env []string, stdout, stderr io.Writer, tool
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
+	// Time is up: SIGTERM first, which rpm defers until its transaction is at a safe point
+	// (a SIGKILL there leaves a half-installed package); the whole group is killed if it has
+	// not ended after toolGrace.
+	var kill *time.Timer
+	cmd.Cancel = func() error {
+		pgid := cmd.Process.Pid
+		kill = time.AfterFunc(toolGrace, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+		return syscall.Kill(-pgid, syscall.SIGTERM)
+	}
+	cmd.WaitDelay = toolGrace + 10*time.Second
 	err := cmd.Run()
+	if kill != nil {
+		kill.Stop()
+	}
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%s timed out (%v)", filepath.Base(tool), ctx.Err())
 	}
 	return err
 }
+
+// toolGrace is how long a package tool whose time is up has to end after SIGTERM.
+const toolGrace = 30 * time.Second
 
 // boundedBuffer keeps the first max bytes written to it and drops the rest.
 type boundedBuffer struct {

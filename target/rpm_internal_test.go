@@ -1,7 +1,9 @@
 package target
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -142,5 +144,32 @@ func TestDistroWeakLinks(t *testing.T) {
 	kmps[0].Format = weakupdates.FormatDeb
 	if got := distroWeakLinks(r, k54, kmps); len(got) != 0 {
 		t.Fatalf("deb registration: %v", got)
+	}
+}
+
+// A Debian system that carries rpm (and an rpm database) is dpkg's: rpm is never asked there.
+func TestRPMDatabaseOnlyWhereRPMManages(t *testing.T) {
+	if _, err := os.Stat(rpmPath); err != nil {
+		t.Skip("no rpm")
+	}
+	dir := t.TempDir()
+	db, err := exec.Command(rpmPath, "--eval", "%_dbpath").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, strings.TrimSpace(string(db))), 0o755)
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	o := &Options{Root: dir}
+	if openRPMDB(context.Background(), o, r) == nil {
+		t.Fatal("a root with rpm's database and no dpkg database is not rpm's")
+	}
+	os.MkdirAll(filepath.Join(dir, "var/lib/dpkg"), 0o755)
+	os.WriteFile(filepath.Join(dir, "var/lib/dpkg/status"), []byte("Package: base-files\nStatus: install ok installed\n\n"), 0o644)
+	if openRPMDB(context.Background(), o, r) != nil {
+		t.Fatal("a root dpkg manages is taken for rpm's")
 	}
 }
