@@ -60,6 +60,8 @@ func FuzzRPMToolAnswers(f *testing.F) {
 		}
 		zypperChanges(out)
 		zypperMessages(out)
+		dnfChanges(out)
+		dnfPlanInstalls(out, "x")
 		for _, p := range parseRPMQuery(out) {
 			for k, mods := range rpmModules(p.files) {
 				if err := ident.KernelRelease(k); err != nil {

@@ -520,6 +520,51 @@ func dnfOffered(out, pkg string) []rpmPackage {
 	return ps
 }
 
+// dnfPlanSections reads the transaction table dnf prints: package lines (indented) under
+// section headers ("Installing:", "Upgrading:", ...), by header.
+func dnfPlanSections(out string) map[string][]string {
+	secs := map[string][]string{}
+	cur := ""
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(l, " ") && cur != "":
+			if f := strings.Fields(l); len(f) > 0 {
+				secs[cur] = append(secs[cur], f[0])
+			}
+		case strings.HasSuffix(l, ":") && !strings.HasPrefix(l, " ") && !strings.Contains(l, " on "):
+			cur = strings.TrimSuffix(l, ":")
+			secs[cur] = secs[cur]
+		default:
+			cur = ""
+		}
+	}
+	return secs
+}
+
+// dnfChanges are the sections of dnf's plan that would change installed packages (anything
+// but installing), with their packages.
+func dnfChanges(out string) []string {
+	var ch []string
+	secs := dnfPlanSections(out)
+	for _, h := range slices.Sorted(func(yield func(string) bool) {
+		for h := range secs {
+			if !yield(h) {
+				return
+			}
+		}
+	}) {
+		if !strings.HasPrefix(h, "Installing") && len(secs[h]) > 0 {
+			ch = append(ch, strings.ToLower(h)+" "+strings.Join(secs[h], " "))
+		}
+	}
+	return ch
+}
+
+// dnfPlanInstalls tells whether dnf's plan installs pkg.
+func dnfPlanInstalls(out, pkg string) bool {
+	return slices.Contains(dnfPlanSections(out)["Installing"], pkg)
+}
+
 // compareEVR is rpm's order of two packages' epoch, version and release.
 func compareEVR(a, b *rpmPackage) int {
 	ea, eb := a.epoch, b.epoch
@@ -711,7 +756,17 @@ func (m *rpmManager) install(ctx context.Context, pkg, version string) error {
 			return fmt.Errorf("zypper install %s: %v: %s", spec, err, lastLines(errOut+"\n"+out))
 		}
 	} else {
-		out, errOut, err = runTool(ctx, m.env(), dnfPath, m.args("-y", "--setopt=installonlypkgs="+pkg, "--setopt=installonly_limit=0", "install", want)...)
+		// The plan first (--assumeno prints it and stops): nothing installed may be upgraded,
+		// downgraded, removed or replaced, and it must install exactly want.
+		opts := []string{"--setopt=installonlypkgs=" + pkg, "--setopt=installonly_limit=0"}
+		plan, planErr, _ := runTool(ctx, m.env(), dnfPath, m.args(append(opts, "--assumeno", "install", want)...)...)
+		if ch := dnfChanges(plan); len(ch) > 0 {
+			return fmt.Errorf("dnf install %s would change installed packages (%s): not installing", want, strings.Join(ch, "; "))
+		}
+		if !dnfPlanInstalls(plan, pkg) {
+			return fmt.Errorf("dnf install --assumeno %s does not plan to install it: %s", want, lastLines(planErr+"\n"+plan))
+		}
+		out, errOut, err = runTool(ctx, m.env(), dnfPath, m.args(append([]string{"-y"}, append(opts, "install", want)...)...)...)
 		if err != nil {
 			return fmt.Errorf("dnf install %s: %v: %s", want, err, lastLines(errOut+"\n"+out))
 		}

@@ -173,3 +173,33 @@ func TestRPMDatabaseOnlyWhereRPMManages(t *testing.T) {
 		t.Fatal("a root dpkg manages is taken for rpm's")
 	}
 }
+
+// dnf's plan (dnf 4's table, as --assumeno prints it) is read for what it would change.
+func TestDNFPlan(t *testing.T) {
+	upgrade := `Last metadata expiration check: 0:35:45 ago on Mon Nov 30 23:10:41 2026.
+Dependencies resolved.
+================================================================================
+ Package                   Arch       Version                  Repository  Size
+================================================================================
+Upgrading:
+ kmod-kmpack-abichange     x86_64     1.0-1.6.1.0_54_amd64     kmpack     6.6 k
+
+Transaction Summary
+================================================================================
+Upgrade  1 Package
+
+Total size: 6.6 k
+Operation aborted.
+`
+	if ch := dnfChanges(upgrade); len(ch) != 1 || ch[0] != "upgrading kmod-kmpack-abichange" || dnfPlanInstalls(upgrade, "kmod-kmpack-abichange") {
+		t.Errorf("upgrade plan: %q", ch)
+	}
+	install := strings.Replace(upgrade, "Upgrading:", "Installing:", 1) + "Installing dependencies:\n dep x86_64 1-1 r 1 k\n\nRemoving dependent packages:\n"
+	if ch := dnfChanges(install); len(ch) != 0 || !dnfPlanInstalls(install, "kmod-kmpack-abichange") || dnfPlanInstalls(install, "dep") {
+		t.Errorf("install plan: %q", ch)
+	}
+	remove := install + " other x86_64 1-1 @System 1 k\n"
+	if ch := dnfChanges(remove); len(ch) != 1 || ch[0] != "removing dependent packages other" {
+		t.Errorf("plan removing a package: %q", ch)
+	}
+}
