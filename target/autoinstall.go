@@ -116,13 +116,14 @@ var ErrFailures = errors.New("some modules are not available")
 //  2. a build for another kernel loads there (weakupdates' compat check): linked by the
 //     weak-updates engine;
 //  3. a prebuilt package for that kernel in the machine's configured repositories: installed
-//     by the system's package manager (apt; see repo.go for which name is looked for), then
-//     served as in step 1 and recorded installed-from-repo. Inside a package manager's
-//     transaction (a kernel hook run by dpkg) the package manager cannot run: the row is
-//     recorded missing with repo_pending (and not built: the package comes a moment later),
-//     and the runtime's apt DPkg::Post-Invoke snippet (or the boot unit) runs autoinstall
-//     again once dpkg has finished. A package that is not in the repositories, or that the
-//     package manager fails to install, is recorded (repo_reason) and step 4 follows;
+//     by the system's package manager (apt, dnf or zypper; repo.go and rpm.go say which name
+//     is looked for), then served as in step 1 and recorded installed-from-repo. Inside a
+//     package manager's transaction (a kernel hook run by dpkg or rpm) the package manager
+//     cannot run: the row is recorded missing with repo_pending (and not built: the package
+//     comes a moment later), and the runtime's apt DPkg::Post-Invoke snippet (dpkg) or a
+//     detached run of autoinstall (Defer: rpm) runs autoinstall again once the transaction has
+//     finished. A package that is not in the repositories, or that the package manager fails
+//     to install, is recorded (repo_reason) and step 4 follows;
 //  4. a registered source: built with kmpack's build engine against the root's
 //     /lib/modules/<kernel>/build, installed under updates/kmpack-built/<name>/, depmod;
 //  5. otherwise a failure, with its reason.

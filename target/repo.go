@@ -21,16 +21,13 @@ import (
 // Autoinstall's step 3: a prebuilt module package for the kernel, installed from the machine's
 // configured repositories by the system's own package manager.
 //
-// Which package: the registrations say it. A module package of the debian profile is
+// Which package, with apt: the registrations say it. A module package of the debian profile is
 // <name>-modules-<kernel> and registers (add-kmp) its package name and kernel; for kernel K2 the
 // package is that name with the kernel release replaced: <name>-modules-K2. Only that exact
 // name at the version the repositories offer for it (name=version) is ever installed: a package
-// that merely Provides the name is not that name, and apt is never left to pick it. rpm
-// profiles are not done (see the README): their packages do not register with kmpack's engine
-// (they call weak-modules), their name is the same for every kernel (rhel kmod-<name>, suse
-// <name>-kmp-<flavor>), so the build for K2 is the version whose requirements K2 satisfies
-// (rpm-md metadata, not a name), and dnf or zypper would upgrade the running kernel's build away
-// unless the name is install-only.
+// that merely Provides the name is not that name, and apt is never left to pick it. With dnf
+// and zypper (rpm.go) the name is the rpm profile's, the same for every kernel, and the build
+// for K2 is the version that carries K2's tag.
 //
 // The package manager is found at fixed paths (never a command a file names), runs with a
 // bounded time (RepoTimeout), removes nothing (--no-remove) and installs no recommendations.
