@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kmpack/kmpack/kmp"
+	"github.com/kmpack/kmpack/kmp/ident"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/kmp/proc"
 	"github.com/kmpack/kmpack/weakupdates"
@@ -166,9 +167,37 @@ func skip(r io.Reader, n int64) error {
 	return err
 }
 
-// initramfsImages are where distributions keep a kernel's initramfs: initramfs-tools, dracut.
-func initramfsImages(k string) []string {
-	return []string{"boot/initrd.img-" + k, "boot/initramfs-" + k + ".img"}
+// initramfsImages are where distributions keep a kernel's initramfs: initramfs-tools, dracut,
+// and the Boot Loader Specification's type 1 layout that kernel-install writes
+// ($BOOT/<entry token>/<release>/initrd, $BOOT being /boot, /efi or /boot/efi; the token is
+// /etc/kernel/entry-token's, else the machine id).
+func initramfsImages(r *os.Root, k string) []string {
+	imgs := []string{"boot/initrd.img-" + k, "boot/initramfs-" + k + ".img"}
+	for _, tok := range entryTokens(r) {
+		for _, b := range []string{"boot", "efi", "boot/efi"} {
+			imgs = append(imgs, b+"/"+tok+"/"+k+"/initrd")
+		}
+	}
+	return imgs
+}
+
+// entryTokens are the root's boot entry tokens kernel-install may have used: a plain path
+// component each (a token read from a file never leads elsewhere).
+func entryTokens(r *os.Root) []string {
+	var toks []string
+	for _, name := range []string{"etc/kernel/entry-token", "etc/machine-id"} {
+		f, err := r.Open(name)
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(io.LimitReader(f, 256))
+		f.Close()
+		tok := strings.TrimSpace(string(b))
+		if tok != "" && ident.PathComponent(tok) == nil && !slices.Contains(toks, tok) {
+			toks = append(toks, tok)
+		}
+	}
+	return toks
 }
 
 // DefaultInitramfsTimeout bounds one initramfs regeneration.
@@ -186,7 +215,7 @@ func (o *Options) staleInitramfs(r *os.Root, k string, mods []string) (img, why 
 	if len(mods) == 0 {
 		return "", ""
 	}
-	for _, img := range initramfsImages(k) {
+	for _, img := range initramfsImages(r, k) {
 		f, err := r.Open(img)
 		if err != nil {
 			continue
@@ -277,7 +306,7 @@ func (o *Options) pendingInitramfs(ctx context.Context, r *os.Root) {
 	images := map[string]string{}
 	// A mark whose kernel and image are gone, or that this run cannot act on, goes.
 	for _, k := range pendingMarks(r, initramfsPendingDir, func(k string) bool {
-		for _, img := range initramfsImages(k) {
+		for _, img := range initramfsImages(r, k) {
 			if _, err := r.Stat(img); err == nil {
 				images[k] = img
 				return initramfsCommand(img, k) != nil && o.root() == "/"
