@@ -206,10 +206,32 @@ func TestAutoinstallFromRepository(t *testing.T) {
 	os.WriteFile(wrapper, []byte("#!/bin/sh\nsub=$1; shift\nexec "+bin+" \"$sub\" --root "+s.root+" \"$@\" >>"+s.root+"/var/log/kmpack.log 2>&1\n"), 0o755)
 	snippet = strings.Replace(snippet, "kmpack="+formats.RuntimeBinary+";", "kmpack="+wrapper+";", 1)
 	snippet = strings.Replace(snippet, target.RepoPendingDir, filepath.Join(s.root, target.RepoPendingDir), 1)
-	os.WriteFile(filepath.Join(s.root, formats.RuntimeAptHook), []byte(snippet), 0o644)
-	start := time.Now()
+	// The gate recipe users copy (examples/gate/99kmpack-gate), its paths into the root, first
+	// alone (the runtime's snippet set aside: apt ignores *.disabled): an apt run while 54's
+	// package waits holds the reboot, naming 54.
+	hold := filepath.Join(t.TempDir(), "kmpack-hold-reboot")
+	recipe := string(testenv.MustRead(t, "../../examples/gate/99kmpack-gate"))
+	for from, to := range map[string]string{"kmpack=/usr/bin/kmpack;": "kmpack=" + wrapper + ";",
+		"modules=/lib/modules;": "modules=" + filepath.Join(s.root, "lib/modules") + ";", "hold=/run/kmpack-hold-reboot;": "hold=" + hold + ";"} {
+		if !strings.Contains(recipe, from) {
+			t.Fatalf("the gate recipe has no %q", from)
+		}
+		recipe = strings.Replace(recipe, from, to, 1)
+	}
+	os.WriteFile(filepath.Join(s.root, "etc/apt/apt.conf.d/99kmpack-gate"), []byte(recipe), 0o644)
+	aptHook := filepath.Join(s.root, formats.RuntimeAptHook)
+	os.Rename(aptHook, aptHook+".disabled")
 	if o, err := s.apt("install", "unrelated"); err != nil {
 		t.Fatalf("apt-get install unrelated: %v\n%s", err, o)
+	}
+	if b, err := os.ReadFile(hold); err != nil || strings.TrimSpace(string(b)) != "kernels with modules missing: "+s.r54 {
+		t.Fatalf("the gate recipe's hold file while 54's package waits: %q %v", b, err)
+	}
+	os.Remove(aptHook + ".disabled")
+	os.WriteFile(aptHook, []byte(snippet), 0o644)
+	start := time.Now()
+	if o, err := s.apt("install", "--reinstall", "unrelated"); err != nil {
+		t.Fatalf("apt-get install --reinstall unrelated: %v\n%s", err, o)
 	}
 	for row = s.row(); row.State != target.StateFromRepo && time.Since(start) < 2*time.Minute; row = s.row() {
 		time.Sleep(200 * time.Millisecond)
@@ -237,6 +259,10 @@ func TestAutoinstallFromRepository(t *testing.T) {
 	}
 	if _, stderr, code := kmpack(t, "gate", "--root", s.root, s.r54); code != 0 {
 		t.Fatalf("gate: %d %s", code, stderr)
+	}
+	// The gate recipe, run again by the detached run's own apt: released.
+	if _, err := os.Stat(hold); !os.IsNotExist(err) {
+		t.Fatalf("the gate recipe's hold file stays with every module available: %v", err)
 	}
 	if out := s.autoinstall(); strings.Contains(out, "installing") || strings.Contains(out, "building") || s.row().State != target.StateFromRepo {
 		t.Fatalf("another run: %+v\n%s", s.row(), out)
