@@ -41,13 +41,9 @@ func (rhelProfile) KernelPackage(in *Input, k *Kernel, opts Options) (*Package, 
 	// kmodtool's %files is the whole /lib/modules/<verrel> tree with %defattr(644,root,root,755).
 	p.addDirs(ownedDirsBetween(kdir, files)...)
 
-	// installonlypkg(kernel-module) (as Fedora's kernel-modules packages provide) is in dnf's
-	// default installonlypkgs: each kernel's kmod is installed beside the others, never as an
-	// upgrade that would erase the running kernel's (one name serves every kernel).
 	p.Provides = []Relation{
 		{Name: "kernel-modules", Sense: GreatEq, Version: k.Release},
 		RelEq(md.Name+"-kmod", p.Version+"-"+p.Release),
-		Rel("installonlypkg(kernel-module)"),
 	}
 	for _, m := range k.Modules {
 		p.Provides = append(p.Provides, Rel(kmodName(m.FileName)))

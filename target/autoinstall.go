@@ -201,7 +201,9 @@ func Autoinstall(ctx context.Context, o AutoinstallOptions) (*State, error) {
 	}
 	if err == nil && n.pending > 0 && o.pm != nil && o.pm.deferSelf() && o.txHolder > 0 && o.AfterPID == 0 && o.Defer != nil {
 		start, _ := procStartTime(o.txHolder)
-		if derr := o.Defer(o.txHolder, start, o.Kernels); derr != nil {
+		// Every kernel: another hook of the same transaction (another kernel) may have left
+		// rows pending too, and one deferred run (per transaction) serves them all.
+		if derr := o.Defer(o.txHolder, start, nil); derr != nil {
 			o.warnf("could not start the run that installs the packages after the transaction: %v (the boot unit, or kmpack autoinstall by hand, does)", derr)
 		} else {
 			o.logf("a kmpack autoinstall waits for process %d (%s's transaction) to end, then installs the packages", o.txHolder, o.pm.name())
@@ -642,7 +644,7 @@ func (o *AutoinstallOptions) realize(ctx context.Context, r *os.Root, st *State,
 			ch, err := o.dropBuilt(r, k, prev)
 			return &Result{State: StateMissing, Reason: why, RepoPackage: pkg, RepoVersion: v, RepoPending: true}, nil, ch, err
 		}
-		if o.pm.deferSelf() && o.inTransactionOnce(r) {
+		if !o.pm.queryInTransaction() && o.inTransactionOnce(r) {
 			return pending("")
 		}
 		qctx, cancel := context.WithTimeout(ctx, o.repoTimeout())

@@ -80,10 +80,12 @@ func (o *Options) inTransaction(r *os.Root, locks []txLock) (bool, int) {
 }
 
 // txLock is a package manager's lock: a POSIX record lock on path (dpkg, apt, rpm), or a file
-// holding the pid of the process that holds it (libzypp's zypp.pid, which is not locked).
+// holding the pid of the process that holds it (libzypp's zypp.pid, which is not locked). host
+// says path is on this machine, whatever the root (libzypp's lock is, even with --root).
 type txLock struct {
 	path    string
 	pidFile bool
+	host    bool
 }
 
 // holder is the process holding the lock, 0 when none or unknown.
@@ -91,7 +93,13 @@ func (l txLock) holder(r *os.Root) int {
 	if !l.pidFile {
 		return fcntlLockHolder(r, l.path)
 	}
-	f, err := r.OpenFile(l.path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	var f *os.File
+	var err error
+	if l.host {
+		f, err = os.OpenFile(l.path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	} else {
+		f, err = r.OpenFile(l.path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	}
 	if err != nil {
 		return 0
 	}
@@ -99,7 +107,7 @@ func (l txLock) holder(r *os.Root) int {
 	b := make([]byte, 32)
 	n, _ := io.ReadFull(f, b)
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
-	if err != nil || pid <= 1 {
+	if err != nil || pid < 1 {
 		return 0
 	}
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
@@ -125,9 +133,13 @@ func fcntlLockHolder(r *os.Root, name string) int {
 
 // isAncestor tells whether pid is this process's parent, or its parent's, and so on.
 func isAncestor(pid int) bool {
-	for p, n := os.Getppid(), 0; p > 1 && n < 64; n++ {
+	// A package manager that is PID 1 (a container build's RUN dnf install) counts too.
+	for p, n := os.Getppid(), 0; p >= 1 && n < 64; n++ {
 		if p == pid {
 			return true
+		}
+		if p == 1 {
+			return false
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
 		if err != nil {
@@ -162,6 +174,9 @@ type repoManager interface {
 	// deferSelf tells whether a deferred step 3 must be run by autoinstall itself once the
 	// transaction ended (no package manager hook does it).
 	deferSelf() bool
+	// queryInTransaction tells whether candidate can run inside the package manager's own
+	// transaction (zypper's query waits for the lock the transaction holds).
+	queryInTransaction() bool
 	close()
 }
 
@@ -339,6 +354,8 @@ func (a *aptManager) locks() []txLock {
 
 // deferSelf: the runtime package's DPkg::Post-Invoke snippet runs the deferred step 3.
 func (a *aptManager) deferSelf() bool { return false }
+
+func (a *aptManager) queryInTransaction() bool { return true }
 
 func (a *aptManager) candidate(ctx context.Context, pkg, _ string) (string, error) {
 	out, err := a.run(ctx, aptCachePath, "policy", pkg)

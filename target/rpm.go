@@ -414,10 +414,17 @@ func (m *rpmManager) close() {}
 func (m *rpmManager) locks() []txLock {
 	l := []txLock{{path: m.db.lock()}}
 	if m.zypper {
-		l = append([]txLock{{path: "run/zypp.pid", pidFile: true}, {path: "var/run/zypp.pid", pidFile: true}}, l...)
+		// libzypp's lock is this machine's, whatever --root says (ZYPP_LOCKFILE_ROOT moves it).
+		base := os.Getenv("ZYPP_LOCKFILE_ROOT")
+		if base == "" {
+			base = "/"
+		}
+		l = append([]txLock{{path: filepath.Join(base, "run/zypp.pid"), pidFile: true, host: true}}, l...)
 	}
 	return l
 }
+
+func (m *rpmManager) queryInTransaction() bool { return !m.zypper }
 
 // deferSelf: no package manager hook runs kmpack after an rpm transaction, so a deferred
 // run is started by autoinstall itself.
@@ -478,7 +485,7 @@ func (m *rpmManager) tool() string {
 func (m *rpmManager) candidate(ctx context.Context, pkg, k string) (string, error) {
 	var offered []rpmPackage
 	if m.zypper {
-		out, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "-q", "--xmlout", "--no-refresh", "search", "-s", "--match-exact", "-t", "package", pkg)...)
+		out, _, err := runTool(ctx, m.env(), zypperPath, m.args("-n", "-q", "--xmlout", "search", "-s", "--match-exact", "-t", "package", pkg)...)
 		// 104: nothing found; 100 and up: answered, with a remark (106: a repository could
 		// not be refreshed, the others were read).
 		if err != nil && exitCode(err) < 100 {
@@ -528,7 +535,12 @@ func dnfPlanSections(out string) map[string][]string {
 	for _, l := range strings.Split(out, "\n") {
 		switch {
 		case strings.HasPrefix(l, " ") && cur != "":
-			if f := strings.Fields(l); len(f) > 0 {
+			f := strings.Fields(l)
+			switch {
+			case len(f) >= 2 && f[0] == "replacing":
+				// An obsoleting package replaces an installed one, under whichever section.
+				secs["Replacing"] = append(secs["Replacing"], f[1])
+			case len(f) > 0:
 				secs[cur] = append(secs[cur], f[0])
 			}
 		case strings.HasSuffix(l, ":") && !strings.HasPrefix(l, " ") && !strings.Contains(l, " on "):
@@ -842,6 +854,9 @@ func runToolTo(ctx context.Context, env []string, stdout, stderr io.Writer, tool
 	err := cmd.Run()
 	if kill != nil {
 		kill.Stop()
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		err = nil // it exited successfully; a daemonized child kept its output open
 	}
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%s timed out (%v)", filepath.Base(tool), ctx.Err())

@@ -198,6 +198,10 @@ Operation aborted.
 	if ch := dnfChanges(install); len(ch) != 0 || !dnfPlanInstalls(install, "kmod-kmpack-abichange") || dnfPlanInstalls(install, "dep") {
 		t.Errorf("install plan: %q", ch)
 	}
+	obsoletes := strings.Replace(install, " dep x86_64 1-1 r 1 k\n", " dep x86_64 1-1 r 1 k\n     replacing  old.x86_64 1.0-1\n", 1)
+	if ch := dnfChanges(obsoletes); len(ch) != 1 || ch[0] != "replacing old.x86_64" {
+		t.Errorf("plan replacing a package (Obsoletes): %q", ch)
+	}
 	remove := install + " other x86_64 1-1 @System 1 k\n"
 	if ch := dnfChanges(remove); len(ch) != 1 || ch[0] != "removing dependent packages other" {
 		t.Errorf("plan removing a package: %q", ch)

@@ -212,7 +212,7 @@ func deferAutoinstall(c *cli.Context) func(int, uint64, []string) error {
 			args = append(args, "--root", abs)
 		}
 		args = append(args, kernels...)
-		if root == "" || root == "/" {
+		if (root == "" || root == "/") && !chrooted() {
 			if _, err := os.Stat("/run/systemd/system"); err == nil {
 				if exe, err := os.Executable(); err == nil {
 					unit := "kmpack-autoinstall-after-" + strconv.Itoa(pid)
@@ -239,6 +239,15 @@ func deferAutoinstall(c *cli.Context) func(int, uint64, []string) error {
 		}
 		return cmd.Process.Release()
 	}
+}
+
+// chrooted tells whether this process runs in a chroot (a package's scriptlet in an image
+// builder's root): there a unit systemd starts would run on the host. As systemd tells it: "/"
+// is not PID 1's root.
+func chrooted() bool {
+	a, errA := os.Stat("/")
+	b, errB := os.Stat("/proc/1/root/")
+	return errA != nil || errB != nil || !os.SameFile(a, b)
 }
 
 func statusCommand() *cli.Command {
@@ -305,7 +314,7 @@ func describeRow(r target.StatusRow) string {
 	}
 	switch {
 	case r.RepoPending && r.State != target.StateMissing: // a missing row's reason says it
-		s += " [repositories: waiting for " + r.RepoPackage + " " + r.RepoVersion + "]"
+		s += " [repositories: waiting for " + strings.TrimSpace(r.RepoPackage+" "+r.RepoVersion) + "]"
 	case r.RepoReason != "":
 		s += " [repositories: " + r.RepoReason + "]"
 	}
