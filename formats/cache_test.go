@@ -19,8 +19,9 @@ import (
 	"github.com/kmpack/kmpack/internal/testenv"
 )
 
-// The runtime package (its payload is a binary of many MB) is kept in the package cache: a
-// run that takes it from the cache writes the same bytes as a run without a cache; an entry is
+// The runtime packages (their payload is a binary of many MB; the debian profile's deb and
+// the suse profile's rpm, each in a slot of its own) are kept in the package cache: a run
+// that takes them from the cache writes the same bytes as a run without a cache; an entry is
 // used only when it matches its recorded digest, and a corrupted, replaced or linked one is
 // reported, not used, and made anew.
 func TestPackageCache(t *testing.T) {
@@ -62,7 +63,7 @@ func TestPackageCache(t *testing.T) {
 				t.Fatal(err)
 			}
 			all[w.File] = sha256.Sum256(data)
-			if w.Name == formats.RuntimePackageName {
+			if w.Name == formats.RuntimePackageName && w.Format == "deb" {
 				runtimeDeb = data
 			}
 		}
@@ -99,10 +100,24 @@ func TestPackageCache(t *testing.T) {
 	_, cold := run(cache)
 	same("first run with a cache", uncached, cold)
 	slots, _ := filepath.Glob(filepath.Join(cache.Dir, "packages", "*"))
-	if len(slots) != 1 { // only the runtime package's payload is large enough
-		t.Fatalf("cache holds %v, want one entry", slots)
+	if len(slots) != 2 { // only the runtime packages' payloads are large enough
+		t.Fatalf("cache holds %v, want two entries (the runtime deb and rpm)", slots)
 	}
-	slot := slots[0]
+	// The deb's slot is the one tested below; the other holds the runtime rpm.
+	var slot string
+	for _, sl := range slots {
+		e, _ := os.ReadFile(sl)
+		_, d, _ := bytes.Cut(e, []byte("\n"))
+		switch sum := sha256.Sum256(d); {
+		case bytes.Equal(d, uncachedDeb):
+			slot = sl
+		case sum != uncached["kmpack-1.0-1.x86_64.rpm"]:
+			t.Errorf("cache entry %s holds neither runtime package", sl)
+		}
+	}
+	if slot == "" {
+		t.Fatalf("no cache entry holds the runtime deb")
+	}
 	_, warm := run(cache)
 	same("run from the cache", uncached, warm)
 	warned("warm run", "")
@@ -194,7 +209,7 @@ func TestPackageCache(t *testing.T) {
 	if got, _ := os.ReadFile(slot); bytes.Equal(got, entry) {
 		t.Errorf("the entry was not replaced for another salt")
 	}
-	if slots, _ := filepath.Glob(filepath.Join(cache.Dir, "packages", "*")); len(slots) != 1 {
-		t.Errorf("cache holds %v, want the one entry", slots)
+	if slots, _ := filepath.Glob(filepath.Join(cache.Dir, "packages", "*")); len(slots) != 2 {
+		t.Errorf("cache holds %v, want the two entries", slots)
 	}
 }

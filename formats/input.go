@@ -72,8 +72,9 @@ type Options struct {
 	UsrMerge bool
 	// NoSource leaves out the <name>-dkms source fallback packages.
 	NoSource bool
-	// Runtimes, when set, add the kmpack runtime packages the debian profile's packages depend
-	// on: one per architecture of the kernels packaged, each carrying the Runtimes entry of
+	// Runtimes, when set, add the kmpack runtime packages: the debs the debian profile's
+	// packages depend on, and the rpms (one for rhel and suse) that hook kmpack autoinstall
+	// into kernel installs; one per architecture of the profile's kernels packaged, each carrying the Runtimes entry of
 	// that architecture (a kmpack binary built for it). A packaged architecture without one
 	// is an error; entries for other architectures are not written.
 	Runtimes []*Runtime

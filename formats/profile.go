@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/kmpack/kmpack/kmp/kernel"
 	"github.com/kmpack/kmpack/kmp/module"
 	"github.com/kmpack/kmpack/templates"
 )
@@ -138,12 +139,26 @@ func describe(in *Input, profileNames []string, opts Options) ([]*Package, error
 		}
 	}
 	if len(opts.Runtimes) > 0 && slices.Contains(profileNames, "debian") {
-		rts, err := runtimesFor(out, opts.Runtimes)
+		rts, err := runtimesFor(out, opts.Runtimes, []string{"debian"}, kernel.DebianArch)
 		if err != nil {
 			return nil, err
 		}
 		for _, rt := range rts {
 			p, err := RuntimePackage(rt, in)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p)
+		}
+	}
+	// One runtime rpm per architecture serves rhel and suse alike (it is named by the first).
+	if rpmProfile := runtimeRPMProfile(profileNames); len(opts.Runtimes) > 0 && rpmProfile != "" {
+		rts, err := runtimesFor(out, opts.Runtimes, []string{"rhel", "suse"}, func(m string) string { return m })
+		if err != nil {
+			return nil, err
+		}
+		for _, rt := range rts {
+			p, err := RuntimeRPMPackage(rt, in, rpmProfile)
 			if err != nil {
 				return nil, err
 			}
@@ -396,4 +411,21 @@ func (s *scriptlets) render(name string, data any) string {
 		s.err = fmt.Errorf("scriptlet template %s: %w", name, err)
 	}
 	return b.String()
+}
+
+// runtimeRPMProfile is the profile the runtime rpm is written for: rhel when it is among
+// profiles, else suse when that is, else none.
+func runtimeRPMProfile(profiles []string) string {
+	for _, p := range []string{"rhel", "suse"} {
+		if slices.Contains(profiles, p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// WantsRuntime tells whether packaging for profiles writes kmpack runtime packages (a deb for
+// debian, an rpm for rhel and suse) when given the binaries.
+func WantsRuntime(profiles []string) bool {
+	return slices.Contains(profiles, "debian") || runtimeRPMProfile(profiles) != ""
 }

@@ -101,16 +101,43 @@ func rpmlibRequires(p *Package) []Relation {
 		rel("CompressedFileNames", "3.0.4-1"),
 		rel("FileDigests", "4.6.0-1"),
 		rel("PayloadFilesHavePrefix", "4.0-1"),
-		rel("PayloadIsXz", "5.2-1"),
 	}
-	for _, lists := range [][]Relation{p.Requires, p.Supplements, p.Enhances, p.Provides} {
+	if rpmCompressor(p) == "xz" {
+		out = append(out, rel("PayloadIsXz", "5.2-1"))
+	}
+	rich, tilde, caret := false, strings.Contains(p.Version+p.Release, "~"), strings.Contains(p.Version+p.Release, "^")
+	for _, lists := range [][]Relation{p.Requires, p.Supplements, p.Enhances, p.Provides, p.Conflicts, p.Obsoletes, p.Recommends} {
 		for _, r := range lists {
+			rich = rich || strings.HasPrefix(r.Name, "(")
+			// A rich dependency's versions are inside its name, as rpmbuild reads them.
+			v := r.Version
 			if strings.HasPrefix(r.Name, "(") {
-				return append(out, rel("RichDependencies", "4.12.0-1"))
+				v += r.Name
 			}
+			tilde = tilde || strings.Contains(v, "~")
+			caret = caret || strings.Contains(v, "^")
 		}
 	}
+	if rich {
+		out = append(out, rel("RichDependencies", "4.12.0-1"))
+	}
+	if tilde {
+		out = append(out, rel("TildeInVersions", "4.10.0-1"))
+	}
+	if caret {
+		out = append(out, rel("CaretInVersions", "4.15.0-1"))
+	}
 	return out
+}
+
+// rpmCompressor is the payload's compression: xz, as rpmbuild's default, except for the
+// runtime package, whose payload is the kmpack binary (pure Go xz takes some 15 s over it;
+// gzip is fast, and every rpm reads it).
+func rpmCompressor(p *Package) string {
+	if p.runtime {
+		return "gzip"
+	}
+	return "xz"
 }
 
 func (e rpmEmitter) Write(p *Package, w io.Writer) error {
@@ -121,7 +148,7 @@ func (e rpmEmitter) Write(p *Package, w io.Writer) error {
 		Name: p.Name, Version: p.Version, Release: p.Release, Arch: p.Arch,
 		Summary: p.Summary, Description: p.Description, Licence: p.License,
 		Vendor: p.Vendor, URL: p.URL, Packager: p.Maintainer, Group: p.Group,
-		Compressor: "xz", Epoch: rpmpack.NoEpoch,
+		Compressor: rpmCompressor(p), Epoch: rpmpack.NoEpoch,
 		BuildTime: p.MTime, BuildHost: "kmpack",
 	}
 	r, err := rpmpack.NewRPM(md)
@@ -142,6 +169,12 @@ func (e rpmEmitter) Write(p *Package, w io.Writer) error {
 			rf.Body = f.Body
 			if f.Config {
 				rf.Type = rpmpack.ConfigFile
+			}
+			// rpmbuild flags what lies under %__docdir_path as %doc (rpm --excludedocs).
+			for _, d := range []string{"/usr/share/man/", "/usr/share/doc/", "/usr/share/info/"} {
+				if strings.HasPrefix(f.Path, d) {
+					rf.Type |= rpmpack.DocFile
+				}
 			}
 		}
 		r.AddFile(rf)

@@ -18,7 +18,8 @@ import (
 type Runtime struct {
 	// Binary is the kmpack executable, built for Arch (uname -m).
 	Binary []byte
-	// Version is kmpack's version ("0.1.0-dev", "1.2.0").
+	// Version is kmpack's version ("0.1.0-dev", "1.2.0"); both package formats write it with
+	// "~" for "-" (0.1.0~dev sorts before 0.1.0 in dpkg and in rpm).
 	Version string
 	Arch    string
 	// ManPage is kmpack(1) in roff, and the completions the scripts for each shell ("bash",
@@ -31,7 +32,7 @@ type Runtime struct {
 const RuntimePackageName = "kmpack"
 
 // RuntimeMinVersion is the oldest runtime whose weak-updates command line the debian
-// profile's maintainer scripts use.
+// profile's maintainer scripts use; the -dkms packages (deb and rpm) accept it instead of dkms.
 const RuntimeMinVersion = "0.1.0~"
 
 // Paths the runtime package installs.
@@ -199,6 +200,74 @@ License: NOASSERTION
 	return p, nil
 }
 
+// RuntimeRPMPackage describes the kmpack runtime rpm of profile ("rhel" or "suse"; one rpm
+// serves both): the binary, systemd's kernel-install plugin (Fedora's and RHEL's kernel
+// packages run kernel-install), and the boot unit, which also catches up where no plugin
+// runs (SUSE's kernels). Not the Debian-only files (the /etc/kernel hooks, apt's hook,
+// lintian's override, the copyright file), and not the depmod.d file: RHEL and SUSE rank
+// weak-updates in their own depmod.d, and their kernel module packages use the
+// distribution's weak-modules. No scriptlets: the files need none (the unit is enabled by
+// its link, as in the deb), and the -dkms rpm's %post registers its source with kmpack.
+func RuntimeRPMPackage(rt *Runtime, in *Input, profile string) (*Package, error) {
+	if len(rt.Binary) == 0 {
+		return nil, fmt.Errorf("runtime package: no kmpack binary")
+	}
+	group := "System Environment/Kernel"
+	if profile == "suse" {
+		group = "System/Kernel"
+	}
+	p := &Package{
+		Profile: profile, Format: "rpm",
+		Name: RuntimePackageName, Version: debVersion(rt.Version), Release: "1", Arch: rt.Arch,
+		Summary: "Autoinstall engine for kernel module packages (kmpack runtime)",
+		License: "NOASSERTION", Maintainer: "kmpack <kmpack@users.noreply.github.com>",
+		URL: "https://github.com/kmpack/kmpack", Group: group, MTime: in.MTime, runtime: true,
+	}
+	p.Description = `This package lets kernel module packages built by kmpack follow the kernels
+installed later: systemd's kernel-install plugin and a boot-time unit run
+kmpack autoinstall for a new kernel, which installs the matching kernel module
+package from the configured dnf or zypper repositories, or builds the module
+from a source registered with kmpack source add (the -dkms packages register
+theirs), and records what could not be done (kmpack status, kmpack gate). See
+kmpack autoinstall --help.`
+	var s scriptlets
+	p.Files = []File{
+		{Path: RuntimeBinary, Body: rt.Binary, Mode: 0o755},
+		{Path: RuntimeKernelInstall, Body: []byte(s.render("runtime-kernel-install", map[string]any{"Binary": RuntimeBinary})), Mode: 0o755},
+		{Path: RuntimeAutoinstallUnit, Body: []byte(runtimeAutoinstallUnit), Mode: 0o644},
+		{Path: RuntimeAutoinstallWants, Kind: Symlink, Target: "../" + path.Base(RuntimeAutoinstallUnit)},
+	}
+	if s.err != nil {
+		return nil, s.err
+	}
+	if len(rt.ManPage) > 0 {
+		p.Files = append(p.Files, File{Path: RuntimeManPage, Body: gzipNoName(rt.ManPage), Mode: 0o644})
+	}
+	// bash's only: zsh's vendor-completions and fish's vendor_completions.d are Debian's
+	// places, which Fedora's and SUSE's shells do not read.
+	if c, ok := rt.Completions["bash"]; ok {
+		p.Files = append(p.Files, File{Path: runtimeCompletions["bash"], Body: c, Mode: 0o644})
+	}
+	p.Requires = []Relation{Rel("kmod")}
+	libc, err := libcRequirement(rt.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if libc != nil {
+		// rpm's elfdeps names it by soname and symbol version, marked (64bit) on 64-bit ELF.
+		mark := ""
+		if f, err := elf.NewFile(bytes.NewReader(rt.Binary)); err == nil && f.Class == elf.ELFCLASS64 {
+			mark = "(64bit)"
+		}
+		name := "libc.so.6()" + mark
+		if libc.Version != "" {
+			name = "libc.so.6(GLIBC_" + libc.Version + ")" + mark
+		}
+		p.Requires = append(p.Requires, Rel(name))
+	}
+	return p, nil
+}
+
 // staticELF tells whether an ELF executable is statically linked: no program interpreter, no
 // shared library needed.
 func staticELF(binary []byte) bool {
@@ -240,29 +309,32 @@ func libcRequirement(binary []byte) (*Relation, error) {
 	return &Relation{Name: "libc6", Sense: GreatEq, Version: newest}, nil
 }
 
-// runtimesFor picks, for every architecture of the debian profile's kernel packages in pkgs,
-// the runtime built for it, in the order of the architectures' Debian names: a module package
-// depends on the runtime of its own architecture, so each needs one.
-func runtimesFor(pkgs []*Package, rts []*Runtime) ([]*Runtime, error) {
+// runtimesFor picks, for every architecture of the kernel packages of profiles in pkgs, the
+// runtime built for it, in the order of the architectures' names as arch spells them
+// (kernel.DebianArch for the deb; the machine itself for the rpm): a debian module package
+// depends on the runtime of its own architecture, and an rpm system gets the runtime of its
+// own, so each needs one.
+func runtimesFor(pkgs []*Package, rts []*Runtime, profiles []string, arch func(string) string) ([]*Runtime, error) {
 	byArch := map[string]*Runtime{}
 	for _, rt := range rts {
-		a := kernel.DebianArch(rt.Arch)
+		a := arch(rt.Arch)
 		if _, dup := byArch[a]; dup {
 			return nil, fmt.Errorf("runtime package: two kmpack binaries for %s", a)
 		}
 		byArch[a] = rt
 	}
-	need := map[string]string{} // Debian architecture -> a kernel of it
+	need := map[string]*Package{} // architecture -> a kernel package of it
 	for _, p := range pkgs {
-		if p.Profile == "debian" && p.Kernel != "" && need[p.Arch] == "" {
-			need[p.Arch] = p.Kernel
+		if slices.Contains(profiles, p.Profile) && p.Kernel != "" && need[p.Arch] == nil {
+			need[p.Arch] = p
 		}
 	}
 	var out []*Runtime
 	for _, a := range slices.Sorted(maps.Keys(need)) {
 		rt, ok := byArch[a]
 		if !ok {
-			return nil, fmt.Errorf("runtime package: the debian package for %s (%s) depends on the kmpack runtime, and no kmpack binary for %s was given", need[a], a, a)
+			p := need[a]
+			return nil, fmt.Errorf("runtime package: the %s package for %s (%s) goes with the kmpack runtime, and no kmpack binary for %s was given", p.Profile, p.Kernel, a, a)
 		}
 		out = append(out, rt)
 	}

@@ -53,7 +53,11 @@ func rpmSourcePackage(profile string, in *Input, group string) (*Package, error)
 		return nil, err
 	}
 	p.Arch, p.Group = "noarch", group
-	p.Requires = []Relation{Rel("dkms"), Relation{Name: "dkms", Phases: []string{"post"}}, Relation{Name: "dkms", Phases: []string{"preun"}}}
+	// dkms, or kmpack's runtime, whose source registration the %post prefers (as the deb's
+	// "dkms | kmpack (>= ...)"): a rich dependency (rpm 4.13+; RHEL 8, SLE 15), also for the
+	// scriptlets, which need one of them installed before they run.
+	either := fmt.Sprintf("(dkms or %s >= %s)", RuntimePackageName, RuntimeMinVersion)
+	p.Requires = []Relation{Rel(either), {Name: either, Phases: []string{"post"}}, {Name: either, Phases: []string{"preun"}}}
 	var s scriptlets
 	data := map[string]any{"Name": in.Meta.Name, "Version": in.Meta.Version}
 	p.Scripts = Scripts{PostInstall: s.render("dkms-rpm-post", data), PreRemove: s.render("dkms-rpm-preun", data)}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -164,13 +163,13 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 
-	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
+	if formats.WantsRuntime(profiles) && !c.Bool("no-runtime-package") {
 		// The runtime packages' binaries are checked before anything is built.
 		arches := map[string]string{}
 		for _, t := range trees {
 			addArch(arches, t.Arch, t.Release)
 		}
-		if _, err := checkRuntimeBinaries(c, arches); err != nil {
+		if _, err := checkRuntimeBinaries(c, profiles, arches); err != nil {
 			return err
 		}
 	} else if len(c.StringSlice("runtime-binary")) > 0 {

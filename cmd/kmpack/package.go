@@ -37,8 +37,8 @@ func packagingFlags() []cli.Flag {
 		&cli.StringFlag{Name: "kmm-image", Usage: "kmm: the image repository the Module resource names, REGISTRY/PATH without tag (default kmpack/<name>); each kernel's image is tagged with its release"},
 		&cli.StringFlag{Name: "kmm-base", Usage: "kmm: layer the kmod images on this base image, an OCI image layout DIR[:TAG] (skopeo copy docker://busybox:stable oci:DIR:stable): KMM's worker runs sh, mkdir and cp in the kmod image"},
 		&cli.StringFlag{Name: "kmm-module-name", Usage: "kmm: the module KMM's worker loads with modprobe (default: the first module built that no other module depends on)"},
-		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian: do not emit the kmpack runtime package the module packages depend on"},
-		&cli.StringSliceFlag{Name: "runtime-binary", Usage: "debian: the kmpack binary (this kmpack's version, CGO_ENABLED=0) the runtime package of its architecture carries, for kernels of another architecture than this host's (repeatable: one per architecture)"},
+		&cli.BoolFlag{Name: "no-runtime-package", Usage: "debian, rhel, suse: do not emit the kmpack runtime packages (the deb the debian module packages depend on; the rpm with the kernel-install plugin and boot unit that autoinstall new kernels)"},
+		&cli.StringSliceFlag{Name: "runtime-binary", Usage: "debian, rhel, suse: the kmpack binary (this kmpack's version, CGO_ENABLED=0) the runtime package of its architecture carries, for kernels of another architecture than this host's (repeatable: one per architecture)"},
 		&cli.StringFlag{Name: "gpg-key", EnvVars: []string{"KMPACK_GPG_KEY"}, Usage: "sign RPMs with this OpenPGP secret key (gpg --armor --export-secret-keys)"},
 		&cli.StringFlag{Name: "gpg-passphrase-file", EnvVars: []string{"KMPACK_GPG_PASSPHRASE_FILE"}, Usage: "read a protected --gpg-key's passphrase from this file's first line (or set KMPACK_GPG_PASSPHRASE)"},
 		&cli.StringFlag{Name: "apk-key", EnvVars: []string{"KMPACK_APK_KEY"}, Usage: "sign apk packages with this RSA PEM private key (abuild-keygen's NAME.rsa)"},
@@ -197,7 +197,7 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 	default:
 		return usagef("--served: %q is neither package nor weak-updates", opts.Served)
 	}
-	if slices.Contains(profiles, "debian") && !c.Bool("no-runtime-package") {
+	if formats.WantsRuntime(profiles) && !c.Bool("no-runtime-package") {
 		// The runtime package's payload is the kmpack binary: stripping it and compressing it
 		// take most of packaging's time, so both are kept in the cache directory.
 		opts.Cache = &formats.PackageCache{Dir: c.String("cache-dir"), Refresh: c.Bool("no-cache"),
@@ -207,7 +207,7 @@ func writePackages(c *cli.Context, src *source.Source, m *manifest.Manifest, out
 		} else {
 			opts.Cache.Secret = secret
 		}
-		rts, err := runtimes(c, m, opts.Cache)
+		rts, err := runtimes(c, profiles, m, opts.Cache)
 		if err != nil {
 			return err
 		}

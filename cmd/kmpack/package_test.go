@@ -60,11 +60,11 @@ func TestBuildAndPackageCommands(t *testing.T) {
 		t.Fatalf("package: exit %d: %s", code, stderr)
 	}
 	var written []formats.Written
-	if err := json.Unmarshal([]byte(stdout), &written); err != nil || len(written) != 1 || written[0].Name != "kmod-kmpack-hello" {
+	if err := json.Unmarshal([]byte(stdout), &written); err != nil || len(written) != 2 || written[0].Name != "kmod-kmpack-hello" || written[1].Name != formats.RuntimePackageName {
 		t.Fatalf("package --json: %v %+v", err, written)
 	}
 	entries, _ := os.ReadDir(filepath.Join(out, formats.PackagesDir))
-	if len(entries) != 2 { // the rpm and packages.json: the packages directory was replaced
+	if len(entries) != 3 { // the kmod, the runtime rpm and packages.json: the packages directory was replaced
 		t.Errorf("packages dir holds %d entries", len(entries))
 	}
 

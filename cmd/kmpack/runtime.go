@@ -30,7 +30,7 @@ const (
 )
 
 // errRuntimeBinaryUnused is a --runtime-binary given where no runtime package is written.
-const errRuntimeBinaryUnused = "--runtime-binary: no runtime package is written (it goes with the debian profile, without --no-runtime-package)"
+const errRuntimeBinaryUnused = "--runtime-binary: no runtime package is written (it goes with the debian, rhel and suse profiles, without --no-runtime-package)"
 
 // maxRuntimeBinary bounds a --runtime-binary file (kmpack is some 20 MB).
 const maxRuntimeBinary = 256 << 20
@@ -42,14 +42,14 @@ const maxRuntimeBinary = 256 << 20
 // Where that strip is missing, a binary with a symbol table is packaged as it is, with a
 // warning. cache's Salt is this kmpack's sha256 (the emitters); a --runtime-binary is part of
 // each key through the package's file digests, and of its stripped copy's key.
-func runtimes(c *cli.Context, m *manifest.Manifest, cache *formats.PackageCache) ([]*formats.Runtime, error) {
+func runtimes(c *cli.Context, profiles []string, m *manifest.Manifest, cache *formats.PackageCache) ([]*formats.Runtime, error) {
 	arches := map[string]string{} // machine -> a kernel of it
 	for _, k := range m.Kernels {
 		if k.Status == manifest.StatusBuilt || k.Status == manifest.StatusServed {
 			addArch(arches, k.Arch, k.Release)
 		}
 	}
-	given, err := checkRuntimeBinaries(c, arches)
+	given, err := checkRuntimeBinaries(c, profiles, arches)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +119,7 @@ type runtimeBinary struct {
 // architecture, and the same kmpack as this one (sameKmpack), since the module packages'
 // scripts are written for this kmpack's command line. Every architecture but this host's
 // needs one. kmpack build checks them before building.
-func checkRuntimeBinaries(c *cli.Context, arches map[string]string) (map[string]runtimeBinary, error) {
+func checkRuntimeBinaries(c *cli.Context, profiles []string, arches map[string]string) (map[string]runtimeBinary, error) {
 	given := map[string]runtimeBinary{}
 	for _, file := range c.StringSlice("runtime-binary") {
 		rb, arch, err := readRuntimeBinary(file, arches)
@@ -136,8 +136,12 @@ func checkRuntimeBinaries(c *cli.Context, arches map[string]string) (map[string]
 			continue
 		}
 		ga := kernel.GoArch(a)
-		return nil, usagef("the debian packages for %s (%s) depend on the kmpack runtime package for %s, which carries kmpack built for %s: build it from this kmpack's source (CGO_ENABLED=0 GOARCH=%s go build -trimpath -o kmpack-%s ./cmd/kmpack) and give it with --runtime-binary kmpack-%s, or leave the runtime package out with --no-runtime-package",
-			arches[a], a, kernel.DebianArch(a), a, ga, ga, ga)
+		what := fmt.Sprintf("the debian packages for %s (%s) depend on the kmpack runtime package for %s", arches[a], a, kernel.DebianArch(a))
+		if !slices.Contains(profiles, "debian") {
+			what = fmt.Sprintf("the rpm packages for %s (%s) go with the kmpack runtime rpm for %s", arches[a], a, a)
+		}
+		return nil, usagef("%s, which carries kmpack built for %s: build it from this kmpack's source (CGO_ENABLED=0 GOARCH=%s go build -trimpath -o kmpack-%s ./cmd/kmpack) and give it with --runtime-binary kmpack-%s, or leave the runtime package out with --no-runtime-package",
+			what, a, ga, ga, ga)
 	}
 	return given, nil
 }
