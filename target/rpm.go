@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	rpmutils "github.com/sassoftware/go-rpmutils"
+	rpmversion "github.com/knqyf263/go-rpm-version"
 
 	"github.com/kmpack/kmpack/formats/names"
 	"github.com/kmpack/kmpack/kmp/ident"
@@ -577,25 +577,10 @@ func dnfPlanInstalls(out, pkg string) bool {
 	return slices.Contains(dnfPlanSections(out)["Installing"], pkg)
 }
 
-// compareEVR is rpm's order of two packages' epoch, version and release.
+// compareEVR is rpm's order of two packages' epoch, version and release (go-rpm-version, as
+// the weak-updates engine and kmp/repo order rpm versions).
 func compareEVR(a, b *rpmPackage) int {
-	ea, eb := a.epoch, b.epoch
-	if ea == "" {
-		ea = "0"
-	}
-	if eb == "" {
-		eb = "0"
-	}
-	if len(ea) != len(eb) {
-		return len(ea) - len(eb) // numbers without leading zeros
-	}
-	if c := strings.Compare(ea, eb); c != 0 {
-		return c
-	}
-	if c := rpmutils.Vercmp(a.version, b.version); c != 0 {
-		return c
-	}
-	return rpmutils.Vercmp(a.release, b.release)
+	return rpmversion.NewVersion(a.evr()).Compare(rpmversion.NewVersion(b.evr()))
 }
 
 // zypperSolvables are the packages named pkg in zypper's search --xmlout answer.
