@@ -293,7 +293,7 @@ func OpenDeferredLog(o Options) (*os.File, error) {
 	if err := r.MkdirAll(autoDir, 0o755); err != nil {
 		return nil, err
 	}
-	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND | syscall.O_NOFOLLOW
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND | syscall.O_NOFOLLOW | syscall.O_NONBLOCK // never a FIFO's wait
 	if fi, err := r.Lstat(strings.TrimPrefix(DeferredLog, "/")); err == nil && fi.Size() > 1<<20 {
 		flags |= os.O_TRUNC
 	}
