@@ -1,6 +1,7 @@
 package kmp
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -69,11 +70,59 @@ func ReadRootFile(root *os.Root, rel string, max int64) ([]byte, fs.FileMode, er
 	if fi.Size() > max {
 		return nil, 0, fmt.Errorf("%s: larger than %d bytes", rel, max)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	b, err := readBounded(f, fi.Size(), max)
 	if err == nil && int64(len(b)) > max {
 		err = fmt.Errorf("%s: larger than %d bytes", rel, max)
 	}
 	return b, fi.Mode(), err
+}
+
+// readBounded reads r to its end, at most max+1 bytes, into a buffer sized for the file's
+// stated size: a kernel tree's Module.symvers is read in one allocation instead of io.ReadAll's
+// doublings (a no-change rebuild reads nine of them). The size is only a hint: a file that
+// grew is still read to max+1.
+func readBounded(r io.Reader, size, max int64) ([]byte, error) {
+	if size < 0 || size > max {
+		size = max
+	}
+	b := make([]byte, 0, size+1) // +1: reaching EOF needs room for one more read
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):min(int64(cap(b)), max+1)])
+		b = b[:len(b)+n]
+		if err == io.EOF || int64(len(b)) > max {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// HashRootFile is the sha256 of a regular file below root (OpenRootFile), at most max bytes,
+// read in a stream: hashing a tree's identity needs no copy of its files.
+func HashRootFile(root *os.Root, rel string, max int64) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	f, fi, err := OpenRootFile(root, rel, false)
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	if fi.Size() > max {
+		return sum, fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, max+1))
+	if err != nil {
+		return sum, err
+	}
+	if n > max {
+		return sum, fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 // LexicallyInside tells whether a slash-separated relative path stays below its base without

@@ -611,7 +611,7 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 	}
 	defer tree.Close()
 	for _, f := range treeIdentityFiles {
-		data, _, err := kmp.ReadRootFile(tree, f, maxTreeIdentityFile)
+		sum, err := kmp.HashRootFile(tree, f, maxTreeIdentityFile)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			fmt.Fprintf(h, "%s absent\x00", f)
@@ -619,7 +619,6 @@ func (b *builder) cacheKey(j *kernelJob) (string, error) {
 		case err != nil:
 			return "", kmp.InputErrorf(filepath.Join(j.tree.Dir, f), "%v", kmp.UnwrapPathError(err))
 		}
-		sum := sha256.Sum256(data)
 		fmt.Fprintf(h, "%s %x\x00", f, sum)
 	}
 	cc := j.tree.Compiler

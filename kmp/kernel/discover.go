@@ -3,6 +3,7 @@ package kernel
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -43,21 +44,20 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 	d := &Discovery{Trees: []*KernelTree{}}
 	dirs, dangling := CandidateDirs(root)
 	d.Skipped = dangling
-	// Opening a tree parses its Module.symvers and probes its compiler: do them side by side.
-	trees := make([]*KernelTree, len(dirs))
-	errs := make([]error, len(dirs))
-	var wg sync.WaitGroup
-	for i, dir := range dirs {
-		if !looksLikeTree(dir) {
-			continue
+	var open []string
+	for _, dir := range dirs {
+		if looksLikeTree(dir) {
+			open = append(open, dir)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			trees[i], errs[i] = OpenKernelTree(dir)
-		}()
 	}
-	wg.Wait()
+	opened, openErrs := OpenKernelTrees(open)
+	trees, errs := make([]*KernelTree, len(dirs)), make([]error, len(dirs))
+	for i, j := 0, 0; i < len(dirs); i++ {
+		if j < len(open) && dirs[i] == open[j] {
+			trees[i], errs[i] = opened[j], openErrs[j]
+			j++
+		}
+	}
 	for i, dir := range dirs {
 		switch {
 		case !looksLikeTree(dir):
@@ -164,4 +164,21 @@ func cmpInt(a, b int) int {
 		return 1
 	}
 	return 0
+}
+
+// OpenKernelTrees is OpenKernelTree of each of dirs, as many at a time as there are CPUs:
+// parsing each tree's Module.symvers is most of what a no-change rebuild of many kernels spends.
+func OpenKernelTrees(dirs []string) ([]*KernelTree, []error) {
+	trees, errs := make([]*KernelTree, len(dirs)), make([]error, len(dirs))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, d := range dirs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			trees[i], errs[i] = OpenKernelTree(d)
+		})
+	}
+	wg.Wait()
+	return trees, errs
 }

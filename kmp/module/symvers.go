@@ -86,12 +86,51 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 	text := string(raw)
 	lines := strings.Count(text, "\n") + 1
 	sv = &Symvers{Path: path, byName: make(map[string]int, lines), Symbols: make([]Symbol, 0, lines)}
+	err = scanSymvers(path, text, func(sym Symbol) {
+		if i, dup := sv.byName[sym.Name]; dup {
+			sv.Symbols[i] = sym // modpost lets the last definition win
+			return
+		}
+		sv.byName[sym.Name] = len(sv.Symbols)
+		sv.Symbols = append(sv.Symbols, sym)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return sv, nil
+}
+
+// SymversCount is what CountSymvers finds in a Module.symvers.
+type SymversCount struct {
+	// Entries counts the symbol lines (a symbol defined twice counts twice; modpost writes
+	// each once), Vmlinux those of the kernel image itself.
+	Entries, Vmlinux int
+}
+
+// CountSymvers checks data as ParseSymvers does, with the same errors, and counts its entries
+// without keeping the table: describing a kernel tree needs to know its Module.symvers is
+// sound, not to hold 25,000 symbols of every tree a build names.
+func CountSymvers(path string, data []byte) (c SymversCount, err error) {
+	defer kmp.Guard(path, &err)
+	err = scanSymvers(path, string(data), func(sym Symbol) {
+		c.Entries++
+		if sym.Module == "vmlinux" {
+			c.Vmlinux++
+		}
+	})
+	return c, err
+}
+
+// scanSymvers checks text line by line and calls fn with each symbol, in order. A file
+// without symbols is an error.
+func scanSymvers(path, text string, fn func(Symbol)) error {
 	var cols [5]string
+	found := false
 	for line := 1; text != ""; line++ {
 		var l string
 		l, text, _ = strings.Cut(text, "\n")
 		if len(l) > maxSymversLine {
-			return nil, kmp.InputErrorf(path, "line %d: longer than %d bytes", line, maxSymversLine)
+			return kmp.InputErrorf(path, "line %d: longer than %d bytes", line, maxSymversLine)
 		}
 		l = strings.TrimRight(l, "\r")
 		if strings.TrimSpace(l) == "" {
@@ -117,40 +156,36 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 				sym = Symbol{Module: cols[2], Export: cols[3], Namespace: cols[4]}
 			}
 		default:
-			return nil, kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, n)
+			return kmp.InputErrorf(path, "line %d: %d tab-separated columns, want 3 to 5", line, n)
 		}
 		// Names, modules and namespaces are identifiers: a control character in one (a CR
 		// mid-line, an escape) is a corrupt file, and would not survive being written back.
 		for _, c := range cols[:n] {
 			if hasControl(c) {
-				return nil, kmp.InputErrorf(path, "line %d: control character in a field", line)
+				return kmp.InputErrorf(path, "line %d: control character in a field", line)
 			}
 		}
 		crc, err := parseCRC(cols[0])
 		if err != nil {
-			return nil, kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
+			return kmp.InputErrorf(path, "line %d: bad CRC %q", line, truncate(cols[0], 40))
 		}
 		sym.CRC, sym.Name = crc, cols[1]
 		if sym.Name == "" || strings.IndexByte(sym.Name, ' ') >= 0 || strings.IndexByte(sym.Name, 0) >= 0 {
-			return nil, kmp.InputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
+			return kmp.InputErrorf(path, "line %d: bad symbol name %q", line, truncate(sym.Name, 40))
 		}
 		if sym.Module == "" {
-			return nil, kmp.InputErrorf(path, "line %d: symbol %s has no module", line, sym.Name)
+			return kmp.InputErrorf(path, "line %d: symbol %s has no module", line, sym.Name)
 		}
 		if sym.Export != "" && !strings.HasPrefix(sym.Export, "EXPORT_") {
-			return nil, kmp.InputErrorf(path, "line %d: bad export type %q", line, truncate(sym.Export, 40))
+			return kmp.InputErrorf(path, "line %d: bad export type %q", line, truncate(sym.Export, 40))
 		}
-		if i, dup := sv.byName[sym.Name]; dup {
-			sv.Symbols[i] = sym // modpost lets the last definition win
-			continue
-		}
-		sv.byName[sym.Name] = len(sv.Symbols)
-		sv.Symbols = append(sv.Symbols, sym)
+		fn(sym)
+		found = true
 	}
-	if len(sv.Symbols) == 0 {
-		return nil, kmp.InputErrorf(path, "no symbols: not a Module.symvers file")
+	if !found {
+		return kmp.InputErrorf(path, "no symbols: not a Module.symvers file")
 	}
-	return sv, nil
+	return nil
 }
 
 // maxSymversLine bounds a line of a symvers file (real ones are some 100 bytes).

@@ -97,6 +97,24 @@ func sameAsScanner(t *testing.T, data []byte) {
 	case werr == nil && (!reflect.DeepEqual(got.Symbols, want.Symbols) || !reflect.DeepEqual(got.byName, want.byName)):
 		t.Fatalf("symbols differ")
 	}
+	// CountSymvers checks the same, with the same message, and counts every entry.
+	c, cerr := CountSymvers("x", data)
+	switch {
+	case (cerr == nil) != (gerr == nil) || cerr != nil && cerr.Error() != gerr.Error():
+		t.Fatalf("CountSymvers: %v, ParseSymvers: %v", cerr, gerr)
+	case gerr == nil && (c.Entries < got.Len() || c.Vmlinux > c.Entries):
+		t.Fatalf("CountSymvers: %+v for %d symbols", c, got.Len())
+	case gerr == nil && c.Entries == got.Len():
+		vmlinux := 0
+		for _, s := range got.Symbols {
+			if s.Module == "vmlinux" {
+				vmlinux++
+			}
+		}
+		if c.Vmlinux != vmlinux {
+			t.Fatalf("CountSymvers: %d from vmlinux, ParseSymvers %d", c.Vmlinux, vmlinux)
+		}
+	}
 }
 
 // The installed kernels' own Module.symvers files, and the fuzz seeds, parse as before.
@@ -150,7 +168,7 @@ func BenchmarkParseSymvers(b *testing.B) {
 	for _, c := range []struct {
 		name  string
 		parse func(string, io.Reader) (*Symvers, error)
-	}{{"strings", ParseSymvers}, {"scanner", parseSymversScanner}} {
+	}{{"strings", ParseSymvers}, {"scanner", parseSymversScanner}, {"count", countOnly}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
@@ -160,4 +178,14 @@ func BenchmarkParseSymvers(b *testing.B) {
 			}
 		})
 	}
+}
+
+// countOnly is CountSymvers shaped as a parser, for the benchmark: what describing a tree spends.
+func countOnly(path string, r io.Reader) (*Symvers, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	_, err = CountSymvers(path, data)
+	return nil, err
 }

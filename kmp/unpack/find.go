@@ -49,24 +49,27 @@ func FindKernels(cacheDir, root string, args []string) (*Found, error) {
 		}
 		expanded = append(expanded, m...)
 	}
-	var pkgs []string
+	var pkgs, dirs []string
 	for _, a := range expanded {
 		fi, err := os.Stat(a)
 		switch {
 		case err != nil:
 			res.Errors = append(res.Errors, kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err)).Error())
 		case fi.IsDir():
-			t, err := kernel.OpenKernelTree(a)
-			if err != nil {
-				if !kmp.IsInputError(err) {
-					return nil, err
-				}
-				res.Errors = append(res.Errors, err.Error())
-				continue
-			}
-			res.Trees = append(res.Trees, t)
+			dirs = append(dirs, a)
 		default:
 			pkgs = append(pkgs, a)
+		}
+	}
+	trees, errs := kernel.OpenKernelTrees(dirs)
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			res.Trees = append(res.Trees, trees[i])
+		case !kmp.IsInputError(err):
+			return nil, err
+		default:
+			res.Errors = append(res.Errors, err.Error())
 		}
 	}
 	if len(pkgs) > 0 {
