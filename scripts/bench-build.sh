@@ -10,11 +10,13 @@
 # files, which this script downloads with apt-get download, and given to dkms with
 # --kernelsourcedir), plus the installed cloud, rt and 6.12 trees: nine kernels.
 #        BENCH_TREES='DIR...' scripts/bench-build.sh ...  builds against these trees instead.
+#        BASELINE=/path/to/kmpack scripts/bench-build.sh ...  adds that binary's no-change
+#        rebuild (after a cold build of its own, untimed) as a last column, "before".
 #
 # Columns, each from a fresh cache directory unless said: dkms; kmpack; kmpack --compile-cache
 # (cold ccache); the same again with --no-cache (every kernel rebuilt, the compile cache warm);
 # kmpack --classes (its probe modules built too, cold), with how many kernels it built and served;
-# a no-change kmpack build against kmpack's first; CPU seconds (user+sys of everything each ran)
+# a no-change kmpack build against kmpack's first (the median of five); CPU seconds (user+sys of everything each ran)
 # of dkms, kmpack and kmpack --classes; kmpack's own peak resident memory (VmHWM of the kmpack
 # process, sampled from /proc; make and the compilers it runs are not kmpack).
 #
@@ -86,8 +88,19 @@ export work
 printf '%s kernels: %s; %d CPUs\n\n' "${#kernels[@]}" "${kernels[*]}" "$jobs"
 kflags=()
 for t in "${trees[@]}"; do kflags+=(-k "$t"); done
-printf '%-18s %8s %10s %6s %11s %6s %8s %11s %6s %6s %9s %7s %18s %8s\n' module "dkms (s)" "kmpack (s)" ratio "+ccache (s)" ratio "warm (s)" "classes (s)" ratio "built" \
-  "no-change" "vs first" "CPU s dkms/km/cls" "peak MiB"
+# median5 CMD...: the median wall seconds of five runs of CMD (a no-change rebuild is a few tenths
+# of a second: one run says little).
+median5() {
+  local i s e
+  for i in 1 2 3 4 5; do
+    s=$(now)
+    "$@" >/dev/null 2>&1 || true
+    e=$(now)
+    echo "$e - $s" | bc
+  done | sort -n | sed -n 3p
+}
+printf '%-18s %8s %10s %6s %11s %6s %8s %11s %6s %6s %9s %7s %18s %8s%s\n' module "dkms (s)" "kmpack (s)" ratio "+ccache (s)" ratio "warm (s)" "classes (s)" ratio "built" \
+  "no-change" "vs first" "CPU s dkms/km/cls" "peak MiB" "${BASELINE:+    before}"
 for pkg in "${pkgs[@]}"; do
   deb=$(ls "$cache"/debs/"${pkg}"_*.deb | tail -1)
   mkdir -p "$work/$pkg/unpacked"
@@ -108,7 +121,12 @@ for pkg in "${pkgs[@]}"; do
   t3=$(now)
   "$kmpack" --cache-dir "$work/$pkg/cache-cc" build -q --compile-cache --no-cache --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out-cc" "$src" >/dev/null 2>&1 || true
   t4=$(now)
-  "$kmpack" --cache-dir "$work/$pkg/cache" build -q --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out" "$src" >/dev/null 2>&1 || true
+  nochange=$(median5 "$kmpack" --cache-dir "$work/$pkg/cache" build -q --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out" "$src")
+  before=""
+  if [ -n "${BASELINE:-}" ]; then
+    "$BASELINE" --cache-dir "$work/$pkg/cache-before" build -q --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out-before" "$src" >/dev/null 2>&1 || true
+    before=$(median5 "$BASELINE" --cache-dir "$work/$pkg/cache-before" build -q --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out-before" "$src")
+  fi
   t5=$(now)
   timed "$work/$pkg/classes.stat" "$kmpack" --cache-dir "$work/$pkg/cache-classes" build -q --classes --jobs "$jobs" "${kflags[@]}" -o "$work/$pkg/out-classes" "$src"
   t6=$(now)
@@ -121,13 +139,15 @@ for pkg in "${pkgs[@]}"; do
   read -r kcpu kpeak <"$work/$pkg/kmpack.stat"
   read -r ccpu cpeak <"$work/$pkg/classes.stat"
   awk -v p="$pkg" -v d="$(echo "$t1 - $t0" | bc)" -v k="$(echo "$t2 - $t1" | bc)" -v c="$(echo "$t3 - $t2" | bc)" \
-    -v w="$(echo "$t4 - $t3" | bc)" -v n="$(echo "$t5 - $t4" | bc)" -v cl="$(echo "$t6 - $t5" | bc)" \
+    -v w="$(echo "$t4 - $t3" | bc)" -v n="$nochange" -v bf="$before" -v cl="$(echo "$t6 - $t5" | bc)" \
     -v dc="$dcpu" -v kc="$kcpu" -v cc="$ccpu" -v kp="$kpeak" -v cp="$cpeak" -v b="$built" \
-    'BEGIN { pk = kp > cp ? kp : cp; printf "%-18s %8.1f %10.1f %5.2fx %11.1f %5.2fx %8.1f %11.1f %5.2fx %6s %9.2f %6.1f%% %18s %8.0f\n",
-      p, d, k, k / d, c, c / d, w, cl, cl / d, b, n, 100 * n / k, sprintf("%.0f/%.0f/%.0f", dc, kc, cc), pk / 1024 }'
+    'BEGIN { pk = kp > cp ? kp : cp; printf "%-18s %8.1f %10.1f %5.2fx %11.1f %5.2fx %8.1f %11.1f %5.2fx %6s %9.2f %6.1f%% %18s %8.0f%s\n",
+      p, d, k, k / d, c, c / d, w, cl, cl / d, b, n, 100 * n / k, sprintf("%.0f/%.0f/%.0f", dc, kc, cc), pk / 1024,
+      bf == "" ? "" : sprintf(" %9.2f", bf) }'
 done
 echo
 echo "ratio = kmpack wall time / dkms wall time (issue 16's targets: full build <= 0.45x, compile reuse <= 0.3x, classes <= 0.15x);"
 echo "+ccache = kmpack --compile-cache, cold; warm = the same with --no-cache after it; classes = kmpack --classes, cold;"
-echo "built = kernels --classes built + kernels it served with another kernel's build; vs first = no-change rebuild / first build"
+echo "built = kernels --classes built + kernels it served with another kernel's build; no-change = median of five no-change rebuilds;"
+echo "vs first = no-change rebuild / first build${BASELINE:+; before = the no-change rebuild of $BASELINE, median of five}"
 echo "(target <= 3% and < 0.3 s); peak = kmpack's own resident memory, the larger of its full and --classes builds (target < 200 MiB)"
