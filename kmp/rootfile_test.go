@@ -24,6 +24,7 @@ func TestReadBounded(t *testing.T) {
 		{"grew", 10, 20000, 10000},
 		{"shrank", 50000, 60000, 10000},
 		{"unknown", -1, 20000, 10000},
+		{"stat says 0, as /proc files do", 0, 20000, 10000},
 		{"at max", 10000, 10000, 10000},
 		{"over max", 10000, 9999, 10000}, // max+1 read: the caller sees it is too large
 		{"hint over max", 10000, 100, 101},
@@ -81,5 +82,22 @@ func TestHashRootFile(t *testing.T) {
 	b, _, err := ReadRootFile(root, "f", 1<<20)
 	if err != nil || !bytes.Equal(b, data) {
 		t.Fatalf("ReadRootFile: %d bytes, %v", len(b), err)
+	}
+}
+
+// A file whose stat says 0 bytes but has content (the kernel's /proc files) is read whole.
+func TestReadRootFileSizeZero(t *testing.T) {
+	root, err := os.OpenRoot("/proc/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	fi, err := root.Stat("status")
+	if err != nil || fi.Size() != 0 {
+		t.Fatalf("/proc/self/status: size %v, %v; the test needs a file that reports 0", fi, err)
+	}
+	b, _, err := ReadRootFile(root, "status", 1<<20)
+	if err != nil || !bytes.Contains(b, []byte("\nPid:")) || !bytes.Contains(b, []byte("\nVmRSS:")) {
+		t.Fatalf("read %d bytes, %v: %q", len(b), err, b)
 	}
 }
