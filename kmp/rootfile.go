@@ -77,22 +77,25 @@ func ReadRootFile(root *os.Root, rel string, max int64) ([]byte, fs.FileMode, er
 	return b, fi.Mode(), err
 }
 
-// readBounded reads r to its end, at most max+1 bytes, into a buffer sized for the file's
+// readBounded reads r to its end, at most limit+1 bytes, into a buffer sized for the file's
 // stated size: a kernel tree's Module.symvers is read in one allocation instead of io.ReadAll's
 // doublings (a no-change rebuild reads nine of them). The size is only a hint: a file that
-// grew is still read to max+1.
-func readBounded(r io.Reader, size, max int64) ([]byte, error) {
-	if size < 0 || size > max {
-		size = max
+// grew is still read to limit+1.
+func readBounded(r io.Reader, size, limit int64) ([]byte, error) {
+	if limit < 0 || limit > maxReadBound {
+		return nil, fmt.Errorf("read bound %d out of range", limit)
 	}
+	// The stated size is believed up to preallocLimit: a file that claims a gigabyte (a FUSE
+	// file, one that shrank) gets its buffer as its bytes arrive.
+	size = min(max(size, 0), limit, preallocLimit)
 	b := make([]byte, 0, size+1) // +1: reaching EOF needs room for one more read
 	for {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)]
 		}
-		n, err := r.Read(b[len(b):min(int64(cap(b)), max+1)])
+		n, err := r.Read(b[len(b):min(int64(cap(b)), limit+1)])
 		b = b[:len(b)+n]
-		if err == io.EOF || int64(len(b)) > max {
+		if err == io.EOF || int64(len(b)) > limit {
 			return b, nil
 		}
 		if err != nil {
@@ -101,10 +104,20 @@ func readBounded(r io.Reader, size, max int64) ([]byte, error) {
 	}
 }
 
+// maxReadBound keeps limit+1 from overflowing; preallocLimit is the most readBounded allocates
+// before the bytes are there.
+const (
+	maxReadBound  = 1 << 40
+	preallocLimit = 64 << 20
+)
+
 // HashRootFile is the sha256 of a regular file below root (OpenRootFile), at most max bytes,
 // read in a stream: hashing a tree's identity needs no copy of its files.
 func HashRootFile(root *os.Root, rel string, max int64) ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
+	if max < 0 || max > maxReadBound {
+		return sum, fmt.Errorf("read bound %d out of range", max)
+	}
 	f, fi, err := OpenRootFile(root, rel, false)
 	if err != nil {
 		return sum, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,7 @@ func TestReadBounded(t *testing.T) {
 		{"at max", 10000, 10000, 10000},
 		{"over max", 10000, 9999, 10000}, // max+1 read: the caller sees it is too large
 		{"hint over max", 10000, 100, 101},
+		{"claims a terabyte", 1 << 40, 1 << 40, 10000}, // at most preallocLimit before the bytes come
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// One byte per Read: the loop, not one lucky call, must put the file together.
@@ -36,6 +38,15 @@ func TestReadBounded(t *testing.T) {
 				t.Fatalf("read %d bytes, err %v; want %d", len(got), err, c.want)
 			}
 		})
+	}
+}
+
+// A bound that max+1 would overflow, or a negative one, is an error, not a panic.
+func TestReadBoundedOutOfRange(t *testing.T) {
+	for _, limit := range []int64{-1, math.MaxInt64, maxReadBound + 1} {
+		if b, err := readBounded(strings.NewReader("x"), 1, limit); err == nil {
+			t.Errorf("limit %d: read %q, want an error", limit, b)
+		}
 	}
 }
 

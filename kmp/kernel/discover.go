@@ -44,29 +44,28 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 	d := &Discovery{Trees: []*KernelTree{}}
 	dirs, dangling := CandidateDirs(root)
 	d.Skipped = dangling
+	// Each directory is looked at once: asking again could get another answer (a Makefile
+	// created meanwhile) for a directory that was never opened.
 	var open []string
-	for _, dir := range dirs {
+	openOf := make([]int, len(dirs)) // index in open, -1 when it does not look like a tree
+	for i, dir := range dirs {
+		openOf[i] = -1
 		if looksLikeTree(dir) {
+			openOf[i] = len(open)
 			open = append(open, dir)
 		}
 	}
 	opened, openErrs := OpenKernelTrees(open)
-	trees, errs := make([]*KernelTree, len(dirs)), make([]error, len(dirs))
-	for i, j := 0, 0; i < len(dirs); i++ {
-		if j < len(open) && dirs[i] == open[j] {
-			trees[i], errs[i] = opened[j], openErrs[j]
-			j++
-		}
-	}
 	for i, dir := range dirs {
+		j := openOf[i]
 		switch {
-		case !looksLikeTree(dir):
+		case j < 0:
 			// -common and kbuild halves of Debian's headers, source-only trees: not an error.
 			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: "no Makefile with .config: not a configured kernel tree"})
-		case errs[i] != nil:
-			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: errs[i].Error()})
+		case openErrs[j] != nil:
+			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: openErrs[j].Error()})
 		default:
-			d.Trees = append(d.Trees, trees[i])
+			d.Trees = append(d.Trees, opened[j])
 		}
 	}
 	SortKernelTrees(d.Trees)

@@ -189,7 +189,7 @@ func openKernelTree(dir string, keepSymvers bool) (*KernelTree, error) {
 			if err != nil {
 				return nil, err
 			}
-			info.Symbols, info.Vmlinux = c.Entries, c.Vmlinux
+			info.Symbols, info.Vmlinux = c.Symbols, c.Vmlinux
 		}
 		t.Symvers = info
 	} else if t.Modversions {

@@ -102,23 +102,32 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 
 // SymversCount is what CountSymvers finds in a Module.symvers.
 type SymversCount struct {
-	// Entries counts the symbol lines (a symbol defined twice counts twice; modpost writes
-	// each once), Vmlinux those of the kernel image itself.
-	Entries, Vmlinux int
+	// Symbols is what ParseSymvers's Len would be, Vmlinux how many of them the kernel image
+	// itself exports (a symbol defined twice counts once, by its last definition, as modpost
+	// and ParseSymvers take it).
+	Symbols, Vmlinux int
 }
 
-// CountSymvers checks data as ParseSymvers does, with the same errors, and counts its entries
+// CountSymvers checks data as ParseSymvers does, with the same errors, and counts its symbols
 // without keeping the table: describing a kernel tree needs to know its Module.symvers is
 // sound, not to hold 25,000 symbols of every tree a build names.
 func CountSymvers(path string, data []byte) (c SymversCount, err error) {
 	defer kmp.Guard(path, &err)
-	err = scanSymvers(path, string(data), func(sym Symbol) {
-		c.Entries++
-		if sym.Module == "vmlinux" {
+	text := string(data)
+	vmlinux := make(map[string]bool, strings.Count(text, "\n")+1) // name: its last definition is vmlinux's
+	err = scanSymvers(path, text, func(sym Symbol) {
+		vmlinux[sym.Name] = sym.Module == "vmlinux"
+	})
+	if err != nil {
+		return SymversCount{}, err
+	}
+	c.Symbols = len(vmlinux)
+	for _, v := range vmlinux {
+		if v {
 			c.Vmlinux++
 		}
-	})
-	return c, err
+	}
+	return c, nil
 }
 
 // scanSymvers checks text line by line and calls fn with each symbol, in order. A file

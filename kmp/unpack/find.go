@@ -49,27 +49,37 @@ func FindKernels(cacheDir, root string, args []string) (*Found, error) {
 		}
 		expanded = append(expanded, m...)
 	}
+	// Directories are opened side by side; what each argument gives (a tree, or its error) is
+	// then taken in the arguments' order, as if they had been opened one after another.
 	var pkgs, dirs []string
-	for _, a := range expanded {
+	statErrs := make([]error, len(expanded))
+	dirOf := make([]int, len(expanded)) // index in dirs, -1 for an error or a package file
+	for i, a := range expanded {
+		dirOf[i] = -1
 		fi, err := os.Stat(a)
 		switch {
 		case err != nil:
-			res.Errors = append(res.Errors, kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err)).Error())
+			statErrs[i] = kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err))
 		case fi.IsDir():
+			dirOf[i] = len(dirs)
 			dirs = append(dirs, a)
 		default:
 			pkgs = append(pkgs, a)
 		}
 	}
 	trees, errs := kernel.OpenKernelTrees(dirs)
-	for i, err := range errs {
+	for i := range expanded {
+		d := dirOf[i]
 		switch {
-		case err == nil:
-			res.Trees = append(res.Trees, trees[i])
-		case !kmp.IsInputError(err):
-			return nil, err
+		case statErrs[i] != nil:
+			res.Errors = append(res.Errors, statErrs[i].Error())
+		case d < 0: // a package file
+		case errs[d] == nil:
+			res.Trees = append(res.Trees, trees[d])
+		case !kmp.IsInputError(errs[d]):
+			return nil, errs[d]
 		default:
-			res.Errors = append(res.Errors, err.Error())
+			res.Errors = append(res.Errors, errs[d].Error())
 		}
 	}
 	if len(pkgs) > 0 {
