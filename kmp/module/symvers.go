@@ -84,7 +84,7 @@ func ParseSymvers(path string, r io.Reader) (sv *Symvers, err error) {
 	// symvers has some 25,000 lines: a string, a slice and a join per line were most of the
 	// time kmpack package spent reading kernel trees).
 	text := string(raw)
-	lines := strings.Count(text, "\n") + 1
+	lines := presize(text)
 	sv = &Symvers{Path: path, byName: make(map[string]int, lines), Symbols: make([]Symbol, 0, lines)}
 	err = scanSymvers(path, text, func(sym Symbol) {
 		if i, dup := sv.byName[sym.Name]; dup {
@@ -114,7 +114,7 @@ type SymversCount struct {
 func CountSymvers(path string, data []byte) (c SymversCount, err error) {
 	defer kmp.Guard(path, &err)
 	text := string(data)
-	vmlinux := make(map[string]bool, strings.Count(text, "\n")+1) // name: its last definition is vmlinux's
+	vmlinux := make(map[string]bool, presize(text)) // name: its last definition is vmlinux's
 	err = scanSymvers(path, text, func(sym Symbol) {
 		vmlinux[sym.Name] = sym.Module == "vmlinux"
 	})
@@ -128,6 +128,12 @@ func CountSymvers(path string, data []byte) (c SymversCount, err error) {
 		}
 	}
 	return c, nil
+}
+
+// presize is how many symbols to make room for: one per line, but no more than a real kernel
+// has (some 30,000) — a file of blank lines must not buy gigabytes of empty table.
+func presize(text string) int {
+	return min(strings.Count(text, "\n")+1, 1<<16)
 }
 
 // scanSymvers checks text line by line and calls fn with each symbol, in order. A file

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,4 +187,38 @@ func countOnly(path string, r io.Reader) (*Symvers, error) {
 	}
 	_, err = CountSymvers(path, data)
 	return nil, err
+}
+
+// A file of blank lines does not buy a table as long as it has lines: 16 MiB of them used to
+// reserve room for 16 million symbols (some 2 GiB).
+func TestSymversBlankLinesAllocateLittle(t *testing.T) {
+	data := append(bytes.Repeat([]byte("\n"), 16<<20), "0x1\tfoo\tvmlinux\tEXPORT_SYMBOL\t\n"...)
+	for _, c := range []struct {
+		name  string
+		parse func() (int, error)
+	}{
+		{"ParseSymvers", func() (int, error) {
+			sv, err := ParseSymvers("x", bytes.NewReader(data))
+			if err != nil {
+				return 0, err
+			}
+			return sv.Len(), nil
+		}},
+		{"CountSymvers", func() (int, error) {
+			c, err := CountSymvers("x", data)
+			return c.Symbols, err
+		}},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		n, err := c.parse()
+		runtime.ReadMemStats(&after)
+		if err != nil || n != 1 {
+			t.Fatalf("%s: %d symbols, %v", c.name, n, err)
+		}
+		// The input's copies (16 MiB each) and a small table; not gigabytes.
+		if got := after.TotalAlloc - before.TotalAlloc; got > 160<<20 {
+			t.Errorf("%s allocated %d MiB for one symbol", c.name, got>>20)
+		}
+	}
 }
