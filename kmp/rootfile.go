@@ -62,19 +62,37 @@ func FileKind(m fs.FileMode) string {
 
 // ReadRootFile reads a regular file below root (OpenRootFile), at most max bytes.
 func ReadRootFile(root *os.Root, rel string, max int64) ([]byte, fs.FileMode, error) {
-	f, fi, err := OpenRootFile(root, rel, false)
+	f, fi, err := openBounded(root, rel, max)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer f.Close()
-	if fi.Size() > max {
-		return nil, 0, fmt.Errorf("%s: larger than %d bytes", rel, max)
-	}
 	b, err := readBounded(f, fi.Size(), max)
 	if err == nil && int64(len(b)) > max {
-		err = fmt.Errorf("%s: larger than %d bytes", rel, max)
+		err = tooLarge(rel, max)
 	}
 	return b, fi.Mode(), err
+}
+
+// openBounded is OpenRootFile of a file to be read to at most max bytes: one that says it is
+// larger is refused before a byte is read (what it turns out to hold is the reader's check).
+func openBounded(root *os.Root, rel string, max int64) (*os.File, fs.FileInfo, error) {
+	if max < 0 || max > maxReadBound {
+		return nil, nil, fmt.Errorf("read bound %d out of range", max)
+	}
+	f, fi, err := OpenRootFile(root, rel, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fi.Size() > max {
+		f.Close()
+		return nil, nil, tooLarge(rel, max)
+	}
+	return f, fi, nil
+}
+
+func tooLarge(rel string, max int64) error {
+	return fmt.Errorf("%s: larger than %d bytes", rel, max)
 }
 
 // readBounded reads r to its end, at most limit+1 bytes, into a buffer sized for the file's
@@ -115,24 +133,18 @@ const (
 // read in a stream: hashing a tree's identity needs no copy of its files.
 func HashRootFile(root *os.Root, rel string, max int64) ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
-	if max < 0 || max > maxReadBound {
-		return sum, fmt.Errorf("read bound %d out of range", max)
-	}
-	f, fi, err := OpenRootFile(root, rel, false)
+	f, _, err := openBounded(root, rel, max)
 	if err != nil {
 		return sum, err
 	}
 	defer f.Close()
-	if fi.Size() > max {
-		return sum, fmt.Errorf("%s: larger than %d bytes", rel, max)
-	}
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, max+1))
 	if err != nil {
 		return sum, err
 	}
 	if n > max {
-		return sum, fmt.Errorf("%s: larger than %d bytes", rel, max)
+		return sum, tooLarge(rel, max)
 	}
 	h.Sum(sum[:0])
 	return sum, nil

@@ -46,26 +46,22 @@ func DiscoverKernelTrees(root string) (*Discovery, error) {
 	d.Skipped = dangling
 	// Each directory is looked at once: asking again could get another answer (a Makefile
 	// created meanwhile) for a directory that was never opened.
-	var open []string
-	openOf := make([]int, len(dirs)) // index in open, -1 when it does not look like a tree
+	open := make([]string, len(dirs))
 	for i, dir := range dirs {
-		openOf[i] = -1
 		if looksLikeTree(dir) {
-			openOf[i] = len(open)
-			open = append(open, dir)
+			open[i] = dir
 		}
 	}
-	opened, openErrs := OpenKernelTrees(open)
+	trees, errs := OpenKernelTrees(open)
 	for i, dir := range dirs {
-		j := openOf[i]
 		switch {
-		case j < 0:
+		case open[i] == "":
 			// -common and kbuild halves of Debian's headers, source-only trees: not an error.
 			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: "no Makefile with .config: not a configured kernel tree"})
-		case openErrs[j] != nil:
-			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: openErrs[j].Error()})
+		case errs[i] != nil:
+			d.Skipped = append(d.Skipped, SkippedDir{Dir: dir, Reason: errs[i].Error()})
 		default:
-			d.Trees = append(d.Trees, opened[j])
+			d.Trees = append(d.Trees, trees[i])
 		}
 	}
 	SortKernelTrees(d.Trees)
@@ -167,11 +163,16 @@ func cmpInt(a, b int) int {
 
 // OpenKernelTrees is OpenKernelTree of each of dirs, as many at a time as there are CPUs:
 // parsing each tree's Module.symvers is most of what a no-change rebuild of many kernels spends.
+// Results are in the order of dirs; an empty name is not opened (its tree and error are nil),
+// so that a caller can keep its own indexes.
 func OpenKernelTrees(dirs []string) ([]*KernelTree, []error) {
 	trees, errs := make([]*KernelTree, len(dirs)), make([]error, len(dirs))
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
 	for i, d := range dirs {
+		if d == "" {
+			continue
+		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()

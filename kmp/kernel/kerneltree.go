@@ -170,27 +170,20 @@ func openKernelTree(dir string, keepSymvers bool) (*KernelTree, error) {
 		if err != nil {
 			return nil, kmp.InputErrorf(sv, "%v", trimRel(err, "Module.symvers"))
 		}
+		// Without keeping the table it is checked as thoroughly and only counted: a build of
+		// many kernels needs to know each table is sound (a third of a no-change rebuild was
+		// building them).
 		info := &SymversInfo{Path: sv}
+		var c module.SymversCount
 		if keepSymvers {
-			s, err := module.ParseSymvers(sv, bytes.NewReader(data))
-			if err != nil {
+			if info.Parsed, err = module.ParseSymvers(sv, bytes.NewReader(data)); err != nil {
 				return nil, err
 			}
-			info.Parsed, info.Symbols = s, s.Len()
-			for _, sym := range s.Symbols {
-				if sym.Module == "vmlinux" {
-					info.Vmlinux++
-				}
-			}
-		} else {
-			// Checked as thoroughly, counted, not kept: a build of many kernels only needs to
-			// know each table is sound (a third of a no-change rebuild was building them).
-			c, err := module.CountSymvers(sv, data)
-			if err != nil {
-				return nil, err
-			}
-			info.Symbols, info.Vmlinux = c.Symbols, c.Vmlinux
+			c = info.Parsed.Count()
+		} else if c, err = module.CountSymvers(sv, data); err != nil {
+			return nil, err
 		}
+		info.Symbols, info.Vmlinux = c.Symbols, c.Vmlinux
 		t.Symvers = info
 	} else if t.Modversions {
 		t.Warnings = append(t.Warnings, "no Module.symvers: modules built here get no imported CRCs checked, and symbol dependencies cannot be computed")

@@ -43,6 +43,17 @@ func (s *Symvers) Lookup(name string) (Symbol, bool) {
 // Len is the number of symbols.
 func (s *Symvers) Len() int { return len(s.Symbols) }
 
+// Count is what CountSymvers would say of the file the table was read from.
+func (s *Symvers) Count() SymversCount {
+	c := SymversCount{Symbols: len(s.Symbols)}
+	for _, sym := range s.Symbols {
+		if sym.Module == "vmlinux" {
+			c.Vmlinux++
+		}
+	}
+	return c
+}
+
 // Modules lists the distinct providers (vmlinux and module paths), sorted.
 func (s *Symvers) Modules() []string {
 	seen := map[string]bool{}

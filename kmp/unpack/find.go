@@ -51,35 +51,34 @@ func FindKernels(cacheDir, root string, args []string) (*Found, error) {
 	}
 	// Directories are opened side by side; what each argument gives (a tree, or its error) is
 	// then taken in the arguments' order, as if they had been opened one after another.
-	var pkgs, dirs []string
-	statErrs := make([]error, len(expanded))
-	dirOf := make([]int, len(expanded)) // index in dirs, -1 for an error or a package file
+	var pkgs []string
+	dirs := make([]string, len(expanded)) // the argument where it is a directory, else ""
+	errs := make([]error, len(expanded))
 	for i, a := range expanded {
-		dirOf[i] = -1
 		fi, err := os.Stat(a)
 		switch {
 		case err != nil:
-			statErrs[i] = kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err))
+			errs[i] = kmp.InputErrorf(a, "%v", kmp.UnwrapPathError(err))
 		case fi.IsDir():
-			dirOf[i] = len(dirs)
-			dirs = append(dirs, a)
+			dirs[i] = a
 		default:
 			pkgs = append(pkgs, a)
 		}
 	}
-	trees, errs := kernel.OpenKernelTrees(dirs)
+	trees, openErrs := kernel.OpenKernelTrees(dirs)
 	for i := range expanded {
-		d := dirOf[i]
+		err := errs[i]
+		if dirs[i] != "" {
+			err = openErrs[i]
+		}
 		switch {
-		case statErrs[i] != nil:
-			res.Errors = append(res.Errors, statErrs[i].Error())
-		case d < 0: // a package file
-		case errs[d] == nil:
-			res.Trees = append(res.Trees, trees[d])
-		case !kmp.IsInputError(errs[d]):
-			return nil, errs[d]
+		case trees[i] != nil:
+			res.Trees = append(res.Trees, trees[i])
+		case err == nil: // a package file
+		case !kmp.IsInputError(err):
+			return nil, err
 		default:
-			res.Errors = append(res.Errors, errs[d].Error())
+			res.Errors = append(res.Errors, err.Error())
 		}
 	}
 	if len(pkgs) > 0 {
