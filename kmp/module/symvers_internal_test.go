@@ -214,3 +214,41 @@ func TestSymversBlankLinesAllocateLittle(t *testing.T) {
 		}
 	}
 }
+
+// plainFieldsBytewise is plainFields one byte at a time, for TestPlainFieldsEveryByteEveryLane.
+func plainFieldsBytewise(l string) (cols []string, plain bool) {
+	for i := 0; i < len(l); i++ {
+		if c := l[i]; c != '\t' && (c < 0x20 || c >= 0x7f) {
+			return nil, false
+		}
+	}
+	return strings.Split(l, "\t"), true
+}
+
+// Every byte value in every position of a line (each lane of the eight-byte words and the
+// tail) is classed as a byte at a time would class it, and the fields are the same.
+func TestPlainFieldsEveryByteEveryLane(t *testing.T) {
+	base := "0x0000abcd\tsome_symbol\tvmlinux\tEXPORT_SYMBOL\tNS"
+	for p := 0; p < len(base); p++ {
+		for b := 0; b < 256; b++ {
+			l := base[:p] + string([]byte{byte(b)}) + base[p+1:]
+			var cols [5]string
+			n, plain := plainFields(l, &cols)
+			want, wantPlain := plainFieldsBytewise(l)
+			if plain != wantPlain {
+				t.Fatalf("byte %#x at %d: plain %v, want %v", b, p, plain, wantPlain)
+			}
+			if !plain {
+				continue
+			}
+			if n != len(want) {
+				t.Fatalf("byte %#x at %d: %d fields, want %d", b, p, n, len(want))
+			}
+			for i := range min(n, len(cols)) {
+				if cols[i] != want[i] {
+					t.Fatalf("byte %#x at %d: field %d %q, want %q", b, p, i, cols[i], want[i])
+				}
+			}
+		}
+	}
+}
