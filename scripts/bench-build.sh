@@ -33,20 +33,8 @@ kmpack=$PWD/out/kmpack
 
 pkgs=("$@")
 ((${#pkgs[@]})) || pkgs=(acpi-call-dkms gost-crypto-dkms v4l2loopback-dkms jool-dkms)
-if [ -n "${BENCH_TREES:-}" ]; then
-  read -r -a trees <<<"$BENCH_TREES"
-else
-  trees=()
-  for abi in 47 50 55 56; do
-    for p in linux-headers-6.1.0-$abi-amd64 linux-headers-6.1.0-$abi-common; do
-      compgen -G "$cache/debs/${p}_*.deb" >/dev/null ||
-        (cd "$cache/debs" && { apt-get download "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$p" >/dev/null; }; })
-    done
-    trees+=("$("$kmpack" --cache-dir "$cache/bench-trees" kernels --dirs "$cache"/debs/linux-headers-6.1.0-$abi-amd64_*.deb \
-      "$cache"/debs/linux-headers-6.1.0-$abi-common_*.deb "$cache"/debs/linux-kbuild-6.1_*.deb)")
-  done
-  while read -r t; do trees+=("$t"); done < <("$kmpack" kernels --dirs | grep -E -- '-(53|54)-amd64$|cloud|-rt-|6\.12')
-fi
+mapfile -t trees < <(bash scripts/bench-trees.sh "$kmpack" "$cache")
+((${#trees[@]})) || { echo "bench-build: no kernel trees (scripts/bench-trees.sh failed)" >&2; exit 1; }
 kernels=()
 for t in "${trees[@]}"; do kernels+=("$("$kmpack" --cache-dir "$cache/bench-trees" kernels --json "$t" | sed -n 's/.*"release": "\(.*\)",/\1/p' | head -1)"); done
 jobs=$(nproc)
