@@ -33,8 +33,8 @@ kmpack=$PWD/out/kmpack
 
 pkgs=("$@")
 ((${#pkgs[@]})) || pkgs=(acpi-call-dkms gost-crypto-dkms v4l2loopback-dkms jool-dkms)
-mapfile -t trees < <(bash scripts/bench-trees.sh "$kmpack" "$cache")
-((${#trees[@]})) || { echo "bench-build: no kernel trees (scripts/bench-trees.sh failed)" >&2; exit 1; }
+matrix=$(bash scripts/bench-trees.sh "$kmpack" "$cache") || { echo "bench-build: scripts/bench-trees.sh failed" >&2; exit 1; }
+mapfile -t trees <<<"$matrix"
 kernels=()
 for t in "${trees[@]}"; do kernels+=("$("$kmpack" --cache-dir "$cache/bench-trees" kernels --json "$t" | sed -n 's/.*"release": "\(.*\)",/\1/p' | head -1)"); done
 jobs=$(nproc)

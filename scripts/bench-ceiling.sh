@@ -16,9 +16,11 @@
 #   distinct   how many different compiler inputs those were. No cache keyed on what the
 #              compiler reads, however it treats paths and line markers, can skip more than
 #              compiles - distinct of them: "reusable" is that share;
-#   vectors    the kernels built, grouped by flavor, series and the CRCs their Module.symvers
-#              gives the symbols the built modules import (what the compat check compares): one
-#              build can serve only kernels of one group, so --classes builds at least this many.
+#   groups     the kernels built, grouped by flavor and series: a class never spans two groups;
+#   vectors    the kernels built, grouped further by the CRCs their Module.symvers gives the
+#              symbols that every build of their group imports (what the compat check compares):
+#              one build can serve only kernels of one vector, so --classes builds at least this
+#              many.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -29,12 +31,15 @@ kmpack=$PWD/out/kmpack
 
 pkgs=("$@")
 ((${#pkgs[@]})) || pkgs=(acpi-call-dkms gost-crypto-dkms v4l2loopback-dkms jool-dkms)
-mapfile -t trees < <(bash scripts/bench-trees.sh "$kmpack" "$cache")
-((${#trees[@]})) || { echo "bench-ceiling: no kernel trees (scripts/bench-trees.sh failed)" >&2; exit 1; }
+matrix=$(bash scripts/bench-trees.sh "$kmpack" "$cache") || { echo "bench-ceiling: scripts/bench-trees.sh failed" >&2; exit 1; }
+mapfile -t trees <<<"$matrix"
 kflags=()
 for t in "${trees[@]}"; do kflags+=(-k "$t"); done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The workspaces' paths, below, must hold no other /dkms/ or /build/ than kmpack's own.
+export TMPDIR=$work/tmp
+mkdir -p "$TMPDIR"
 
 # The wrapper: every compiler name a kernel of the matrix asks for, ahead of the real one on PATH.
 mkdir -p "$work/bin"
@@ -56,10 +61,12 @@ while (($#)); do
   esac
   shift
 done
-((compile)) && [ -n "$src" ] && [ -n "$obj" ] && [[ $src != *.mod.c ]] || exit 0
+# Left out: the .mod.c files (each kernel's vermagic) and 6.12's scripts/module-common.c, which
+# Kbuild compiles into every external module: the kernel's code, not the source's.
+((compile)) && [ -n "$src" ] && [ -n "$obj" ] && [[ $src != *.mod.c && $src != *scripts/module-common.c ]] || exit 0
 tree=$(pwd -P)
-rel=${obj#*/build/}
-hash=$("$real" "${args[@]}" 2>/dev/null | sed -e "s#$tree#TREE#g" -e "s#${obj%%/build/*}/build#BUILD#g" \
+rel=${obj#*/dkms/*/*/build/}
+hash=$("$real" "${args[@]}" 2>/dev/null | sed -e "s#$tree#TREE#g" -e "s#${obj%"/$rel"}#BUILD#g" \
   -e 's#/[^ "]*/linux-headers-[^/ "]*#HEADERS#g' -e 's#/[^ "]*/linux-kbuild-[^/ "]*#KBUILD#g' | sha256sum | cut -c1-16)
 echo "$tree $rel $hash" >>@LOG@
 WRAP
@@ -69,7 +76,7 @@ for t in "${trees[@]}"; do
   [ -n "$c" ] && ln -sf wrap "$work/bin/$c"
 done
 
-printf '%-18s %8s %9s %9s %9s %15s\n' module kernels compiles distinct reusable "vectors (built)"
+printf '%-18s %8s %9s %9s %9s %7s %15s\n' module kernels compiles distinct reusable groups "vectors (built)"
 for pkg in "${pkgs[@]}"; do
   deb=$(ls "$cache"/debs/"${pkg}"_*.deb | tail -1)
   mkdir -p "$work/$pkg/unpacked"
@@ -91,17 +98,39 @@ PY
     "$work/$pkg/kernels" "$work/compiles" >"$work/$pkg/counted" || true
   compiles=$(wc -l <"$work/$pkg/counted")
   distinct=$(awk '{ print $2, $3 }' "$work/$pkg/counted" | sort -u | wc -l)
-  # The union of the symbols the built modules import, and each built kernel's CRCs for them.
-  find "$work/$pkg/out/modules" -name '*.ko*' -print0 | xargs -0 -r -n1 /sbin/modprobe --dump-modversions 2>/dev/null |
-    awk '{ print $2 }' | sort -u >"$work/$pkg/imports"
-  vectors=$(awk '$3 == "built" { print $1, $2, $4 }' "$work/$pkg/kernels" | while read -r rel flavor tree; do
-    series=$(echo "$rel" | cut -d. -f1-2)
-    crcs=$(awk 'NR == FNR { want[$1] = 1; next } want[$2] { print $2, $1 }' "$work/$pkg/imports" "$tree/Module.symvers" | sort | sha256sum | cut -c1-16)
-    echo "$flavor $series $crcs"
-  done | sort -u | wc -l)
-  awk -v p="$pkg" -v k="${#trees[@]}" -v c="$compiles" -v d="$distinct" -v v="$vectors" -v b="$built" \
-    'BEGIN { printf "%-18s %8d %9d %9d %8.0f%% %15s\n", p, k, c, d, c ? 100 * (c - d) / c : 0, v " (" b ")" }'
+  # Each built kernel's imports: the symbols its own modules import.
+  awk '$3 == "built" { print $1 }' "$work/$pkg/kernels" | while read -r rel; do
+    find "$work/$pkg/out/modules/$rel" -name '*.ko*' -print0 | xargs -0 -r -n1 /sbin/modprobe --dump-modversions 2>/dev/null |
+      awk '{ print $2 }' | sort -u >"$work/$pkg/imports.$rel"
+  done
+  # "groups GROUPS VECTORS": kernels group by flavor and series (a class never spans two); within
+  # a group, a build that serves two kernels imports at least what every build of the group
+  # imports, so two kernels whose Module.symvers give any of those symbols different CRCs
+  # need two builds.
+  read -r _ groups vectors < <(python3 - "$work/$pkg/kernels" "$work/$pkg" <<'PY'
+import collections, sys
+kernels = [l.split() for l in open(sys.argv[1])]
+groups = collections.defaultdict(list)
+for rel, flavor, status, tree in kernels:
+    if status == "built":
+        groups[(flavor, ".".join(rel.split(".")[:2]))].append((rel, tree))
+vectors = set()
+for g, members in groups.items():
+    common = set.intersection(*(set(open(f"{sys.argv[2]}/imports.{rel}").read().split()) for rel, _ in members))
+    for rel, tree in members:
+        crcs = {}
+        for line in open(f"{tree}/Module.symvers"):
+            f = line.split("\t")
+            if len(f) > 1 and f[1] in common:
+                crcs[f[1]] = f[0]
+        vectors.add((g, tuple(sorted(crcs.items()))))
+print("groups", len(groups), len(vectors))
+PY
+  )
+  awk -v p="$pkg" -v k="${#trees[@]}" -v c="$compiles" -v d="$distinct" -v v="$vectors" -v b="$built" -v g="$groups" \
+    'BEGIN { printf "%-18s %8d %9d %9d %8.0f%% %7d %15s\n", p, k, c, d, c ? 100 * (c - d) / c : 0, g, v " (" b ")" }'
 done
 echo
-echo "reusable = (compiles - distinct) / compiles: the most any compile cache could skip; vectors = the fewest"
-echo "builds --classes can make for the kernels that built (issue 16: compile reuse <= 0.3x, classes <= 0.15x of dkms)"
+echo "reusable = (compiles - distinct) / compiles: the most any compile cache could skip; groups = flavors and series"
+echo "of the kernels that built; vectors = the fewest builds --classes can make for them (issue 16: compile reuse <= 0.3x,"
+echo "classes <= 0.15x of dkms)"
